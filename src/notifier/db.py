@@ -1,0 +1,39 @@
+"""The connection pool and the one way use cases open a transaction."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypeAlias
+
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from notifier.settings import Settings
+
+Connection: TypeAlias = AsyncConnection[DictRow]
+Pool: TypeAlias = AsyncConnectionPool[Connection]
+
+
+def create_pool(settings: Settings, *, name: str = "notifier") -> Pool:
+    """Build (but do not open) the process's connection pool."""
+    return AsyncConnectionPool(
+        settings.database_url,
+        connection_class=AsyncConnection[DictRow],
+        kwargs={"row_factory": dict_row, "application_name": name},
+        min_size=settings.database_pool_min_size,
+        max_size=settings.database_pool_max_size,
+        timeout=settings.database_timeout_seconds,
+        # Replace connections that died while idle (database restart, failover).
+        check=AsyncConnectionPool.check_connection,
+        open=False,
+        name=name,
+    )
+
+
+@asynccontextmanager
+async def transaction(pool: Pool) -> AsyncIterator[Connection]:
+    """One use case, one transaction: committed on normal exit, rolled back on error."""
+    async with pool.connection() as conn, conn.transaction():
+        yield conn

@@ -1,0 +1,60 @@
+"""Schema management: the migrations are the only way notifier's schema is made."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import psycopg
+from alembic import command
+from alembic.config import Config
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from notifier.settings import Settings
+
+
+def migrations_dir() -> Path:
+    """The Alembic scripts: beside ``src/`` in a checkout, packaged inside the wheel."""
+    checkout = Path(__file__).resolve().parents[2] / "migrations"
+    if (checkout / "env.py").is_file():
+        return checkout
+    return Path(str(resources.files("notifier") / "_migrations"))
+
+
+def alembic_config(database_url: str) -> Config:
+    """An Alembic config aimed at ``database_url`` (no alembic.ini needed)."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["database_url"] = database_url
+    return config
+
+
+def create_database_if_missing(database_url: str) -> bool:
+    """Create the database named in ``database_url`` unless it exists. True if created."""
+    params = conninfo_to_dict(database_url)
+    dbname = str(params.get("dbname") or params.get("user") or "postgres")
+    maintenance_url = make_conninfo(database_url, dbname="postgres")
+    with psycopg.connect(maintenance_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [dbname]).fetchone()
+        if exists:
+            return False
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        return True
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    """Upgrade the schema to ``revision``."""
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def downgrade(database_url: str, revision: str) -> None:
+    """Downgrade the schema to ``revision`` (``base`` removes everything)."""
+    command.downgrade(alembic_config(database_url), revision)
+
+
+def migrate(settings: Settings) -> bool:
+    """Create the database if needed and upgrade it to head. True if it was created."""
+    created = create_database_if_missing(settings.database_url)
+    upgrade(settings.database_url)
+    return created

@@ -1,0 +1,69 @@
+"""Names and policies of the procrastinate queue that every feature shares."""
+
+from __future__ import annotations
+
+import datetime
+import random
+from typing import Any
+
+from procrastinate import BaseRetryStrategy, RetryDecision
+from procrastinate.jobs import Job
+
+EVENTS_QUEUE = "events"
+DELIVERIES_QUEUE = "deliveries"
+MAINTENANCE_QUEUE = "maintenance"
+ALL_QUEUES = (EVENTS_QUEUE, DELIVERIES_QUEUE, MAINTENANCE_QUEUE)
+
+# Explicit task names: the SQL outbox trigger and admins' `procrastinate shell` refer to them.
+PROCESS_EVENT_TASK = "notifier.process_event"
+DELIVER_TASK = "notifier.deliver"
+MAINTENANCE_TASK = "notifier.maintenance"
+
+
+class RetryLater(Exception):  # noqa: N818 - it is a request, not an error
+    """Raised by a task to have its job run again after ``delay_seconds``."""
+
+    def __init__(self, reason: str, *, delay_seconds: float) -> None:
+        super().__init__(reason)
+        self.delay_seconds = delay_seconds
+
+
+def backoff_seconds(attempt: int, *, base: float, cap: float) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random.
+
+    ``attempt`` counts from 1. The fixed half keeps retries from coming back too soon;
+    the random half spreads a burst of failures so they do not retry in lockstep.
+    """
+    ceiling = min(cap, base * 2 ** (attempt - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
+
+
+class NotifierRetryStrategy(BaseRetryStrategy):
+    """Retry policy for all notifier tasks.
+
+    A task that knows when to come back raises :class:`RetryLater` and is retried exactly
+    then, however often (the task itself counts and stops). Anything else is unexpected
+    (database restart, a bug): retried with backoff a bounded number of times, after
+    which the job is ``failed`` for admins to inspect and ``procrastinate shell retry``.
+    """
+
+    def __init__(
+        self, *, unexpected_max_attempts: int = 10, base: float = 1.0, cap: float = 300.0
+    ) -> None:
+        self.unexpected_max_attempts = unexpected_max_attempts
+        self.base = base
+        self.cap = cap
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        now = datetime.datetime.now(datetime.UTC)
+        if isinstance(exception, RetryLater):
+            return RetryDecision(retry_at=now + datetime.timedelta(seconds=exception.delay_seconds))
+        if job.attempts + 1 >= self.unexpected_max_attempts:
+            return None
+        delay = backoff_seconds(job.attempts + 1, base=self.base, cap=self.cap)
+        return RetryDecision(retry_at=now + datetime.timedelta(seconds=delay))
+
+
+def job_args(**kwargs: Any) -> dict[str, Any]:
+    """Job arguments are JSON: stringify ids so every producer (Python or SQL) agrees."""
+    return {key: str(value) for key, value in kwargs.items()}

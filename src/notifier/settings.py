@@ -1,0 +1,97 @@
+"""Configuration: one typed object, read from ``NOTIFIER_*`` environment variables once.
+
+Everything else receives a :class:`Settings` instance; nothing reads the environment itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, get_type_hints
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/notifier"
+ENV_PREFIX = "NOTIFIER_"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob notifier has. Field ``foo_bar`` is read from ``NOTIFIER_FOO_BAR``."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    # Connections per process. A worker holds one per delivery in flight (the row lock
+    # lives as long as the send), plus the queue's own: keep it above worker concurrency.
+    database_pool_min_size: int = 2
+    database_pool_max_size: int = 20
+    # How long a request waits for a connection before answering 503.
+    database_timeout_seconds: float = 5.0
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+
+    worker_concurrency: int = 10
+    # Scheduled jobs are found by polling; LISTEN/NOTIFY only wakes workers for jobs due now.
+    worker_poll_interval_seconds: float = 0.5
+    # Turn off behind PgBouncer in transaction mode, which cannot carry LISTEN.
+    worker_listen_notify: bool = True
+    worker_shutdown_timeout_seconds: float = 30.0
+    # A worker that has not heartbeated for this long is considered dead and its jobs re-run.
+    stalled_worker_seconds: float = 60.0
+    # Succeeded/cancelled jobs older than this are pruned; failed ones are kept for admins.
+    prune_jobs_after_hours: int = 72
+    idempotency_ttl_hours: int = 24
+
+    delivery_max_attempts: int = 8
+    retry_base_seconds: float = 5.0
+    retry_max_seconds: float = 6 * 3600.0
+
+    # Channel for notifications created over REST without an explicit one.
+    default_channel: str = "log"
+    webhook_timeout_seconds: float = 10.0
+    # Standard Webhooks secret ("whsec_" + base64). Unset: webhooks are sent unsigned.
+    webhook_secret: str | None = None
+    webhook_user_agent: str = "notifier-webhooks/0.1"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default: the process environment)."""
+        env = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            name = ENV_PREFIX + field.name.upper()
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _parse(name, raw, hints[field.name])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (tests and the dev command use it)."""
+        current = {field.name: getattr(self, field.name) for field in fields(self)}
+        return Settings(**(current | changes))
+
+
+def _parse(name: str, raw: str, annotation: Any) -> Any:
+    target = annotation
+    if target in (str | None, "str | None"):
+        return raw
+    try:
+        if target is bool:
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if target is int:
+            return int(raw)
+        if target is float:
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {target.__name__}") from None
+    return raw
