@@ -20,7 +20,7 @@ DELIVER_TASK = "notifier.deliver"
 MAINTENANCE_TASK = "notifier.maintenance"
 
 
-class RetryLater(Exception):  # noqa: N818 - it is a request, not an error
+class RetryLater(Exception):
     """Raised by a task to have its job run again after ``delay_seconds``."""
 
     def __init__(self, reason: str, *, delay_seconds: float) -> None:
@@ -34,7 +34,7 @@ def backoff_seconds(attempt: int, *, base: float, cap: float) -> float:
     ``attempt`` counts from 1. The fixed half keeps retries from coming back too soon;
     the random half spreads a burst of failures so they do not retry in lockstep.
     """
-    ceiling = min(cap, base * 2 ** (attempt - 1))
+    ceiling = min(cap, base * 2.0 ** (attempt - 1))
     return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
 
 

@@ -1,0 +1,1 @@
+"""Delivery channels: one module each, all behind :class:`notifier.channels.base.Channel`."""

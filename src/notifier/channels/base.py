@@ -1,0 +1,67 @@
+"""The small interface every channel implements, and the outcomes it reports."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any, Protocol
+
+import msgspec
+
+
+class OutgoingMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """What a channel needs to deliver one notification, free of SQL and HTTP."""
+
+    notification_id: uuid.UUID
+    notification_type: str
+    recipient: str
+    attempt: int
+    event_id: uuid.UUID | None = None
+    entity_id: str | None = None
+    target_date: datetime.datetime | None = None
+    template: str | None = None
+    context: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    @property
+    def idempotency_key(self) -> str:
+        """The same on every attempt, so receivers can drop duplicates."""
+        return f"msg_{self.notification_id.hex}"
+
+
+class DeliveryReceipt(msgspec.Struct, frozen=True, kw_only=True):
+    """A successful send."""
+
+    status_code: int | None = None
+    detail: str | None = None
+
+
+class DeliveryError(Exception):
+    """A failed send. ``retryable`` decides between a retry and a permanent failure."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        status_code: int | None = None,
+        retry_after_seconds: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status_code = status_code
+        self.retry_after_seconds = retry_after_seconds
+
+
+class Channel(Protocol):
+    """A way to reach someone. Implementations raise :class:`DeliveryError` on failure."""
+
+    name: str
+
+    def validate_recipient(self, recipient: str) -> str | None:
+        """Return why ``recipient`` can never work on this channel, or None if it may."""
+
+    async def send(self, message: OutgoingMessage) -> DeliveryReceipt:
+        """Deliver ``message`` once."""
+
+    async def aclose(self) -> None:
+        """Release connections and clients."""

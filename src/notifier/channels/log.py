@@ -1,0 +1,33 @@
+"""The log channel: writes the notification to the application log. For development."""
+
+from __future__ import annotations
+
+import logging
+
+from notifier.channels.base import DeliveryReceipt, OutgoingMessage
+
+logger = logging.getLogger("notifier.channels.log")
+
+
+class LogChannel:
+    """Delivers by logging one line; always succeeds."""
+
+    name = "log"
+
+    def validate_recipient(self, recipient: str) -> str | None:
+        """Any non-empty recipient is fine for a log line."""
+        return None if recipient.strip() else "must not be empty"
+
+    async def send(self, message: OutgoingMessage) -> DeliveryReceipt:
+        """Log the message with its idempotency key."""
+        logger.info(
+            "notification %s (%s) to %s, attempt %d",
+            message.idempotency_key,
+            message.notification_type,
+            message.recipient,
+            message.attempt,
+        )
+        return DeliveryReceipt(detail="logged")
+
+    async def aclose(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,144 @@
+"""The webhook channel: an HTTP POST signed per Standard Webhooks 1.0.
+
+Every attempt of one notification carries the same ``webhook-id``, so a receiver that
+deduplicates on it sees each notification once even though delivery is at-least-once.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import email.utils
+import hashlib
+import hmac
+import time
+from typing import Any
+
+import httpx
+import msgspec
+
+from notifier.channels.base import DeliveryError, DeliveryReceipt, OutgoingMessage
+
+SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
+# Standard Webhooks: these ask the sender to slow down and may say when to come back.
+THROTTLING_STATUSES = frozenset({429, 502, 503, 504})
+RETRYABLE_CLIENT_STATUSES = frozenset({408, 409, 425, 429})
+
+
+def decode_secret(secret: str) -> bytes:
+    """The raw key of a ``whsec_<base64>`` secret."""
+    return base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+
+
+def sign(secret: bytes, message_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256 of id.timestamp.body>``."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret, signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def parse_retry_after(value: str | None, *, now: datetime.datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    current = now or datetime.datetime.now(datetime.UTC)
+    return max(0.0, (when - current).total_seconds())
+
+
+def webhook_body(message: OutgoingMessage) -> bytes:
+    """The JSON document POSTed for ``message`` (Standard Webhooks' type/timestamp/data)."""
+    document: dict[str, Any] = {
+        "type": message.notification_type,
+        "timestamp": datetime.datetime.now(datetime.UTC),
+        "data": {
+            "notification_id": message.notification_id,
+            "event_id": message.event_id,
+            "entity_id": message.entity_id,
+            "target_date": message.target_date,
+            "template": message.template,
+            "payload": message.context,
+        },
+    }
+    return msgspec.json.encode(document)
+
+
+class WebhookChannel:
+    """POSTs JSON to the recipient URL; 2xx is success."""
+
+    name = "webhook"
+
+    def __init__(
+        self,
+        *,
+        secret: str | None,
+        timeout_seconds: float,
+        user_agent: str,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._secret = decode_secret(secret) if secret else None
+        self._client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_seconds),
+            # A redirect could point anywhere; receivers must give their final URL.
+            follow_redirects=False,
+            headers={"user-agent": user_agent},
+        )
+
+    def validate_recipient(self, recipient: str) -> str | None:
+        """The recipient must be an absolute http(s) URL."""
+        try:
+            url = httpx.URL(recipient)
+        except httpx.InvalidURL as exc:
+            return f"is not a valid URL: {exc}"
+        if url.scheme not in {"http", "https"} or not url.host:
+            return "must be an absolute http:// or https:// URL"
+        return None
+
+    async def send(self, message: OutgoingMessage) -> DeliveryReceipt:
+        """POST once and classify the answer."""
+        body = webhook_body(message)
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": message.idempotency_key,
+            "webhook-timestamp": str(int(time.time())),
+        }
+        if self._secret is not None:
+            headers["webhook-signature"] = sign(
+                self._secret, headers["webhook-id"], int(headers["webhook-timestamp"]), body
+            )
+        try:
+            response = await self._client.post(message.recipient, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise DeliveryError(f"timed out: {type(exc).__name__}", retryable=True) from exc
+        except httpx.HTTPError as exc:
+            raise DeliveryError(f"request failed: {exc!r}", retryable=True) from exc
+        return classify_response(response.status_code, response.headers.get("retry-after"))
+
+    async def aclose(self) -> None:
+        """Close the HTTP client's connections."""
+        await self._client.aclose()
+
+
+def classify_response(status: int, retry_after: str | None) -> DeliveryReceipt:
+    """Map an HTTP status to success, or raise a retryable or permanent DeliveryError."""
+    if 200 <= status < 300:
+        return DeliveryReceipt(status_code=status)
+    if status == 410:
+        raise DeliveryError("receiver answered 410 Gone", retryable=False, status_code=status)
+    if status >= 500 or status in RETRYABLE_CLIENT_STATUSES:
+        wait = parse_retry_after(retry_after) if status in THROTTLING_STATUSES else None
+        raise DeliveryError(
+            f"receiver answered {status}",
+            retryable=True,
+            status_code=status,
+            retry_after_seconds=wait,
+        )
+    raise DeliveryError(f"receiver answered {status}", retryable=False, status_code=status)

@@ -1,0 +1,127 @@
+"""The ``notifier`` command: migrate, api, worker, dev."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from notifier import migrate as migrations
+from notifier.app import create_app
+from notifier.bootstrap import open_services
+from notifier.queue import ALL_QUEUES
+from notifier.settings import Settings, SettingsError
+from notifier.worker import run_worker
+
+logger = logging.getLogger("notifier")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, one subcommand per process kind."""
+    parser = argparse.ArgumentParser(prog="notifier", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("migrate", help="create the database if missing and upgrade it to head")
+
+    api = commands.add_parser("api", help="serve the REST API with uvicorn")
+    api.add_argument("--host", help="bind address (default NOTIFIER_API_HOST)")
+    api.add_argument("--port", type=int, help="port (default NOTIFIER_API_PORT)")
+
+    worker = commands.add_parser("worker", help="run a worker that processes and delivers")
+    worker.add_argument(
+        "--concurrency", type=int, help="jobs in parallel (default NOTIFIER_WORKER_CONCURRENCY)"
+    )
+    worker.add_argument(
+        "--queue",
+        action="append",
+        choices=ALL_QUEUES,
+        dest="queues",
+        help="queue to work on; repeat for several (default: all)",
+    )
+
+    dev = commands.add_parser("dev", help="migrate, then run API and worker in one process")
+    dev.add_argument("--host", help="bind address (default NOTIFIER_API_HOST)")
+    dev.add_argument("--port", type=int, help="port (default NOTIFIER_API_PORT)")
+    dev.add_argument(
+        "--data-dir",
+        default=".notifier-dev/pgdata",
+        help="where the embedded PostgreSQL keeps its data if none answers (default %(default)s)",
+    )
+    return parser
+
+
+def serve_api(settings: Settings) -> None:
+    """Run uvicorn in the foreground."""
+    uvicorn.run(
+        create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None
+    )
+
+
+async def work(settings: Settings, queues: Sequence[str], concurrency: int | None) -> None:
+    """Run one worker until SIGINT/SIGTERM."""
+    async with open_services(settings, name="notifier-worker") as services:
+        await run_worker(services, queues=queues, concurrency=concurrency)
+
+
+async def develop(settings: Settings) -> None:
+    """API and worker in one event loop; Ctrl-C stops both."""
+    config = uvicorn.Config(
+        create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None
+    )
+    server = uvicorn.Server(config)
+    async with open_services(settings, name="notifier-dev-worker") as services:
+        worker = asyncio.create_task(
+            run_worker(services, install_signal_handlers=False, name="dev-worker")
+        )
+        try:
+            await server.serve()  # returns on Ctrl-C
+        finally:
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``notifier`` script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"notifier: {exc}", file=sys.stderr)  # noqa: T201 - CLI error message
+        return 2
+    overrides = {
+        key: value
+        for key, value in {
+            "api_host": getattr(args, "host", None),
+            "api_port": getattr(args, "port", None),
+        }.items()
+        if value is not None
+    }
+    settings = settings.replace(**overrides)
+
+    if args.command == "migrate":
+        created = migrations.migrate(settings)
+        logger.info("database %s; schema at head", "created" if created else "exists")
+    elif args.command == "api":
+        serve_api(settings)
+    elif args.command == "worker":
+        asyncio.run(work(settings, args.queues or ALL_QUEUES, args.concurrency))
+    elif args.command == "dev":
+        from notifier.devserver import local_database  # noqa: PLC0415 - dev-only dependency
+
+        with local_database(settings, args.data_dir) as dev_settings:
+            migrations.migrate(dev_settings)
+            logger.info(
+                "API on http://%s:%d (docs at /schema)",
+                dev_settings.api_host,
+                dev_settings.api_port,
+            )
+            asyncio.run(develop(dev_settings))
+    return 0

@@ -1,0 +1,1 @@
+"""Events: what producers publish, and their processing into notifications."""

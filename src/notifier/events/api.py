@@ -1,0 +1,82 @@
+"""HTTP handlers for ``/api/v1/events``."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from litestar import Controller, Response, get, post
+from litestar.params import Dependency, Parameter
+
+from notifier import idempotency
+from notifier.db import transaction
+from notifier.events import queries
+from notifier.events.schemas import Event, EventCreate, EventDetail
+from notifier.events.tasks import enqueue_processing
+from notifier.idempotency import IdempotentRequest
+from notifier.notifications.queries import list_notifications
+from notifier.pagination import DEFAULT_LIMIT, MAX_LIMIT, Cursor, next_link
+from notifier.problems import not_found
+from notifier.services import Services
+
+Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Page size")]
+
+
+class EventController(Controller):
+    """Publish and read events."""
+
+    path = "/api/v1/events"
+    tags = ["events"]  # noqa: RUF012 - litestar reads it from the class
+
+    @post("/", status_code=201, summary="Publish an event")
+    async def publish(
+        self,
+        data: EventCreate,
+        services: Services,
+        idempotent: Annotated[IdempotentRequest | None, Dependency(skip_validation=True)],
+    ) -> Response[Event]:
+        """Store the event and enqueue its processing in one transaction.
+
+        A 201 means both are committed. With an ``Idempotency-Key``, a repeat returns the
+        first answer and stores nothing new.
+        """
+        async with transaction(services.pool) as conn:
+            stored = await idempotency.claim(conn, idempotent)
+            if stored is not None:
+                return Response(stored.decode(Event), status_code=stored.status)
+            event = await queries.insert_event(conn, data)
+            await enqueue_processing(services.queue, conn, event.id)
+            await idempotency.remember(conn, idempotent, 201, event)
+        return Response(event, status_code=201)
+
+    @get("/", summary="List events, newest first")
+    async def list_events(
+        self,
+        services: Services,
+        limit: Limit = DEFAULT_LIMIT,
+        cursor: str | None = None,
+        event_type: Annotated[str | None, Parameter(query="type")] = None,
+    ) -> Response[list[Event]]:
+        """A page of events. The ``Link`` header names the next page, if any."""
+        after = Cursor.decode(cursor) if cursor else None
+        async with transaction(services.pool) as conn:
+            events = await queries.list_events(
+                conn, limit=limit + 1, after=after, event_type=event_type
+            )
+        page, more = events[:limit], len(events) > limit
+        following = Cursor(page[-1].created_at, page[-1].id) if more else None
+        query = {"limit": str(limit)} | ({"type": event_type} if event_type else {})
+        return Response(page, headers=next_link(self.path + "/", query, following))
+
+    @get("/{event_id:uuid}", summary="One event with its notifications")
+    async def get_event(self, event_id: uuid.UUID, services: Services) -> EventDetail:
+        """The event and every notification it produced, with their states."""
+        async with transaction(services.pool) as conn:
+            event = await queries.get_event(conn, event_id)
+            if event is None:
+                raise not_found("event", event_id)
+            notifications = await list_notifications(conn, event_id=event_id, limit=MAX_LIMIT)
+        return EventDetail(
+            **{name: getattr(event, name) for name in Event.__struct_fields__},
+            notifications=notifications,
+        )

@@ -1,0 +1,55 @@
+"""The ``process_event`` task: an event becomes notifications and their deliver jobs."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import uuid
+
+import procrastinate
+
+from notifier.db import Connection, transaction
+from notifier.events import queries
+from notifier.events.routing import drafts_for_event
+from notifier.notifications.scheduling import create_notifications
+from notifier.queue import EVENTS_QUEUE, PROCESS_EVENT_TASK
+from notifier.rules.queries import matching_rules
+from notifier.services import services_from_context
+
+logger = logging.getLogger("notifier.events")
+
+
+async def enqueue_processing(
+    queue: procrastinate.App, conn: Connection, event_id: uuid.UUID
+) -> int:
+    """Defer ``process_event`` on ``conn``: it exists if and only if the caller commits."""
+    deferrer = queue.configure_task(PROCESS_EVENT_TASK, connection=conn, allow_unknown=False)
+    return await deferrer.defer_async(event_id=str(event_id))
+
+
+async def process_event(context: procrastinate.JobContext, event_id: str) -> None:
+    """Apply the routing rules to one event, in one transaction."""
+    services = services_from_context(context)
+    async with transaction(services.pool) as conn:
+        event = await queries.lock_unprocessed_event(conn, uuid.UUID(event_id))
+        if event is None:
+            logger.info("event %s is unknown or already processed; nothing to do", event_id)
+            return
+        rules = await matching_rules(conn, event.type)
+        drafts = drafts_for_event(event, rules, datetime.datetime.now(datetime.UTC))
+        notifications = await create_notifications(services.queue, conn, drafts)
+        await queries.mark_processed(conn, event.id)
+    logger.info(
+        "event %s (%s): %d rules matched, %d notifications",
+        event_id,
+        event.type,
+        len(rules),
+        len(notifications),
+    )
+
+
+def register(queue: procrastinate.App, retry: procrastinate.BaseRetryStrategy) -> None:
+    """Add this module's tasks to ``queue``."""
+    queue.task(name=PROCESS_EVENT_TASK, queue=EVENTS_QUEUE, pass_context=True, retry=retry)(
+        process_event
+    )

@@ -1,0 +1,126 @@
+"""``Idempotency-Key``: a repeated POST gets the first answer and creates nothing new.
+
+The key is claimed inside the use case's own transaction, so the stored answer commits
+(or rolls back) together with what it describes. A concurrent duplicate blocks on the
+key's unique index until the first transaction ends, then replays its answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, TypeVar
+
+import msgspec
+from litestar import Request
+
+from notifier.db import Connection
+from notifier.problems import ProblemError, field_error
+
+T = TypeVar("T")
+MAX_KEY_LENGTH = 255
+
+
+class IdempotentRequest(msgspec.Struct, frozen=True):
+    """A POST that carried an ``Idempotency-Key``."""
+
+    scope: str
+    key: str
+    request_hash: str
+
+
+class StoredResponse(msgspec.Struct, frozen=True):
+    """The answer given the first time."""
+
+    status: int
+    body: Any
+
+    def decode(self, type_: type[T]) -> T:
+        """The stored body as the endpoint's response type."""
+        return msgspec.convert(self.body, type_, strict=False)
+
+
+async def idempotent_request(request: Request[Any, Any, Any]) -> IdempotentRequest | None:
+    """Litestar dependency: the request's idempotency identity, if it sent a key."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not key.strip() or len(key) > MAX_KEY_LENGTH:
+        raise field_error(
+            "Idempotency-Key",
+            f"must be 1 to {MAX_KEY_LENGTH} characters",
+            status=400,
+            source="header",
+        )
+    body = await request.body()
+    scope = f"{request.method} {request.url.path.rstrip('/')}"
+    digest = hashlib.sha256(scope.encode() + b"\n" + body).hexdigest()
+    return IdempotentRequest(scope=scope, key=key, request_hash=digest)
+
+
+async def claim(conn: Connection, request: IdempotentRequest | None) -> StoredResponse | None:
+    """Claim the key for this transaction, or return the answer it already has."""
+    if request is None:
+        return None
+    cursor = await conn.execute(
+        """
+        INSERT INTO notifier.idempotency_keys (scope, key, request_hash)
+        VALUES (%(scope)s, %(key)s, %(request_hash)s)
+        ON CONFLICT (scope, key) DO NOTHING
+        RETURNING key
+        """,
+        msgspec.structs.asdict(request),
+    )
+    if await cursor.fetchone() is not None:
+        return None
+    cursor = await conn.execute(
+        """
+        SELECT request_hash, response_status, response_body
+        FROM notifier.idempotency_keys
+        WHERE scope = %(scope)s AND key = %(key)s
+        """,
+        msgspec.structs.asdict(request),
+    )
+    stored = await cursor.fetchone()
+    if stored is None or stored["response_status"] is None:
+        # Expired and pruned between the two statements: rare; the client may retry.
+        raise ProblemError(409, "Conflict", "this Idempotency-Key is being processed; retry")
+    if stored["request_hash"] != request.request_hash:
+        raise ProblemError(
+            422,
+            "Idempotency-Key reused",
+            "this Idempotency-Key was first used with a different request",
+        )
+    return StoredResponse(status=stored["response_status"], body=stored["response_body"])
+
+
+async def remember(
+    conn: Connection, request: IdempotentRequest | None, status: int, body: msgspec.Struct
+) -> None:
+    """Store the answer with the key, in the same transaction as the work it describes."""
+    if request is None:
+        return
+    await conn.execute(
+        """
+        UPDATE notifier.idempotency_keys
+        SET response_status = %(status)s, response_body = %(body)s::jsonb
+        WHERE scope = %(scope)s AND key = %(key)s
+        """,
+        {
+            "status": status,
+            "body": msgspec.json.encode(body).decode(),
+            "scope": request.scope,
+            "key": request.key,
+        },
+    )
+
+
+async def prune(conn: Connection, *, older_than_hours: int) -> int:
+    """Forget keys older than the retention window. Returns how many were removed."""
+    cursor = await conn.execute(
+        """
+        DELETE FROM notifier.idempotency_keys
+        WHERE created_at < now() - make_interval(hours => %s)
+        """,
+        [older_than_hours],
+    )
+    return cursor.rowcount

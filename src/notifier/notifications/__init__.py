@@ -1,0 +1,1 @@
+"""Notifications: one message to one recipient at one time, and its delivery."""

@@ -1,0 +1,205 @@
+"""HTTP handlers for ``/api/v1/notifications``."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Annotated
+
+from litestar import Controller, Response, delete, get, post
+from litestar.params import Dependency, Parameter
+
+from notifier import idempotency
+from notifier.api_types import AwareDatetime
+from notifier.db import Connection, transaction
+from notifier.idempotency import IdempotentRequest
+from notifier.notifications import queries
+from notifier.notifications.scheduling import (
+    NotificationDraft,
+    create_notifications,
+    defer_delivery,
+    plan_sends,
+)
+from notifier.notifications.schemas import (
+    Notification,
+    NotificationCreate,
+    NotificationDetail,
+    NotificationStatus,
+)
+from notifier.pagination import DEFAULT_LIMIT, MAX_LIMIT, Cursor, next_link
+from notifier.problems import ProblemError, field_error, not_found
+from notifier.services import Services
+
+Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Page size")]
+CANCELLABLE = frozenset(
+    {NotificationStatus.PENDING, NotificationStatus.FAILED, NotificationStatus.DEAD}
+)
+
+
+def draft_from_request(
+    data: NotificationCreate, services: Services, now: datetime.datetime
+) -> NotificationDraft:
+    """Check a create request against the configured channels and plan its one send."""
+    channel_name = data.channel or services.settings.default_channel
+    channel = services.channel(channel_name)
+    if channel is None:
+        raise field_error(
+            "channel", f"unknown channel {channel_name!r}; have {sorted(services.channels)}"
+        )
+    recipient = data.recipient or data.email or data.phone
+    if recipient is None:
+        raise field_error("recipient", "give recipient, email or phone")
+    problem = channel.validate_recipient(recipient)
+    if problem is not None:
+        raise field_error("recipient", problem)
+    (send,) = plan_sends(data.target_date, [datetime.timedelta(days=data.lead_time_days)], now)
+    return NotificationDraft(
+        notification_type=data.notification_type,
+        entity_id=data.entity_id,
+        channel=channel_name,
+        recipient=recipient,
+        email=data.email,
+        phone=data.phone,
+        target_date=data.target_date,
+        context=data.data,
+        send=send,
+    )
+
+
+async def _locked(
+    conn: Connection, notification_id: uuid.UUID
+) -> tuple[NotificationStatus, int | None]:
+    """Lock the notification; its status and current job id. 404 if unknown."""
+    row = await queries.lock_notification(conn, notification_id)
+    if row is None:
+        raise not_found("notification", notification_id)
+    return NotificationStatus(row["status"]), row["job_id"]
+
+
+class NotificationController(Controller):
+    """Schedule, read, cancel and replay notifications."""
+
+    path = "/api/v1/notifications"
+    tags = ["notifications"]  # noqa: RUF012 - litestar reads it from the class
+
+    @post("/", status_code=201, summary="Schedule a notification")
+    async def create(
+        self,
+        data: NotificationCreate,
+        services: Services,
+        idempotent: Annotated[IdempotentRequest | None, Dependency(skip_validation=True)],
+    ) -> Response[Notification]:
+        """Store the notification and its deliver job, scheduled ``lead_time_days`` before
+        ``target_date``, in one transaction. A target date in the past stores it ``expired``.
+        """
+        draft = draft_from_request(data, services, datetime.datetime.now(datetime.UTC))
+        async with transaction(services.pool) as conn:
+            stored = await idempotency.claim(conn, idempotent)
+            if stored is not None:
+                return Response(stored.decode(Notification), status_code=stored.status)
+            (notification,) = await create_notifications(services.queue, conn, [draft])
+            await idempotency.remember(conn, idempotent, 201, notification)
+        return Response(notification, status_code=201)
+
+    @get("/", summary="List notifications, newest first")
+    async def list_notifications(
+        self,
+        services: Services,
+        limit: Limit = DEFAULT_LIMIT,
+        cursor: str | None = None,
+        status: NotificationStatus | None = None,
+        notification_type: Annotated[str | None, Parameter(query="type")] = None,
+        entity_id: str | None = None,
+        created_after: AwareDatetime | None = None,
+        created_before: AwareDatetime | None = None,
+    ) -> Response[list[Notification]]:
+        """Filter by status, type, entity and creation time; ``Link`` names the next page."""
+        after = Cursor.decode(cursor) if cursor else None
+        async with transaction(services.pool) as conn:
+            rows = await queries.list_notifications(
+                conn,
+                limit=limit + 1,
+                after=after,
+                status=status,
+                notification_type=notification_type,
+                entity_id=entity_id,
+                created_after=created_after,
+                created_before=created_before,
+            )
+        page, more = rows[:limit], len(rows) > limit
+        following = Cursor(page[-1].created_at, page[-1].id) if more else None
+        filters = {
+            "limit": limit,
+            "status": status,
+            "type": notification_type,
+            "entity_id": entity_id,
+            "created_after": created_after.isoformat() if created_after else None,
+            "created_before": created_before.isoformat() if created_before else None,
+        }
+        query = {key: str(value) for key, value in filters.items() if value is not None}
+        return Response(page, headers=next_link(self.path + "/", query, following))
+
+    @get("/{notification_id:uuid}", summary="One notification with its delivery attempts")
+    async def get_notification(
+        self, notification_id: uuid.UUID, services: Services
+    ) -> NotificationDetail:
+        """The notification, its status and every delivery attempt."""
+        async with transaction(services.pool) as conn:
+            notification = await queries.get_notification(conn, notification_id)
+        if notification is None:
+            raise not_found("notification", notification_id)
+        return notification
+
+    @delete("/{notification_id:uuid}", status_code=200, summary="Cancel a notification")
+    async def cancel(self, notification_id: uuid.UUID, services: Services) -> Notification:
+        """Cancel the notification and its job in one transaction; it will never be sent.
+
+        If a delivery is in flight, this waits for it: a notification that got sent
+        answers 409 instead of claiming a cancel that did not happen.
+        """
+        async with transaction(services.pool) as conn:
+            status, job_id = await _locked(conn, notification_id)
+            if status is NotificationStatus.CANCELLED:
+                detail = await queries.get_notification(conn, notification_id)
+                assert detail is not None
+                return detail
+            if status not in CANCELLABLE:
+                raise ProblemError(
+                    409, "Conflict", f"notification {notification_id} is already {status}"
+                )
+            cancelled = await queries.set_status(
+                conn, notification_id, NotificationStatus.CANCELLED
+            )
+            if job_id is not None:
+                # Only a job still waiting can be cancelled; one already running finds the
+                # row cancelled once it gets the lock this transaction holds.
+                await services.queue.job_manager.cancel_job_by_id_async(job_id, connection=conn)
+        return cancelled
+
+    @post(
+        "/{notification_id:uuid}/retry",
+        status_code=202,
+        summary="Replay a failed or dead notification",
+    )
+    async def retry(
+        self,
+        notification_id: uuid.UUID,
+        services: Services,
+        idempotent: Annotated[IdempotentRequest | None, Dependency(skip_validation=True)],
+    ) -> Response[Notification]:
+        """Make a failed or dead notification pending again and deliver it now."""
+        async with transaction(services.pool) as conn:
+            stored = await idempotency.claim(conn, idempotent)
+            if stored is not None:
+                return Response(stored.decode(Notification), status_code=stored.status)
+            status, _ = await _locked(conn, notification_id)
+            if not status.replayable:
+                raise ProblemError(
+                    409,
+                    "Conflict",
+                    f"only failed or dead notifications can be replayed; this one is {status}",
+                )
+            job_id = await defer_delivery(services.queue, conn, notification_id)
+            notification = await queries.start_new_round(conn, notification_id, job_id)
+            await idempotency.remember(conn, idempotent, 202, notification)
+        return Response(notification, status_code=202)

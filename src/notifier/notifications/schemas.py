@@ -1,0 +1,95 @@
+"""The notification resource at the API boundary."""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import uuid
+from typing import Annotated, Any
+
+import msgspec
+
+from notifier.api_types import AwareDatetime, EventType, Payload
+
+
+class NotificationStatus(enum.StrEnum):
+    """Where a notification is in its life. Only ``pending`` may still be sent."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"  # its target date passed before it could be sent
+    SKIPPED = "skipped"  # superseded by a later reminder for the same target
+    FAILED = "failed"  # a permanent error: retrying cannot help
+    DEAD = "dead"  # every attempt failed
+
+    @property
+    def replayable(self) -> bool:
+        """Whether ``POST .../retry`` may send it again."""
+        return self in {NotificationStatus.FAILED, NotificationStatus.DEAD}
+
+
+class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``POST /api/v1/notifications/``: the seed shape plus optional channel fields."""
+
+    notification_type: EventType
+    entity_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    target_date: AwareDatetime
+    lead_time_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 7
+    email: Annotated[str, msgspec.Meta(max_length=320)] | None = None
+    phone: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    # Beyond the seed API: where to send it. The recipient defaults to email, then phone.
+    channel: str | None = None
+    recipient: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
+    data: Payload = msgspec.field(default_factory=dict)
+
+
+class DeliveryAttempt(msgspec.Struct, kw_only=True):
+    """One try at sending a notification."""
+
+    attempt: int
+    channel: str
+    outcome: str
+    started_at: datetime.datetime
+    finished_at: datetime.datetime
+    status_code: int | None = None
+    error: str | None = None
+
+
+class Notification(msgspec.Struct, kw_only=True):
+    """A stored notification."""
+
+    id: uuid.UUID
+    notification_type: str
+    entity_id: str | None
+    target_date: datetime.datetime | None
+    lead_time_days: float
+    email: str | None
+    phone: str | None
+    channel: str
+    recipient: str
+    status: NotificationStatus
+    send_at: datetime.datetime
+    sent_at: datetime.datetime | None
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+    attempts: int
+    last_error: str | None = None
+    event_id: uuid.UUID | None = None
+    rule_id: uuid.UUID | None = None
+    cancelled_at: datetime.datetime | None = None
+
+
+class NotificationDetail(Notification, kw_only=True):
+    """A notification with its delivery attempts, oldest first."""
+
+    delivery_attempts: list[DeliveryAttempt] = msgspec.field(default_factory=list)
+
+
+def notification_from_row(row: dict[str, Any]) -> Notification:
+    """Build the response struct from a ``notifier.notifications`` row."""
+    lead_time: datetime.timedelta = row["lead_time"]
+    days = lead_time.total_seconds() / 86400
+    fields = {name: row[name] for name in Notification.__struct_fields__ if name in row}
+    fields["lead_time_days"] = int(days) if days.is_integer() else days
+    return Notification(**fields)

@@ -1,0 +1,148 @@
+"""The ``deliver`` task: send one notification, once, and record what happened."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import uuid
+from typing import Any
+
+import procrastinate
+
+from notifier.channels.base import DeliveryError, OutgoingMessage
+from notifier.db import transaction
+from notifier.notifications import queries
+from notifier.notifications.schemas import NotificationStatus
+from notifier.queue import DELIVER_TASK, DELIVERIES_QUEUE, RetryLater, backoff_seconds
+from notifier.services import Services, services_from_context
+from notifier.settings import Settings
+
+logger = logging.getLogger("notifier.delivery")
+
+
+def _message(row: dict[str, Any], attempt: int) -> OutgoingMessage:
+    return OutgoingMessage(
+        notification_id=row["id"],
+        notification_type=row["notification_type"],
+        recipient=row["recipient"],
+        attempt=attempt,
+        event_id=row["event_id"],
+        entity_id=row["entity_id"],
+        target_date=row["target_date"],
+        template=row["template"],
+        context=row["context"],
+    )
+
+
+def retry_delay(settings: Settings, attempt: int, retry_after: float | None) -> float:
+    """Backoff for ``attempt``, never sooner than the receiver's ``Retry-After``."""
+    delay = backoff_seconds(
+        attempt, base=settings.retry_base_seconds, cap=settings.retry_max_seconds
+    )
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return min(delay, settings.retry_max_seconds)
+
+
+async def deliver(context: procrastinate.JobContext, notification_id: str) -> None:
+    """Send a pending notification through its channel.
+
+    The row stays locked for the whole attempt: a concurrent cancel waits and then sees
+    the outcome, so nothing is both reported cancelled and sent. A crash mid-send rolls
+    the transaction back; the stalled job is retried and resends with the same
+    idempotency key (at-least-once).
+    """
+    services = services_from_context(context)
+    job_id = context.job.id
+    retry: RetryLater | None = None
+    async with transaction(services.pool) as conn:
+        row = await queries.lock_notification(conn, uuid.UUID(notification_id))
+        if row is None or row["status"] != NotificationStatus.PENDING:
+            logger.info(
+                "notification %s is %s; not sending",
+                notification_id,
+                row["status"] if row else "gone",
+            )
+            return
+        now = datetime.datetime.now(datetime.UTC)
+        if row["target_date"] is not None and row["target_date"] <= now:
+            await queries.set_status(
+                conn,
+                row["id"],
+                NotificationStatus.EXPIRED,
+                last_error="target date passed before delivery",
+            )
+            return
+        retry = await _attempt(services, conn, row, job_id, now)
+    if retry is not None:
+        # Raised after the commit above, so the attempt stays recorded.
+        raise retry
+
+
+async def _attempt(
+    services: Services,
+    conn: Any,
+    row: dict[str, Any],
+    job_id: int | None,
+    started_at: datetime.datetime,
+) -> RetryLater | None:
+    attempt = row["attempts"] + 1
+    record = {
+        "notification_id": row["id"],
+        "attempt": attempt,
+        "job_id": job_id,
+        "channel": row["channel"],
+        "started_at": started_at,
+    }
+    channel = services.channel(row["channel"])
+    problem = (
+        f"channel {row['channel']!r} is not configured"
+        if channel is None
+        else channel.validate_recipient(row["recipient"])
+    )
+    if channel is None or problem is not None:
+        error = problem if channel is None else f"recipient {problem}"
+        await queries.record_attempt(conn, **record, outcome="failed", error=error)
+        await queries.set_status(conn, row["id"], NotificationStatus.FAILED)
+        logger.warning("notification %s failed permanently: %s", row["id"], error)
+        return None
+
+    try:
+        receipt = await channel.send(_message(row, attempt))
+    except DeliveryError as exc:
+        error = str(exc)
+        status_code = exc.status_code
+        if not exc.retryable or attempt >= services.settings.delivery_max_attempts:
+            final = NotificationStatus.DEAD if exc.retryable else NotificationStatus.FAILED
+            await queries.record_attempt(
+                conn, **record, outcome="failed", status_code=status_code, error=error
+            )
+            await queries.set_status(conn, row["id"], final)
+            logger.warning(
+                "notification %s is %s after attempt %d: %s", row["id"], final, attempt, error
+            )
+            return None
+        await queries.record_attempt(
+            conn, **record, outcome="retry", status_code=status_code, error=error
+        )
+        delay = retry_delay(services.settings, attempt, exc.retry_after_seconds)
+        logger.info(
+            "notification %s attempt %d failed (%s); retry in %.1fs",
+            row["id"],
+            attempt,
+            error,
+            delay,
+        )
+        return RetryLater(error, delay_seconds=delay)
+
+    await queries.record_attempt(
+        conn, **record, outcome="delivered", status_code=receipt.status_code, error=None
+    )
+    await queries.set_status(conn, row["id"], NotificationStatus.SENT)
+    logger.info("notification %s sent on attempt %d", row["id"], attempt)
+    return None
+
+
+def register(queue: procrastinate.App, retry: procrastinate.BaseRetryStrategy) -> None:
+    """Add this module's tasks to ``queue``."""
+    queue.task(name=DELIVER_TASK, queue=DELIVERIES_QUEUE, pass_context=True, retry=retry)(deliver)

@@ -1,0 +1,46 @@
+"""Keyset pagination over ``(created_at, id)``, newest first, with opaque cursors."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import uuid
+from urllib.parse import urlencode
+
+import msgspec
+
+from notifier.problems import field_error
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+
+
+class Cursor(msgspec.Struct, array_like=True, frozen=True):
+    """The position after the last row of a page."""
+
+    created_at: datetime.datetime
+    id: uuid.UUID
+
+    def encode(self) -> str:
+        """Opaque, URL-safe form for the ``cursor`` query parameter."""
+        return base64.urlsafe_b64encode(msgspec.json.encode(self)).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        """Parse a cursor from a client; a 400 problem if it was not one of ours."""
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            return msgspec.json.decode(raw, type=cls)
+        except (binascii.Error, ValueError, msgspec.DecodeError):
+            raise field_error(
+                "cursor", "is not a cursor returned by this API", status=400, source="query"
+            ) from None
+
+
+def next_link(path: str, query: dict[str, str], cursor: Cursor | None) -> dict[str, str]:
+    """A ``Link: <...>; rel="next"`` header for the following page, if there is one."""
+    if cursor is None:
+        return {}
+    encoded = urlencode({**query, "cursor": cursor.encode()})
+    return {"Link": f'<{path}?{encoded}>; rel="next"', "X-Next-Cursor": cursor.encode()}

@@ -1,0 +1,1 @@
+"""Routing rules: which events become which notifications, through which channel, when."""

@@ -1,0 +1,63 @@
+"""SQL for routing rules."""
+
+from __future__ import annotations
+
+import uuid
+
+import msgspec
+
+from notifier.db import Connection
+from notifier.rules.schemas import Rule, RuleCreate
+
+
+async def insert_rule(conn: Connection, rule: RuleCreate) -> Rule:
+    """Store a new rule."""
+    cursor = await conn.execute(
+        """
+        INSERT INTO notifier.routing_rules
+            (name, event_type, channel, recipient_field, recipient, date_field, lead_times,
+             template, enabled)
+        VALUES (%(name)s, %(event_type)s, %(channel)s, %(recipient_field)s, %(recipient)s,
+                %(date_field)s, %(lead_times)s, %(template)s, %(enabled)s)
+        RETURNING *
+        """,
+        msgspec.structs.asdict(rule),
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    return Rule(**row)
+
+
+async def matching_rules(conn: Connection, event_type: str) -> list[Rule]:
+    """Enabled rules whose pattern matches ``event_type``, oldest first."""
+    cursor = await conn.execute(
+        """
+        SELECT * FROM notifier.routing_rules
+        WHERE enabled
+          AND (event_type = %(type)s
+               OR event_type = '*'
+               OR (event_type LIKE '%%.*' AND starts_with(%(type)s, rtrim(event_type, '*'))))
+        ORDER BY created_at, id
+        """,
+        {"type": event_type},
+    )
+    return [Rule(**row) for row in await cursor.fetchall()]
+
+
+async def list_rules(conn: Connection) -> list[Rule]:
+    """Every rule, oldest first."""
+    cursor = await conn.execute("SELECT * FROM notifier.routing_rules ORDER BY created_at, id")
+    return [Rule(**row) for row in await cursor.fetchall()]
+
+
+async def get_rule(conn: Connection, rule_id: uuid.UUID) -> Rule | None:
+    """One rule, or None."""
+    cursor = await conn.execute("SELECT * FROM notifier.routing_rules WHERE id = %s", [rule_id])
+    row = await cursor.fetchone()
+    return Rule(**row) if row else None
+
+
+async def delete_rule(conn: Connection, rule_id: uuid.UUID) -> bool:
+    """Remove a rule; notifications it made keep existing. True if it existed."""
+    cursor = await conn.execute("DELETE FROM notifier.routing_rules WHERE id = %s", [rule_id])
+    return cursor.rowcount == 1

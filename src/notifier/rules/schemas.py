@@ -1,0 +1,50 @@
+"""The routing rule resource at the API boundary."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Annotated
+
+import msgspec
+
+# A dotted path into the event payload: "email", "user.contact.email".
+FieldPath = Annotated[
+    str,
+    msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$", max_length=200),
+]
+# "user.signup", "payment.*" (every type starting with "payment.") or "*" (every event).
+EventTypePattern = Annotated[
+    str, msgspec.Meta(pattern=r"^(\*|[^\s*]+(\.\*)?)$", min_length=1, max_length=200)
+]
+LeadTimes = Annotated[list[datetime.timedelta], msgspec.Meta(min_length=1, max_length=20)]
+
+
+class RuleCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``POST /api/v1/rules/``. Lead times are ISO 8601 durations, e.g. ``"P7D"``."""
+
+    event_type: EventTypePattern
+    channel: str
+    recipient_field: FieldPath | None = None
+    recipient: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
+    date_field: FieldPath | None = None
+    lead_times: LeadTimes = msgspec.field(default_factory=lambda: [datetime.timedelta(0)])
+    template: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    name: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    enabled: bool = True
+
+
+class Rule(msgspec.Struct, kw_only=True):
+    """A stored routing rule."""
+
+    id: uuid.UUID
+    name: str
+    event_type: str
+    channel: str
+    recipient_field: str | None
+    recipient: str | None
+    date_field: str | None
+    lead_times: list[datetime.timedelta]
+    template: str | None
+    enabled: bool
+    created_at: datetime.datetime
