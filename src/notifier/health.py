@@ -9,6 +9,7 @@ import msgspec
 import psycopg
 import psycopg_pool
 from litestar import Response, get
+from litestar.di import NamedDependency
 
 from notifier.services import Services
 
@@ -29,7 +30,7 @@ class Health(msgspec.Struct):
 
 
 @get("/health", tags=["health"], summary="Liveness and dependencies")
-async def health(services: Services) -> Response[Health]:
+async def health(services: NamedDependency[Services]) -> Response[Health]:
     """200 when the database answers within two seconds, 503 otherwise."""
     started = time.perf_counter()
     try:

@@ -6,7 +6,8 @@ import uuid
 from typing import Annotated
 
 from litestar import Controller, Response, get, post
-from litestar.params import Dependency, Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from notifier import idempotency
 from notifier.db import transaction
@@ -19,7 +20,7 @@ from notifier.pagination import DEFAULT_LIMIT, MAX_LIMIT, Cursor, next_link
 from notifier.problems import not_found
 from notifier.services import Services
 
-Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Page size")]
+Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description="Page size")]
 
 
 class EventController(Controller):
@@ -31,9 +32,9 @@ class EventController(Controller):
     @post("/", status_code=201, summary="Publish an event")
     async def publish(
         self,
-        data: EventCreate,
-        services: Services,
-        idempotent: Annotated[IdempotentRequest | None, Dependency(skip_validation=True)],
+        data: JSONBody[EventCreate],
+        services: NamedDependency[Services],
+        idempotent: NamedDependency[IdempotentRequest | None],
     ) -> Response[Event]:
         """Store the event and enqueue its processing in one transaction.
 
@@ -52,10 +53,10 @@ class EventController(Controller):
     @get("/", summary="List events, newest first")
     async def list_events(
         self,
-        services: Services,
+        services: NamedDependency[Services],
         limit: Limit = DEFAULT_LIMIT,
-        cursor: str | None = None,
-        event_type: Annotated[str | None, Parameter(query="type")] = None,
+        cursor: FromQuery[str | None] = None,
+        event_type: Annotated[str | None, QueryParameter(name="type")] = None,
     ) -> Response[list[Event]]:
         """A page of events. The ``Link`` header names the next page, if any."""
         after = Cursor.decode(cursor) if cursor else None
@@ -69,7 +70,9 @@ class EventController(Controller):
         return Response(page, headers=next_link(self.path + "/", query, following))
 
     @get("/{event_id:uuid}", summary="One event with its notifications")
-    async def get_event(self, event_id: uuid.UUID, services: Services) -> EventDetail:
+    async def get_event(
+        self, event_id: FromPath[uuid.UUID], services: NamedDependency[Services]
+    ) -> EventDetail:
         """The event and every notification it produced, with their states."""
         async with transaction(services.pool) as conn:
             event = await queries.get_event(conn, event_id)

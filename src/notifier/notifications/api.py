@@ -7,7 +7,8 @@ import uuid
 from typing import Annotated
 
 from litestar import Controller, Response, delete, get, post
-from litestar.params import Dependency, Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from notifier import idempotency
 from notifier.api_types import AwareDatetime
@@ -30,14 +31,14 @@ from notifier.pagination import DEFAULT_LIMIT, MAX_LIMIT, Cursor, next_link
 from notifier.problems import ProblemError, field_error, not_found
 from notifier.services import Services
 
-Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Page size")]
+Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description="Page size")]
 CANCELLABLE = frozenset(
     {NotificationStatus.PENDING, NotificationStatus.FAILED, NotificationStatus.DEAD}
 )
 
 
 def draft_from_request(
-    data: NotificationCreate, services: Services, now: datetime.datetime
+    data: JSONBody[NotificationCreate], services: NamedDependency[Services], now: datetime.datetime
 ) -> NotificationDraft:
     """Check a create request against the configured channels and plan its one send."""
     channel_name = data.channel or services.settings.default_channel
@@ -85,9 +86,9 @@ class NotificationController(Controller):
     @post("/", status_code=201, summary="Schedule a notification")
     async def create(
         self,
-        data: NotificationCreate,
-        services: Services,
-        idempotent: Annotated[IdempotentRequest | None, Dependency(skip_validation=True)],
+        data: JSONBody[NotificationCreate],
+        services: NamedDependency[Services],
+        idempotent: NamedDependency[IdempotentRequest | None],
     ) -> Response[Notification]:
         """Store the notification and its deliver job, scheduled ``lead_time_days`` before
         ``target_date``, in one transaction. A target date in the past stores it ``expired``.
@@ -104,14 +105,14 @@ class NotificationController(Controller):
     @get("/", summary="List notifications, newest first")
     async def list_notifications(
         self,
-        services: Services,
+        services: NamedDependency[Services],
         limit: Limit = DEFAULT_LIMIT,
-        cursor: str | None = None,
-        status: NotificationStatus | None = None,
-        notification_type: Annotated[str | None, Parameter(query="type")] = None,
-        entity_id: str | None = None,
-        created_after: AwareDatetime | None = None,
-        created_before: AwareDatetime | None = None,
+        cursor: FromQuery[str | None] = None,
+        status: FromQuery[NotificationStatus | None] = None,
+        notification_type: Annotated[str | None, QueryParameter(name="type")] = None,
+        entity_id: FromQuery[str | None] = None,
+        created_after: FromQuery[AwareDatetime | None] = None,
+        created_before: FromQuery[AwareDatetime | None] = None,
     ) -> Response[list[Notification]]:
         """Filter by status, type, entity and creation time; ``Link`` names the next page."""
         after = Cursor.decode(cursor) if cursor else None
@@ -141,7 +142,7 @@ class NotificationController(Controller):
 
     @get("/{notification_id:uuid}", summary="One notification with its delivery attempts")
     async def get_notification(
-        self, notification_id: uuid.UUID, services: Services
+        self, notification_id: FromPath[uuid.UUID], services: NamedDependency[Services]
     ) -> NotificationDetail:
         """The notification, its status and every delivery attempt."""
         async with transaction(services.pool) as conn:
@@ -151,7 +152,9 @@ class NotificationController(Controller):
         return notification
 
     @delete("/{notification_id:uuid}", status_code=200, summary="Cancel a notification")
-    async def cancel(self, notification_id: uuid.UUID, services: Services) -> Notification:
+    async def cancel(
+        self, notification_id: FromPath[uuid.UUID], services: NamedDependency[Services]
+    ) -> Notification:
         """Cancel the notification and its job in one transaction; it will never be sent.
 
         If a delivery is in flight, this waits for it: a notification that got sent
@@ -183,9 +186,9 @@ class NotificationController(Controller):
     )
     async def retry(
         self,
-        notification_id: uuid.UUID,
-        services: Services,
-        idempotent: Annotated[IdempotentRequest | None, Dependency(skip_validation=True)],
+        notification_id: FromPath[uuid.UUID],
+        services: NamedDependency[Services],
+        idempotent: NamedDependency[IdempotentRequest | None],
     ) -> Response[Notification]:
         """Make a failed or dead notification pending again and deliver it now."""
         async with transaction(services.pool) as conn:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 
 from litestar import Controller, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 
 from notifier.db import transaction
 from notifier.problems import field_error, not_found
@@ -13,7 +15,7 @@ from notifier.rules.schemas import Rule, RuleCreate
 from notifier.services import Services
 
 
-def validate_rule(rule: RuleCreate, services: Services) -> None:
+def validate_rule(rule: RuleCreate, services: NamedDependency[Services]) -> None:
     """Reject a rule that could never deliver, naming the field at fault."""
     channel = services.channel(rule.channel)
     if channel is None:
@@ -35,20 +37,22 @@ class RuleController(Controller):
     tags = ["rules"]  # noqa: RUF012 - litestar reads it from the class
 
     @post("/", status_code=201, summary="Create a routing rule")
-    async def create(self, data: RuleCreate, services: Services) -> Rule:
+    async def create(self, data: JSONBody[RuleCreate], services: NamedDependency[Services]) -> Rule:
         """Applies to events processed from now on."""
         validate_rule(data, services)
         async with transaction(services.pool) as conn:
             return await queries.insert_rule(conn, data)
 
     @get("/", summary="List routing rules")
-    async def list_rules(self, services: Services) -> list[Rule]:
+    async def list_rules(self, services: NamedDependency[Services]) -> list[Rule]:
         """Every rule, oldest first."""
         async with transaction(services.pool) as conn:
             return await queries.list_rules(conn)
 
     @get("/{rule_id:uuid}", summary="One routing rule")
-    async def get_rule(self, rule_id: uuid.UUID, services: Services) -> Rule:
+    async def get_rule(
+        self, rule_id: FromPath[uuid.UUID], services: NamedDependency[Services]
+    ) -> Rule:
         """The rule, or 404."""
         async with transaction(services.pool) as conn:
             rule = await queries.get_rule(conn, rule_id)
@@ -57,7 +61,9 @@ class RuleController(Controller):
         return rule
 
     @delete("/{rule_id:uuid}", status_code=204, summary="Delete a routing rule")
-    async def delete_rule(self, rule_id: uuid.UUID, services: Services) -> None:
+    async def delete_rule(
+        self, rule_id: FromPath[uuid.UUID], services: NamedDependency[Services]
+    ) -> None:
         """Notifications it already made are kept."""
         async with transaction(services.pool) as conn:
             if not await queries.delete_rule(conn, rule_id):

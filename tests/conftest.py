@@ -1,0 +1,153 @@
+"""Shared fixtures: a migrated template database, one clone per test, real workers and receivers.
+
+The template is built once per session by running the Alembic migrations (never by
+creating tables directly), and each test gets its own ``CREATE DATABASE ... TEMPLATE``
+clone, so tests share no state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import psycopg
+import pytest
+from litestar.testing import AsyncTestClient
+from psycopg.conninfo import make_conninfo
+from pytest_postgresql import factories
+
+from notifier import migrate
+from notifier.app import create_app
+from notifier.bootstrap import open_services
+from notifier.services import Services
+from notifier.settings import Settings
+from notifier.worker import run_worker
+from tests.support import ReceivedRequest, WebhookReceiver
+
+PG_HOST = os.environ.get("NOTIFIER_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("NOTIFIER_TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("NOTIFIER_TEST_PG_USER", "postgres")
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"test-secret-of-32-bytes-length!!").decode()
+
+
+def migrate_template(
+    host: str, port: int, user: str, dbname: str, password: str | None, **_: Any
+) -> None:
+    """pytest-postgresql loader: bring the template database to head with the migrations."""
+    migrate.upgrade(
+        make_conninfo("", host=host, port=port, user=user, dbname=dbname, password=password)
+    )
+
+
+# A per-process database name lets several test runs share one server without colliding.
+postgresql_server = factories.postgresql_noproc(
+    host=PG_HOST,
+    port=PG_PORT,
+    user=PG_USER,
+    dbname=f"notifier_test_{os.getpid()}",
+    load=[migrate_template],
+)
+postgresql = factories.postgresql("postgresql_server")
+
+
+@pytest.fixture
+def database_url(postgresql: psycopg.Connection[Any]) -> str:
+    """A freshly cloned, migrated database of this test's own."""
+    info = postgresql.info
+    return make_conninfo("", host=info.host, port=info.port, user=info.user, dbname=info.dbname)
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    """Settings tuned for fast tests: quick polling and short retry backoff."""
+    return Settings(
+        database_url=database_url,
+        database_pool_min_size=1,
+        worker_concurrency=4,
+        worker_poll_interval_seconds=0.1,
+        worker_shutdown_timeout_seconds=5.0,
+        retry_base_seconds=0.05,
+        retry_max_seconds=2.0,
+        webhook_timeout_seconds=2.0,
+        webhook_secret=WEBHOOK_SECRET,
+    )
+
+
+@pytest.fixture
+async def services(settings: Settings) -> AsyncIterator[Services]:
+    """The services a worker process would build (its own pool)."""
+    async with open_services(settings, name="notifier-test") as opened:
+        yield opened
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
+    """The real Litestar app (lifespan included) in front of the test database."""
+    async with AsyncTestClient(app=create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+async def worker(services: Services) -> AsyncIterator[None]:
+    """A real procrastinate worker on every queue, running in this event loop."""
+    task = asyncio.create_task(
+        run_worker(services, install_signal_handlers=False, name="test-worker")
+    )
+    await asyncio.sleep(0)
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout=10)
+
+
+@pytest.fixture
+async def db(services: Services) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """An autocommit connection for arranging and inspecting rows."""
+    async with services.pool.connection() as conn:
+        await conn.set_autocommit(True)
+        yield conn
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    """A webhook receiver on 127.0.0.1, in a thread of its own."""
+    state = WebhookReceiver(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            with state.lock:
+                state.requests.append(
+                    ReceivedRequest(
+                        path=self.path,
+                        headers={k.lower(): v for k, v in self.headers.items()},
+                        body=body,
+                    )
+                )
+            if state.delay_seconds:
+                time.sleep(state.delay_seconds)
+            status, headers = state.next_response()
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Keep test output quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
