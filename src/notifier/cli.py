@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -123,5 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 dev_settings.api_host,
                 dev_settings.api_port,
             )
-            asyncio.run(develop(dev_settings))
+            # uvicorn re-raises the Ctrl-C it handled once it has shut down cleanly.
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(develop(dev_settings))
     return 0

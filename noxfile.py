@@ -1,0 +1,45 @@
+"""Developer and CI sessions. `uv run nox` runs lint, typecheck and tests (what CI runs)."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "uv"
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+SOURCES = ["src", "tests", "migrations", "noxfile.py"]
+
+
+def sync(session: nox.Session) -> None:
+    """Install the locked dependencies (with the dev group) into the session's venv."""
+    session.run_install(
+        "uv",
+        "sync",
+        "--frozen",
+        "--quiet",
+        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint rules and formatting."""
+    sync(session)
+    session.run("ruff", "check", *SOURCES)
+    session.run("ruff", "format", "--check", *SOURCES)
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy in strict mode over src and tests."""
+    sync(session)
+    session.run("mypy")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite against the PostgreSQL at 127.0.0.1:5432 (extra args go to pytest)."""
+    sync(session)
+    session.run("pytest", *session.posargs)

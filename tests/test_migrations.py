@@ -1,0 +1,122 @@
+"""The schema is made by the migrations only, and every revision walks up and down cleanly."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import psycopg
+from alembic.script import ScriptDirectory
+from procrastinate.schema import SchemaManager
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from notifier import migrate
+
+
+def load_revision(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def schema_objects(database_url: str) -> set[str]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            """
+            SELECT table_schema || '.' || table_name FROM information_schema.tables
+            WHERE table_schema IN ('public', 'notifier') AND table_name <> 'alembic_version'
+            UNION ALL
+            SELECT 'function ' || p.proname FROM pg_proc p
+            JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'
+            UNION ALL
+            SELECT 'type ' || t.typname FROM pg_type t
+            JOIN pg_namespace n ON n.oid = t.typnamespace
+            WHERE n.nspname = 'public' AND t.typname LIKE 'procrastinate%'
+            """
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
+def test_every_revision_upgrades_downgrades_and_upgrades_again(database_url: str) -> None:
+    at_head = schema_objects(database_url)
+    assert {"notifier.events", "notifier.notifications", "public.procrastinate_jobs"} <= at_head
+
+    revisions = list(
+        reversed(
+            list(ScriptDirectory.from_config(migrate.alembic_config(database_url)).walk_revisions())
+        )
+    )
+    migrate.downgrade(database_url, "base")
+    assert schema_objects(database_url) == set()
+    for revision in revisions:
+        migrate.upgrade(database_url, revision.revision)
+        previous = revision.down_revision or "base"
+        assert isinstance(previous, str), "merge revisions are not expected"
+        migrate.downgrade(database_url, previous)
+        migrate.upgrade(database_url, revision.revision)
+
+    assert schema_objects(database_url) == at_head
+
+
+def test_initial_revision_matches_the_installed_procrastinate_schema() -> None:
+    """Fails loudly when procrastinate ships schema changes that need a new revision."""
+    initial = load_revision(migrate.migrations_dir() / "versions" / "0001_initial.py")
+    shipped = sorted(Path(SchemaManager.get_migrations_path()).glob("*.sql"))
+
+    assert shipped[-1].stem == initial.PROCRASTINATE_SCHEMA_VERSION, (
+        "procrastinate ships newer schema migrations: add an Alembic revision applying "
+        f"{[p.name for p in shipped if p.stem > initial.PROCRASTINATE_SCHEMA_VERSION]}"
+    )
+
+
+def test_migrate_command_creates_a_missing_database_and_upgrades_it(database_url: str) -> None:
+    fresh_name = str(conninfo_to_dict(database_url)["dbname"]) + "_fresh"
+    fresh_url = make_conninfo(database_url, dbname=fresh_name)
+    maintenance_url = make_conninfo(database_url, dbname="postgres")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "notifier", "migrate"],
+            env={"NOTIFIER_DATABASE_URL": fresh_url, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "database created" in result.stderr
+        assert "notifier.events" in schema_objects(fresh_url)
+
+        again = subprocess.run(
+            [sys.executable, "-m", "notifier", "migrate"],
+            env={"NOTIFIER_DATABASE_URL": fresh_url, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert again.returncode == 0, again.stderr
+        assert "database exists" in again.stderr
+    finally:
+        with psycopg.connect(maintenance_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{fresh_name}" WITH (FORCE)')
+
+
+def test_notifier_tables_live_in_their_own_schema(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        rows: list[Any] = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'notifier' ORDER BY 1"
+        ).fetchall()
+    assert [row[0] for row in rows] == [
+        "delivery_attempts",
+        "events",
+        "idempotency_keys",
+        "notifications",
+        "routing_rules",
+    ]

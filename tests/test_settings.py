@@ -1,0 +1,59 @@
+"""Settings come from NOTIFIER_* variables, typed, with a usable local default."""
+
+from __future__ import annotations
+
+import pytest
+
+from notifier.settings import DEFAULT_DATABASE_URL, Settings, SettingsError
+
+
+def test_defaults_point_at_the_local_database() -> None:
+    settings = Settings.from_env({})
+
+    assert (
+        settings.database_url
+        == DEFAULT_DATABASE_URL
+        == "postgresql://postgres@127.0.0.1:5432/notifier"
+    )
+    assert settings.webhook_secret is None
+
+
+def test_values_are_read_from_prefixed_variables_and_typed() -> None:
+    settings = Settings.from_env(
+        {
+            "NOTIFIER_DATABASE_URL": "postgresql://app@db/notifier",
+            "NOTIFIER_WORKER_CONCURRENCY": "25",
+            "NOTIFIER_WORKER_POLL_INTERVAL_SECONDS": "0.25",
+            "NOTIFIER_WORKER_LISTEN_NOTIFY": "off",
+            "NOTIFIER_WEBHOOK_SECRET": "whsec_c2VjcmV0",
+            "DATABASE_URL": "postgresql://ignored",
+        }
+    )
+
+    assert settings.database_url == "postgresql://app@db/notifier"
+    assert settings.worker_concurrency == 25
+    assert settings.worker_poll_interval_seconds == 0.25
+    assert settings.worker_listen_notify is False
+    assert settings.webhook_secret == "whsec_c2VjcmV0"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("NOTIFIER_WORKER_CONCURRENCY", "ten"),
+        ("NOTIFIER_WORKER_POLL_INTERVAL_SECONDS", "fast"),
+        ("NOTIFIER_WORKER_LISTEN_NOTIFY", "maybe"),
+    ],
+)
+def test_a_malformed_value_names_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_replace_returns_a_changed_copy() -> None:
+    settings = Settings.from_env({})
+
+    changed = settings.replace(api_port=9000)
+
+    assert changed.api_port == 9000
+    assert settings.api_port == 8000
