@@ -9,7 +9,7 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
-SOURCES = ["src", "tests", "migrations", "noxfile.py"]
+SOURCES = ["src", "tests", "migrations", "bench", "noxfile.py"]
 
 
 def sync(session: nox.Session) -> None:

@@ -8,9 +8,9 @@ clone, so tests share no state.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import os
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import uvicorn
 from litestar.testing import AsyncTestClient
 from psycopg.conninfo import make_conninfo
 from pytest_postgresql import factories
@@ -29,12 +30,11 @@ from notifier.bootstrap import open_services
 from notifier.services import Services
 from notifier.settings import Settings
 from notifier.worker import run_worker
-from tests.support import ReceivedRequest, WebhookReceiver
+from tests.support import WEBHOOK_SECRET, ReceivedRequest, WebhookReceiver
 
 PG_HOST = os.environ.get("NOTIFIER_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("NOTIFIER_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("NOTIFIER_TEST_PG_USER", "postgres")
-WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"test-secret-of-32-bytes-length!!").decode()
 
 
 def migrate_template(
@@ -92,6 +92,33 @@ async def client(settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
     """The real Litestar app (lifespan included) in front of the test database."""
     async with AsyncTestClient(app=create_app(settings)) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def live_api(settings: Settings) -> Iterator[str]:
+    """The app served by uvicorn on loopback, in a thread with its own event loop.
+
+    ``AsyncTestClient`` blocks the test's event loop for the duration of each request, so
+    a request that waits on a row lock held by the worker (running in that same loop)
+    would wait forever, and its requests cannot overlap. A real server has neither problem.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), lifespan="on", log_level="warning", access_log=False)
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive(), "the API server did not start"
+        assert time.monotonic() < deadline, "the API server did not start in time"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=15)
+    sock.close()
 
 
 @pytest.fixture

@@ -1,15 +1,19 @@
-"""Helpers the tests share: polling for a condition, and the webhook receiver's state."""
+"""Helpers the tests share: polling, problem documents, pagination, row counts, the receiver."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+import psycopg
 import pytest
 
 
@@ -65,3 +69,37 @@ class WebhookReceiver:
     def received(self) -> list[ReceivedRequest]:
         with self.lock:
             return list(self.requests)
+
+
+# The Standard Webhooks secret the test settings sign with.
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"test-secret-of-32-bytes-length!!").decode()
+PROBLEM_JSON = "application/problem+json"
+
+
+def assert_problem(response: httpx.Response, status: int, field: str | None = None) -> None:
+    """An RFC 9457 problem document with ``status``, naming ``field`` if given."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM_JSON)
+    problem = response.json()
+    assert problem["status"] == status
+    assert problem["title"]
+    assert problem["detail"]
+    assert isinstance(problem["errors"], list)
+    for error in problem["errors"]:
+        assert set(error) == {"field", "message", "source"}
+    if field is not None:
+        assert field in [error["field"] for error in problem["errors"]], problem
+
+
+def next_page(response: httpx.Response) -> str | None:
+    """The URL in ``Link: <...>; rel="next"``, if the response has one."""
+    match = re.search(r'<([^>]+)>;\s*rel="next"', response.headers.get("link", ""))
+    return match.group(1) if match else None
+
+
+async def count_rows(db: psycopg.AsyncConnection[Any], table: str) -> int:
+    """Rows in ``table`` (one of our own table names, never user input)."""
+    cursor = await db.execute(f"SELECT count(*) AS n FROM {table}")
+    row = await cursor.fetchone()
+    assert row is not None
+    return int(row["n"])

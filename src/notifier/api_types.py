@@ -1,4 +1,5 @@
-"""Annotated types shared by the API's request and response structs."""
+"""Annotated types shared by the API's request and response structs, and the checks
+that msgspec constraints cannot express."""
 
 from __future__ import annotations
 
@@ -7,7 +8,69 @@ from typing import Annotated, Any
 
 import msgspec
 
+from notifier.problems import field_error
+
 # Timestamps must say which instant they mean: naive ones are rejected at the boundary.
 AwareDatetime = Annotated[datetime.datetime, msgspec.Meta(tz=True)]
 EventType = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^\S+$")]
 Payload = dict[str, Any]
+
+# Instants both PostgreSQL and Python represent in any time zone, with lead times of up to
+# ten years subtracted. Outside it, a stored value could not be read back.
+EARLIEST_INSTANT = datetime.datetime(1900, 1, 1, tzinfo=datetime.UTC)
+LATEST_INSTANT = datetime.datetime(9000, 1, 1, tzinfo=datetime.UTC)
+
+
+def check_instant(field: str, value: datetime.datetime | None) -> None:
+    """A 422 naming ``field`` unless ``value`` lies in the range the service can store."""
+    if value is not None and not EARLIEST_INSTANT <= value < LATEST_INSTANT:
+        raise field_error(
+            field,
+            f"must be between {EARLIEST_INSTANT.isoformat()} and {LATEST_INSTANT.isoformat()}",
+        )
+
+
+def check_aware(field: str, value: datetime.datetime | None, *, source: str = "query") -> None:
+    """A 422 naming ``field`` if ``value`` has no time zone.
+
+    Litestar does not apply :data:`AwareDatetime`'s constraint to query parameters.
+    """
+    if value is not None and value.utcoffset() is None:
+        raise field_error(field, "must include a time zone, e.g. 'Z' or '+02:00'", source=source)
+
+
+def check_storable(data: msgspec.Struct | dict[str, Any], *, source: str = "body") -> None:
+    """A 422 naming the first value in ``data`` that PostgreSQL could not store or the API
+    could not read back: a string or key holding NUL (text and jsonb refuse it), or JSON
+    nested deeper than :data:`MAX_JSON_DEPTH`."""
+    problem = _unstorable(msgspec.to_builtins(data))
+    if problem is not None:
+        path, message = problem
+        raise field_error(path or "body", message, source=source)
+
+
+# Real payloads are a few levels deep; a bound keeps every later read and encode of them
+# well inside Python's recursion limit.
+MAX_JSON_DEPTH = 64
+_NUL = "\x00"
+
+
+def _unstorable(value: Any) -> tuple[str, str] | None:
+    """(path, problem) of the first unstorable value, depth first, in document order."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return path, f"must not nest deeper than {MAX_JSON_DEPTH} levels"
+        if isinstance(item, str) and _NUL in item:
+            return path, "must not contain the NUL character (\\u0000)"
+        if isinstance(item, dict):
+            if any(_NUL in key for key in item):
+                return path, "must not have a key containing the NUL character (\\u0000)"
+            children = [(v, f"{path}.{k}" if path else k) for k, v in item.items()]
+        elif isinstance(item, list):
+            children = [(v, f"{path}[{i}]") for i, v in enumerate(item)]
+        else:
+            continue
+        stack.extend((child, child_path, depth + 1) for child, child_path in reversed(children))
+    return None

@@ -21,13 +21,16 @@ from notifier.queue import NotifierRetryStrategy
 from notifier.services import Services
 from notifier.settings import Settings
 
+UNEXPECTED_FAILURES = 10
+
 
 def create_queue_app(settings: Settings) -> procrastinate.App:
     """The procrastinate app with every notifier task registered. Connects nothing yet."""
     queue = procrastinate.App(
         connector=procrastinate.PsycopgConnector(conninfo=settings.database_url)
     )
-    retry = NotifierRetryStrategy()
+    # Room for every delivery attempt the task schedules itself, plus ten unexpected failures.
+    retry = NotifierRetryStrategy(max_attempts=settings.delivery_max_attempts + UNEXPECTED_FAILURES)
     event_tasks.register(queue, retry)
     notification_tasks.register(queue, retry)
     maintenance.register(queue)

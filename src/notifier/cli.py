@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 import uvicorn
 
 from notifier import migrate as migrations
+from notifier import outbox
 from notifier.app import create_app
 from notifier.bootstrap import open_services
 from notifier.queue import ALL_QUEUES
@@ -44,6 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
         dest="queues",
         help="queue to work on; repeat for several (default: all)",
     )
+
+    producer = commands.add_parser(
+        "producer", help="manage database roles that may only INSERT into notifier.outbox"
+    )
+    producer_commands = producer.add_subparsers(dest="producer_command", required=True)
+    create = producer_commands.add_parser("create", help="create a login role; prints its password")
+    create.add_argument("name", help="the role name")
+    create.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="take the password from this environment variable instead of generating one",
+    )
+    drop = producer_commands.add_parser("drop", help="remove a producer's login role")
+    drop.add_argument("name", help="the role name")
 
     dev = commands.add_parser("dev", help="migrate, then run API and worker in one process")
     dev.add_argument("--host", help="bind address (default NOTIFIER_API_HOST)")
@@ -86,6 +102,23 @@ async def develop(settings: Settings) -> None:
             await asyncio.gather(worker, return_exceptions=True)
 
 
+def manage_producer(settings: Settings, args: argparse.Namespace) -> int:
+    """``notifier producer create|drop NAME``."""
+    if args.producer_command == "drop":
+        outbox.drop_producer(settings.database_url, args.name)
+        logger.info("dropped producer role %s", args.name)
+        return 0
+    given = os.environ.get(args.password_env) if args.password_env else None
+    if args.password_env and not given:
+        print(f"notifier: {args.password_env} is not set", file=sys.stderr)  # noqa: T201
+        return 2
+    password = outbox.create_producer(settings.database_url, args.name, given)
+    logger.info("created producer role %s; it may only INSERT into notifier.outbox", args.name)
+    if given is None:
+        print(password)  # noqa: T201 - shown once, to the operator who asked for it
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``notifier`` script."""
     args = build_parser().parse_args(argv)
@@ -110,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "migrate":
         created = migrations.migrate(settings)
         logger.info("database %s; schema at head", "created" if created else "exists")
+    elif args.command == "producer":
+        return manage_producer(settings, args)
     elif args.command == "api":
         serve_api(settings)
     elif args.command == "worker":

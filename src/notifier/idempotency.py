@@ -8,10 +8,11 @@ key's unique index until the first transaction ends, then replays its answer.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Request
+from litestar.params import HeaderParameter
 
 from notifier.db import Connection
 from notifier.problems import ProblemError, field_error
@@ -39,15 +40,30 @@ class StoredResponse(msgspec.Struct, frozen=True):
         return msgspec.convert(self.body, type_, strict=False)
 
 
-async def idempotent_request(request: Request[Any, Any, Any]) -> IdempotentRequest | None:
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        required=False,
+        description=(
+            "Makes the POST safe to repeat: a repeat with the same key and body returns the "
+            "first answer and creates nothing new. Keys are kept for at least a day."
+        ),
+    ),
+]
+
+
+async def idempotent_request(
+    request: Request[Any, Any, Any], idempotency_key: IdempotencyKey = None
+) -> IdempotentRequest | None:
     """Litestar dependency: the request's idempotency identity, if it sent a key."""
-    key = request.headers.get("idempotency-key")
+    key = idempotency_key
     if key is None:
         return None
-    if not key.strip() or len(key) > MAX_KEY_LENGTH:
+    if not key.strip() or len(key) > MAX_KEY_LENGTH or not key.isprintable():
         raise field_error(
             "Idempotency-Key",
-            f"must be 1 to {MAX_KEY_LENGTH} characters",
+            f"must be 1 to {MAX_KEY_LENGTH} printable characters",
             status=400,
             source="header",
         )

@@ -5,13 +5,49 @@ from __future__ import annotations
 import logging
 
 import procrastinate
+import psycopg
+from procrastinate.exceptions import ConnectorException
+from procrastinate.manager import JobManager
 
 from notifier import idempotency
 from notifier.db import transaction
 from notifier.queue import MAINTENANCE_QUEUE, MAINTENANCE_TASK
-from notifier.services import services_from_context
+from notifier.services import Services, services_from_context
 
 logger = logging.getLogger("notifier.maintenance")
+
+# Names the advisory lock that serialises stalled-job recovery across maintenance runs.
+STALLED_JOBS_LOCK = "notifier.maintenance.stalled_jobs"
+
+
+async def requeue_stalled_jobs(services: Services, manager: JobManager) -> int:
+    """Put the running jobs of dead workers back in the queue; how many were requeued.
+
+    One run at a time: two runs listing the same stalled job would both requeue it, and
+    the second could do so after a live worker had already fetched it again, running the
+    job twice at once. The lock makes a later run list the jobs only after the earlier
+    one has requeued them, when they are no longer stalled.
+    """
+    settings = services.settings
+    async with transaction(services.pool) as conn:
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [STALLED_JOBS_LOCK])
+        stalled = list(
+            await manager.get_stalled_jobs(seconds_since_heartbeat=settings.stalled_worker_seconds)
+        )
+        requeued = 0
+        for job in stalled:
+            logger.warning("requeueing job %s (%s) of a dead worker", job.id, job.task_name)
+            try:
+                await manager.retry_job(job)
+            except ConnectorException as exc:
+                # procrastinate_retry_job refuses a job that is no longer running (a
+                # worker thought dead finished it after all): nothing to recover.
+                if not isinstance(exc.__cause__, psycopg.errors.RaiseException):
+                    raise
+                logger.warning("job %s was no longer running: %s", job.id, exc.__cause__)
+                continue
+            requeued += 1
+    return requeued
 
 
 async def run_maintenance(context: procrastinate.JobContext, timestamp: int) -> None:
@@ -23,12 +59,7 @@ async def run_maintenance(context: procrastinate.JobContext, timestamp: int) -> 
     services = services_from_context(context)
     settings = services.settings
     manager = context.app.job_manager
-    stalled = list(
-        await manager.get_stalled_jobs(seconds_since_heartbeat=settings.stalled_worker_seconds)
-    )
-    for job in stalled:
-        logger.warning("requeueing job %s (%s) of a dead worker", job.id, job.task_name)
-        await manager.retry_job(job)
+    requeued = await requeue_stalled_jobs(services, manager)
     await manager.delete_old_jobs(
         nb_hours=settings.prune_jobs_after_hours, include_cancelled=True, include_aborted=True
     )
@@ -37,7 +68,7 @@ async def run_maintenance(context: procrastinate.JobContext, timestamp: int) -> 
     logger.info(
         "maintenance at %s: %d stalled jobs requeued, %d keys pruned",
         timestamp,
-        len(stalled),
+        requeued,
         pruned,
     )
 

@@ -6,6 +6,7 @@ import base64
 import binascii
 import datetime
 import uuid
+from typing import Annotated
 from urllib.parse import urlencode
 
 import msgspec
@@ -19,7 +20,7 @@ MAX_LIMIT = 500
 class Cursor(msgspec.Struct, array_like=True, frozen=True):
     """The position after the last row of a page."""
 
-    created_at: datetime.datetime
+    created_at: Annotated[datetime.datetime, msgspec.Meta(tz=True)]
     id: uuid.UUID
 
     def encode(self) -> str:

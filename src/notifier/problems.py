@@ -10,7 +10,8 @@ import msgspec
 import psycopg
 import psycopg_pool
 from litestar import MediaType, Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
     HTTP_422_UNPROCESSABLE_ENTITY,
@@ -31,15 +32,19 @@ class FieldProblem(msgspec.Struct, frozen=True):
     source: str = "body"
 
 
-class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
-    """An RFC 9457 problem document."""
+class Problem(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """An RFC 9457 problem document.
+
+    ``detail`` and ``errors`` are always present (``errors`` may be empty), so clients
+    can read them without checking first.
+    """
 
     title: str
     status: int
+    detail: str
+    errors: list[FieldProblem]
     type: str = "about:blank"
-    detail: str | None = None
     instance: str | None = None
-    errors: list[FieldProblem] = msgspec.field(default_factory=list)
 
 
 class ProblemError(Exception):
@@ -60,6 +65,32 @@ class ProblemError(Exception):
         self.detail = detail
         self.errors = errors or []
         self.headers = headers or {}
+
+
+_RESPONSE_DESCRIPTIONS = {
+    400: "Malformed request: the body is not JSON, or a cursor or header is unusable",
+    404: "No such resource",
+    409: "The resource's state does not allow this",
+    422: "A value is invalid; `errors` names each field at fault",
+    503: "The database is unavailable; nothing was stored, retry after `Retry-After` seconds",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI descriptions of a handler's error answers, all problem documents.
+
+    Given for 400, they replace the default one Litestar documents for every handler with
+    parameters, which describes its own error shape rather than ours.
+    """
+    return {
+        status: ResponseSpec(
+            Problem,
+            description=_RESPONSE_DESCRIPTIONS[status],
+            media_type=PROBLEM_MEDIA_TYPE,
+            generate_examples=False,
+        )
+        for status in (*statuses, 503)
+    }
 
 
 def not_found(resource: str, resource_id: object) -> ProblemError:
@@ -84,7 +115,7 @@ def problem_response(request: Request[Any, Any, Any], error: ProblemError) -> Re
     problem = Problem(
         title=error.title,
         status=error.status,
-        detail=error.detail,
+        detail=error.detail or error.title,
         instance=request.url.path,
         errors=error.errors,
     )
@@ -95,30 +126,63 @@ def problem_response(request: Request[Any, Any, Any], error: ProblemError) -> Re
 
 # msgspec says where a value is wrong as a JSON path at the end of its message.
 _MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+# ... and names a missing or unexpected field only in the message.
+_NAMED_FIELD = re.compile(r"(?:missing required|contains unknown) field `(?P<name>[^`]+)`")
+# Litestar validates the request body as the handler argument called ``data``.
+_BODY_PATH = ".data"
+_NO_BODY = "Object missing required field `data`"
+_BODY_REQUIRED = FieldProblem(field="body", message="a JSON body is required")
+
+
+def _split_path(message: str) -> tuple[str, str | None]:
+    """``("Expected `int`, got `str`", ".data.limit")`` from msgspec's message."""
+    match = _MSGSPEC_PATH.search(message)
+    if match is None:
+        return message, None
+    return message[: match.start()], match.group("path")
+
+
+def _body_problem(exc: ValidationException) -> FieldProblem | None:
+    """The body's problem, from the msgspec error that Litestar wraps, if it is about the body.
+
+    Litestar's own summary drops the path for errors at the body's root, and cannot tell
+    them from errors in a body field itself called ``data``; msgspec's error still can.
+    """
+    cause = exc.__cause__
+    if not isinstance(cause, msgspec.ValidationError):
+        return None
+    message, path = _split_path(str(cause))
+    if path is None:
+        return _BODY_REQUIRED if message == _NO_BODY else None
+    if path != _BODY_PATH and not path.startswith((_BODY_PATH + ".", _BODY_PATH + "[")):
+        return None
+    field = path.removeprefix(_BODY_PATH).lstrip(".")
+    if named := _NAMED_FIELD.search(message):
+        field = f"{field}.{named['name']}" if field else named["name"]
+    return FieldProblem(field or "body", message)
 
 
 def _validation_problems(exc: ValidationException) -> tuple[int, list[FieldProblem]]:
     extra = exc.extra if isinstance(exc.extra, list) else []
+    body = _body_problem(exc)
     problems: list[FieldProblem] = []
-    malformed = False
     for item in extra:
         if not isinstance(item, dict):
             continue
-        message = str(item.get("message", "is invalid"))
-        key = item.get("key")
         source = str(item.get("source") or "body")
-        match = _MSGSPEC_PATH.search(message)
-        if match:
-            message = message[: match.start()]
-            field = match.group("path").lstrip(".") or "body"
-        else:
-            field = str(key) if key else "body"
-        if message.startswith(("JSON is malformed", "Input data was truncated")):
-            malformed = True
+        if source == "body" and body is not None:
+            problems.append(body)
+            body = None  # msgspec stops at the body's first error: name it once
+            continue
+        message, path = _split_path(str(item.get("message", "is invalid")))
+        key = item.get("key")
+        field = path.lstrip(".") if path else (str(key) if key else "body")
         problems.append(FieldProblem(field=field, message=message, source=source))
+    if body is not None:
+        problems.append(body)
     if not problems:
         problems.append(FieldProblem(field="body", message=exc.detail))
-        malformed = "malformed" in exc.detail.lower() or "decode" in exc.detail.lower()
+    malformed = _BODY_REQUIRED in problems
     return (HTTP_400_BAD_REQUEST if malformed else HTTP_422_UNPROCESSABLE_ENTITY), problems
 
 
@@ -136,6 +200,17 @@ def _handle_validation(
 
 
 def _handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Problem]:
+    if isinstance(exc.__cause__, SerializationException):
+        # The body is not JSON at all (truncated, trailing garbage, bad encoding).
+        return problem_response(
+            request,
+            ProblemError(
+                HTTP_400_BAD_REQUEST,
+                "Malformed request",
+                f"body: {exc.detail}",
+                errors=[FieldProblem(field="body", message=exc.detail)],
+            ),
+        )
     title = {404: "Not Found", 405: "Method Not Allowed", 413: "Content Too Large"}.get(
         exc.status_code, "Request failed"
     )
@@ -157,6 +232,33 @@ def _handle_database_down(request: Request[Any, Any, Any], exc: Exception) -> Re
     )
 
 
+def _handle_too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Problem]:
+    """msgspec gives up decoding JSON nested beyond Python's recursion limit."""
+    logger.warning("recursion limit on %s %s: %r", request.method, request.url.path, exc)
+    message = "is nested too deeply"
+    return problem_response(
+        request,
+        ProblemError(
+            HTTP_400_BAD_REQUEST,
+            "Malformed request",
+            f"body: {message}",
+            errors=[FieldProblem(field="body", message=message)],
+        ),
+    )
+
+
+def _handle_unstorable(
+    request: Request[Any, Any, Any], exc: psycopg.DataError
+) -> Response[Problem]:
+    """PostgreSQL refused a value the request carried that validation let through."""
+    logger.warning("database refused a value on %s %s: %r", request.method, request.url.path, exc)
+    message = str(exc).partition("\n")[0] or "a value in the request cannot be stored"
+    return problem_response(
+        request,
+        ProblemError(HTTP_422_UNPROCESSABLE_ENTITY, "Unprocessable Content", message),
+    )
+
+
 def _handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(
@@ -169,8 +271,17 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     ValidationException: _handle_validation,
     HTTPException: _handle_http,
     psycopg.OperationalError: _handle_database_down,
+    psycopg.DataError: _handle_unstorable,
+    RecursionError: _handle_too_deep,
     psycopg_pool.PoolTimeout: _handle_database_down,
     Exception: _handle_unexpected,
 }
 
-__all__ = ["EXCEPTION_HANDLERS", "MediaType", "Problem", "ProblemError", "field_error"]
+__all__ = [
+    "EXCEPTION_HANDLERS",
+    "MediaType",
+    "Problem",
+    "ProblemError",
+    "field_error",
+    "problem_responses",
+]

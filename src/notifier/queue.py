@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import random
-from typing import Any
 
 from procrastinate import BaseRetryStrategy, RetryDecision
 from procrastinate.jobs import Job
@@ -43,14 +42,14 @@ class NotifierRetryStrategy(BaseRetryStrategy):
 
     A task that knows when to come back raises :class:`RetryLater` and is retried exactly
     then, however often (the task itself counts and stops). Anything else is unexpected
-    (database restart, a bug): retried with backoff a bounded number of times, after
-    which the job is ``failed`` for admins to inspect and ``procrastinate shell retry``.
+    (database restart, a bug): retried with backoff until the job has run ``max_attempts``
+    times, after which it is ``failed`` for admins to inspect and ``procrastinate shell retry``.
     """
 
-    def __init__(
-        self, *, unexpected_max_attempts: int = 10, base: float = 1.0, cap: float = 300.0
-    ) -> None:
-        self.unexpected_max_attempts = unexpected_max_attempts
+    def __init__(self, *, max_attempts: int, base: float = 1.0, cap: float = 300.0) -> None:
+        # procrastinate counts every run of a job, RetryLater ones included: ``max_attempts``
+        # must leave room for a task's own retries plus a few unexpected failures.
+        self.max_attempts = max_attempts
         self.base = base
         self.cap = cap
 
@@ -58,12 +57,7 @@ class NotifierRetryStrategy(BaseRetryStrategy):
         now = datetime.datetime.now(datetime.UTC)
         if isinstance(exception, RetryLater):
             return RetryDecision(retry_at=now + datetime.timedelta(seconds=exception.delay_seconds))
-        if job.attempts + 1 >= self.unexpected_max_attempts:
+        if job.attempts + 1 >= self.max_attempts:
             return None
         delay = backoff_seconds(job.attempts + 1, base=self.base, cap=self.cap)
         return RetryDecision(retry_at=now + datetime.timedelta(seconds=delay))
-
-
-def job_args(**kwargs: Any) -> dict[str, Any]:
-    """Job arguments are JSON: stringify ids so every producer (Python or SQL) agrees."""
-    return {key: str(value) for key, value in kwargs.items()}

@@ -41,6 +41,9 @@ async def run_worker(
         listen_notify=settings.worker_listen_notify,
         shutdown_graceful_timeout=settings.worker_shutdown_timeout_seconds,
         stalled_worker_timeout=settings.stalled_worker_seconds,
+        # procrastinate heartbeats every 10 s by default: with a shorter stalled timeout a
+        # live worker would look dead and its running jobs be requeued under it.
+        update_heartbeat_interval=min(10.0, settings.stalled_worker_seconds / 4),
         install_signal_handlers=install_signal_handlers,
         additional_context={SERVICES_CONTEXT_KEY: services},
     )

@@ -26,8 +26,9 @@ RETRYABLE_CLIENT_STATUSES = frozenset({408, 409, 425, 429})
 
 
 def decode_secret(secret: str) -> bytes:
-    """The raw key of a ``whsec_<base64>`` secret."""
-    return base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+    """The raw key of a ``whsec_<base64>`` secret (padding optional, as receivers accept)."""
+    encoded = secret.removeprefix(SECRET_PREFIX)
+    return base64.b64decode(encoded + "=" * (-len(encoded) % 4))
 
 
 def sign(secret: bytes, message_id: str, timestamp: int, body: bytes) -> str:
@@ -100,6 +101,11 @@ class WebhookChannel:
             return f"is not a valid URL: {exc}"
         if url.scheme not in {"http", "https"} or not url.host:
             return "must be an absolute http:// or https:// URL"
+        # httpx accepts both of these, and every send to them would fail, to no end.
+        if url.port is not None and not 0 < url.port < 65536:
+            return f"has an invalid port {url.port}"
+        if "%" in url.host:  # httpx percent-encodes what a host name cannot contain
+            return f"has an invalid host name {url.host!r}"
         return None
 
     async def send(self, message: OutgoingMessage) -> DeliveryReceipt:

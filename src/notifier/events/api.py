@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from notifier import idempotency
+from notifier.api_types import check_instant, check_storable
 from notifier.db import transaction
 from notifier.events import queries
 from notifier.events.schemas import Event, EventCreate, EventDetail
@@ -17,7 +18,7 @@ from notifier.events.tasks import enqueue_processing
 from notifier.idempotency import IdempotentRequest
 from notifier.notifications.queries import list_notifications
 from notifier.pagination import DEFAULT_LIMIT, MAX_LIMIT, Cursor, next_link
-from notifier.problems import not_found
+from notifier.problems import not_found, problem_responses
 from notifier.services import Services
 
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description="Page size")]
@@ -29,7 +30,12 @@ class EventController(Controller):
     path = "/api/v1/events"
     tags = ["events"]  # noqa: RUF012 - litestar reads it from the class
 
-    @post("/", status_code=201, summary="Publish an event")
+    @post(
+        "/",
+        status_code=201,
+        summary="Publish an event",
+        responses=problem_responses(400, 422),
+    )
     async def publish(
         self,
         data: JSONBody[EventCreate],
@@ -41,6 +47,8 @@ class EventController(Controller):
         A 201 means both are committed. With an ``Idempotency-Key``, a repeat returns the
         first answer and stores nothing new.
         """
+        check_storable(data)
+        check_instant("occurred_at", data.occurred_at)
         async with transaction(services.pool) as conn:
             stored = await idempotency.claim(conn, idempotent)
             if stored is not None:
@@ -50,7 +58,7 @@ class EventController(Controller):
             await idempotency.remember(conn, idempotent, 201, event)
         return Response(event, status_code=201)
 
-    @get("/", summary="List events, newest first")
+    @get("/", summary="List events, newest first", responses=problem_responses(400, 422))
     async def list_events(
         self,
         services: NamedDependency[Services],
@@ -59,6 +67,7 @@ class EventController(Controller):
         event_type: Annotated[str | None, QueryParameter(name="type")] = None,
     ) -> Response[list[Event]]:
         """A page of events. The ``Link`` header names the next page, if any."""
+        check_storable({"type": event_type}, source="query")
         after = Cursor.decode(cursor) if cursor else None
         async with transaction(services.pool) as conn:
             events = await queries.list_events(
@@ -69,7 +78,11 @@ class EventController(Controller):
         query = {"limit": str(limit)} | ({"type": event_type} if event_type else {})
         return Response(page, headers=next_link(self.path + "/", query, following))
 
-    @get("/{event_id:uuid}", summary="One event with its notifications")
+    @get(
+        "/{event_id:uuid}",
+        summary="One event with its notifications",
+        responses=problem_responses(400, 404),
+    )
     async def get_event(
         self, event_id: FromPath[uuid.UUID], services: NamedDependency[Services]
     ) -> EventDetail:

@@ -17,6 +17,13 @@ class RoutingError(ValueError):
     """The event's payload lacks what a rule needs."""
 
 
+# Target dates Python can subtract any lead time (up to ten years) from, and read back
+# from PostgreSQL in any time zone. Outside them, processing the event would crash and be
+# retried forever, instead of storing a visible failed notification.
+EARLIEST_TARGET_DATE = datetime.datetime(1900, 1, 1, tzinfo=datetime.UTC)
+LATEST_TARGET_DATE = datetime.datetime(9000, 1, 1, tzinfo=datetime.UTC)
+
+
 def lookup(payload: dict[str, Any], path: str) -> Any:
     """The value at a dotted ``path`` in ``payload``."""
     value: Any = payload
@@ -25,6 +32,18 @@ def lookup(payload: dict[str, Any], path: str) -> Any:
             raise RoutingError(f"payload has no field {path!r}")
         value = value[part]
     return value
+
+
+def recipient_at(payload: dict[str, Any], path: str) -> str:
+    """The recipient at ``path``: a non-empty string, or a number such as a phone number.
+
+    ``null``, ``true`` or an object would otherwise become the recipient ``"None"``,
+    ``"True"`` or a dict's repr, and be "delivered" there by a lenient channel.
+    """
+    value = lookup(payload, path)
+    if isinstance(value, bool) or not isinstance(value, str | int) or not str(value).strip():
+        raise RoutingError(f"payload field {path!r} is not a usable recipient")
+    return str(value)
 
 
 def parse_target_date(value: Any, path: str) -> datetime.datetime:
@@ -38,12 +57,19 @@ def parse_target_date(value: Any, path: str) -> datetime.datetime:
             except msgspec.ValidationError:
                 pass
             else:
-                return datetime.datetime.combine(day, datetime.time(), tzinfo=datetime.UTC)
+                midnight = datetime.datetime.combine(day, datetime.time(), tzinfo=datetime.UTC)
+                return _in_range(midnight, path)
         else:
-            if parsed.tzinfo is not None:
-                return parsed
-            raise RoutingError(f"payload field {path!r} is a date-time without a time zone")
+            if parsed.tzinfo is None:
+                raise RoutingError(f"payload field {path!r} is a date-time without a time zone")
+            return _in_range(parsed, path)
     raise RoutingError(f"payload field {path!r} is not an ISO 8601 date or date-time")
+
+
+def _in_range(value: datetime.datetime, path: str) -> datetime.datetime:
+    if not EARLIEST_TARGET_DATE <= value < LATEST_TARGET_DATE:
+        raise RoutingError(f"payload field {path!r} is out of range")
+    return value
 
 
 def drafts_for_event(
@@ -62,7 +88,7 @@ def drafts_for_event(
             "entity_id": _entity_id(event.payload),
         }
         try:
-            recipient = rule.recipient or str(lookup(event.payload, rule.recipient_field or ""))
+            recipient = rule.recipient or recipient_at(event.payload, rule.recipient_field or "")
             target_date = (
                 parse_target_date(lookup(event.payload, rule.date_field), rule.date_field)
                 if rule.date_field

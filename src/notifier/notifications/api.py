@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from litestar import Controller, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from notifier import idempotency
-from notifier.api_types import AwareDatetime
+from notifier.api_types import AwareDatetime, check_aware, check_instant, check_storable
 from notifier.db import Connection, transaction
 from notifier.idempotency import IdempotentRequest
 from notifier.notifications import queries
@@ -26,9 +26,10 @@ from notifier.notifications.schemas import (
     NotificationCreate,
     NotificationDetail,
     NotificationStatus,
+    notification_from_row,
 )
 from notifier.pagination import DEFAULT_LIMIT, MAX_LIMIT, Cursor, next_link
-from notifier.problems import ProblemError, field_error, not_found
+from notifier.problems import ProblemError, field_error, not_found, problem_responses
 from notifier.services import Services
 
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description="Page size")]
@@ -38,9 +39,11 @@ CANCELLABLE = frozenset(
 
 
 def draft_from_request(
-    data: JSONBody[NotificationCreate], services: NamedDependency[Services], now: datetime.datetime
+    data: NotificationCreate, services: Services, now: datetime.datetime
 ) -> NotificationDraft:
     """Check a create request against the configured channels and plan its one send."""
+    check_storable(data)
+    check_instant("target_date", data.target_date)
     channel_name = data.channel or services.settings.default_channel
     channel = services.channel(channel_name)
     if channel is None:
@@ -67,14 +70,12 @@ def draft_from_request(
     )
 
 
-async def _locked(
-    conn: Connection, notification_id: uuid.UUID
-) -> tuple[NotificationStatus, int | None]:
-    """Lock the notification; its status and current job id. 404 if unknown."""
+async def _locked(conn: Connection, notification_id: uuid.UUID) -> dict[str, Any]:
+    """Lock the notification and return its row. 404 if unknown."""
     row = await queries.lock_notification(conn, notification_id)
     if row is None:
         raise not_found("notification", notification_id)
-    return NotificationStatus(row["status"]), row["job_id"]
+    return row
 
 
 class NotificationController(Controller):
@@ -83,7 +84,12 @@ class NotificationController(Controller):
     path = "/api/v1/notifications"
     tags = ["notifications"]  # noqa: RUF012 - litestar reads it from the class
 
-    @post("/", status_code=201, summary="Schedule a notification")
+    @post(
+        "/",
+        status_code=201,
+        summary="Schedule a notification",
+        responses=problem_responses(400, 422),
+    )
     async def create(
         self,
         data: JSONBody[NotificationCreate],
@@ -102,7 +108,7 @@ class NotificationController(Controller):
             await idempotency.remember(conn, idempotent, 201, notification)
         return Response(notification, status_code=201)
 
-    @get("/", summary="List notifications, newest first")
+    @get("/", summary="List notifications, newest first", responses=problem_responses(400, 422))
     async def list_notifications(
         self,
         services: NamedDependency[Services],
@@ -115,6 +121,9 @@ class NotificationController(Controller):
         created_before: FromQuery[AwareDatetime | None] = None,
     ) -> Response[list[Notification]]:
         """Filter by status, type, entity and creation time; ``Link`` names the next page."""
+        check_aware("created_after", created_after)
+        check_aware("created_before", created_before)
+        check_storable({"type": notification_type, "entity_id": entity_id}, source="query")
         after = Cursor.decode(cursor) if cursor else None
         async with transaction(services.pool) as conn:
             rows = await queries.list_notifications(
@@ -140,7 +149,11 @@ class NotificationController(Controller):
         query = {key: str(value) for key, value in filters.items() if value is not None}
         return Response(page, headers=next_link(self.path + "/", query, following))
 
-    @get("/{notification_id:uuid}", summary="One notification with its delivery attempts")
+    @get(
+        "/{notification_id:uuid}",
+        summary="One notification with its delivery attempts",
+        responses=problem_responses(400, 404),
+    )
     async def get_notification(
         self, notification_id: FromPath[uuid.UUID], services: NamedDependency[Services]
     ) -> NotificationDetail:
@@ -151,7 +164,12 @@ class NotificationController(Controller):
             raise not_found("notification", notification_id)
         return notification
 
-    @delete("/{notification_id:uuid}", status_code=200, summary="Cancel a notification")
+    @delete(
+        "/{notification_id:uuid}",
+        status_code=200,
+        summary="Cancel a notification",
+        responses=problem_responses(400, 404, 409),
+    )
     async def cancel(
         self, notification_id: FromPath[uuid.UUID], services: NamedDependency[Services]
     ) -> Notification:
@@ -161,11 +179,10 @@ class NotificationController(Controller):
         answers 409 instead of claiming a cancel that did not happen.
         """
         async with transaction(services.pool) as conn:
-            status, job_id = await _locked(conn, notification_id)
+            row = await _locked(conn, notification_id)
+            status, job_id = NotificationStatus(row["status"]), row["job_id"]
             if status is NotificationStatus.CANCELLED:
-                detail = await queries.get_notification(conn, notification_id)
-                assert detail is not None
-                return detail
+                return notification_from_row(row)  # the answer the first cancel gave
             if status not in CANCELLABLE:
                 raise ProblemError(
                     409, "Conflict", f"notification {notification_id} is already {status}"
@@ -183,6 +200,7 @@ class NotificationController(Controller):
         "/{notification_id:uuid}/retry",
         status_code=202,
         summary="Replay a failed or dead notification",
+        responses=problem_responses(400, 404, 409, 422),
     )
     async def retry(
         self,
@@ -195,7 +213,7 @@ class NotificationController(Controller):
             stored = await idempotency.claim(conn, idempotent)
             if stored is not None:
                 return Response(stored.decode(Notification), status_code=stored.status)
-            status, _ = await _locked(conn, notification_id)
+            status = NotificationStatus((await _locked(conn, notification_id))["status"])
             if not status.replayable:
                 raise ProblemError(
                     409,

@@ -163,9 +163,12 @@ async def record_attempt(
         """
         WITH attempt AS (
             INSERT INTO notifier.delivery_attempts
-                (notification_id, attempt, job_id, channel, outcome, status_code, error, started_at)
+                (notification_id, attempt, job_id, channel, outcome, status_code, error,
+                 started_at, finished_at)
             VALUES (%(notification_id)s, %(attempt)s, %(job_id)s, %(channel)s, %(outcome)s,
-                    %(status_code)s, %(error)s, %(started_at)s)
+                    %(status_code)s, %(error)s, %(started_at)s,
+                    -- now() is when the transaction began, before the send: use the clock.
+                    clock_timestamp())
         )
         UPDATE notifier.notifications
         SET attempts = %(attempt)s, last_error = %(error)s, updated_at = now()
@@ -201,3 +204,14 @@ async def start_new_round(
     row = await cursor.fetchone()
     assert row is not None
     return notification_from_row(row)
+
+
+async def note_error(conn: Connection, notification_id: uuid.UUID, error: str) -> None:
+    """Record ``error`` on a pending notification without changing its status."""
+    await conn.execute(
+        """
+        UPDATE notifier.notifications SET last_error = %s, updated_at = now()
+        WHERE id = %s AND status = 'pending'
+        """,
+        [error, notification_id],
+    )

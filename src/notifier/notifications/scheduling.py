@@ -34,9 +34,10 @@ def plan_sends(
     - No target date: one send, now.
     - Target date already passed: every reminder is ``expired``.
     - Send time in the future: ``pending`` at that time.
-    - Send time already past: the latest such reminder goes out now; earlier ones are
-      ``skipped``, because a "7 days before" message sent 3 days before would be wrong,
-      and the later reminders cover it.
+    - Send time already past: ``skipped``, because a "7 days before" message sent 3 days
+      before would be wrong, and a later reminder still to come covers it. Only when no
+      reminder is left in the future does the latest overdue one go out now, so the
+      series still reaches the recipient once before the target date.
     """
     if target_date is None:
         return [PlannedSend(datetime.timedelta(0), now, NotificationStatus.PENDING)]
@@ -45,7 +46,8 @@ def plan_sends(
             PlannedSend(lead, target_date - lead, NotificationStatus.EXPIRED) for lead in lead_times
         ]
     overdue = [lead for lead in lead_times if target_date - lead <= now]
-    latest_overdue = min(overdue, default=None)
+    any_upcoming = len(overdue) < len(lead_times)
+    latest_overdue = None if any_upcoming else min(overdue, default=None)
     plan = []
     for lead in lead_times:
         send_at = target_date - lead
@@ -85,8 +87,9 @@ async def defer_delivery(
     scheduled_at: datetime.datetime | None = None,
 ) -> int:
     """Enqueue the deliver job on ``conn``, inside the caller's transaction."""
+    # procrastinate's option is ``schedule_at``; unknown options are silently ignored.
     deferrer = queue.configure_task(
-        DELIVER_TASK, connection=conn, scheduled_at=scheduled_at, allow_unknown=False
+        DELIVER_TASK, connection=conn, schedule_at=scheduled_at, allow_unknown=False
     )
     return await deferrer.defer_async(notification_id=str(notification_id))
 

@@ -63,7 +63,8 @@ class Notification(msgspec.Struct, kw_only=True):
     notification_type: str
     entity_id: str | None
     target_date: datetime.datetime | None
-    lead_time_days: float
+    # Whole days in the seed API; an int keeps `7` from turning into `7.0` on a replay.
+    lead_time_days: int | float
     email: str | None
     phone: str | None
     channel: str

@@ -8,6 +8,8 @@ import uuid
 from typing import Any
 
 import procrastinate
+import psycopg
+import psycopg_pool
 
 from notifier.channels.base import DeliveryError, OutgoingMessage
 from notifier.db import transaction
@@ -44,6 +46,17 @@ def retry_delay(settings: Settings, attempt: int, retry_after: float | None) -> 
     return min(delay, settings.retry_max_seconds)
 
 
+def _too_late(row: dict[str, Any], now: datetime.datetime) -> bool:
+    """Whether a reminder ahead of its target date can no longer be sent in time.
+
+    One due at the target date itself (lead time zero) runs at or after that date by
+    design, so the date passing cannot make it late.
+    """
+    target_date: datetime.datetime | None = row["target_date"]
+    lead_time: datetime.timedelta = row["lead_time"]
+    return target_date is not None and lead_time > datetime.timedelta(0) and target_date <= now
+
+
 async def deliver(context: procrastinate.JobContext, notification_id: str) -> None:
     """Send a pending notification through its channel.
 
@@ -53,30 +66,51 @@ async def deliver(context: procrastinate.JobContext, notification_id: str) -> No
     idempotency key (at-least-once).
     """
     services = services_from_context(context)
-    job_id = context.job.id
-    retry: RetryLater | None = None
+    notification = uuid.UUID(notification_id)
+    try:
+        retry = await _deliver_once(services, notification, context.job.id)
+    except Exception as exc:
+        await _note_unexpected_error(services, notification, exc)
+        raise
+    if retry is not None:
+        # Raised after _deliver_once committed, so the attempt stays recorded.
+        raise retry
+
+
+async def _deliver_once(
+    services: Services, notification_id: uuid.UUID, job_id: int | None
+) -> RetryLater | None:
     async with transaction(services.pool) as conn:
-        row = await queries.lock_notification(conn, uuid.UUID(notification_id))
+        row = await queries.lock_notification(conn, notification_id)
         if row is None or row["status"] != NotificationStatus.PENDING:
             logger.info(
                 "notification %s is %s; not sending",
                 notification_id,
                 row["status"] if row else "gone",
             )
-            return
+            return None
         now = datetime.datetime.now(datetime.UTC)
-        if row["target_date"] is not None and row["target_date"] <= now:
+        if _too_late(row, now):
             await queries.set_status(
                 conn,
                 row["id"],
                 NotificationStatus.EXPIRED,
                 last_error="target date passed before delivery",
             )
-            return
-        retry = await _attempt(services, conn, row, job_id, now)
-    if retry is not None:
-        # Raised after the commit above, so the attempt stays recorded.
-        raise retry
+            return None
+        return await _attempt(services, conn, row, job_id, now)
+
+
+async def _note_unexpected_error(
+    services: Services, notification_id: uuid.UUID, exc: Exception
+) -> None:
+    """Show an unexpected failure on the notification; the job's own retry does the rest."""
+    try:
+        async with transaction(services.pool) as conn:
+            await queries.note_error(conn, notification_id, f"unexpected error: {exc!r}")
+    except (psycopg.Error, psycopg_pool.PoolTimeout):
+        # The database itself is the likely cause; the job is retried either way.
+        logger.warning("could not record the error of notification %s", notification_id)
 
 
 async def _attempt(

@@ -2,21 +2,49 @@
 
 from __future__ import annotations
 
+import datetime
 import uuid
 
-from litestar import Controller, delete, get, post
+import msgspec
+from litestar import Controller, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
+from notifier import idempotency
+from notifier.api_types import check_storable
 from notifier.db import transaction
-from notifier.problems import field_error, not_found
+from notifier.idempotency import IdempotentRequest
+from notifier.problems import field_error, not_found, problem_responses
 from notifier.rules import queries
 from notifier.rules.schemas import Rule, RuleCreate
 from notifier.services import Services
 
+# As for notifications' lead_time_days: reminders up to ten years ahead.
+MAX_LEAD_TIME = datetime.timedelta(days=3650)
 
-def validate_rule(rule: RuleCreate, services: NamedDependency[Services]) -> None:
-    """Reject a rule that could never deliver, naming the field at fault."""
+
+def parse_lead_times(durations: list[str]) -> list[datetime.timedelta]:
+    """The rule's lead times, each an ISO 8601 duration from zero to ten years."""
+    lead_times = []
+    for index, duration in enumerate(durations):
+        field = f"lead_times[{index}]"
+        try:
+            lead = msgspec.convert(duration, datetime.timedelta)
+        except msgspec.ValidationError as exc:
+            raise field_error(field, f"is not an ISO 8601 duration such as P7D: {exc}") from None
+        if lead < datetime.timedelta(0):
+            raise field_error(field, "must not be negative")
+        if lead > MAX_LEAD_TIME:
+            raise field_error(field, "must not exceed P3650D (ten years)")
+        lead_times.append(lead)
+    return lead_times
+
+
+def validate_rule(
+    rule: RuleCreate, services: NamedDependency[Services]
+) -> list[datetime.timedelta]:
+    """Reject a rule that could never deliver, naming the field at fault; its lead times."""
+    check_storable(rule)
     channel = services.channel(rule.channel)
     if channel is None:
         raise field_error(
@@ -26,8 +54,7 @@ def validate_rule(rule: RuleCreate, services: NamedDependency[Services]) -> None
         raise field_error("recipient", "give exactly one of recipient and recipient_field")
     if rule.recipient is not None and (problem := channel.validate_recipient(rule.recipient)):
         raise field_error("recipient", problem)
-    if any(lead.total_seconds() < 0 for lead in rule.lead_times):
-        raise field_error("lead_times", "lead times must not be negative")
+    return parse_lead_times(rule.lead_times)
 
 
 class RuleController(Controller):
@@ -36,20 +63,36 @@ class RuleController(Controller):
     path = "/api/v1/rules"
     tags = ["rules"]  # noqa: RUF012 - litestar reads it from the class
 
-    @post("/", status_code=201, summary="Create a routing rule")
-    async def create(self, data: JSONBody[RuleCreate], services: NamedDependency[Services]) -> Rule:
-        """Applies to events processed from now on."""
-        validate_rule(data, services)
+    @post(
+        "/",
+        status_code=201,
+        summary="Create a routing rule",
+        responses=problem_responses(400, 422),
+    )
+    async def create(
+        self,
+        data: JSONBody[RuleCreate],
+        services: NamedDependency[Services],
+        idempotent: NamedDependency[IdempotentRequest | None],
+    ) -> Response[Rule]:
+        """Applies to events processed from now on. With an ``Idempotency-Key``, a repeat
+        returns the first answer and creates no second rule."""
+        lead_times = validate_rule(data, services)
         async with transaction(services.pool) as conn:
-            return await queries.insert_rule(conn, data)
+            stored = await idempotency.claim(conn, idempotent)
+            if stored is not None:
+                return Response(stored.decode(Rule), status_code=stored.status)
+            rule = await queries.insert_rule(conn, data, lead_times)
+            await idempotency.remember(conn, idempotent, 201, rule)
+        return Response(rule, status_code=201)
 
-    @get("/", summary="List routing rules")
+    @get("/", summary="List routing rules", responses=problem_responses())
     async def list_rules(self, services: NamedDependency[Services]) -> list[Rule]:
         """Every rule, oldest first."""
         async with transaction(services.pool) as conn:
             return await queries.list_rules(conn)
 
-    @get("/{rule_id:uuid}", summary="One routing rule")
+    @get("/{rule_id:uuid}", summary="One routing rule", responses=problem_responses(400, 404))
     async def get_rule(
         self, rule_id: FromPath[uuid.UUID], services: NamedDependency[Services]
     ) -> Rule:
@@ -60,7 +103,12 @@ class RuleController(Controller):
             raise not_found("rule", rule_id)
         return rule
 
-    @delete("/{rule_id:uuid}", status_code=204, summary="Delete a routing rule")
+    @delete(
+        "/{rule_id:uuid}",
+        status_code=204,
+        summary="Delete a routing rule",
+        responses=problem_responses(400, 404),
+    )
     async def delete_rule(
         self, rule_id: FromPath[uuid.UUID], services: NamedDependency[Services]
     ) -> None:

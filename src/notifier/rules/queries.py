@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import uuid
 
 import msgspec
@@ -10,8 +11,10 @@ from notifier.db import Connection
 from notifier.rules.schemas import Rule, RuleCreate
 
 
-async def insert_rule(conn: Connection, rule: RuleCreate) -> Rule:
-    """Store a new rule."""
+async def insert_rule(
+    conn: Connection, rule: RuleCreate, lead_times: list[datetime.timedelta]
+) -> Rule:
+    """Store a new rule with its ``lead_times`` parsed from the request's durations."""
     cursor = await conn.execute(
         """
         INSERT INTO notifier.routing_rules
@@ -21,7 +24,7 @@ async def insert_rule(conn: Connection, rule: RuleCreate) -> Rule:
                 %(date_field)s, %(lead_times)s, %(template)s, %(enabled)s)
         RETURNING *
         """,
-        msgspec.structs.asdict(rule),
+        msgspec.structs.asdict(rule) | {"lead_times": lead_times},
     )
     row = await cursor.fetchone()
     assert row is not None

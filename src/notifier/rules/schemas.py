@@ -17,7 +17,17 @@ FieldPath = Annotated[
 EventTypePattern = Annotated[
     str, msgspec.Meta(pattern=r"^(\*|[^\s*]+(\.\*)?)$", min_length=1, max_length=200)
 ]
-LeadTimes = Annotated[list[datetime.timedelta], msgspec.Meta(min_length=1, max_length=20)]
+# Strings, not timedeltas: in lax mode msgspec reads a number as seconds, so `[7]` meant to
+# be a week would silently become 7 seconds. The API parses and bounds them.
+IsoDuration = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[-+]?[Pp]\S*$",
+        max_length=40,
+        description="An ISO 8601 duration in days, hours, minutes, seconds: P7D, PT12H, P1DT6H",
+    ),
+]
+LeadTimes = Annotated[list[IsoDuration], msgspec.Meta(min_length=1, max_length=20)]
 
 
 class RuleCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -28,7 +38,7 @@ class RuleCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     recipient_field: FieldPath | None = None
     recipient: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
     date_field: FieldPath | None = None
-    lead_times: LeadTimes = msgspec.field(default_factory=lambda: [datetime.timedelta(0)])
+    lead_times: LeadTimes = msgspec.field(default_factory=lambda: ["P0D"])
     template: Annotated[str, msgspec.Meta(max_length=200)] | None = None
     name: Annotated[str, msgspec.Meta(max_length=200)] = ""
     enabled: bool = True

@@ -1,0 +1,43 @@
+"""Database roles for SQL producers: they may INSERT into ``notifier.outbox`` and nothing else.
+
+The schema side (table, triggers, the ``notifier_producer`` group role and its grants) is
+made by the migrations; this module manages the login roles that join the group.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import psycopg
+from psycopg import sql
+
+PRODUCER_GROUP = "notifier_producer"
+
+
+def create_producer(database_url: str, name: str, password: str | None = None) -> str:
+    """Create login role ``name`` in the producer group. Returns its password (generated if None)."""
+    password = password or secrets.token_urlsafe(24)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
+                sql.Identifier(name), sql.Literal(password), sql.Identifier(PRODUCER_GROUP)
+            )
+        )
+    return password
+
+
+def drop_producer(database_url: str, name: str) -> None:
+    """Remove a producer's login role (it owns nothing, so this is always safe)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        is_producer = conn.execute(
+            """
+            SELECT 1 FROM pg_auth_members m
+            JOIN pg_roles member ON member.oid = m.member
+            JOIN pg_roles grp ON grp.oid = m.roleid
+            WHERE member.rolname = %s AND grp.rolname = %s
+            """,
+            [name, PRODUCER_GROUP],
+        ).fetchone()
+        if is_producer is None:
+            raise ValueError(f"{name!r} is not a notifier producer role")
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))

@@ -1,0 +1,117 @@
+"""The application as a whole: its OpenAPI document, its health check, its unknown routes."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from litestar import Litestar
+from litestar.routes import HTTPRoute
+from litestar.testing import AsyncTestClient
+
+from tests.support import PROBLEM_JSON
+
+
+def served_operations(app: Litestar) -> set[tuple[str, str]]:
+    """(method, path) of every route the app serves, except the schema pages themselves."""
+    operations: set[tuple[str, str]] = set()
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute) or route.path.startswith("/schema"):
+            continue
+        # OpenAPI writes "{event_id}" where the route says "{event_id:uuid}".
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
+        for method in route.methods:
+            if method not in {"HEAD", "OPTIONS"}:
+                operations.add((method, path))
+    return operations
+
+
+async def test_openapi_document_lists_every_route(client: AsyncTestClient[Any]) -> None:
+    response = await client.get("/schema/openapi.json")
+
+    assert response.status_code == 200
+    document = response.json()
+    assert document["info"]["title"] == "notifier"
+    documented = {
+        (method.upper(), path)
+        for path, operations in document["paths"].items()
+        for method in operations
+        if method in {"get", "post", "put", "patch", "delete"}
+    }
+    assert documented == served_operations(client.app)
+    assert {
+        ("POST", "/api/v1/events"),
+        ("GET", "/api/v1/events"),
+        ("GET", "/api/v1/events/{event_id}"),
+        ("POST", "/api/v1/notifications"),
+        ("GET", "/api/v1/notifications"),
+        ("GET", "/api/v1/notifications/{notification_id}"),
+        ("DELETE", "/api/v1/notifications/{notification_id}"),
+        ("POST", "/api/v1/notifications/{notification_id}/retry"),
+        ("POST", "/api/v1/rules"),
+        ("GET", "/api/v1/rules"),
+        ("GET", "/api/v1/rules/{rule_id}"),
+        ("DELETE", "/api/v1/rules/{rule_id}"),
+        ("GET", "/health"),
+    } <= documented
+
+
+async def test_openapi_document_describes_the_idempotency_key_header(
+    client: AsyncTestClient[Any],
+) -> None:
+    document = (await client.get("/schema/openapi.json")).json()
+
+    publish = document["paths"]["/api/v1/events"]["post"]
+    assert "201" in publish["responses"]
+    assert "Idempotency-Key" in {p["name"] for p in publish.get("parameters", [])}
+
+
+async def test_health_is_ok_when_the_database_answers(client: AsyncTestClient[Any]) -> None:
+    response = await client.get("/health")
+
+    assert response.status_code == 200
+    health = response.json()
+    assert health["status"] == "ok"
+    assert health["checks"]["database"]["status"] == "ok"
+    assert health["checks"]["database"]["latency_ms"] >= 0
+
+
+async def test_unknown_route_is_a_problem_json_404(client: AsyncTestClient[Any]) -> None:
+    response = await client.get("/api/v1/nothing-here")
+
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith(PROBLEM_JSON)
+    problem = response.json()
+    assert problem["status"] == 404
+    assert problem["title"] == "Not Found"
+    assert problem["detail"]
+    assert problem["instance"] == "/api/v1/nothing-here"
+    assert problem["errors"] == []
+
+
+async def test_unsupported_method_is_a_problem_json_405(client: AsyncTestClient[Any]) -> None:
+    response = await client.put("/api/v1/events/", json={})
+
+    assert response.status_code == 405
+    assert response.headers["content-type"].startswith(PROBLEM_JSON)
+    assert response.json()["status"] == 405
+    assert "POST" in response.headers["allow"]
+
+
+async def test_openapi_document_describes_errors_as_problem_json(
+    client: AsyncTestClient[Any],
+) -> None:
+    document = (await client.get("/schema/openapi.json")).json()
+
+    error_media_types = {
+        (method.upper(), path, status): set(response.get("content", {}))
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+        if method in {"get", "post", "put", "patch", "delete"}
+        for status, response in operation["responses"].items()
+        if int(status) >= 400
+    }
+    assert error_media_types
+    assert {key for key, types in error_media_types.items() if types != {PROBLEM_JSON}} == set()
+    assert ("POST", "/api/v1/notifications", "422") in error_media_types
+    assert ("DELETE", "/api/v1/notifications/{notification_id}", "409") in error_media_types

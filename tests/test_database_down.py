@@ -1,0 +1,52 @@
+"""With the database unreachable, the API answers 503 problem+json quickly instead of hanging or 500."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from notifier.app import create_app
+from notifier.settings import Settings
+
+
+@pytest.fixture
+async def client_without_database() -> AsyncIterator[AsyncTestClient[Any]]:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = Settings(
+        database_url=f"postgresql://postgres@127.0.0.1:{port}/notifier",
+        database_pool_min_size=1,
+        database_timeout_seconds=1.0,
+    )
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        yield client
+
+
+async def test_publish_answers_503_with_retry_after_when_the_database_is_down(
+    client_without_database: AsyncTestClient[Any],
+) -> None:
+    started = time.monotonic()
+    response = await client_without_database.post(
+        "/api/v1/events/", json={"type": "user.signup", "payload": {}}
+    )
+
+    assert response.status_code == 503
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["title"] == "Service Unavailable"
+    assert time.monotonic() - started < 5
+
+
+async def test_health_reports_the_database_unavailable(
+    client_without_database: AsyncTestClient[Any],
+) -> None:
+    response = await client_without_database.get("/health")
+
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"]["status"] == "unavailable"
