@@ -118,5 +118,6 @@ def test_notifier_tables_live_in_their_own_schema(database_url: str) -> None:
         "events",
         "idempotency_keys",
         "notifications",
+        "outbox",
         "routing_rules",
     ]

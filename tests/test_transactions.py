@@ -10,8 +10,8 @@ import psycopg
 import pytest
 
 from notifier.db import transaction
+from notifier.events.cloudevents import NewEvent
 from notifier.events.queries import insert_event
-from notifier.events.schemas import EventCreate
 from notifier.events.tasks import enqueue_processing
 from notifier.notifications.scheduling import NotificationDraft, PlannedSend, create_notifications
 from notifier.notifications.schemas import NotificationStatus
@@ -58,7 +58,7 @@ def draft(status: NotificationStatus, send_at: datetime.datetime) -> Notificatio
 async def publish_then_abort(services: Services, event_type: str) -> None:
     """Store an event and its job, see both inside the transaction, then roll it back."""
     async with transaction(services.pool) as conn:
-        event = await insert_event(conn, EventCreate(type=event_type, payload={"a": 1}))
+        event, _ = await insert_event(conn, NewEvent(type=event_type, payload={"a": 1}))
         job_id = await enqueue_processing(services.queue, conn, event.id)
         cursor = await conn.execute("SELECT id FROM procrastinate_jobs WHERE id = %s", [job_id])
         assert await cursor.fetchone() == {"id": job_id}
@@ -82,7 +82,7 @@ async def test_committed_event_leaves_both_row_and_job(
     services: Services, db: psycopg.AsyncConnection[Any]
 ) -> None:
     async with transaction(services.pool) as conn:
-        event = await insert_event(conn, EventCreate(type="user.signup", payload={"a": 1}))
+        event, _ = await insert_event(conn, NewEvent(type="user.signup", payload={"a": 1}))
         job_id = await enqueue_processing(services.queue, conn, event.id)
 
     assert await rows(db, "SELECT id, type, payload FROM notifier.events") == [
@@ -109,7 +109,7 @@ async def test_only_the_committed_event_is_ever_processed(
     with pytest.raises(Abort):
         await publish_then_abort(services, "user.gone")
     async with transaction(services.pool) as conn:
-        committed = await insert_event(conn, EventCreate(type="user.signup"))
+        committed, _ = await insert_event(conn, NewEvent(type="user.signup"))
         await enqueue_processing(services.queue, conn, committed.id)
 
     # Once for process_event, once more for the deliver job it creates.
@@ -129,7 +129,7 @@ async def test_a_failing_statement_after_the_defer_rolls_back_the_job(
 ) -> None:
     async def publish_then_fail() -> None:
         async with transaction(services.pool) as conn:
-            event = await insert_event(conn, EventCreate(type="user.signup"))
+            event, _ = await insert_event(conn, NewEvent(type="user.signup"))
             await enqueue_processing(services.queue, conn, event.id)
             await conn.execute("INSERT INTO notifier.events (type) VALUES ('')")
 

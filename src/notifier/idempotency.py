@@ -110,7 +110,7 @@ async def claim(conn: Connection, request: IdempotentRequest | None) -> StoredRe
 
 
 async def remember(
-    conn: Connection, request: IdempotentRequest | None, status: int, body: msgspec.Struct
+    conn: Connection, request: IdempotentRequest | None, status: int, body: object
 ) -> None:
     """Store the answer with the key, in the same transaction as the work it describes."""
     if request is None:

@@ -27,7 +27,7 @@ def create_producer(database_url: str, name: str, password: str | None = None) -
 
 
 def drop_producer(database_url: str, name: str) -> None:
-    """Remove a producer's login role (it owns nothing, so this is always safe)."""
+    """Remove a producer's login role, revoking what it was granted in this database."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         is_producer = conn.execute(
             """
@@ -40,4 +40,6 @@ def drop_producer(database_url: str, name: str) -> None:
         ).fetchone()
         if is_producer is None:
             raise ValueError(f"{name!r} is not a notifier producer role")
+        # Privileges a DBA granted it on the producer's own tables would block DROP ROLE.
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))

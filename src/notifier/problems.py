@@ -142,6 +142,15 @@ def _split_path(message: str) -> tuple[str, str | None]:
     return message[: match.start()], match.group("path")
 
 
+def msgspec_problem(error: msgspec.ValidationError, *, prefix: str = "") -> FieldProblem:
+    """The field a msgspec validation error is about, under ``prefix`` (e.g. ``[2]``)."""
+    message, path = _split_path(str(error))
+    field = (prefix + (path or "")).lstrip(".")
+    if named := _NAMED_FIELD.search(message):
+        field = f"{field}.{named['name']}" if field else named["name"]
+    return FieldProblem(field=field or "body", message=message)
+
+
 def _body_problem(exc: ValidationException) -> FieldProblem | None:
     """The body's problem, from the msgspec error that Litestar wraps, if it is about the body.
 

@@ -308,7 +308,8 @@ async def test_empty_body_is_a_400_problem(client: AsyncTestClient[Any]) -> None
             "occurred_at",
             id="occurred-at-impossible-date",
         ),
-        pytest.param(["user.signup"], "body", id="body-not-an-object"),
+        pytest.param("user.signup", "body", id="body-not-an-object"),
+        pytest.param(["user.signup"], "[0]", id="batch-item-not-an-object"),
     ],
 )
 async def test_invalid_event_is_a_422_problem_naming_the_field(

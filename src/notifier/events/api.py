@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Controller, Response, get, post
+import msgspec
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, QueryParameter
 
 from notifier import idempotency
 from notifier.api_types import check_instant, check_storable
 from notifier.db import transaction
 from notifier.events import queries
-from notifier.events.schemas import Event, EventCreate, EventDetail
+from notifier.events.cloudevents import parse_publish_request
+from notifier.events.schemas import Event, EventDetail
 from notifier.events.tasks import enqueue_processing
 from notifier.idempotency import IdempotentRequest
 from notifier.notifications.queries import list_notifications
@@ -33,30 +35,49 @@ class EventController(Controller):
     @post(
         "/",
         status_code=201,
-        summary="Publish an event",
+        summary="Publish an event, a CloudEvent, or a batch of either",
         responses=problem_responses(400, 422),
     )
     async def publish(
         self,
-        data: JSONBody[EventCreate],
+        request: Request[Any, Any, Any],
         services: NamedDependency[Services],
         idempotent: NamedDependency[IdempotentRequest | None],
-    ) -> Response[Event]:
-        """Store the event and enqueue its processing in one transaction.
+    ) -> Response[Event | list[Event]]:
+        """Store the event(s) and enqueue their processing in one transaction.
 
-        A 201 means both are committed. With an ``Idempotency-Key``, a repeat returns the
-        first answer and stores nothing new.
+        Takes ``{"type", "payload"}``, a CloudEvents 1.0 event (``application/cloudevents+json``
+        or any JSON object with ``specversion``), or a JSON array of either
+        (``application/cloudevents-batch+json``): a batch is all-or-nothing. A 201 means
+        everything is committed. A CloudEvent whose ``source`` + ``id`` is already stored is
+        not stored again: the stored one is returned (200 if nothing in the request was new).
+        With an ``Idempotency-Key``, a repeat returns the first answer and stores nothing new.
         """
-        check_storable(data)
-        check_instant("occurred_at", data.occurred_at)
+        events, is_batch = parse_publish_request(
+            request.headers.get("content-type", ""), await request.body()
+        )
+        for index, event in enumerate(events):
+            prefix = f"[{index}]." if is_batch else ""
+            check_storable({prefix + k: v for k, v in msgspec.structs.asdict(event).items()})
+            check_instant(f"{prefix}occurred_at", event.occurred_at)
         async with transaction(services.pool) as conn:
             stored = await idempotency.claim(conn, idempotent)
             if stored is not None:
-                return Response(stored.decode(Event), status_code=stored.status)
-            event = await queries.insert_event(conn, data)
-            await enqueue_processing(services.queue, conn, event.id)
-            await idempotency.remember(conn, idempotent, 201, event)
-        return Response(event, status_code=201)
+                replay: Event | list[Event] = (
+                    stored.decode(list[Event]) if is_batch else stored.decode(Event)
+                )
+                return Response(replay, status_code=stored.status)
+            published, anything_new = [], False
+            for event in events:
+                row, created = await queries.insert_event(conn, event)
+                if created:
+                    await enqueue_processing(services.queue, conn, row.id)
+                published.append(row)
+                anything_new = anything_new or created
+            status = 201 if anything_new else 200
+            body: Event | list[Event] = published if is_batch else published[0]
+            await idempotency.remember(conn, idempotent, status, body)
+        return Response(body, status_code=status)
 
     @get("/", summary="List events, newest first", responses=problem_responses(400, 422))
     async def list_events(

@@ -18,7 +18,7 @@ import msgspec
 
 from notifier.api_types import AwareDatetime, EventType, Payload
 from notifier.events.schemas import EventCreate
-from notifier.problems import FieldProblem, ProblemError
+from notifier.problems import FieldProblem, ProblemError, msgspec_problem
 
 CLOUDEVENTS_JSON = "application/cloudevents+json"
 CLOUDEVENTS_BATCH_JSON = "application/cloudevents-batch+json"
@@ -48,7 +48,7 @@ class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
     """An event to store, whichever shape it arrived in."""
 
     type: str
-    payload: dict[str, Any]
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
     occurred_at: datetime.datetime | None = None
     source: str | None = None
     external_id: str | None = None
@@ -58,14 +58,7 @@ class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
 def parse_publish_request(content_type: str, body: bytes) -> tuple[list[NewEvent], bool]:
     """The events in a publish request, and whether it was a batch. Raises a 400/422 problem."""
     media_type = content_type.partition(";")[0].strip().lower()
-    try:
-        document = msgspec.json.decode(body, type=msgspec.Raw | list[msgspec.Raw])
-    except msgspec.DecodeError as exc:
-        raise _problem(
-            400, "Malformed request", [FieldProblem(field="body", message=str(exc))]
-        ) from None
-    except msgspec.ValidationError:
-        document = msgspec.Raw(body)  # not an object or array: reported below with its type
+    document = _decode(body)
     if isinstance(document, list):
         if media_type == CLOUDEVENTS_JSON:
             raise _problem(
@@ -84,7 +77,7 @@ def parse_publish_request(content_type: str, body: bytes) -> tuple[list[NewEvent
             try:
                 events.append(_parse_one(item, cloudevent=media_type == CLOUDEVENTS_BATCH_JSON))
             except msgspec.ValidationError as exc:
-                problems.append(_from_validation(exc, prefix=f"[{index}]"))
+                problems.append(msgspec_problem(exc, prefix=f"[{index}]"))
         if problems:
             raise _problem(422, "Unprocessable Content", problems)
         return events, True
@@ -97,7 +90,20 @@ def parse_publish_request(content_type: str, body: bytes) -> tuple[list[NewEvent
     try:
         return [_parse_one(document, cloudevent=media_type == CLOUDEVENTS_JSON)], False
     except msgspec.ValidationError as exc:
-        raise _problem(422, "Unprocessable Content", [_from_validation(exc, prefix="")]) from None
+        raise _problem(422, "Unprocessable Content", [msgspec_problem(exc)]) from None
+
+
+def _decode(body: bytes) -> msgspec.Raw | list[msgspec.Raw]:
+    """The body as one JSON value or an array of them (a 400 problem if it is not JSON)."""
+    try:
+        # msgspec cannot take "an object or an array" as one type: look before decoding.
+        if body.lstrip().startswith(b"["):
+            return msgspec.json.decode(body, type=list[msgspec.Raw])
+        return msgspec.json.decode(body, type=msgspec.Raw)
+    except msgspec.DecodeError as exc:
+        raise _problem(
+            400, "Malformed request", [FieldProblem(field="body", message=str(exc))]
+        ) from None
 
 
 def _parse_one(raw: msgspec.Raw, *, cloudevent: bool) -> NewEvent:
@@ -114,13 +120,6 @@ def _parse_one(raw: msgspec.Raw, *, cloudevent: bool) -> NewEvent:
         )
     plain = msgspec.json.decode(raw, type=EventCreate)
     return NewEvent(type=plain.type, payload=plain.payload, occurred_at=plain.occurred_at)
-
-
-def _from_validation(exc: msgspec.ValidationError, *, prefix: str) -> FieldProblem:
-    message, _, path = str(exc).rpartition(" - at `$")
-    if not message:
-        return _at(prefix or "body", str(exc))
-    return _at(f"{prefix}{path.rstrip('`')}".lstrip(".") or "body", message)
 
 
 def _at(field: str, message: str) -> FieldProblem:

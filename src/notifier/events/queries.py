@@ -4,33 +4,50 @@ from __future__ import annotations
 
 import uuid
 
+import msgspec
 from psycopg.types.json import Jsonb
 
 from notifier.db import Connection
-from notifier.events.schemas import Event, EventCreate
+from notifier.events.cloudevents import NewEvent
+from notifier.events.schemas import Event, event_from_row
 from notifier.pagination import Cursor
 
 
-async def insert_event(conn: Connection, event: EventCreate) -> Event:
-    """Store a published event."""
+async def insert_event(conn: Connection, event: NewEvent) -> tuple[Event, bool]:
+    """Store a published event; ``(event, True)``.
+
+    An event whose ``source`` + ``external_id`` (CloudEvents ``id``) is already stored is
+    not stored again: ``(the stored one, False)``.
+    """
     cursor = await conn.execute(
         """
-        INSERT INTO notifier.events (type, payload, occurred_at)
-        VALUES (%(type)s, %(payload)s, %(occurred_at)s)
+        INSERT INTO notifier.events (type, payload, occurred_at, source, external_id, traceparent)
+        VALUES (%(type)s, %(payload)s, %(occurred_at)s, %(source)s, %(external_id)s, %(traceparent)s)
+        ON CONFLICT ((coalesce(source, '')), external_id) WHERE external_id IS NOT NULL DO NOTHING
         RETURNING *
         """,
-        {"type": event.type, "payload": Jsonb(event.payload), "occurred_at": event.occurred_at},
+        msgspec.structs.asdict(event) | {"payload": Jsonb(event.payload)},
     )
     row = await cursor.fetchone()
-    assert row is not None
-    return Event(**row)
+    if row is not None:
+        return event_from_row(row), True
+    cursor = await conn.execute(
+        """
+        SELECT * FROM notifier.events
+        WHERE coalesce(source, '') = coalesce(%(source)s, '') AND external_id = %(external_id)s
+        """,
+        {"source": event.source, "external_id": event.external_id},
+    )
+    existing = await cursor.fetchone()
+    assert existing is not None, "the conflicting event is committed before ON CONFLICT returns"
+    return event_from_row(existing), False
 
 
 async def get_event(conn: Connection, event_id: uuid.UUID) -> Event | None:
     """One event, or None."""
     cursor = await conn.execute("SELECT * FROM notifier.events WHERE id = %s", [event_id])
     row = await cursor.fetchone()
-    return Event(**row) if row else None
+    return event_from_row(row) if row else None
 
 
 async def lock_unprocessed_event(conn: Connection, event_id: uuid.UUID) -> Event | None:
@@ -44,7 +61,7 @@ async def lock_unprocessed_event(conn: Connection, event_id: uuid.UUID) -> Event
         [event_id],
     )
     row = await cursor.fetchone()
-    return Event(**row) if row else None
+    return event_from_row(row) if row else None
 
 
 async def mark_processed(conn: Connection, event_id: uuid.UUID) -> None:
@@ -72,4 +89,4 @@ async def list_events(
             "limit": limit,
         },
     )
-    return [Event(**row) for row in await cursor.fetchall()]
+    return [event_from_row(row) for row in await cursor.fetchall()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
+from typing import Any
 
 import msgspec
 
@@ -30,6 +31,13 @@ class Event(msgspec.Struct, kw_only=True):
     processed_at: datetime.datetime | None = None
     source: str | None = None
     external_id: str | None = None
+    # "api" or "sql" (the outbox table).
+    producer: str = "api"
+
+
+def event_from_row(row: dict[str, Any]) -> Event:
+    """The response struct from a ``notifier.events`` row (internal columns left out)."""
+    return Event(**{name: row[name] for name in Event.__struct_fields__})
 
 
 class EventDetail(Event, kw_only=True):
