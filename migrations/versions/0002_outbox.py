@@ -139,7 +139,9 @@ GRANT INSERT ON notifier.outbox TO notifier_producer;
 CREATE OR REPLACE FUNCTION procrastinate_notify_queue_job_inserted_v1() RETURNS trigger
     LANGUAGE plpgsql AS $$
 BEGIN
-    IF NEW.scheduled_at IS NULL OR NEW.scheduled_at <= now() THEN
+    -- clock_timestamp(), not now(): a job the same transaction schedules "now" from the
+    -- application's clock is later than the transaction's start. One second covers clock skew.
+    IF NEW.scheduled_at IS NULL OR NEW.scheduled_at <= clock_timestamp() + interval '1 second' THEN
         PERFORM pg_notify('procrastinate_queue_v1#' || NEW.queue_name, '{"type": "job_inserted"}');
         PERFORM pg_notify('procrastinate_any_queue_v1', '{"type": "job_inserted"}');
     END IF;
