@@ -115,3 +115,12 @@ async def test_openapi_document_describes_errors_as_problem_json(
     assert {key for key, types in error_media_types.items() if types != {PROBLEM_JSON}} == set()
     assert ("POST", "/api/v1/notifications", "422") in error_media_types
     assert ("DELETE", "/api/v1/notifications/{notification_id}", "409") in error_media_types
+
+
+async def test_a_bad_query_parameter_is_reported_with_source_query(
+    client: AsyncTestClient[Any],
+) -> None:
+    response = await client.get("/api/v1/events/?limit=many")
+
+    assert response.status_code in {400, 422}
+    assert [(e["field"], e["source"]) for e in response.json()["errors"]] == [("limit", "query")]

@@ -8,7 +8,9 @@ from typing import Annotated, Any
 
 import msgspec
 
+from notifier.channels.base import Channel
 from notifier.problems import field_error
+from notifier.services import Services
 
 # Timestamps must say which instant they mean: naive ones are rejected at the boundary.
 AwareDatetime = Annotated[datetime.datetime, msgspec.Meta(tz=True)]
@@ -74,3 +76,14 @@ def _unstorable(value: Any) -> tuple[str, str] | None:
             continue
         stack.extend((child, child_path, depth + 1) for child, child_path in reversed(children))
     return None
+
+
+def checked_channel(services: Services, name: str, recipient: str | None) -> Channel:
+    """The configured channel ``name``; a 422 naming ``channel`` or ``recipient`` if it is
+    unknown or could never deliver to ``recipient``."""
+    channel = services.channel(name)
+    if channel is None:
+        raise field_error("channel", f"unknown channel {name!r}; have {sorted(services.channels)}")
+    if recipient is not None and (problem := channel.validate_recipient(recipient)):
+        raise field_error("recipient", problem)
+    return channel

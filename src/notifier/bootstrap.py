@@ -29,10 +29,13 @@ def create_queue_app(settings: Settings) -> procrastinate.App:
     queue = procrastinate.App(
         connector=procrastinate.PsycopgConnector(conninfo=settings.database_url)
     )
-    # Room for every delivery attempt the task schedules itself, plus ten unexpected failures.
-    retry = NotifierRetryStrategy(max_attempts=settings.delivery_max_attempts + UNEXPECTED_FAILURES)
-    event_tasks.register(queue, retry)
-    notification_tasks.register(queue, retry)
+    event_tasks.register(queue, NotifierRetryStrategy(max_attempts=UNEXPECTED_FAILURES))
+    # deliver's runs include the attempts it reschedules itself: room for those, plus as many
+    # unexpected failures as any other task gets.
+    notification_tasks.register(
+        queue,
+        NotifierRetryStrategy(max_attempts=settings.delivery_max_attempts + UNEXPECTED_FAILURES),
+    )
     maintenance.register(queue)
     return queue
 
@@ -53,10 +56,10 @@ def create_channels(settings: Settings) -> dict[str, Channel]:
 @asynccontextmanager
 async def open_services(settings: Settings, *, name: str = "notifier") -> AsyncIterator[Services]:
     """Open the pool and share it with the queue; close everything on exit."""
-    pool = create_pool(settings, name=name)
-    await pool.open()
     channels = create_channels(settings)
     queue = create_queue_app(settings)
+    pool = create_pool(settings, name=name)
+    await pool.open()
     try:
         async with queue.open_async(pool):
             yield Services(settings=settings, pool=pool, queue=queue, channels=channels)

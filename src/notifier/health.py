@@ -7,7 +7,6 @@ import time
 
 import msgspec
 import psycopg
-import psycopg_pool
 from litestar import Response, get
 from litestar.di import NamedDependency
 
@@ -36,7 +35,7 @@ async def health(services: NamedDependency[Services]) -> Response[Health]:
     try:
         async with asyncio.timeout(2.0), services.pool.connection(timeout=2.0) as conn:
             await conn.execute("SELECT 1")
-    except (psycopg.Error, psycopg_pool.PoolTimeout, TimeoutError) as exc:
+    except (psycopg.Error, TimeoutError) as exc:  # PoolTimeout is a psycopg.Error
         database = DependencyCheck(status="unavailable", error=type(exc).__name__)
     else:
         database = DependencyCheck(

@@ -97,9 +97,9 @@ async def claim(conn: Connection, request: IdempotentRequest | None) -> StoredRe
         msgspec.structs.asdict(request),
     )
     stored = await cursor.fetchone()
-    if stored is None or stored["response_status"] is None:
-        # Expired and pruned between the two statements: rare; the client may retry.
-        raise ProblemError(409, "Conflict", "this Idempotency-Key is being processed; retry")
+    if stored is None:
+        # Pruned between the two statements (it had expired): rare, and a retry succeeds.
+        raise ProblemError(409, "Conflict", "this Idempotency-Key just expired; retry")
     if stored["request_hash"] != request.request_hash:
         raise ProblemError(
             422,

@@ -6,10 +6,11 @@ import base64
 import binascii
 import datetime
 import uuid
-from typing import Annotated
+from typing import Annotated, Protocol, TypeVar
 from urllib.parse import urlencode
 
 import msgspec
+from litestar.params import QueryParameter
 
 from notifier.problems import field_error
 
@@ -45,3 +46,23 @@ def next_link(path: str, query: dict[str, str], cursor: Cursor | None) -> dict[s
         return {}
     encoded = urlencode({**query, "cursor": cursor.encode()})
     return {"Link": f'<{path}?{encoded}>; rel="next"', "X-Next-Cursor": cursor.encode()}
+
+
+class Keyed(Protocol):
+    """A row that pages are cut from."""
+
+    @property
+    def created_at(self) -> datetime.datetime: ...
+
+    @property
+    def id(self) -> uuid.UUID: ...
+
+
+RowT = TypeVar("RowT", bound=Keyed)
+Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description="Page size")]
+
+
+def paginate(rows: list[RowT], limit: int) -> tuple[list[RowT], Cursor | None]:
+    """Split ``limit + 1`` fetched rows into the page and the cursor after it, if more exist."""
+    page = rows[:limit]
+    return page, (Cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None)

@@ -8,8 +8,7 @@ from typing import Any
 
 import msgspec
 import psycopg
-import psycopg_pool
-from litestar import MediaType, Request, Response
+from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import (
@@ -94,7 +93,7 @@ def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
 
 
 def not_found(resource: str, resource_id: object) -> ProblemError:
-    """The 404 for an id that does not exist (or is not the caller's to see)."""
+    """The 404 for an id that does not exist."""
     return ProblemError(404, "Not Found", f"{resource} {resource_id} does not exist")
 
 
@@ -178,7 +177,8 @@ def _validation_problems(exc: ValidationException) -> tuple[int, list[FieldProbl
     for item in extra:
         if not isinstance(item, dict):
             continue
-        source = str(item.get("source") or "body")
+        raw_source = item.get("source") or "body"
+        source = str(getattr(raw_source, "value", raw_source))  # Litestar gives a ParamType enum
         if source == "body" and body is not None:
             problems.append(body)
             body = None  # msgspec stops at the body's first error: name it once
@@ -282,15 +282,5 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     psycopg.OperationalError: _handle_database_down,
     psycopg.DataError: _handle_unstorable,
     RecursionError: _handle_too_deep,
-    psycopg_pool.PoolTimeout: _handle_database_down,
     Exception: _handle_unexpected,
 }
-
-__all__ = [
-    "EXCEPTION_HANDLERS",
-    "MediaType",
-    "Problem",
-    "ProblemError",
-    "field_error",
-    "problem_responses",
-]

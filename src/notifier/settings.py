@@ -5,6 +5,7 @@ Everything else receives a :class:`Settings` instance; nothing reads the environ
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -72,13 +73,12 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests and the dev command use it)."""
-        current = {field.name: getattr(self, field.name) for field in fields(self)}
-        return Settings(**(current | changes))
+        return dataclasses.replace(self, **changes)
 
 
 def _parse(name: str, raw: str, annotation: Any) -> Any:
     target = annotation
-    if target in (str | None, "str | None"):
+    if target == str | None:
         return raw
     try:
         if target is bool:

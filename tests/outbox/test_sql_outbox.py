@@ -163,6 +163,11 @@ async def test_a_repeated_idempotency_key_is_skipped_without_aborting_the_transa
             "payload must be a JSON object",
         ),
         ("INSERT INTO notifier.outbox (type, traceparent) VALUES ('a.b', 'nope')", "traceparent"),
+        (
+            "INSERT INTO notifier.outbox (type, payload) "
+            "VALUES ('a.b', (repeat('{\"a\": ', 65) || '1' || repeat('}', 65))::jsonb)",
+            "must not nest deeper than 64 levels",
+        ),
     ],
 )
 async def test_a_bad_row_is_rejected_at_insert_with_a_clear_error(
@@ -171,6 +176,17 @@ async def test_a_bad_row_is_rejected_at_insert_with_a_clear_error(
     async with await psycopg.AsyncConnection.connect(producer_url) as producer:
         with pytest.raises(psycopg.errors.CheckViolation, match=message):
             await producer.execute(statement)
+
+
+async def test_a_payload_nested_as_deep_as_the_api_allows_is_accepted(
+    db: psycopg.AsyncConnection[Any],
+) -> None:
+    await db.execute(
+        "INSERT INTO notifier.outbox (type, payload) "
+        "VALUES ('a.b', (repeat('{\"a\": ', 64) || '1' || repeat('}', 64))::jsonb)"
+    )
+
+    assert await count(db, "SELECT count(*) FROM notifier.events") == 1
 
 
 async def test_outbox_carries_traceparent_and_occurred_at_onto_the_event(

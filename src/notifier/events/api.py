@@ -19,11 +19,9 @@ from notifier.events.schemas import Event, EventDetail
 from notifier.events.tasks import enqueue_processing
 from notifier.idempotency import IdempotentRequest
 from notifier.notifications.queries import list_notifications
-from notifier.pagination import DEFAULT_LIMIT, MAX_LIMIT, Cursor, next_link
+from notifier.pagination import DEFAULT_LIMIT, MAX_LIMIT, Cursor, Limit, next_link, paginate
 from notifier.problems import not_found, problem_responses
 from notifier.services import Services
-
-Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description="Page size")]
 
 
 class EventController(Controller):
@@ -94,8 +92,7 @@ class EventController(Controller):
             events = await queries.list_events(
                 conn, limit=limit + 1, after=after, event_type=event_type
             )
-        page, more = events[:limit], len(events) > limit
-        following = Cursor(page[-1].created_at, page[-1].id) if more else None
+        page, following = paginate(events, limit)
         query = {"limit": str(limit)} | ({"type": event_type} if event_type else {})
         return Response(page, headers=next_link(self.path + "/", query, following))
 

@@ -11,7 +11,13 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from notifier import idempotency
-from notifier.api_types import AwareDatetime, check_aware, check_instant, check_storable
+from notifier.api_types import (
+    AwareDatetime,
+    check_aware,
+    check_instant,
+    check_storable,
+    checked_channel,
+)
 from notifier.db import Connection, transaction
 from notifier.idempotency import IdempotentRequest
 from notifier.notifications import queries
@@ -28,11 +34,10 @@ from notifier.notifications.schemas import (
     NotificationStatus,
     notification_from_row,
 )
-from notifier.pagination import DEFAULT_LIMIT, MAX_LIMIT, Cursor, next_link
+from notifier.pagination import DEFAULT_LIMIT, Cursor, Limit, next_link, paginate
 from notifier.problems import ProblemError, field_error, not_found, problem_responses
 from notifier.services import Services
 
-Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description="Page size")]
 CANCELLABLE = frozenset(
     {NotificationStatus.PENDING, NotificationStatus.FAILED, NotificationStatus.DEAD}
 )
@@ -45,17 +50,10 @@ def draft_from_request(
     check_storable(data)
     check_instant("target_date", data.target_date)
     channel_name = data.channel or services.settings.default_channel
-    channel = services.channel(channel_name)
-    if channel is None:
-        raise field_error(
-            "channel", f"unknown channel {channel_name!r}; have {sorted(services.channels)}"
-        )
     recipient = data.recipient or data.email or data.phone
+    checked_channel(services, channel_name, recipient)
     if recipient is None:
         raise field_error("recipient", "give recipient, email or phone")
-    problem = channel.validate_recipient(recipient)
-    if problem is not None:
-        raise field_error("recipient", problem)
     (send,) = plan_sends(data.target_date, [datetime.timedelta(days=data.lead_time_days)], now)
     return NotificationDraft(
         notification_type=data.notification_type,
@@ -136,8 +134,7 @@ class NotificationController(Controller):
                 created_after=created_after,
                 created_before=created_before,
             )
-        page, more = rows[:limit], len(rows) > limit
-        following = Cursor(page[-1].created_at, page[-1].id) if more else None
+        page, following = paginate(rows, limit)
         filters = {
             "limit": limit,
             "status": status,

@@ -9,10 +9,9 @@ from typing import Any
 
 import procrastinate
 import psycopg
-import psycopg_pool
 
 from notifier.channels.base import DeliveryError, OutgoingMessage
-from notifier.db import transaction
+from notifier.db import Connection, transaction
 from notifier.notifications import queries
 from notifier.notifications.schemas import NotificationStatus
 from notifier.queue import DELIVER_TASK, DELIVERIES_QUEUE, RetryLater, backoff_seconds
@@ -108,14 +107,14 @@ async def _note_unexpected_error(
     try:
         async with transaction(services.pool) as conn:
             await queries.note_error(conn, notification_id, f"unexpected error: {exc!r}")
-    except (psycopg.Error, psycopg_pool.PoolTimeout):
+    except psycopg.Error:  # PoolTimeout included
         # The database itself is the likely cause; the job is retried either way.
         logger.warning("could not record the error of notification %s", notification_id)
 
 
 async def _attempt(
     services: Services,
-    conn: Any,
+    conn: Connection,
     row: dict[str, Any],
     job_id: int | None,
     started_at: datetime.datetime,
@@ -129,13 +128,12 @@ async def _attempt(
         "started_at": started_at,
     }
     channel = services.channel(row["channel"])
-    problem = (
-        f"channel {row['channel']!r} is not configured"
-        if channel is None
-        else channel.validate_recipient(row["recipient"])
-    )
-    if channel is None or problem is not None:
-        error = problem if channel is None else f"recipient {problem}"
+    error = None
+    if channel is None:
+        error = f"channel {row['channel']!r} is not configured"
+    elif (problem := channel.validate_recipient(row["recipient"])) is not None:
+        error = f"recipient {problem}"
+    if channel is None or error is not None:
         await queries.record_attempt(conn, **record, outcome="failed", error=error)
         await queries.set_status(conn, row["id"], NotificationStatus.FAILED)
         logger.warning("notification %s failed permanently: %s", row["id"], error)

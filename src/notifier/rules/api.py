@@ -11,7 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from notifier import idempotency
-from notifier.api_types import check_storable
+from notifier.api_types import check_storable, checked_channel
 from notifier.db import transaction
 from notifier.idempotency import IdempotentRequest
 from notifier.problems import field_error, not_found, problem_responses
@@ -40,20 +40,12 @@ def parse_lead_times(durations: list[str]) -> list[datetime.timedelta]:
     return lead_times
 
 
-def validate_rule(
-    rule: RuleCreate, services: NamedDependency[Services]
-) -> list[datetime.timedelta]:
+def validate_rule(rule: RuleCreate, services: Services) -> list[datetime.timedelta]:
     """Reject a rule that could never deliver, naming the field at fault; its lead times."""
     check_storable(rule)
-    channel = services.channel(rule.channel)
-    if channel is None:
-        raise field_error(
-            "channel", f"unknown channel {rule.channel!r}; have {sorted(services.channels)}"
-        )
+    checked_channel(services, rule.channel, rule.recipient)
     if (rule.recipient is None) == (rule.recipient_field is None):
         raise field_error("recipient", "give exactly one of recipient and recipient_field")
-    if rule.recipient is not None and (problem := channel.validate_recipient(rule.recipient)):
-        raise field_error("recipient", problem)
     return parse_lead_times(rule.lead_times)
 
 
