@@ -43,3 +43,10 @@ def tests(session: nox.Session) -> None:
     """The test suite against the PostgreSQL at 127.0.0.1:5432 (extra args go to pytest)."""
     sync(session)
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks, never part of `uv run nox`: each prints its figures beside a baseline."""
+    sync(session)
+    session.run("python", "bench/outbox_batch.py", *session.posargs)
