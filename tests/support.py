@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import json
 import re
 import threading
@@ -103,3 +104,8 @@ async def count_rows(db: psycopg.AsyncConnection[Any], table: str) -> int:
     row = await cursor.fetchone()
     assert row is not None
     return int(row["n"])
+
+
+def parse_time(value: str) -> datetime.datetime:
+    """A timestamp from an API response."""
+    return datetime.datetime.fromisoformat(value)

@@ -141,13 +141,18 @@ def _split_path(message: str) -> tuple[str, str | None]:
     return message[: match.start()], match.group("path")
 
 
-def msgspec_problem(error: msgspec.ValidationError, *, prefix: str = "") -> FieldProblem:
-    """The field a msgspec validation error is about, under ``prefix`` (e.g. ``[2]``)."""
-    message, path = _split_path(str(error))
-    field = (prefix + (path or "")).lstrip(".")
+def _field_problem(message: str, path: str) -> FieldProblem:
+    """``path`` (``.a[0]``) as a field name, completed by the field msgspec names in words."""
+    field = path.lstrip(".")
     if named := _NAMED_FIELD.search(message):
         field = f"{field}.{named['name']}" if field else named["name"]
     return FieldProblem(field=field or "body", message=message)
+
+
+def msgspec_problem(error: msgspec.ValidationError, *, prefix: str = "") -> FieldProblem:
+    """The field a msgspec validation error is about, under ``prefix`` (e.g. ``[2]``)."""
+    message, path = _split_path(str(error))
+    return _field_problem(message, prefix + (path or ""))
 
 
 def _body_problem(exc: ValidationException) -> FieldProblem | None:
@@ -164,10 +169,7 @@ def _body_problem(exc: ValidationException) -> FieldProblem | None:
         return _BODY_REQUIRED if message == _NO_BODY else None
     if path != _BODY_PATH and not path.startswith((_BODY_PATH + ".", _BODY_PATH + "[")):
         return None
-    field = path.removeprefix(_BODY_PATH).lstrip(".")
-    if named := _NAMED_FIELD.search(message):
-        field = f"{field}.{named['name']}" if field else named["name"]
-    return FieldProblem(field or "body", message)
+    return _field_problem(message, path.removeprefix(_BODY_PATH))
 
 
 def _validation_problems(exc: ValidationException) -> tuple[int, list[FieldProblem]]:

@@ -18,7 +18,7 @@ from notifier.queue import PROCESS_EVENT_TASK
 from notifier.rules.schemas import Rule
 from notifier.services import Services
 from notifier.worker import run_worker
-from tests.support import ReceivedRequest, WebhookReceiver, eventually
+from tests.support import ReceivedRequest, WebhookReceiver, eventually, parse_time
 
 UTC = datetime.UTC
 DAY = datetime.timedelta(days=1)
@@ -80,10 +80,6 @@ async def deliver_jobs(db: psycopg.AsyncConnection[Any]) -> dict[str, dict[str, 
         """
     )
     return {row["args"]["notification_id"]: row for row in await cursor.fetchall()}
-
-
-def parse_time(value: str) -> datetime.datetime:
-    return datetime.datetime.fromisoformat(value)
 
 
 # --- the acceptance scenario -----------------------------------------------------------

@@ -27,7 +27,7 @@ from notifier.notifications.schemas import NotificationStatus
 from notifier.services import Services
 from notifier.settings import Settings
 from notifier.worker import run_worker
-from tests.support import WEBHOOK_SECRET, ReceivedRequest, WebhookReceiver, eventually
+from tests.support import WEBHOOK_SECRET, ReceivedRequest, WebhookReceiver, eventually, parse_time
 
 UTC = datetime.UTC
 
@@ -136,10 +136,6 @@ async def job_of(db: psycopg.AsyncConnection[Any], notification_id: str) -> dict
 
 def webhook_id(notification_id: str) -> str:
     return f"msg_{uuid.UUID(notification_id).hex}"
-
-
-def parse_time(value: str) -> datetime.datetime:
-    return datetime.datetime.fromisoformat(value)
 
 
 # --- retries ---------------------------------------------------------------------------
