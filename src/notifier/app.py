@@ -19,6 +19,7 @@ from notifier.problems import EXCEPTION_HANDLERS
 from notifier.rules.api import RuleController
 from notifier.services import Services
 from notifier.settings import Settings
+from notifier.tenancy import provide_principal
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -39,6 +40,7 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
             "idempotent": Provide(idempotent_request),
+            "principal": Provide(provide_principal),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],

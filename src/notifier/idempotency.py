@@ -81,7 +81,7 @@ async def claim(conn: Connection, request: IdempotentRequest | None) -> StoredRe
         """
         INSERT INTO notifier.idempotency_keys (scope, key, request_hash)
         VALUES (%(scope)s, %(key)s, %(request_hash)s)
-        ON CONFLICT (scope, key) DO NOTHING
+        ON CONFLICT (tenant_id, scope, key) DO NOTHING
         RETURNING key
         """,
         msgspec.structs.asdict(request),

@@ -23,7 +23,8 @@ async def insert_event(conn: Connection, event: NewEvent) -> tuple[Event, bool]:
         """
         INSERT INTO notifier.events (type, payload, occurred_at, source, external_id, traceparent)
         VALUES (%(type)s, %(payload)s, %(occurred_at)s, %(source)s, %(external_id)s, %(traceparent)s)
-        ON CONFLICT ((coalesce(source, '')), external_id) WHERE external_id IS NOT NULL DO NOTHING
+        ON CONFLICT (tenant_id, (coalesce(source, '')), external_id)
+            WHERE external_id IS NOT NULL DO NOTHING
         RETURNING *
         """,
         msgspec.structs.asdict(event) | {"payload": Jsonb(event.payload)},

@@ -8,7 +8,7 @@ import uuid
 import msgspec
 
 from notifier.db import Connection
-from notifier.rules.schemas import Rule, RuleCreate
+from notifier.rules.schemas import Rule, RuleCreate, rule_from_row
 
 
 async def insert_rule(
@@ -28,7 +28,7 @@ async def insert_rule(
     )
     row = await cursor.fetchone()
     assert row is not None
-    return Rule(**row)
+    return rule_from_row(row)
 
 
 async def matching_rules(conn: Connection, event_type: str) -> list[Rule]:
@@ -44,20 +44,20 @@ async def matching_rules(conn: Connection, event_type: str) -> list[Rule]:
         """,
         {"type": event_type},
     )
-    return [Rule(**row) for row in await cursor.fetchall()]
+    return [rule_from_row(row) for row in await cursor.fetchall()]
 
 
 async def list_rules(conn: Connection) -> list[Rule]:
     """Every rule, oldest first."""
     cursor = await conn.execute("SELECT * FROM notifier.routing_rules ORDER BY created_at, id")
-    return [Rule(**row) for row in await cursor.fetchall()]
+    return [rule_from_row(row) for row in await cursor.fetchall()]
 
 
 async def get_rule(conn: Connection, rule_id: uuid.UUID) -> Rule | None:
     """One rule, or None."""
     cursor = await conn.execute("SELECT * FROM notifier.routing_rules WHERE id = %s", [rule_id])
     row = await cursor.fetchone()
-    return Rule(**row) if row else None
+    return rule_from_row(row) if row else None
 
 
 async def delete_rule(conn: Connection, rule_id: uuid.UUID) -> bool:

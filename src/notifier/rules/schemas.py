@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -58,3 +58,8 @@ class Rule(msgspec.Struct, kw_only=True):
     template: str | None
     enabled: bool
     created_at: datetime.datetime
+
+
+def rule_from_row(row: dict[str, Any]) -> Rule:
+    """The response struct from a ``notifier.routing_rules`` row (internal columns left out)."""
+    return Rule(**{name: row[name] for name in Rule.__struct_fields__})
