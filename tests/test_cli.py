@@ -13,7 +13,12 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 from litestar.testing import AsyncTestClient
+from psycopg.conninfo import make_conninfo
+
+from notifier import migrate
+from notifier.cli import main
 
 PROCRASTINATE_SHELL = [
     sys.executable,
@@ -125,3 +130,24 @@ def test_dev_starts_an_embedded_postgresql_when_none_answers(tmp_path: Path) -> 
 
     assert process.returncode == 0, output
     assert "starting an embedded one" in output
+
+
+def test_migrate_check_exits_zero_only_at_head(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("NOTIFIER_DATABASE_URL", database_url)
+    assert main(["migrate", "--check"]) == 0
+
+    migrate.downgrade(database_url, "-1")
+    assert main(["migrate", "--check"]) == 3
+    assert "pending revisions" in caplog.text
+    assert migrate.pending_revisions(database_url), "--check must not upgrade"
+
+
+def test_migrate_check_fails_while_the_database_does_not_exist(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "NOTIFIER_DATABASE_URL", make_conninfo(database_url, dbname="notifier_never_created")
+    )
+    assert main(["migrate", "--check"]) == 3

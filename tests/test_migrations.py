@@ -119,3 +119,16 @@ def test_notifier_tables_live_in_their_own_schema(database_url: str) -> None:
     assert {"events", "notifications", "outbox", "routing_rules", "tenants"} <= notifier
     # public holds only the queue's tables and Alembic's bookkeeping.
     assert all(name.startswith("procrastinate_") for name in public - {"alembic_version"})
+
+
+def test_pending_revisions_names_what_an_upgrade_would_apply(database_url: str) -> None:
+    head = ScriptDirectory.from_config(migrate.alembic_config(database_url)).get_current_head()
+    assert migrate.pending_revisions(database_url) == []
+
+    migrate.downgrade(database_url, "-1")
+    assert migrate.pending_revisions(database_url) == [head]
+
+    migrate.downgrade(database_url, "base")
+    assert len(migrate.pending_revisions(database_url)) == len(
+        list(ScriptDirectory.from_config(migrate.alembic_config(database_url)).walk_revisions())
+    )

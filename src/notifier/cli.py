@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+import psycopg
 import uvicorn
 
 from notifier import migrate as migrations
@@ -29,7 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("migrate", help="create the database if missing and upgrade it to head")
+    migrate = commands.add_parser(
+        "migrate", help="create the database if missing and upgrade it to head"
+    )
+    migrate.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit 0 if the schema is at head, 3 if revisions are pending",
+    )
 
     api = commands.add_parser("api", help="serve the REST API with uvicorn")
     api.add_argument("--host", help="bind address (default NOTIFIER_API_HOST)")
@@ -119,6 +127,20 @@ def manage_producer(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def check_migrations(settings: Settings) -> int:
+    """``notifier migrate --check``: for init containers and deploy scripts that must wait."""
+    try:
+        pending = migrations.pending_revisions(settings.database_url)
+    except psycopg.OperationalError as exc:
+        logger.error("cannot read the schema version: %s", exc)
+        return 3
+    if pending:
+        logger.error("schema behind head; pending revisions: %s", ", ".join(pending))
+        return 3
+    logger.info("schema at head")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``notifier`` script."""
     args = build_parser().parse_args(argv)
@@ -140,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     settings = settings.replace(**overrides)
 
+    if args.command == "migrate" and args.check:
+        return check_migrations(settings)
     if args.command == "migrate":
         created = migrations.migrate(settings)
         logger.info("database %s; schema at head", "created" if created else "exists")

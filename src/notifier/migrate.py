@@ -8,8 +8,11 @@ from pathlib import Path
 import psycopg
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from sqlalchemy import create_engine, exc, pool
 
 from notifier.settings import Settings
 
@@ -51,6 +54,30 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 def downgrade(database_url: str, revision: str) -> None:
     """Downgrade the schema to ``revision`` (``base`` removes everything)."""
     command.downgrade(alembic_config(database_url), revision)
+
+
+def pending_revisions(database_url: str) -> list[str]:
+    """Revisions not yet applied to the database, oldest first; empty when it is at head.
+
+    Only reads. A database that is missing or unreachable raises ``psycopg.OperationalError``.
+    """
+    script = ScriptDirectory.from_config(alembic_config(database_url))
+    engine = create_engine(
+        "postgresql+psycopg://",
+        creator=lambda: psycopg.connect(database_url),
+        poolclass=pool.NullPool,
+    )
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_heads()
+    except exc.DBAPIError as error:
+        if isinstance(error.orig, psycopg.Error):
+            raise error.orig from None  # the driver's own error, as everywhere else in notifier
+        raise
+    finally:
+        engine.dispose()
+    pending = script.iterate_revisions(tuple(script.get_heads()), current or "base")
+    return [revision.revision for revision in reversed(list(pending))]
 
 
 def migrate(settings: Settings) -> bool:
