@@ -7,6 +7,7 @@ import base64
 import datetime
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -109,3 +110,10 @@ async def count_rows(db: psycopg.AsyncConnection[Any], table: str) -> int:
 def parse_time(value: str) -> datetime.datetime:
     """A timestamp from an API response."""
     return datetime.datetime.fromisoformat(value)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on (at the time of asking)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from psycopg.conninfo import make_conninfo
 
 from notifier import migrate
 from notifier.cli import main
+from tests.support import free_port
 
 PROCRASTINATE_SHELL = [
     sys.executable,
@@ -67,12 +67,6 @@ async def test_procrastinate_shell_lists_cancels_and_retries_notifier_jobs(
     await db.execute("UPDATE procrastinate_jobs SET status = 'failed' WHERE id = 2")
     shell(database_url, "retry", "2")
     assert await job_status(db, 2) == "todo"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_dev_starts_an_embedded_postgresql_when_none_answers(tmp_path: Path) -> None:
