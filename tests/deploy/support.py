@@ -27,6 +27,7 @@ from notifier.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"
+CONTAINERFILE = ROOT / "Containerfile"
 
 # Named by the observability work of issue 6 (branch i6-ops), merged beside this one. The
 # deploy files use them already; test_pending_names_are_not_yet_served fails as soon as the
@@ -121,3 +122,38 @@ def duration_seconds(text: str) -> float:
     assert parts, f"not a duration: {text!r}"
     assert "".join(n + u for n, u in parts) == text, f"not a duration: {text!r}"
     return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def instructions(path: Path = CONTAINERFILE) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    logical: list[str] = []
+    pending = ""
+    for line in path.read_text().splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        pending += line.rstrip().removesuffix("\\") + " "
+        if not line.rstrip().endswith("\\"):
+            logical.append(pending.strip())
+            pending = ""
+    return [(text.split(None, 1)[0].upper(), text.split(None, 1)[1]) for text in logical]
+
+
+def final_stage() -> list[tuple[str, str]]:
+    steps = instructions()
+    last_from = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
+    return steps[last_from:]
+
+
+def exec_form(arguments: str) -> list[str]:
+    """An instruction's JSON (exec) form; the shell form is not allowed for commands."""
+    parsed = json.loads(arguments)
+    assert isinstance(parsed, list), arguments
+    return [str(item) for item in parsed]
+
+
+def env_of(stage: list[tuple[str, str]]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for keyword, arguments in stage:
+        if keyword == "ENV":
+            values.update(re.findall(r"(\w+)=(\S+)", arguments))
+    return values

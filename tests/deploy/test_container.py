@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -11,45 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.support import ROOT, assert_known_settings, parse_notifier_args
+from tests.deploy.support import (
+    CONTAINERFILE,
+    ROOT,
+    assert_known_settings,
+    env_of,
+    exec_form,
+    final_stage,
+    instructions,
+    parse_notifier_args,
+)
 from tests.support import free_port
-
-CONTAINERFILE = ROOT / "Containerfile"
-
-
-def instructions(path: Path = CONTAINERFILE) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
-    logical: list[str] = []
-    pending = ""
-    for line in path.read_text().splitlines():
-        if not pending and (not line.strip() or line.lstrip().startswith("#")):
-            continue
-        pending += line.rstrip().removesuffix("\\") + " "
-        if not line.rstrip().endswith("\\"):
-            logical.append(pending.strip())
-            pending = ""
-    return [(text.split(None, 1)[0].upper(), text.split(None, 1)[1]) for text in logical]
-
-
-def final_stage() -> list[tuple[str, str]]:
-    steps = instructions()
-    last_from = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
-    return steps[last_from:]
-
-
-def exec_form(arguments: str) -> list[str]:
-    """An instruction's JSON (exec) form; the shell form is not allowed for commands."""
-    parsed = json.loads(arguments)
-    assert isinstance(parsed, list), arguments
-    return [str(item) for item in parsed]
-
-
-def env_of(stage: list[tuple[str, str]]) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for keyword, arguments in stage:
-        if keyword == "ENV":
-            values.update(re.findall(r"(\w+)=(\S+)", arguments))
-    return values
 
 
 def test_hadolint_finds_nothing() -> None:
