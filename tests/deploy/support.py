@@ -35,26 +35,30 @@ CONTAINERFILE = ROOT / "Containerfile"
 PENDING_SETTINGS = frozenset({"NOTIFIER_LOG_FORMAT"})
 PENDING_PATHS = frozenset({"/health/ready", "/metrics"})
 
-# The metric families the API exposes at /metrics (issue 6), with their kind: the dashboard
+# The metric families the API exposes at /metrics (issue 6): kind and labels. The dashboard
 # and the alerts may use no other.
-METRIC_FAMILIES = {
-    "notifier_events_received_total": "counter",
-    "notifier_notifications": "gauge",
-    "notifier_deliveries_total": "counter",
-    "notifier_delivery_lag_seconds": "histogram",
-    "notifier_queue_depth": "gauge",
-    "notifier_queue_oldest_due_job_age_seconds": "gauge",
-    "notifier_workers_alive": "gauge",
+METRIC_FAMILIES: dict[str, tuple[str, frozenset[str]]] = {
+    "notifier_events_received_total": ("counter", frozenset({"type", "producer"})),
+    "notifier_notifications": ("gauge", frozenset({"status"})),
+    "notifier_deliveries_total": ("counter", frozenset({"channel", "outcome"})),
+    "notifier_delivery_lag_seconds": ("histogram", frozenset()),
+    "notifier_queue_depth": ("gauge", frozenset({"queue"})),
+    "notifier_queue_oldest_due_job_age_seconds": ("gauge", frozenset({"queue"})),
+    "notifier_workers_alive": ("gauge", frozenset()),
 }
 
 
-def metric_series_names() -> set[str]:
-    """Every series name a query may select: histograms add _bucket, _sum and _count."""
-    names = set(METRIC_FAMILIES)
-    for family, kind in METRIC_FAMILIES.items():
+def metric_series() -> dict[str, frozenset[str]]:
+    """Every series name a query may select, with its labels (histograms: _bucket and more)."""
+    series: dict[str, frozenset[str]] = {}
+    for family, (kind, labels) in METRIC_FAMILIES.items():
         if kind == "histogram":
-            names |= {f"{family}_bucket", f"{family}_sum", f"{family}_count"}
-    return names
+            series[f"{family}_bucket"] = labels | {"le"}
+            series[f"{family}_sum"] = labels
+            series[f"{family}_count"] = labels
+        else:
+            series[family] = labels
+    return series
 
 
 def load_yaml(path: Path) -> Any:
