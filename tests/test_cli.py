@@ -145,3 +145,36 @@ def test_migrate_check_fails_while_the_database_does_not_exist(
         "NOTIFIER_DATABASE_URL", make_conninfo(database_url, dbname="notifier_never_created")
     )
     assert main(["migrate", "--check"]) == 3
+
+
+def documented_stuck_jobs_query() -> str:
+    operations = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    after_marker = operations.split("<!-- stuck-jobs-query", 1)[1]
+    return after_marker.split("```sql\n", 1)[1].split("```", 1)[0]
+
+
+async def test_documented_stuck_jobs_query_finds_running_jobs_of_dead_workers(
+    client: AsyncTestClient[Any], db: psycopg.AsyncConnection[Any], database_url: str
+) -> None:
+    for _ in range(3):
+        published = await client.post(
+            "/api/v1/events/", json={"type": "user.signup", "payload": {}}
+        )
+        assert published.status_code == 201
+    workers = await db.execute(
+        "INSERT INTO procrastinate_workers (last_heartbeat)"
+        " VALUES (now() - interval '5 minutes'), (now()) RETURNING id"
+    )
+    dead, alive = [row["id"] for row in await workers.fetchall()]
+    await db.execute(
+        "UPDATE procrastinate_jobs SET status = 'doing', worker_id = CASE id"
+        " WHEN 1 THEN %s::bigint WHEN 2 THEN %s::bigint END",
+        [dead, alive],
+    )
+
+    stuck = await (await db.execute(documented_stuck_jobs_query())).fetchall()
+
+    # Job 3's worker row is gone altogether (procrastinate sets worker_id NULL when it prunes).
+    assert [row["id"] for row in stuck] == [1, 3]
+    shell(database_url, "retry", "1")
+    assert await job_status(db, 1) == "todo"

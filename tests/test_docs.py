@@ -6,6 +6,7 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
+from notifier.cli import build_parser
 from notifier.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,3 +33,19 @@ def test_readme_test_command_is_what_ci_runs() -> None:
 def test_linked_documents_exist() -> None:
     for link in re.findall(r"\]\(((?:docs/)[^)#]+)\)", README):
         assert (ROOT / link).is_file(), link
+
+
+def test_every_documented_notifier_command_parses() -> None:
+    documents = [README, (ROOT / "docs" / "operations.md").read_text()]
+    commands = [
+        line.split("#", 1)[0].split()[1:]
+        for text in documents
+        for line in text.splitlines()
+        if line.startswith("notifier ")
+    ]
+    assert len(commands) >= 10
+    for args in commands:
+        try:
+            build_parser().parse_args(args)
+        except SystemExit:
+            raise AssertionError(f"documented but rejected: notifier {' '.join(args)}") from None
