@@ -178,3 +178,14 @@ async def test_documented_stuck_jobs_query_finds_running_jobs_of_dead_workers(
     assert [row["id"] for row in stuck] == [1, 3]
     shell(database_url, "retry", "1")
     assert await job_status(db, 1) == "todo"
+
+
+def test_migrate_check_lets_an_older_release_run_on_a_newer_schema(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999_from_a_later_release'")
+    monkeypatch.setenv("NOTIFIER_DATABASE_URL", database_url)
+
+    assert main(["migrate", "--check"]) == 0
+    assert "9999_from_a_later_release, newer than this release knows" in caplog.text

@@ -10,6 +10,7 @@ from types import ModuleType
 from typing import Any
 
 import psycopg
+import pytest
 from alembic.script import ScriptDirectory
 from procrastinate.schema import SchemaManager
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -132,3 +133,11 @@ def test_pending_revisions_names_what_an_upgrade_would_apply(database_url: str) 
     assert len(migrate.pending_revisions(database_url)) == len(
         list(ScriptDirectory.from_config(migrate.alembic_config(database_url)).walk_revisions())
     )
+
+
+def test_pending_revisions_refuses_a_revision_it_does_not_know(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+
+    with pytest.raises(migrate.UnknownRevisionError, match="9999"):
+        migrate.pending_revisions(database_url)

@@ -10,6 +10,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy import create_engine, exc, pool
@@ -56,10 +57,15 @@ def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
 
 
+class UnknownRevisionError(LookupError):
+    """The database is at a revision these migrations do not contain (a newer release's)."""
+
+
 def pending_revisions(database_url: str) -> list[str]:
     """Revisions not yet applied to the database, oldest first; empty when it is at head.
 
-    Only reads. A database that is missing or unreachable raises ``psycopg.OperationalError``.
+    Only reads. A database that is missing or unreachable raises ``psycopg.OperationalError``;
+    one migrated by a newer release raises :class:`UnknownRevisionError`.
     """
     script = ScriptDirectory.from_config(alembic_config(database_url))
     engine = create_engine(
@@ -76,8 +82,11 @@ def pending_revisions(database_url: str) -> list[str]:
         raise
     finally:
         engine.dispose()
-    pending = script.iterate_revisions(tuple(script.get_heads()), current or "base")
-    return [revision.revision for revision in reversed(list(pending))]
+    try:
+        pending = list(script.iterate_revisions(tuple(script.get_heads()), current or "base"))
+    except RevisionError as error:
+        raise UnknownRevisionError(f"database at revision {', '.join(current)}") from error
+    return [revision.revision for revision in reversed(pending)]
 
 
 def migrate(settings: Settings) -> bool:
