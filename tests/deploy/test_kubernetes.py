@@ -125,6 +125,10 @@ def test_pods_run_as_non_root_on_a_read_only_filesystem_with_limits() -> None:
             assert security["readOnlyRootFilesystem"] is True, (where, container["name"])
             assert security["allowPrivilegeEscalation"] is False, (where, container["name"])
             assert container["resources"]["limits"]["memory"], (where, container["name"])
+        scratch = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
+        for container in spec["containers"]:
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert mounts.get("/tmp") in scratch, f"{where}: a writable /tmp"
 
 
 def test_api_probes_paths_the_api_serves_on_its_port() -> None:
