@@ -6,7 +6,7 @@ from typing import Any
 
 import jsonschema
 
-from tests.deploy.support import ROOT, load_yaml, vendored_schema
+from tests.deploy.support import ROOT, instructions, load_yaml, vendored_schema
 
 WORKFLOW = load_yaml(ROOT / ".github" / "workflows" / "ci.yaml")
 # PyYAML reads the bare key `on` as YAML 1.1's boolean true.
@@ -49,3 +49,14 @@ def test_postgresql_15_service_answers_where_the_tests_look() -> None:
 
 def test_time_limit_leaves_room_for_the_suite() -> None:
     assert 10 <= the_job()["timeout-minutes"] <= 30
+
+
+def test_ci_and_the_image_use_the_same_uv() -> None:
+    install = next(step["run"] for step in the_job()["steps"] if "uv==" in step.get("run", ""))
+    ci_version = install.split("uv==", 1)[1].split()[0]
+    uv_image = next(
+        arguments.split()[0]
+        for keyword, arguments in instructions()
+        if keyword == "FROM" and "astral-sh/uv" in arguments
+    )
+    assert uv_image.rpartition(":")[2] == ci_version

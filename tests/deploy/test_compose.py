@@ -95,3 +95,11 @@ def test_secrets_come_from_an_uncommitted_env_file() -> None:
     assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
     for name in NOTIFIER_SERVICES:
         assert {"path": ".env", "required": False} in SERVICES[name]["env_file"]
+
+
+def test_third_party_images_are_pinned_to_a_version() -> None:
+    for name, spec in SERVICES.items():
+        if "build" in spec:
+            continue
+        tag = spec["image"].rpartition(":")[2]
+        assert re.match(r"\d+\.\d+", tag), f"{name}: pin {spec['image']} to a version"
