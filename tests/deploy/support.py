@@ -128,11 +128,11 @@ def duration_seconds(text: str) -> float:
     return sum(float(number) * units[unit] for number, unit in parts)
 
 
-def instructions(path: Path = CONTAINERFILE) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+def instructions() -> list[tuple[str, str]]:
+    """The Containerfile's (INSTRUCTION, arguments) pairs, continuations joined, no comments."""
     logical: list[str] = []
     pending = ""
-    for line in path.read_text().splitlines():
+    for line in CONTAINERFILE.read_text().splitlines():
         if not pending and (not line.strip() or line.lstrip().startswith("#")):
             continue
         pending += line.rstrip().removesuffix("\\") + " "
@@ -143,6 +143,7 @@ def instructions(path: Path = CONTAINERFILE) -> list[tuple[str, str]]:
 
 
 def final_stage() -> list[tuple[str, str]]:
+    """The instructions of the runtime stage (from its FROM on)."""
     steps = instructions()
     last_from = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
     return steps[last_from:]
@@ -156,6 +157,7 @@ def exec_form(arguments: str) -> list[str]:
 
 
 def env_of(stage: list[tuple[str, str]]) -> dict[str, str]:
+    """The variables a stage sets with ENV."""
     values: dict[str, str] = {}
     for keyword, arguments in stage:
         if keyword == "ENV":

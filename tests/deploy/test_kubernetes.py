@@ -20,6 +20,7 @@ from tests.deploy.support import (
     assert_known_settings,
     assert_served,
     env_names,
+    final_stage,
     load_yaml,
     load_yaml_documents,
     parse_notifier_args,
@@ -117,8 +118,10 @@ def test_every_notifier_variable_is_a_setting() -> None:
 
 
 def test_pods_run_as_non_root_on_a_read_only_filesystem_with_limits() -> None:
+    image_user = next(a for k, a in final_stage() if k == "USER").split(":")[0]
     for where, spec in workloads():
         assert spec["securityContext"]["runAsNonRoot"] is True, where
+        assert str(spec["securityContext"]["runAsUser"]) == image_user, where
         assert spec["automountServiceAccountToken"] is False, where
         for container in all_containers(spec):
             security = container["securityContext"]
