@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from notifier.events.schemas import Event
+from notifier.notifications.localtime import zone_named
 from notifier.notifications.scheduling import NotificationDraft, PlannedSend, plan_sends
 from notifier.notifications.schemas import NotificationStatus
 from notifier.rules.schemas import Rule
@@ -86,6 +87,8 @@ def drafts_for_event(
             "template": rule.template,
             "context": event.payload,
             "entity_id": _entity_id(event.payload),
+            "timezone": rule.timezone,
+            "quiet_hours": rule.quiet_hours,
         }
         try:
             recipient = rule.recipient or recipient_at(event.payload, rule.recipient_field or "")
@@ -102,7 +105,11 @@ def drafts_for_event(
                 )
             )
             continue
-        for send in plan_sends(target_date, rule.lead_times, now):
+        # Checked when the rule was stored; the tz database only grows.
+        zone = zone_named(rule.timezone) if rule.timezone else None
+        for send in plan_sends(
+            target_date, rule.lead_times, now, zone=zone, quiet_hours=rule.quiet_hours
+        ):
             drafts.append(
                 NotificationDraft(**common, recipient=recipient, send=send, target_date=target_date)
             )
