@@ -27,12 +27,14 @@ HOUR = datetime.timedelta(hours=1)
 NIGHT = QuietHours("22:00", "08:00")
 
 
-def berlin(*args: int, fold: int = 0) -> datetime.datetime:
-    return datetime.datetime(*args, tzinfo=BERLIN, fold=fold)  # type: ignore[misc]
+def berlin(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, *, fold: int = 0
+) -> datetime.datetime:
+    return datetime.datetime(year, month, day, hour, minute, tzinfo=BERLIN, fold=fold)
 
 
-def utc(*args: int) -> datetime.datetime:
-    return datetime.datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime.datetime:
+    return datetime.datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 # --- the window --------------------------------------------------------------------------
