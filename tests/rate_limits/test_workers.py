@@ -7,13 +7,20 @@ import datetime
 from typing import Any
 
 import psycopg
+from litestar.testing import AsyncTestClient
 
 from notifier.db import transaction
 from notifier.notifications.scheduling import NotificationDraft, PlannedSend, create_notifications
 from notifier.notifications.schemas import NotificationStatus
 from notifier.services import Services
 from notifier.settings import Settings
-from tests.notifications.test_delivery import running_worker, stamp_arrivals
+from tests.notifications.test_delivery import (
+    job_of,
+    running_worker,
+    schedule,
+    stamp_arrivals,
+    wait_for_status,
+)
 from tests.support import WebhookReceiver, eventually
 
 PER_SECOND = 5
@@ -78,8 +85,40 @@ async def test_three_workers_never_exceed_five_per_second_and_send_everything(
     assert most_in_any_window(times, 1.0) <= PER_SECOND + 1
     # Thirty sends at five a second take at least 29 intervals, however many workers.
     assert max(times) - min(times) >= (NOTIFICATIONS - 1) / PER_SECOND - 0.2
-    # Waiting for a slot is not a delivery attempt: each notification took exactly one.
-    cursor = await db.execute("SELECT count(*) AS n FROM notifier.delivery_attempts")
+    # Waiting for a slot is not a delivery attempt: each notification took exactly one,
+    # made by the job the notification names (the one that took over after any waits).
+    cursor = await db.execute(
+        """
+        SELECT count(*) AS n, count(*) FILTER (WHERE a.job_id = n.job_id) AS by_current_job
+        FROM notifier.delivery_attempts a JOIN notifier.notifications n ON n.id = a.notification_id
+        """
+    )
     row = await cursor.fetchone()
-    assert row is not None
-    assert row["n"] == NOTIFICATIONS
+    assert row == {"n": NOTIFICATIONS, "by_current_job": NOTIFICATIONS}
+
+
+async def test_a_notification_waiting_for_its_slot_can_still_be_cancelled(
+    client: AsyncTestClient[Any],
+    db: psycopg.AsyncConnection[Any],
+    receiver: WebhookReceiver,
+    worker: None,
+) -> None:
+    limit = await client.put("/api/v1/rate-limits/webhook", json={"per_second": 0.2})
+    assert limit.status_code == 200, limit.text
+    first = await schedule(client, receiver.url, entity_id="invoice-1")
+    await wait_for_status(client, first["id"], "sent")
+    second = await schedule(client, receiver.url, entity_id="invoice-2")
+
+    async def handed_over() -> bool:
+        # Due now, the notification's job is replaced by one scheduled for its slot, ~5 s on.
+        job = await job_of(db, second["id"])
+        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=2)
+        return bool(job["status"] == "todo" and job["scheduled_at"] > later)
+
+    await eventually(handed_over)
+    cancelled = await client.delete(f"/api/v1/notifications/{second['id']}")
+
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    assert (await job_of(db, second["id"]))["status"] == "cancelled"
+    assert len(receiver.received()) == 1

@@ -77,13 +77,11 @@ async def deliver(context: procrastinate.JobContext, notification_id: str) -> No
     services = services_from_context(context)
     notification = uuid.UUID(notification_id)
     try:
-        # The channel's rate limit, in a short transaction of its own; waiting for a slot
-        # is no delivery attempt, and the job comes back when its slot is due.
-        wait = await take_send_slot(services, notification)
-        if wait > 0:
-            retry: RetryLater | None = RetryLater("rate limited", delay_seconds=wait)
-        else:
-            retry = await _deliver_once(services, notification, context.job.id)
+        # The channel's rate limit, in a short transaction of its own. Without a free slot
+        # a later job takes over the delivery, and this one is done.
+        if not await take_send_slot(services, notification, context.job.id):
+            return
+        retry = await _deliver_once(services, notification, context.job.id)
     except Exception as exc:
         await _note_unexpected_error(services, notification, exc)
         raise
