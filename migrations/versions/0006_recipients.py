@@ -38,8 +38,11 @@ ALTER TABLE notifier.notifications ADD CONSTRAINT notifications_status_check CHE
 
 -- The recipient's IANA zone (lead times in days are counted in it) and a quiet window in
 -- its local time ({"start": "22:00", "end": "08:00"}) that send times are moved out of.
+-- A rule may read each recipient's zone from the event payload (timezone_field), falling back
+-- to its fixed timezone.
 ALTER TABLE notifier.routing_rules
     ADD COLUMN timezone text,
+    ADD COLUMN timezone_field text,
     ADD COLUMN quiet_hours jsonb;
 ALTER TABLE notifier.notifications
     ADD COLUMN timezone text,
@@ -70,7 +73,8 @@ DOWNGRADE = r"""
 DROP TABLE notifier.rate_limit_buckets;
 DROP TABLE notifier.rate_limits;
 ALTER TABLE notifier.notifications DROP COLUMN quiet_hours, DROP COLUMN timezone;
-ALTER TABLE notifier.routing_rules DROP COLUMN quiet_hours, DROP COLUMN timezone;
+ALTER TABLE notifier.routing_rules
+    DROP COLUMN quiet_hours, DROP COLUMN timezone_field, DROP COLUMN timezone;
 UPDATE notifier.notifications SET status = 'cancelled' WHERE status = 'suppressed';
 ALTER TABLE notifier.notifications DROP CONSTRAINT notifications_status_check;
 ALTER TABLE notifier.notifications ADD CONSTRAINT notifications_status_check CHECK (status IN (

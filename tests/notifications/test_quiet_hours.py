@@ -176,3 +176,50 @@ async def test_rule_with_an_unknown_zone_is_422(client: AsyncTestClient[Any]) ->
         },
     )
     assert_problem(response, 422, "timezone")
+
+
+async def test_a_rule_reads_each_recipients_zone_from_the_payload(
+    client: AsyncTestClient[Any], worker: None
+) -> None:
+    rule = await client.post(
+        "/api/v1/rules/",
+        json={
+            "event_type": "contract.renewal",
+            "channel": "log",
+            "recipient_field": "email",
+            "date_field": "renews_at",
+            "lead_times": ["P7D"],
+            "timezone_field": "customer.timezone",
+            "timezone": "Europe/Berlin",
+        },
+    )
+    assert rule.status_code == 201, rule.text
+    renews_at = "2027-03-28T09:00:00+02:00"  # 09:00 in Berlin, 03:00 in New York
+    payloads: dict[str, dict[str, Any]] = {
+        "ny": {"email": "ny@example.com", "customer": {"timezone": "America/New_York"}},
+        "fallback": {"email": "berlin@example.com"},
+        "bad": {"email": "bad@example.com", "customer": {"timezone": "Moon/Base"}},
+    }
+    for key, payload in payloads.items():
+        response = await client.post(
+            "/api/v1/events/",
+            json={"type": "contract.renewal", "payload": payload | {"renews_at": renews_at}},
+        )
+        assert response.status_code == 201, key
+
+    async def made() -> list[dict[str, Any]]:
+        listed = (
+            await client.get("/api/v1/notifications/", params={"type": "contract.renewal"})
+        ).json()
+        return list(listed) if len(listed) == 3 else []
+
+    by_recipient = {n["recipient"]: n for n in await eventually(made)}
+    # A payload the rule cannot use yields a failed notification without a recipient.
+    ny, berlin, bad = (by_recipient[r] for r in ("ny@example.com", "berlin@example.com", ""))
+    # New York moved its clocks on 2027-03-14, so the week before is plain 168 hours there.
+    assert ny["timezone"] == "America/New_York"
+    assert parse_time(ny["send_at"]) == datetime.datetime(2027, 3, 21, 7, 0, tzinfo=UTC)
+    assert berlin["timezone"] == "Europe/Berlin"
+    assert parse_time(berlin["send_at"]) == datetime.datetime(2027, 3, 21, 8, 0, tzinfo=UTC)
+    assert bad["status"] == "failed"
+    assert "customer.timezone" in bad["last_error"]

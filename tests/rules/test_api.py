@@ -58,6 +58,7 @@ async def test_create_rule_answers_201_with_the_stored_rule(client: AsyncTestCli
         "template": "renewal",
         "enabled": True,
         "timezone": None,
+        "timezone_field": None,
         "quiet_hours": None,
     }
 

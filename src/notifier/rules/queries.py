@@ -20,10 +20,10 @@ async def insert_rule(
         """
         INSERT INTO notifier.routing_rules
             (name, event_type, channel, recipient_field, recipient, date_field, lead_times,
-             template, enabled, timezone, quiet_hours)
+             template, enabled, timezone, timezone_field, quiet_hours)
         VALUES (%(name)s, %(event_type)s, %(channel)s, %(recipient_field)s, %(recipient)s,
                 %(date_field)s, %(lead_times)s, %(template)s, %(enabled)s, %(timezone)s,
-                %(quiet_hours)s)
+                %(timezone_field)s, %(quiet_hours)s)
         RETURNING *
         """,
         msgspec.structs.asdict(rule)

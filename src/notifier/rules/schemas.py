@@ -45,7 +45,10 @@ class RuleCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: Annotated[str, msgspec.Meta(max_length=200)] = ""
     enabled: bool = True
     # The recipients' IANA zone: lead days are counted on its clock, quiet hours read in it.
+    # ``timezone_field`` reads each recipient's zone from the payload; ``timezone`` is the
+    # fallback when the payload has no such field.
     timezone: TimeZoneName | None = None
+    timezone_field: FieldPath | None = None
     quiet_hours: QuietHours | None = None
 
 
@@ -64,6 +67,7 @@ class Rule(msgspec.Struct, kw_only=True):
     enabled: bool
     created_at: datetime.datetime
     timezone: str | None = None
+    timezone_field: str | None = None
     quiet_hours: QuietHours | None = None
 
 
