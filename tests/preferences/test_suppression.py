@@ -12,14 +12,8 @@ from typing import Any
 from litestar.testing import AsyncTestClient
 
 from tests.notifications.test_delivery import get_notification, schedule, wait_for_status
+from tests.preferences.test_api import opt_out
 from tests.support import WebhookReceiver
-
-
-async def opt_out(client: AsyncTestClient[Any], **body: Any) -> dict[str, Any]:
-    response = await client.post("/api/v1/preferences/", json=body)
-    assert response.status_code == 201, response.text
-    created: dict[str, Any] = response.json()
-    return created
 
 
 async def test_an_opted_out_recipient_is_suppressed_and_never_sent(
