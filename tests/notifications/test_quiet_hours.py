@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.support import assert_problem, eventually, parse_time
+from tests.notifications.test_delivery import wait_for_status
+from tests.support import WebhookReceiver, assert_problem, eventually, parse_time
 
 UTC = datetime.UTC
 KOLKATA = zoneinfo.ZoneInfo("Asia/Kolkata")  # +05:30 all year: no DST to reason about here
@@ -62,6 +63,38 @@ async def test_a_send_inside_quiet_hours_waits_for_their_end_then_goes(
 
     delivered = await eventually(sent, timeout=20)
     assert parse_time(delivered["sent_at"]) >= end
+
+
+async def test_a_retry_that_would_fall_in_quiet_hours_waits_for_their_end(
+    client: AsyncTestClient[Any], receiver: WebhookReceiver, worker: None
+) -> None:
+    now = datetime.datetime.now(UTC)
+    local = now.astimezone(KOLKATA).replace(microsecond=0)
+    # Sent before the window opens; the receiver's Retry-After points into the window.
+    window = {
+        "start": (local + datetime.timedelta(seconds=3)).strftime("%H:%M:%S"),
+        "end": (local + datetime.timedelta(seconds=7)).strftime("%H:%M:%S"),
+    }
+    window_end = (local + datetime.timedelta(seconds=7)).astimezone(UTC)
+    receiver.script((503, {"Retry-After": "2"}))
+    response = await client.post(
+        "/api/v1/notifications/",
+        json=_notification(
+            target_date=(now + datetime.timedelta(days=1, seconds=1)).isoformat(),
+            lead_time_days=1,
+            channel="webhook",
+            recipient=receiver.url,
+            timezone="Asia/Kolkata",
+            quiet_hours=window,
+        ),
+    )
+    assert response.status_code == 201, response.text
+
+    sent = await wait_for_status(client, response.json()["id"], "sent", timeout=30)
+
+    first, second = sent["delivery_attempts"]
+    assert (first["outcome"], second["outcome"]) == ("retry", "delivered")
+    assert parse_time(second["started_at"]) >= window_end
 
 
 async def test_outside_quiet_hours_the_send_time_is_unchanged(

@@ -13,7 +13,12 @@ from psycopg.types.json import Jsonb
 
 from notifier.db import Connection
 from notifier.notifications import queries
-from notifier.notifications.localtime import QuietHours, days_before, leave_quiet_hours
+from notifier.notifications.localtime import (
+    QuietHours,
+    days_before,
+    leave_quiet_hours,
+    zone_named,
+)
 from notifier.notifications.schemas import Notification, NotificationStatus
 from notifier.queue import DELIVER_TASK
 
@@ -64,7 +69,7 @@ def _outside_quiet_hours(
 ) -> PlannedSend:
     if send.status is not NotificationStatus.PENDING:
         return send
-    send_at = leave_quiet_hours(send.send_at, zone or zoneinfo.ZoneInfo("UTC"), quiet_hours)
+    send_at = leave_quiet_hours(send.send_at, zone or zone_named("UTC"), quiet_hours)
     late = (
         target_date is not None
         and send.lead_time > datetime.timedelta(0)
@@ -100,6 +105,21 @@ def _plan_in_time(
         else:
             plan.append(PlannedSend(lead, send_at, NotificationStatus.SKIPPED))
     return plan
+
+
+def retry_outside_quiet_hours(notification: dict[str, Any], delay_seconds: float) -> float:
+    """``delay_seconds``, stretched so a retry of ``notification`` lands outside its quiet hours.
+
+    Quiet hours apply to every send, not only the first: a retry due at 03:00 waits for the
+    window's end like the planned send did.
+    """
+    if notification["quiet_hours"] is None:
+        return delay_seconds
+    quiet_hours = msgspec.convert(notification["quiet_hours"], QuietHours)
+    zone = zone_named(notification["timezone"] or "UTC")
+    now = datetime.datetime.now(datetime.UTC)
+    due = now + datetime.timedelta(seconds=delay_seconds)
+    return (leave_quiet_hours(due, zone, quiet_hours) - now).total_seconds()
 
 
 class NotificationDraft(msgspec.Struct, kw_only=True):

@@ -13,6 +13,7 @@ import psycopg
 from notifier.channels.base import DeliveryError, OutgoingMessage
 from notifier.db import Connection, transaction
 from notifier.notifications import queries
+from notifier.notifications.scheduling import retry_outside_quiet_hours
 from notifier.notifications.schemas import NotificationStatus
 from notifier.preferences.links import unsubscribe_url
 from notifier.preferences.suppression import suppression_reason
@@ -179,6 +180,7 @@ async def _attempt(
             conn, **record, outcome="retry", status_code=status_code, error=error
         )
         delay = retry_delay(services.settings, attempt, exc.retry_after_seconds)
+        delay = retry_outside_quiet_hours(row, delay)
         logger.info(
             "notification %s attempt %d failed (%s); retry in %.1fs",
             row["id"],
