@@ -4,11 +4,13 @@ that msgspec constraints cannot express."""
 from __future__ import annotations
 
 import datetime
+import zoneinfo
 from typing import Annotated, Any
 
 import msgspec
 
 from notifier.channels.base import Channel
+from notifier.notifications.localtime import QuietHours, check_quiet_hours, zone_named
 from notifier.problems import field_error
 from notifier.services import Services
 
@@ -87,3 +89,21 @@ def checked_channel(services: Services, name: str, recipient: str | None) -> Cha
     if recipient is not None and (problem := channel.validate_recipient(recipient)):
         raise field_error("recipient", problem)
     return channel
+
+
+def checked_local_time(
+    timezone: str | None, quiet_hours: QuietHours | None
+) -> zoneinfo.ZoneInfo | None:
+    """The recipient's zone; a 422 naming ``timezone`` or ``quiet_hours`` if either is unusable."""
+    zone = None
+    if timezone is not None:
+        try:
+            zone = zone_named(timezone)
+        except ValueError as exc:
+            raise field_error("timezone", str(exc)) from None
+    if quiet_hours is not None:
+        try:
+            check_quiet_hours(quiet_hours)
+        except ValueError as exc:
+            raise field_error("quiet_hours", str(exc)) from None
+    return zone

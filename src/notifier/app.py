@@ -15,7 +15,9 @@ from notifier.events.api import EventController
 from notifier.health import health
 from notifier.idempotency import idempotent_request
 from notifier.notifications.api import NotificationController
+from notifier.preferences.api import PreferenceController, UnsubscribeController
 from notifier.problems import EXCEPTION_HANDLERS
+from notifier.rate_limits.api import RateLimitController
 from notifier.rules.api import RuleController
 from notifier.services import Services
 from notifier.settings import Settings
@@ -36,7 +38,15 @@ def create_app(settings: Settings) -> Litestar:
         return services
 
     app = Litestar(
-        route_handlers=[EventController, NotificationController, RuleController, health],
+        route_handlers=[
+            EventController,
+            NotificationController,
+            RuleController,
+            PreferenceController,
+            UnsubscribeController,
+            RateLimitController,
+            health,
+        ],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
             "idempotent": Provide(idempotent_request),

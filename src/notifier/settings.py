@@ -57,6 +57,18 @@ class Settings:
     webhook_secret: str | None = None
     webhook_user_agent: str = "notifier-webhooks/0.1"
 
+    # Signs unsubscribe links (any long random string). Unset: emails carry no such links.
+    unsubscribe_secret: str | None = None
+    # Where recipients reach this API from outside, for absolute links ("https://n.example.com").
+    public_base_url: str | None = None
+    # Sends per second per tenant on each channel, across all workers; unset is unlimited.
+    # Per-tenant overrides live in notifier.rate_limits (PUT /api/v1/rate-limits/{channel}).
+    rate_limit_email_per_second: float | None = None
+    rate_limit_sms_per_second: float | None = None
+    rate_limit_webhook_per_second: float | None = None
+    # How many sends may go out back to back before the rate applies (1: evenly spaced).
+    rate_limit_burst: int = 1
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``environ`` (default: the process environment)."""
@@ -80,6 +92,8 @@ def _parse(name: str, raw: str, annotation: Any) -> Any:
     target = annotation
     if target == str | None:
         return raw
+    if target == float | None:
+        target = float
     try:
         if target is bool:
             lowered = raw.strip().lower()

@@ -57,6 +57,9 @@ async def test_create_rule_answers_201_with_the_stored_rule(client: AsyncTestCli
         "lead_times": ["P7D", "P1D"],
         "template": "renewal",
         "enabled": True,
+        "timezone": None,
+        "timezone_field": None,
+        "quiet_hours": None,
     }
 
 

@@ -21,6 +21,8 @@ class OutgoingMessage(msgspec.Struct, frozen=True, kw_only=True):
     target_date: datetime.datetime | None = None
     template: str | None = None
     context: dict[str, Any] = msgspec.field(default_factory=dict)
+    # Signed one-click unsubscribe link (notifier.preferences.links); None when links are off.
+    unsubscribe_url: str | None = None
 
     @property
     def idempotency_key(self) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from notifier.events.schemas import Event
+from notifier.notifications.localtime import zone_named
 from notifier.notifications.scheduling import NotificationDraft, PlannedSend, plan_sends
 from notifier.notifications.schemas import NotificationStatus
 from notifier.rules.schemas import Rule
@@ -86,6 +87,7 @@ def drafts_for_event(
             "template": rule.template,
             "context": event.payload,
             "entity_id": _entity_id(event.payload),
+            "quiet_hours": rule.quiet_hours,
         }
         try:
             recipient = rule.recipient or recipient_at(event.payload, rule.recipient_field or "")
@@ -94,6 +96,7 @@ def drafts_for_event(
                 if rule.date_field
                 else None
             )
+            timezone = _timezone(event.payload, rule)
         except RoutingError as exc:
             failed = PlannedSend(datetime.timedelta(0), now, NotificationStatus.FAILED)
             drafts.append(
@@ -102,11 +105,40 @@ def drafts_for_event(
                 )
             )
             continue
-        for send in plan_sends(target_date, rule.lead_times, now):
+        zone = zone_named(timezone) if timezone else None
+        for send in plan_sends(
+            target_date, rule.lead_times, now, zone=zone, quiet_hours=rule.quiet_hours
+        ):
             drafts.append(
-                NotificationDraft(**common, recipient=recipient, send=send, target_date=target_date)
+                NotificationDraft(
+                    **common,
+                    recipient=recipient,
+                    send=send,
+                    target_date=target_date,
+                    timezone=timezone,
+                )
             )
     return drafts
+
+
+def _timezone(payload: dict[str, Any], rule: Rule) -> str | None:
+    """The recipient's IANA zone: the payload's ``timezone_field`` if present, else the rule's.
+
+    The rule's own zone was checked when it was stored; one from the payload is checked here.
+    """
+    if rule.timezone_field is None:
+        return rule.timezone
+    try:
+        value = lookup(payload, rule.timezone_field)
+    except RoutingError:
+        return rule.timezone
+    if not isinstance(value, str):
+        raise RoutingError(f"payload field {rule.timezone_field!r} is not an IANA time zone")
+    try:
+        zone_named(value)
+    except ValueError as exc:
+        raise RoutingError(f"payload field {rule.timezone_field!r}: {exc}") from None
+    return value
 
 
 def _entity_id(payload: dict[str, Any]) -> str | None:

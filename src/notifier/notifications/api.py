@@ -17,6 +17,7 @@ from notifier.api_types import (
     check_instant,
     check_storable,
     checked_channel,
+    checked_local_time,
 )
 from notifier.db import Connection, transaction
 from notifier.idempotency import IdempotentRequest
@@ -54,7 +55,14 @@ def draft_from_request(
     checked_channel(services, channel_name, recipient)
     if recipient is None:
         raise field_error("recipient", "give recipient, email or phone")
-    (send,) = plan_sends(data.target_date, [datetime.timedelta(days=data.lead_time_days)], now)
+    zone = checked_local_time(data.timezone, data.quiet_hours)
+    (send,) = plan_sends(
+        data.target_date,
+        [datetime.timedelta(days=data.lead_time_days)],
+        now,
+        zone=zone,
+        quiet_hours=data.quiet_hours,
+    )
     return NotificationDraft(
         notification_type=data.notification_type,
         entity_id=data.entity_id,
@@ -65,6 +73,8 @@ def draft_from_request(
         target_date=data.target_date,
         context=data.data,
         send=send,
+        timezone=data.timezone,
+        quiet_hours=data.quiet_hours,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
+import zoneinfo
 from typing import Any
 
 import msgspec
@@ -12,6 +13,12 @@ from psycopg.types.json import Jsonb
 
 from notifier.db import Connection
 from notifier.notifications import queries
+from notifier.notifications.localtime import (
+    QuietHours,
+    days_before,
+    leave_quiet_hours,
+    zone_named,
+)
 from notifier.notifications.schemas import Notification, NotificationStatus
 from notifier.queue import DELIVER_TASK
 
@@ -28,8 +35,17 @@ def plan_sends(
     target_date: datetime.datetime | None,
     lead_times: list[datetime.timedelta],
     now: datetime.datetime,
+    *,
+    zone: zoneinfo.ZoneInfo | None = None,
+    quiet_hours: QuietHours | None = None,
 ) -> list[PlannedSend]:
     """Decide each reminder of one series ("N days before ``target_date``").
+
+    With the recipient's ``zone``, whole days of a lead time are calendar days on the
+    recipient's clock (see :func:`~notifier.notifications.localtime.days_before`). With
+    ``quiet_hours`` (local to ``zone``, UTC without one), a pending send time inside the
+    window moves to its end; a reminder that this pushes to or past its target date is
+    ``expired`` instead, since it would arrive too late to say what it says.
 
     - No target date: one send, now.
     - Target date already passed: every reminder is ``expired``.
@@ -39,18 +55,48 @@ def plan_sends(
       reminder is left in the future does the latest overdue one go out now, so the
       series still reaches the recipient once before the target date.
     """
+    plan = _plan_in_time(target_date, lead_times, now, zone)
+    if quiet_hours is None:
+        return plan
+    return [_outside_quiet_hours(send, target_date, zone, quiet_hours) for send in plan]
+
+
+def _outside_quiet_hours(
+    send: PlannedSend,
+    target_date: datetime.datetime | None,
+    zone: zoneinfo.ZoneInfo | None,
+    quiet_hours: QuietHours,
+) -> PlannedSend:
+    if send.status is not NotificationStatus.PENDING:
+        return send
+    send_at = leave_quiet_hours(send.send_at, zone or zone_named("UTC"), quiet_hours)
+    late = (
+        target_date is not None
+        and send.lead_time > datetime.timedelta(0)
+        and send_at >= target_date
+    )
+    return PlannedSend(send.lead_time, send_at, NotificationStatus.EXPIRED if late else send.status)
+
+
+def _plan_in_time(
+    target_date: datetime.datetime | None,
+    lead_times: list[datetime.timedelta],
+    now: datetime.datetime,
+    zone: zoneinfo.ZoneInfo | None,
+) -> list[PlannedSend]:
     if target_date is None:
         return [PlannedSend(datetime.timedelta(0), now, NotificationStatus.PENDING)]
+    send_times = {lead: days_before(target_date, lead, zone) for lead in lead_times}
     if target_date <= now:
         return [
-            PlannedSend(lead, target_date - lead, NotificationStatus.EXPIRED) for lead in lead_times
+            PlannedSend(lead, send_times[lead], NotificationStatus.EXPIRED) for lead in lead_times
         ]
-    overdue = [lead for lead in lead_times if target_date - lead <= now]
+    overdue = [lead for lead in lead_times if send_times[lead] <= now]
     any_upcoming = len(overdue) < len(lead_times)
     latest_overdue = None if any_upcoming else min(overdue, default=None)
     plan = []
     for lead in lead_times:
-        send_at = target_date - lead
+        send_at = send_times[lead]
         if send_at > now:
             plan.append(PlannedSend(lead, send_at, NotificationStatus.PENDING))
         elif lead == latest_overdue:
@@ -59,6 +105,21 @@ def plan_sends(
         else:
             plan.append(PlannedSend(lead, send_at, NotificationStatus.SKIPPED))
     return plan
+
+
+def retry_outside_quiet_hours(notification: dict[str, Any], delay_seconds: float) -> float:
+    """``delay_seconds``, stretched so a retry of ``notification`` lands outside its quiet hours.
+
+    Quiet hours apply to every send, not only the first: a retry due at 03:00 waits for the
+    window's end like the planned send did.
+    """
+    if notification["quiet_hours"] is None:
+        return delay_seconds
+    quiet_hours = msgspec.convert(notification["quiet_hours"], QuietHours)
+    zone = zone_named(notification["timezone"] or "UTC")
+    now = datetime.datetime.now(datetime.UTC)
+    due = now + datetime.timedelta(seconds=delay_seconds)
+    return (leave_quiet_hours(due, zone, quiet_hours) - now).total_seconds()
 
 
 class NotificationDraft(msgspec.Struct, kw_only=True):
@@ -76,6 +137,9 @@ class NotificationDraft(msgspec.Struct, kw_only=True):
     phone: str | None = None
     template: str | None = None
     context: dict[str, Any] = msgspec.field(default_factory=dict)
+    # Kept on the notification so readers see why its send time is what it is.
+    timezone: str | None = None
+    quiet_hours: QuietHours | None = None
     # A draft the routing could not complete is stored as failed, visibly, with the reason.
     error: str | None = None
 
@@ -110,6 +174,9 @@ async def create_notifications(
         values.update(
             id=notification_id,
             context=Jsonb(draft.context),
+            quiet_hours=Jsonb(msgspec.to_builtins(draft.quiet_hours))
+            if draft.quiet_hours
+            else None,
             lead_time=send.lead_time,
             send_at=send.send_at,
             status=status,

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import msgspec
 
 from notifier.api_types import AwareDatetime, EventType, Payload
+from notifier.notifications.localtime import QuietHours, TimeZoneName
 
 
 class NotificationStatus(enum.StrEnum):
@@ -22,6 +23,7 @@ class NotificationStatus(enum.StrEnum):
     SKIPPED = "skipped"  # superseded by a later reminder for the same target
     FAILED = "failed"  # a permanent error: retrying cannot help
     DEAD = "dead"  # every attempt failed
+    SUPPRESSED = "suppressed"  # the recipient opted out; never sent
 
     @property
     def replayable(self) -> bool:
@@ -42,6 +44,9 @@ class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     channel: str | None = None
     recipient: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
     data: Payload = msgspec.field(default_factory=dict)
+    # The recipient's IANA zone: lead days are counted on its clock, quiet hours read in it.
+    timezone: TimeZoneName | None = None
+    quiet_hours: QuietHours | None = None
 
 
 class DeliveryAttempt(msgspec.Struct, kw_only=True):
@@ -79,6 +84,8 @@ class Notification(msgspec.Struct, kw_only=True):
     event_id: uuid.UUID | None = None
     rule_id: uuid.UUID | None = None
     cancelled_at: datetime.datetime | None = None
+    timezone: str | None = None
+    quiet_hours: QuietHours | None = None
 
 
 class NotificationDetail(Notification, kw_only=True):
@@ -93,4 +100,6 @@ def notification_from_row(row: dict[str, Any]) -> Notification:
     days = lead_time.total_seconds() / 86400
     fields = {name: row[name] for name in Notification.__struct_fields__ if name in row}
     fields["lead_time_days"] = int(days) if days.is_integer() else days
+    if row.get("quiet_hours") is not None:
+        fields["quiet_hours"] = msgspec.convert(row["quiet_hours"], QuietHours)
     return Notification(**fields)

@@ -13,15 +13,19 @@ import psycopg
 from notifier.channels.base import DeliveryError, OutgoingMessage
 from notifier.db import Connection, transaction
 from notifier.notifications import queries
+from notifier.notifications.scheduling import retry_outside_quiet_hours
 from notifier.notifications.schemas import NotificationStatus
+from notifier.preferences.links import unsubscribe_url
+from notifier.preferences.suppression import suppression_reason
 from notifier.queue import DELIVER_TASK, DELIVERIES_QUEUE, RetryLater, backoff_seconds
+from notifier.rate_limits.limiter import take_send_slot
 from notifier.services import Services, services_from_context
 from notifier.settings import Settings
 
 logger = logging.getLogger("notifier.delivery")
 
 
-def _message(row: dict[str, Any], attempt: int) -> OutgoingMessage:
+def _message(row: dict[str, Any], attempt: int, settings: Settings) -> OutgoingMessage:
     return OutgoingMessage(
         notification_id=row["id"],
         notification_type=row["notification_type"],
@@ -32,6 +36,13 @@ def _message(row: dict[str, Any], attempt: int) -> OutgoingMessage:
         target_date=row["target_date"],
         template=row["template"],
         context=row["context"],
+        unsubscribe_url=unsubscribe_url(
+            settings,
+            tenant_id=row["tenant_id"],
+            recipient=row["recipient"],
+            channel=row["channel"],
+            notification_type=row["notification_type"],
+        ),
     )
 
 
@@ -67,6 +78,10 @@ async def deliver(context: procrastinate.JobContext, notification_id: str) -> No
     services = services_from_context(context)
     notification = uuid.UUID(notification_id)
     try:
+        # The channel's rate limit, in a short transaction of its own. Without a free slot
+        # a later job takes over the delivery, and this one is done.
+        if not await take_send_slot(services, notification, context.job.id):
+            return
         retry = await _deliver_once(services, notification, context.job.id)
     except Exception as exc:
         await _note_unexpected_error(services, notification, exc)
@@ -96,6 +111,13 @@ async def _deliver_once(
                 NotificationStatus.EXPIRED,
                 last_error="target date passed before delivery",
             )
+            return None
+        # After scheduling, the recipient may have opted out: never sent, no attempt made.
+        if (reason := await suppression_reason(conn, row)) is not None:
+            await queries.set_status(
+                conn, row["id"], NotificationStatus.SUPPRESSED, last_error=reason
+            )
+            logger.info("notification %s not sent: %s", row["id"], reason)
             return None
         return await _attempt(services, conn, row, job_id, now)
 
@@ -140,7 +162,7 @@ async def _attempt(
         return None
 
     try:
-        receipt = await channel.send(_message(row, attempt))
+        receipt = await channel.send(_message(row, attempt, services.settings))
     except DeliveryError as exc:
         error = str(exc)
         status_code = exc.status_code
@@ -158,6 +180,7 @@ async def _attempt(
             conn, **record, outcome="retry", status_code=status_code, error=error
         )
         delay = retry_delay(services.settings, attempt, exc.retry_after_seconds)
+        delay = retry_outside_quiet_hours(row, delay)
         logger.info(
             "notification %s attempt %d failed (%s); retry in %.1fs",
             row["id"],

@@ -11,7 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from notifier import idempotency
-from notifier.api_types import check_storable, checked_channel
+from notifier.api_types import check_storable, checked_channel, checked_local_time
 from notifier.db import transaction
 from notifier.idempotency import IdempotentRequest
 from notifier.problems import field_error, not_found, problem_responses
@@ -46,6 +46,7 @@ def validate_rule(rule: RuleCreate, services: Services) -> list[datetime.timedel
     checked_channel(services, rule.channel, rule.recipient)
     if (rule.recipient is None) == (rule.recipient_field is None):
         raise field_error("recipient", "give exactly one of recipient and recipient_field")
+    checked_local_time(rule.timezone, rule.quiet_hours)
     return parse_lead_times(rule.lead_times)
 
 

@@ -6,6 +6,7 @@ import datetime
 import uuid
 
 import msgspec
+from psycopg.types.json import Jsonb
 
 from notifier.db import Connection
 from notifier.rules.schemas import Rule, RuleCreate, rule_from_row
@@ -19,12 +20,19 @@ async def insert_rule(
         """
         INSERT INTO notifier.routing_rules
             (name, event_type, channel, recipient_field, recipient, date_field, lead_times,
-             template, enabled)
+             template, enabled, timezone, timezone_field, quiet_hours)
         VALUES (%(name)s, %(event_type)s, %(channel)s, %(recipient_field)s, %(recipient)s,
-                %(date_field)s, %(lead_times)s, %(template)s, %(enabled)s)
+                %(date_field)s, %(lead_times)s, %(template)s, %(enabled)s, %(timezone)s,
+                %(timezone_field)s, %(quiet_hours)s)
         RETURNING *
         """,
-        msgspec.structs.asdict(rule) | {"lead_times": lead_times},
+        msgspec.structs.asdict(rule)
+        | {
+            "lead_times": lead_times,
+            "quiet_hours": Jsonb(msgspec.to_builtins(rule.quiet_hours))
+            if rule.quiet_hours
+            else None,
+        },
     )
     row = await cursor.fetchone()
     assert row is not None

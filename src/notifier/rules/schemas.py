@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from notifier.notifications.localtime import QuietHours, TimeZoneName
+
 # A dotted path into the event payload: "email", "user.contact.email".
 FieldPath = Annotated[
     str,
@@ -42,6 +44,12 @@ class RuleCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     template: Annotated[str, msgspec.Meta(max_length=200)] | None = None
     name: Annotated[str, msgspec.Meta(max_length=200)] = ""
     enabled: bool = True
+    # The recipients' IANA zone: lead days are counted on its clock, quiet hours read in it.
+    # ``timezone_field`` reads each recipient's zone from the payload; ``timezone`` is the
+    # fallback when the payload has no such field.
+    timezone: TimeZoneName | None = None
+    timezone_field: FieldPath | None = None
+    quiet_hours: QuietHours | None = None
 
 
 class Rule(msgspec.Struct, kw_only=True):
@@ -58,8 +66,14 @@ class Rule(msgspec.Struct, kw_only=True):
     template: str | None
     enabled: bool
     created_at: datetime.datetime
+    timezone: str | None = None
+    timezone_field: str | None = None
+    quiet_hours: QuietHours | None = None
 
 
 def rule_from_row(row: dict[str, Any]) -> Rule:
     """The response struct from a ``notifier.routing_rules`` row (internal columns left out)."""
-    return Rule(**{name: row[name] for name in Rule.__struct_fields__})
+    fields = {name: row[name] for name in Rule.__struct_fields__ if name in row}
+    if row.get("quiet_hours") is not None:
+        fields["quiet_hours"] = msgspec.convert(row["quiet_hours"], QuietHours)
+    return Rule(**fields)

@@ -1,0 +1,1 @@
+"""Recipient preferences: opt-outs per channel and type, and signed unsubscribe links."""

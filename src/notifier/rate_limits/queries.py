@@ -1,0 +1,114 @@
+"""SQL for rate limits: per-tenant overrides and the shared GCRA buckets. Never commits."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any
+
+from notifier.db import Connection
+from notifier.rate_limits.gcra import Bucket
+
+
+async def delivery_scope(conn: Connection, notification_id: uuid.UUID) -> dict[str, Any] | None:
+    """A notification's tenant, channel and status, with that tenant's override, unlocked."""
+    cursor = await conn.execute(
+        """
+        SELECT n.tenant_id, n.channel, n.status, l.per_second, l.burst
+        FROM notifier.notifications n
+        LEFT JOIN notifier.rate_limits l USING (tenant_id, channel)
+        WHERE n.id = %s
+        """,
+        [notification_id],
+    )
+    return await cursor.fetchone()
+
+
+async def hand_over_job(
+    conn: Connection, notification_id: uuid.UUID, old_job_id: int | None, new_job_id: int
+) -> None:
+    """Make ``new_job_id`` the pending notification's job, if ``old_job_id`` still was.
+
+    A cancel that came first leaves the row as it is; the new job then finds the
+    notification cancelled and sends nothing.
+    """
+    await conn.execute(
+        """
+        UPDATE notifier.notifications SET job_id = %(new)s, updated_at = now()
+        WHERE id = %(id)s AND status = 'pending' AND job_id IS NOT DISTINCT FROM %(old)s
+        """,
+        {"id": notification_id, "old": old_job_id, "new": new_job_id},
+    )
+
+
+async def lock_bucket(
+    conn: Connection, tenant_id: str, channel: str
+) -> tuple[datetime.datetime, Bucket]:
+    """The database's clock and the (tenant, channel) bucket, created if new and locked.
+
+    Every worker reads the time from PostgreSQL, so their clocks need not agree.
+    """
+    cursor = await conn.execute(
+        """
+        INSERT INTO notifier.rate_limit_buckets AS b (tenant_id, channel, tat, queue_tat)
+        VALUES (%(tenant_id)s, %(channel)s, statement_timestamp(), statement_timestamp())
+        ON CONFLICT (tenant_id, channel) DO UPDATE SET tat = b.tat
+        RETURNING tat, queue_tat, statement_timestamp() AS now
+        """,
+        {"tenant_id": tenant_id, "channel": channel},
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    return row["now"], Bucket(tat=row["tat"], queue_tat=row["queue_tat"])
+
+
+async def save_bucket(conn: Connection, tenant_id: str, channel: str, bucket: Bucket) -> None:
+    """Store the (locked) bucket's new state."""
+    await conn.execute(
+        """
+        UPDATE notifier.rate_limit_buckets SET tat = %(tat)s, queue_tat = %(queue_tat)s
+        WHERE tenant_id = %(tenant_id)s AND channel = %(channel)s
+        """,
+        {
+            "tenant_id": tenant_id,
+            "channel": channel,
+            "tat": bucket.tat,
+            "queue_tat": bucket.queue_tat,
+        },
+    )
+
+
+async def tenant_limits(conn: Connection, tenant_id: str) -> list[dict[str, Any]]:
+    """The tenant's overrides, by channel."""
+    cursor = await conn.execute(
+        "SELECT * FROM notifier.rate_limits WHERE tenant_id = %s ORDER BY channel", [tenant_id]
+    )
+    return await cursor.fetchall()
+
+
+async def upsert_limit(
+    conn: Connection, tenant_id: str, channel: str, per_second: float, burst: int
+) -> dict[str, Any]:
+    """Set the tenant's override for ``channel``; it applies to the next send."""
+    cursor = await conn.execute(
+        """
+        INSERT INTO notifier.rate_limits (tenant_id, channel, per_second, burst)
+        VALUES (%(tenant_id)s, %(channel)s, %(per_second)s, %(burst)s)
+        ON CONFLICT (tenant_id, channel) DO UPDATE
+        SET per_second = excluded.per_second, burst = excluded.burst, updated_at = now()
+        RETURNING *
+        """,
+        {"tenant_id": tenant_id, "channel": channel, "per_second": per_second, "burst": burst},
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    return row
+
+
+async def delete_limit(conn: Connection, tenant_id: str, channel: str) -> bool:
+    """Drop the tenant's override (the default applies again). True if there was one."""
+    cursor = await conn.execute(
+        "DELETE FROM notifier.rate_limits WHERE tenant_id = %s AND channel = %s",
+        [tenant_id, channel],
+    )
+    return cursor.rowcount == 1
