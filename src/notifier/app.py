@@ -12,38 +12,67 @@ from litestar.openapi.plugins import ScalarRenderPlugin
 
 from notifier.bootstrap import open_services
 from notifier.events.api import EventController
-from notifier.health import health
+from notifier.health import health, readiness
 from notifier.idempotency import idempotent_request
+from notifier.migrate import schema_scripts
 from notifier.notifications.api import NotificationController
 from notifier.problems import EXCEPTION_HANDLERS
 from notifier.rules.api import RuleController
 from notifier.services import Services
 from notifier.settings import Settings
+from notifier.telemetry.api import metrics_endpoint
+from notifier.telemetry.metrics import DatabaseStats, Metrics
+from notifier.telemetry.tracing import litestar_middleware
 from notifier.tenancy import provide_principal
 
 
-def create_app(settings: Settings) -> Litestar:
-    """Build the API. The pool opens on startup and closes on shutdown."""
+def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litestar:
+    """Build the API. The pool opens on startup and closes on shutdown.
+
+    ``metrics``: a registry shared with a worker in the same process (``notifier dev``).
+    """
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with open_services(settings, name="notifier-api") as services:
+        async with open_services(settings, name="notifier-api", metrics=metrics) as services:
             app.state.services = services
-            yield
+            app.state.database_stats = DatabaseStats(settings, services.pool)
+            services.metrics.registry.register(app.state.database_stats)
+            try:
+                yield
+            finally:
+                services.metrics.registry.unregister(app.state.database_stats)
 
     def provide_services() -> Services:
         services: Services = app.state.services
         return services
 
+    # Read once: the scripts do not change while the process runs.
+    scripts = schema_scripts()
+
+    def provide_database_stats() -> DatabaseStats:
+        stats: DatabaseStats = app.state.database_stats
+        return stats
+
     app = Litestar(
-        route_handlers=[EventController, NotificationController, RuleController, health],
+        route_handlers=[
+            EventController,
+            NotificationController,
+            RuleController,
+            health,
+            readiness,
+            metrics_endpoint,
+        ],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
+            "database_stats": Provide(provide_database_stats, sync_to_thread=False),
+            "schema": Provide(lambda: scripts, sync_to_thread=False),
             "idempotent": Provide(idempotent_request),
             "principal": Provide(provide_principal),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
+        middleware=[litestar_middleware()],
         openapi_config=OpenAPIConfig(
             title="notifier",
             version="0.1.0",

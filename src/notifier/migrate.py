@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import psycopg
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -58,3 +60,20 @@ def migrate(settings: Settings) -> bool:
     created = create_database_if_missing(settings.database_url)
     upgrade(settings.database_url)
     return created
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaScripts:
+    """The revisions this code ships: its heads, and every revision it knows."""
+
+    heads: frozenset[str]
+    known: frozenset[str]
+
+
+def schema_scripts() -> SchemaScripts:
+    """Read the migration scripts (files only; no database)."""
+    scripts = ScriptDirectory.from_config(alembic_config(""))
+    return SchemaScripts(
+        heads=frozenset(scripts.get_heads()),
+        known=frozenset(revision.revision for revision in scripts.walk_revisions()),
+    )
