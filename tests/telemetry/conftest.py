@@ -18,11 +18,11 @@ from typing import Any
 
 import httpx
 import pytest
-from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,9 @@ class TraceReceiver:
             return list(self.spans)
 
 
-def _value(value: dict[str, Any]) -> Any:
-    (kind, inner), *_ = value.items() or [("none", None)]
-    return int(inner) if kind == "intValue" else inner
+def _value(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else None
 
 
 def flatten(request: ExportTraceServiceRequest) -> list[ReceivedSpan]:
@@ -62,10 +62,7 @@ def flatten(request: ExportTraceServiceRequest) -> list[ReceivedSpan]:
         resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
-                attributes = {
-                    item["key"]: _value(item["value"])
-                    for item in MessageToDict(span).get("attributes", [])
-                }
+                attributes = {item.key: _value(item.value) for item in span.attributes}
                 spans.append(
                     ReceivedSpan(
                         service=resource.get("service.name", ""),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 
@@ -14,7 +13,7 @@ from tests.support import WebhookReceiver
 from tests.telemetry.conftest import Deployment, ReceivedSpan, TraceReceiver
 
 
-async def spans_of_trace(
+def spans_of_trace(
     receiver: TraceReceiver, trace_id: str, wanted: set[str], timeout: float = 30.0
 ) -> list[ReceivedSpan]:
     """Wait until spans named ``wanted`` of ``trace_id`` have all arrived; all of its spans."""
@@ -25,7 +24,7 @@ async def spans_of_trace(
             return spans
         if time.monotonic() > deadline:
             pytest.fail(f"missing {wanted - {s.name for s in spans}} in {spans}")
-        await asyncio.sleep(0.1)
+        time.sleep(0.1)
 
 
 def only(spans: list[ReceivedSpan], name: str) -> ReceivedSpan:
@@ -43,11 +42,11 @@ def ancestors(span: ReceivedSpan, spans: list[ReceivedSpan]) -> list[str]:
     return names
 
 
-async def deliveries(receiver: WebhookReceiver, count: int, timeout: float = 30.0) -> None:
+def deliveries(receiver: WebhookReceiver, count: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while len(receiver.received()) < count:
         assert time.monotonic() < deadline, "the webhook was not delivered"
-        await asyncio.sleep(0.1)
+        time.sleep(0.1)
 
 
 def add_webhook_rule(api_url: str, receiver: WebhookReceiver) -> None:
@@ -58,7 +57,7 @@ def add_webhook_rule(api_url: str, receiver: WebhookReceiver) -> None:
     assert rule.status_code == 201, rule.text
 
 
-async def test_a_published_event_is_one_trace_across_api_and_worker(
+def test_a_published_event_is_one_trace_across_api_and_worker(
     deployment: Deployment, trace_receiver: TraceReceiver, receiver: WebhookReceiver
 ) -> None:
     add_webhook_rule(deployment.api_url, receiver)
@@ -68,12 +67,12 @@ async def test_a_published_event_is_one_trace_across_api_and_worker(
         json={"type": "user.signup", "payload": {"email": "ada@example.com"}},
     )
     assert published.status_code == 201, published.text
-    await deliveries(receiver, 1)
+    deliveries(receiver, 1)
 
     # The webhook receiver saw the trace context too: that is the trace to look at.
     traceparent = receiver.received()[0].headers["traceparent"]
     trace_id = traceparent.split("-")[1]
-    spans = await spans_of_trace(
+    spans = spans_of_trace(
         trace_receiver, trace_id, {"POST /api/v1/events/", "process_event", "deliver", "POST"}
     )
     server = only(spans, "POST /api/v1/events/")
@@ -107,7 +106,7 @@ async def test_a_published_event_is_one_trace_across_api_and_worker(
         assert "ada@example.com" not in repr(span.attributes)
 
 
-async def test_an_outbox_insert_with_a_traceparent_continues_the_producers_trace(
+def test_an_outbox_insert_with_a_traceparent_continues_the_producers_trace(
     deployment: Deployment,
     trace_receiver: TraceReceiver,
     receiver: WebhookReceiver,
@@ -116,14 +115,14 @@ async def test_an_outbox_insert_with_a_traceparent_continues_the_producers_trace
     add_webhook_rule(deployment.api_url, receiver)
     trace_id, producer_span = secrets.token_hex(16), secrets.token_hex(8)
 
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        await conn.execute(
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
             "INSERT INTO notifier.outbox (type, payload, traceparent) VALUES (%s, %s, %s)",
             ["user.signup", '{"email": "ada@example.com"}', f"00-{trace_id}-{producer_span}-01"],
         )
-    await deliveries(receiver, 1)
+    deliveries(receiver, 1)
 
-    spans = await spans_of_trace(trace_receiver, trace_id, {"process_event", "deliver", "POST"})
+    spans = spans_of_trace(trace_receiver, trace_id, {"process_event", "deliver", "POST"})
     process_event = only(spans, "process_event")
     assert process_event.parent_span_id == producer_span
     assert only(spans, "deliver").parent_span_id == process_event.span_id
@@ -131,7 +130,7 @@ async def test_an_outbox_insert_with_a_traceparent_continues_the_producers_trace
     assert receiver.received()[0].headers["traceparent"].split("-")[1] == trace_id
 
 
-async def test_api_and_worker_metrics_together_show_every_family(
+def test_api_and_worker_metrics_together_show_every_family(
     deployment: Deployment, receiver: WebhookReceiver
 ) -> None:
     add_webhook_rule(deployment.api_url, receiver)
@@ -139,10 +138,10 @@ async def test_api_and_worker_metrics_together_show_every_family(
         f"{deployment.api_url}/api/v1/events/", json={"type": "user.signup", "payload": {}}
     )
     assert published.status_code == 201
-    await deliveries(receiver, 1)
+    deliveries(receiver, 1)
 
     api = httpx.get(f"{deployment.api_url}/metrics").text
-    worker = await eventually_text(
+    worker = eventually_text(
         deployment.worker_metrics_url, 'notifier_deliveries_total{channel="webhook"'
     )
 
@@ -158,11 +157,11 @@ async def test_api_and_worker_metrics_together_show_every_family(
     assert "notifier_deliveries_total{" not in api
 
 
-async def eventually_text(url: str, needle: str, timeout: float = 10.0) -> str:
+def eventually_text(url: str, needle: str, timeout: float = 10.0) -> str:
     deadline = time.monotonic() + timeout
     while True:
         text = httpx.get(url).text
         if needle in text:
             return text
         assert time.monotonic() < deadline, text
-        await asyncio.sleep(0.1)
+        time.sleep(0.1)
