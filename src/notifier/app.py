@@ -73,6 +73,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         middleware=[litestar_middleware()],
+        # The process's entry point configures logging (notifier.telemetry); Litestar's
+        # default would replace the root handler with its own text format.
+        logging_config=None,
         openapi_config=OpenAPIConfig(
             title="notifier",
             version="0.1.0",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
+from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -47,6 +50,11 @@ def deliveries(receiver: WebhookReceiver, count: int, timeout: float = 30.0) -> 
     while len(receiver.received()) < count:
         assert time.monotonic() < deadline, "the webhook was not delivered"
         time.sleep(0.1)
+
+
+def log_lines(path: Path) -> list[dict[str, Any]]:
+    """Every line of a process's output, each of which must be one JSON object."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def add_webhook_rule(api_url: str, receiver: WebhookReceiver) -> None:
@@ -104,6 +112,15 @@ def test_a_published_event_is_one_trace_across_api_and_worker(
     # No span carries the payload or the recipient's address.
     for span in spans:
         assert "ada@example.com" not in repr(span.attributes)
+
+    # Both processes log JSON lines; the worker's say which trace they belong to.
+    logs = {name: log_lines(path) for name, path in deployment.logs.items()}
+    sent = [line for line in logs["worker"] if "sent on attempt 1" in line["message"]]
+    assert [(line["trace_id"], line["logger"]) for line in sent] == [
+        (trace_id, "notifier.delivery")
+    ]
+    assert sent[0]["span_id"] == deliver.span_id
+    assert any(line["logger"] == "uvicorn.access" for line in logs["api"])
 
 
 def test_an_outbox_insert_with_a_traceparent_continues_the_producers_trace(
