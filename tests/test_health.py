@@ -103,3 +103,17 @@ async def test_liveness_stays_cheap_and_unchanged(client: AsyncTestClient[Any]) 
     assert response.status_code == 200
     assert set(response.json()) == {"status", "checks"}
     assert set(response.json()["checks"]) == {"database"}
+
+
+async def test_not_ready_on_a_database_never_migrated(
+    client: AsyncTestClient[Any], database_url: str
+) -> None:
+    migrate.downgrade(database_url, "base")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE alembic_version")
+
+    response = await client.get("/health/ready")
+
+    assert response.status_code == 503
+    assert response.json()["checks"]["migrations"]["status"] == "behind"
+    assert response.json()["checks"]["migrations"]["current"] == []

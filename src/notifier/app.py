@@ -22,7 +22,7 @@ from notifier.services import Services
 from notifier.settings import Settings
 from notifier.telemetry.api import metrics_endpoint
 from notifier.telemetry.metrics import DatabaseStats, Metrics
-from notifier.telemetry.tracing import litestar_middleware
+from notifier.telemetry.tracing import litestar_middleware, tracing_enabled
 from notifier.tenancy import provide_principal
 
 
@@ -72,7 +72,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
         },
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
-        middleware=[litestar_middleware()],
+        # Server spans only when tracing is on: no per-request cost otherwise.
+        middleware=[litestar_middleware()] if tracing_enabled() else [],
         # The process's entry point configures logging (notifier.telemetry); Litestar's
         # default would replace the root handler with its own text format.
         logging_config=None,

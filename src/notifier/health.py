@@ -133,7 +133,8 @@ async def readiness(
             database=DependencyCheck(status="unavailable", error=type(exc).__name__)
         )
         return Response(Readiness(status="not_ready", checks=checks), status_code=503)
-    checks = ReadinessChecks(database=database, migrations=migration_check(current, schema))
+    migrations = migration_check(current, schema)
+    checks = ReadinessChecks(database=database, migrations=migrations)
     try:
         snapshot = await database_stats.queue_snapshot()
     except (psycopg.Error, TimeoutError):
@@ -154,7 +155,7 @@ async def readiness(
         checks.backlog = BacklogCheck(
             status="overdue" if any(q.overdue for q in queues.values()) else "ok", queues=queues
         )
-    ready = checks.migrations is not None and checks.migrations.status != "behind"
+    ready = migrations.status != "behind"
     return Response(
         Readiness(status="ready" if ready else "not_ready", checks=checks),
         status_code=200 if ready else 503,

@@ -76,7 +76,11 @@ async def notification_counts(conn: Connection) -> dict[str, int]:
 
 
 async def schema_revisions(conn: Connection) -> set[str]:
-    """The Alembic revisions the database says it is at."""
+    """The Alembic revisions the database says it is at (none if it was never migrated)."""
+    cursor = await conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL AS migrated")
+    row = await cursor.fetchone()
+    if row is None or not row["migrated"]:
+        return set()
     cursor = await conn.execute("SELECT version_num FROM alembic_version")
     return {row["version_num"] for row in await cursor.fetchall()}
 

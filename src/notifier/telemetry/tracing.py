@@ -148,6 +148,11 @@ async def _redact_request_url(span: trace.Span, request: Any) -> None:
     span.set_attribute("url.full", redacted)
 
 
+def tracing_enabled() -> bool:
+    """Whether :func:`setup_tracing` installed a provider in this process."""
+    return isinstance(trace.get_tracer_provider(), TracerProvider)
+
+
 def litestar_middleware() -> DefineMiddleware:
     """The server-span middleware, named by route template so span names stay few."""
     config = OpenTelemetryConfig(
@@ -230,7 +235,7 @@ def job_tracing_middleware(
         call_next: Callable[[], Awaitable[Any]], context: procrastinate.JobContext, worker: Any
     ) -> Any:
         job = context.job
-        if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        if not tracing_enabled():
             return await call_next()
         parent = context_from_traceparent(
             await _stored_traceparent(pool, job.task_name, job.task_kwargs)
