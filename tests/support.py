@@ -7,6 +7,7 @@ import base64
 import datetime
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -109,3 +110,24 @@ async def count_rows(db: psycopg.AsyncConnection[Any], table: str) -> int:
 def parse_time(value: str) -> datetime.datetime:
     """A timestamp from an API response."""
     return datetime.datetime.fromisoformat(value)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_healthy(base_url: str, *, timeout: float, check_alive: Callable[[], None]) -> None:
+    """Poll ``GET /health`` until it answers 200; ``check_alive`` fails if a process died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        check_alive()
+        try:
+            if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{base_url} did not become healthy in {timeout}s"
+        time.sleep(0.2)

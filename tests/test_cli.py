@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from typing import Any
 import httpx
 import psycopg
 from litestar.testing import AsyncTestClient
+
+from tests.support import free_port, wait_until_healthy
 
 PROCRASTINATE_SHELL = [
     sys.executable,
@@ -64,12 +65,6 @@ async def test_procrastinate_shell_lists_cancels_and_retries_notifier_jobs(
     assert await job_status(db, 2) == "todo"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_dev_starts_an_embedded_postgresql_when_none_answers(tmp_path: Path) -> None:
     port = free_port()
     unreachable = f"postgresql://postgres@127.0.0.1:{free_port()}/notifier"
@@ -90,17 +85,12 @@ def test_dev_starts_an_embedded_postgresql_when_none_answers(tmp_path: Path) -> 
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
+
+    def still_running() -> None:
+        assert process.poll() is None, process.communicate()[0]
+
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, process.communicate()[0]
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "notifier dev did not become healthy"
-            time.sleep(0.3)
+        wait_until_healthy(base, timeout=90, check_alive=still_running)
 
         rule = httpx.post(
             f"{base}/api/v1/rules/",

@@ -5,24 +5,23 @@ from __future__ import annotations
 import gzip
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from tests.support import free_port, wait_until_healthy
 
 
 @dataclass(frozen=True)
@@ -112,12 +111,6 @@ def trace_receiver() -> Iterator[TraceReceiver]:
     server.server_close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Deployment:
     """``notifier api`` and ``notifier worker`` running as processes of their own."""
@@ -178,17 +171,12 @@ def deployment(
                     )
                 )
         api_url = f"http://127.0.0.1:{api_port}"
-        deadline = time.monotonic() + 60
-        while True:
+
+        def all_running() -> None:
             for process, name in zip(processes, commands, strict=True):
                 assert process.poll() is None, logs[name].read_text()
-            try:
-                if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the API did not start"
-            time.sleep(0.2)
+
+        wait_until_healthy(api_url, timeout=60, check_alive=all_running)
         yield Deployment(
             api_url=api_url,
             worker_metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
