@@ -187,15 +187,22 @@ def context_from_traceparent(traceparent: str | None) -> Context | None:
 
 @contextmanager
 def client_span(
-    name: str, *, attributes: Mapping[str, AttributeValue] | None = None
+    name: str,
+    *,
+    attributes: Mapping[str, AttributeValue] | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
 ) -> Iterator[trace.Span]:
     """A CLIENT span around an outgoing call that no library instruments (an SMTP send).
 
     Give semantic-convention attributes only (``server.address``, ``server.port``,
     ``network.protocol.name``): never recipients, bodies or credentials. An exception
-    leaving the block marks the span as failed.
+    leaving the block marks the span as failed. ``tracer_provider`` defaults to the
+    process's (a no-op one while tracing is off).
     """
-    with tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes) as span:
+    active = (
+        trace.get_tracer("notifier", tracer_provider=tracer_provider) if tracer_provider else tracer
+    )
+    with active.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes) as span:
         yield span
 
 
