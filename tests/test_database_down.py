@@ -77,3 +77,12 @@ async def test_metrics_still_show_the_process_counters(
     assert "notifier_metrics_database_up 0.0" in response.text
     assert "notifier_delivery_lag_seconds_count 0.0" in response.text
     assert "notifier_queue_depth" not in response.text
+
+
+async def test_liveness_does_not_depend_on_the_database(
+    client_without_database: AsyncTestClient[Any],
+) -> None:
+    response = await client_without_database.get("/health/live")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}

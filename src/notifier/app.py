@@ -12,7 +12,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin
 
 from notifier.bootstrap import open_services
 from notifier.events.api import EventController
-from notifier.health import health, readiness
+from notifier.health import health, liveness, readiness
 from notifier.idempotency import idempotent_request
 from notifier.migrate import schema_scripts
 from notifier.notifications.api import NotificationController
@@ -60,6 +60,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
             NotificationController,
             RuleController,
             health,
+            liveness,
             readiness,
             metrics_endpoint,
         ],

@@ -1,4 +1,4 @@
-"""``GET /health`` (liveness plus the database) and ``GET /health/ready`` (readiness)."""
+"""``GET /health`` (liveness plus the database), ``/health/live`` and ``/health/ready``."""
 
 from __future__ import annotations
 
@@ -49,6 +49,22 @@ async def health(services: NamedDependency[Services]) -> Response[Health]:
         Health(status="ok" if ok else "unavailable", checks={"database": database}),
         status_code=200 if ok else 503,
     )
+
+
+class Liveness(msgspec.Struct):
+    """The process answers."""
+
+    status: str = "ok"
+
+
+@get("/health/live", tags=["health"], summary="Liveness of this process only")
+async def liveness() -> Liveness:
+    """Always 200 while the process serves requests; touches no dependency.
+
+    For an orchestrator's liveness probe: a database outage must not restart every API
+    process (``/health`` and ``/health/ready`` report it instead).
+    """
+    return Liveness()
 
 
 class MigrationCheck(msgspec.Struct):

@@ -112,6 +112,8 @@ def test_a_published_event_is_one_trace_across_api_and_worker(
     # No span carries the payload or the recipient's address.
     for span in spans:
         assert "ada@example.com" not in repr(span.attributes)
+    # The health probes that waited for the API to start were not traced.
+    assert not [s for s in trace_receiver.received() if "/health" in s.name]
 
     # Both processes log JSON lines; the worker's say which trace they belong to.
     logs = {name: log_lines(path) for name, path in deployment.logs.items()}
