@@ -24,7 +24,7 @@ from psycopg.conninfo import make_conninfo
 from notifier import migrate
 from notifier.db import create_pool
 from notifier.settings import Settings
-from notifier.telemetry.metrics import DatabaseStats
+from notifier.telemetry.stats import DatabaseStats
 
 FILL = [
     # Notifications in a realistic mix of statuses.

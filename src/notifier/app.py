@@ -21,7 +21,8 @@ from notifier.rules.api import RuleController
 from notifier.services import Services
 from notifier.settings import Settings
 from notifier.telemetry.api import metrics_endpoint
-from notifier.telemetry.metrics import DatabaseStats, Metrics
+from notifier.telemetry.metrics import Metrics
+from notifier.telemetry.stats import DatabaseStats
 from notifier.telemetry.tracing import litestar_middleware, tracing_enabled
 from notifier.tenancy import provide_principal
 

@@ -12,8 +12,8 @@ from litestar.di import NamedDependency
 
 from notifier.migrate import SchemaScripts
 from notifier.services import Services
-from notifier.telemetry.metrics import DatabaseStats
 from notifier.telemetry.queries import schema_revisions
+from notifier.telemetry.stats import DatabaseStats
 
 
 class DependencyCheck(msgspec.Struct):

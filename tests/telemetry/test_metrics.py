@@ -93,6 +93,9 @@ async def test_metrics_show_every_family_and_move_after_a_delivery(
     assert value(after, "notifier_delivery_lag_seconds_count") == 1
     assert value(after, "notifier_delivery_lag_seconds_sum") > 0
     assert value(after, "notifier_notifications", status="sent") == 1
+    # Statuses with no notification are there too, at zero, for alerts to watch.
+    assert ("notifier_notifications", frozenset({("status", "dead")})) in after
+    assert value(after, "notifier_notifications", status="dead") == 0
     assert value(after, "notifier_workers_alive") == 1
     for queue in ("events", "deliveries", "maintenance"):
         assert ("notifier_queue_depth", frozenset({("queue", queue)})) in after

@@ -6,7 +6,7 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 
 from notifier.services import Services
-from notifier.telemetry.metrics import DatabaseStats
+from notifier.telemetry.stats import DatabaseStats
 
 # The classic text format (what generate_latest writes); Litestar appends the charset.
 CONTENT_TYPE = "text/plain; version=0.0.4"
