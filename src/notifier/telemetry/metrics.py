@@ -1,4 +1,4 @@
-"""Prometheus metrics: what each process counts, and gauges read from PostgreSQL.
+"""Prometheus metrics: each process's registry and the counters its work increments.
 
 Two kinds, because the work happens in several processes:
 
