@@ -102,7 +102,7 @@ async def work(settings: Settings, queues: Sequence[str], concurrency: int | Non
 
 
 async def develop(settings: Settings) -> None:
-    """API and worker in one event loop; Ctrl-C stops both. ``/metrics`` shows both's counters."""
+    """API and worker in one event loop; Ctrl-C stops both. ``/metrics`` counts for both."""
     metrics = Metrics()
     config = uvicorn.Config(
         create_app(settings, metrics=metrics),
