@@ -113,7 +113,21 @@ def parse_time(value: str) -> datetime.datetime:
 
 
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on (at the time of asking)."""
+    """A TCP port on loopback that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_until_healthy(base_url: str, *, timeout: float, check_alive: Callable[[], None]) -> None:
+    """Poll ``GET /health`` until it answers 200; ``check_alive`` fails if a process died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        check_alive()
+        try:
+            if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{base_url} did not become healthy in {timeout}s"
+        time.sleep(0.2)

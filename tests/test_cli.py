@@ -18,7 +18,7 @@ from psycopg.conninfo import make_conninfo
 
 from notifier import migrate
 from notifier.cli import main
-from tests.support import free_port
+from tests.support import free_port, wait_until_healthy
 
 PROCRASTINATE_SHELL = [
     sys.executable,
@@ -89,17 +89,12 @@ def test_dev_starts_an_embedded_postgresql_when_none_answers(tmp_path: Path) -> 
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
+
+    def still_running() -> None:
+        assert process.poll() is None, process.communicate()[0]
+
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, process.communicate()[0]
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "notifier dev did not become healthy"
-            time.sleep(0.3)
+        wait_until_healthy(base, timeout=90, check_alive=still_running)
 
         rule = httpx.post(
             f"{base}/api/v1/rules/",

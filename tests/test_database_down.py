@@ -50,3 +50,39 @@ async def test_health_reports_the_database_unavailable(
 
     assert response.status_code == 503
     assert response.json()["checks"]["database"]["status"] == "unavailable"
+
+
+async def test_readiness_reports_the_database_unavailable(
+    client_without_database: AsyncTestClient[Any],
+) -> None:
+    started = time.monotonic()
+    response = await client_without_database.get("/health/ready")
+
+    assert response.status_code == 503
+    readiness = response.json()
+    assert readiness["status"] == "not_ready"
+    assert readiness["checks"]["database"]["status"] == "unavailable"
+    # Whichever of the pool's wait and the probe's own deadline (equal here) expires first.
+    assert readiness["checks"]["database"]["error"] in {"PoolTimeout", "TimeoutError"}
+    assert readiness["checks"]["migrations"] is None
+    assert time.monotonic() - started < 5
+
+
+async def test_metrics_still_show_the_process_counters(
+    client_without_database: AsyncTestClient[Any],
+) -> None:
+    response = await client_without_database.get("/metrics")
+
+    assert response.status_code == 200
+    assert "notifier_metrics_database_up 0.0" in response.text
+    assert "notifier_delivery_lag_seconds_count 0.0" in response.text
+    assert "notifier_queue_depth" not in response.text
+
+
+async def test_liveness_does_not_depend_on_the_database(
+    client_without_database: AsyncTestClient[Any],
+) -> None:
+    response = await client_without_database.get("/health/live")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}

@@ -12,8 +12,9 @@ from litestar.openapi.plugins import ScalarRenderPlugin
 
 from notifier.bootstrap import open_services
 from notifier.events.api import EventController
-from notifier.health import health
+from notifier.health import health, liveness, readiness
 from notifier.idempotency import idempotent_request
+from notifier.migrate import schema_scripts
 from notifier.notifications.api import NotificationController
 from notifier.preferences.api import PreferenceController, UnsubscribeController
 from notifier.problems import EXCEPTION_HANDLERS
@@ -21,21 +22,40 @@ from notifier.rate_limits.api import RateLimitController
 from notifier.rules.api import RuleController
 from notifier.services import Services
 from notifier.settings import Settings
+from notifier.telemetry.api import metrics_endpoint
+from notifier.telemetry.metrics import Metrics
+from notifier.telemetry.stats import DatabaseStats
+from notifier.telemetry.tracing import litestar_middleware, tracing_enabled
 from notifier.tenancy import provide_principal
 
 
-def create_app(settings: Settings) -> Litestar:
-    """Build the API. The pool opens on startup and closes on shutdown."""
+def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litestar:
+    """Build the API. The pool opens on startup and closes on shutdown.
+
+    ``metrics``: a registry shared with a worker in the same process (``notifier dev``).
+    """
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with open_services(settings, name="notifier-api") as services:
+        async with open_services(settings, name="notifier-api", metrics=metrics) as services:
             app.state.services = services
-            yield
+            app.state.database_stats = DatabaseStats(settings, services.pool)
+            services.metrics.registry.register(app.state.database_stats)
+            try:
+                yield
+            finally:
+                services.metrics.registry.unregister(app.state.database_stats)
 
     def provide_services() -> Services:
         services: Services = app.state.services
         return services
+
+    # Read once: the scripts do not change while the process runs.
+    scripts = schema_scripts()
+
+    def provide_database_stats() -> DatabaseStats:
+        stats: DatabaseStats = app.state.database_stats
+        return stats
 
     app = Litestar(
         route_handlers=[
@@ -46,14 +66,24 @@ def create_app(settings: Settings) -> Litestar:
             UnsubscribeController,
             RateLimitController,
             health,
+            liveness,
+            readiness,
+            metrics_endpoint,
         ],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
+            "database_stats": Provide(provide_database_stats, sync_to_thread=False),
+            "schema": Provide(lambda: scripts, sync_to_thread=False),
             "idempotent": Provide(idempotent_request),
             "principal": Provide(provide_principal),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
+        # Server spans only when tracing is on: no per-request cost otherwise.
+        middleware=[litestar_middleware()] if tracing_enabled() else [],
+        # The process's entry point configures logging (notifier.telemetry); Litestar's
+        # default would replace the root handler with its own text format.
+        logging_config=None,
         openapi_config=OpenAPIConfig(
             title="notifier",
             version="0.1.0",

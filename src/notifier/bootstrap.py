@@ -20,6 +20,7 @@ from notifier.notifications import tasks as notification_tasks
 from notifier.queue import NotifierRetryStrategy
 from notifier.services import Services
 from notifier.settings import Settings
+from notifier.telemetry.metrics import Metrics
 
 UNEXPECTED_FAILURES = 10
 
@@ -54,15 +55,26 @@ def create_channels(settings: Settings) -> dict[str, Channel]:
 
 
 @asynccontextmanager
-async def open_services(settings: Settings, *, name: str = "notifier") -> AsyncIterator[Services]:
-    """Open the pool and share it with the queue; close everything on exit."""
+async def open_services(
+    settings: Settings, *, name: str = "notifier", metrics: Metrics | None = None
+) -> AsyncIterator[Services]:
+    """Open the pool and share it with the queue; close everything on exit.
+
+    ``metrics`` lets two parts of one process (``notifier dev``) count into one registry.
+    """
     channels = create_channels(settings)
     queue = create_queue_app(settings)
     pool = create_pool(settings, name=name)
     await pool.open()
     try:
         async with queue.open_async(pool):
-            yield Services(settings=settings, pool=pool, queue=queue, channels=channels)
+            yield Services(
+                settings=settings,
+                pool=pool,
+                queue=queue,
+                channels=channels,
+                metrics=metrics or Metrics(),
+            )
     finally:
         for channel in channels.values():
             await channel.aclose()

@@ -19,15 +19,22 @@ from notifier.app import create_app
 from notifier.bootstrap import open_services
 from notifier.queue import ALL_QUEUES
 from notifier.settings import Settings, SettingsError
+from notifier.telemetry import setup_telemetry
+from notifier.telemetry.metrics import Metrics, serve_worker_metrics
 from notifier.worker import run_worker
 
 logger = logging.getLogger("notifier")
+
+# The processes that trace, and the service name their spans carry by default.
+SERVICE_NAMES = {"api": "notifier-api", "worker": "notifier-worker", "dev": "notifier"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line, one subcommand per process kind."""
     parser = argparse.ArgumentParser(prog="notifier", description=__doc__)
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    parser.add_argument(
+        "--log-level", help="DEBUG, INFO, WARNING (default NOTIFIER_LOG_LEVEL, or INFO)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     migrate = commands.add_parser(
@@ -90,16 +97,29 @@ def serve_api(settings: Settings) -> None:
 async def work(settings: Settings, queues: Sequence[str], concurrency: int | None) -> None:
     """Run one worker until SIGINT/SIGTERM."""
     async with open_services(settings, name="notifier-worker") as services:
-        await run_worker(services, queues=queues, concurrency=concurrency)
+        stop_metrics = None
+        if settings.worker_metrics_port:
+            stop_metrics = serve_worker_metrics(
+                services.metrics, settings.worker_metrics_host, settings.worker_metrics_port
+            )
+        try:
+            await run_worker(services, queues=queues, concurrency=concurrency)
+        finally:
+            if stop_metrics is not None:
+                stop_metrics()
 
 
 async def develop(settings: Settings) -> None:
-    """API and worker in one event loop; Ctrl-C stops both."""
+    """API and worker in one event loop; Ctrl-C stops both. ``/metrics`` counts for both."""
+    metrics = Metrics()
     config = uvicorn.Config(
-        create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None
+        create_app(settings, metrics=metrics),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
     )
     server = uvicorn.Server(config)
-    async with open_services(settings, name="notifier-dev-worker") as services:
+    async with open_services(settings, name="notifier-dev-worker", metrics=metrics) as services:
         worker = asyncio.create_task(
             run_worker(services, install_signal_handlers=False, name="dev-worker")
         )
@@ -149,24 +169,38 @@ def check_migrations(settings: Settings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``notifier`` script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
         settings = Settings.from_env()
+        overrides = {
+            key: value
+            for key, value in {
+                "api_host": getattr(args, "host", None),
+                "api_port": getattr(args, "port", None),
+                "log_level": args.log_level,
+            }.items()
+            if value is not None
+        }
+        settings = settings.replace(**overrides)
+        # Long-running services log JSON for collectors; commands run by hand log text and
+        # never trace (the SQL of `producer create` carries a password).
+        service = SERVICE_NAMES.get(args.command)
+        telemetry = setup_telemetry(
+            settings,
+            service or "notifier",
+            log_format="json" if args.command in {"api", "worker"} else "text",
+            environ=os.environ if service else {},
+        )
     except SettingsError as exc:
         print(f"notifier: {exc}", file=sys.stderr)  # noqa: T201 - CLI error message
         return 2
-    overrides = {
-        key: value
-        for key, value in {
-            "api_host": getattr(args, "host", None),
-            "api_port": getattr(args, "port", None),
-        }.items()
-        if value is not None
-    }
-    settings = settings.replace(**overrides)
+    try:
+        return run_command(settings, args)
+    finally:
+        telemetry.shutdown()
 
+
+def run_command(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the subcommand ``args`` names."""
     if args.command == "migrate" and args.check:
         return check_migrations(settings)
     if args.command == "migrate":

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypeAlias
 
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -26,10 +27,16 @@ def create_pool(settings: Settings, *, name: str = "notifier") -> Pool:
         max_size=settings.database_pool_max_size,
         timeout=settings.database_timeout_seconds,
         # Replace connections that died while idle (database restart, failover).
-        check=AsyncConnectionPool.check_connection,
+        check=check_connection,
         open=False,
         name=name,
     )
+
+
+async def check_connection(conn: Connection) -> None:
+    """The pool's liveness check on checkout, kept out of traces (it is one empty query)."""
+    with suppress_instrumentation():
+        await AsyncConnectionPool.check_connection(conn)
 
 
 @asynccontextmanager

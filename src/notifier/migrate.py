@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -94,3 +95,20 @@ def migrate(settings: Settings) -> bool:
     created = create_database_if_missing(settings.database_url)
     upgrade(settings.database_url)
     return created
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaScripts:
+    """The revisions this code ships: its heads, and every revision it knows."""
+
+    heads: frozenset[str]
+    known: frozenset[str]
+
+
+def schema_scripts() -> SchemaScripts:
+    """Read the migration scripts (files only; no database)."""
+    scripts = ScriptDirectory.from_config(alembic_config(""))
+    return SchemaScripts(
+        heads=frozenset(scripts.get_heads()),
+        known=frozenset(revision.revision for revision in scripts.walk_revisions()),
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import procrastinate
@@ -10,18 +10,20 @@ import procrastinate
 from notifier.channels.base import Channel
 from notifier.db import Pool
 from notifier.settings import Settings
+from notifier.telemetry.metrics import Metrics
 
 SERVICES_CONTEXT_KEY = "services"
 
 
 @dataclass(frozen=True, slots=True)
 class Services:
-    """The process's settings, pool, queue and channels."""
+    """The process's settings, pool, queue, channels and metrics."""
 
     settings: Settings
     pool: Pool
     queue: procrastinate.App
     channels: dict[str, Channel]
+    metrics: Metrics = field(default_factory=Metrics)
 
     def channel(self, name: str) -> Channel | None:
         """The channel called ``name``, if this process has it configured."""

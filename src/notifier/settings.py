@@ -69,6 +69,19 @@ class Settings:
     # How many sends may go out back to back before the rate applies (1: evenly spaced).
     rate_limit_burst: int = 1
 
+    # Operations. Tracing is configured by the standard OTEL_* variables, not here.
+    # "json" (one object per line) or "text"; unset: text for `notifier dev` and the admin
+    # commands, json for `notifier api` and `notifier worker`.
+    log_format: str | None = None
+    log_level: str = "INFO"
+    # Workers serve their own counters on this port at /metrics; 0 turns it off.
+    worker_metrics_port: int = 0
+    worker_metrics_host: str = "127.0.0.1"
+    # Gauges read from PostgreSQL (queues, workers, notifications) are reused this long.
+    metrics_cache_seconds: float = 5.0
+    # A job still waiting this long after it was due counts as overdue in /health/ready.
+    overdue_job_seconds: float = 60.0
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``environ`` (default: the process environment)."""

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from notifier.queue import ALL_QUEUES
 from notifier.services import SERVICES_CONTEXT_KEY, Services
+from notifier.telemetry.tracing import job_tracing_middleware
 
 logger = logging.getLogger("notifier.worker")
 
@@ -46,4 +47,6 @@ async def run_worker(
         update_heartbeat_interval=min(10.0, settings.stalled_worker_seconds / 4),
         install_signal_handlers=install_signal_handlers,
         additional_context={SERVICES_CONTEXT_KEY: services},
+        # Each job runs in a span continuing the trace stored on its event or notification.
+        worker_middleware=[job_tracing_middleware(services.pool)],
     )

@@ -29,12 +29,6 @@ ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"
 CONTAINERFILE = ROOT / "Containerfile"
 
-# Named by the observability work of issue 6 (branch i6-ops), merged beside this one. The
-# deploy files use them already; test_pending_names_are_not_yet_served fails as soon as the
-# code provides them, to say these sets must go.
-PENDING_SETTINGS = frozenset({"NOTIFIER_LOG_FORMAT"})
-PENDING_PATHS = frozenset({"/health/ready", "/metrics"})
-
 # The metric families the API exposes at /metrics (issue 6): kind and labels. The dashboard
 # and the alerts may use no other.
 METRIC_FAMILIES: dict[str, tuple[str, frozenset[str]]] = {
@@ -84,7 +78,7 @@ def setting_names() -> set[str]:
 
 def assert_known_settings(names: Iterable[str], where: str) -> None:
     """Every ``NOTIFIER_*`` name is a setting (or one the parallel branch adds)."""
-    unknown = {n for n in names if n.startswith(ENV_PREFIX)} - setting_names() - PENDING_SETTINGS
+    unknown = {n for n in names if n.startswith(ENV_PREFIX)} - setting_names()
     assert not unknown, f"{where} sets variables that no setting reads: {sorted(unknown)}"
 
 
@@ -100,7 +94,7 @@ def served_paths() -> set[str]:
 
 def assert_served(path: str) -> None:
     """The API answers GET ``path`` (or will, once the parallel branch is merged)."""
-    assert path in served_paths() | PENDING_PATHS, f"the API does not serve GET {path}"
+    assert path in served_paths(), f"the API does not serve GET {path}"
 
 
 def parse_notifier_args(args: list[str]) -> argparse.Namespace:

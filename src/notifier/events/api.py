@@ -22,6 +22,7 @@ from notifier.notifications.queries import list_notifications
 from notifier.pagination import DEFAULT_LIMIT, MAX_LIMIT, Cursor, Limit, next_link, paginate
 from notifier.problems import not_found, problem_responses
 from notifier.services import Services
+from notifier.telemetry import current_traceparent
 
 
 class EventController(Controller):
@@ -58,6 +59,8 @@ class EventController(Controller):
             prefix = f"[{index}]." if is_batch else ""
             check_storable({prefix + k: v for k, v in msgspec.structs.asdict(event).items()})
             check_instant(f"{prefix}occurred_at", event.occurred_at)
+        # Processing continues the producer's trace if the event names one, else this request's.
+        traceparent = current_traceparent()
         async with transaction(services.pool) as conn:
             stored = await idempotency.claim(conn, idempotent)
             if stored is not None:
@@ -65,16 +68,21 @@ class EventController(Controller):
                     stored.decode(list[Event]) if is_batch else stored.decode(Event)
                 )
                 return Response(replay, status_code=stored.status)
-            published, anything_new = [], False
+            published, new_types = [], []
             for event in events:
-                row, created = await queries.insert_event(conn, event)
+                row, created = await queries.insert_event(
+                    conn,
+                    msgspec.structs.replace(event, traceparent=event.traceparent or traceparent),
+                )
                 if created:
                     await enqueue_processing(services.queue, conn, row.id)
+                    new_types.append(row.type)
                 published.append(row)
-                anything_new = anything_new or created
-            status = 201 if anything_new else 200
+            status = 201 if new_types else 200
             body: Event | list[Event] = published if is_batch else published[0]
             await idempotency.remember(conn, idempotent, status, body)
+        for event_type in new_types:
+            services.metrics.count_event(event_type, producer="api")
         return Response(body, status_code=status)
 
     @get("/", summary="List events, newest first", responses=problem_responses(400, 422))

@@ -39,6 +39,9 @@ async def process_event(context: procrastinate.JobContext, event_id: str) -> Non
         drafts = drafts_for_event(event, rules, datetime.datetime.now(datetime.UTC))
         notifications = await create_notifications(services.queue, conn, drafts)
         await queries.mark_processed(conn, event.id)
+    if event.producer != "api":
+        # The API counted its own events; the outbox's are first seen here.
+        services.metrics.count_event(event.type, producer=event.producer)
     logger.info(
         "event %s (%s): %d rules matched, %d notifications",
         event_id,

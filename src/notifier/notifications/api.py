@@ -38,6 +38,7 @@ from notifier.notifications.schemas import (
 from notifier.pagination import DEFAULT_LIMIT, Cursor, Limit, next_link, paginate
 from notifier.problems import ProblemError, field_error, not_found, problem_responses
 from notifier.services import Services
+from notifier.telemetry import current_traceparent
 
 CANCELLABLE = frozenset(
     {NotificationStatus.PENDING, NotificationStatus.FAILED, NotificationStatus.DEAD}
@@ -228,6 +229,8 @@ class NotificationController(Controller):
                     f"only failed or dead notifications can be replayed; this one is {status}",
                 )
             job_id = await defer_delivery(services.queue, conn, notification_id)
-            notification = await queries.start_new_round(conn, notification_id, job_id)
+            notification = await queries.start_new_round(
+                conn, notification_id, job_id, current_traceparent()
+            )
             await idempotency.remember(conn, idempotent, 202, notification)
         return Response(notification, status_code=202)

@@ -24,12 +24,12 @@ async def insert_notification(conn: Connection, values: dict[str, Any]) -> Notif
         INSERT INTO notifier.notifications (
             id, event_id, rule_id, notification_type, entity_id, channel, recipient,
             email, phone, template, context, target_date, lead_time, send_at, status,
-            last_error, job_id, timezone, quiet_hours
+            last_error, job_id, timezone, quiet_hours, traceparent
         ) VALUES (
             %(id)s, %(event_id)s, %(rule_id)s, %(notification_type)s, %(entity_id)s,
             %(channel)s, %(recipient)s, %(email)s, %(phone)s, %(template)s, %(context)s,
             %(target_date)s, %(lead_time)s, %(send_at)s, %(status)s, %(last_error)s, %(job_id)s,
-            %(timezone)s, %(quiet_hours)s
+            %(timezone)s, %(quiet_hours)s, %(traceparent)s
         )
         RETURNING *
         """,
@@ -189,18 +189,21 @@ async def record_attempt(
 
 
 async def start_new_round(
-    conn: Connection, notification_id: uuid.UUID, job_id: int
+    conn: Connection, notification_id: uuid.UUID, job_id: int, traceparent: str | None = None
 ) -> Notification:
-    """Make a failed or dead notification pending again, delivered by ``job_id``, now."""
+    """Make a failed or dead notification pending again, delivered by ``job_id``, now.
+
+    With a ``traceparent``, the new round is traced as part of that (the replay's) trace.
+    """
     cursor = await conn.execute(
         """
         UPDATE notifier.notifications
         SET status = 'pending', attempts = 0, job_id = %(job_id)s, send_at = now(),
-            updated_at = now()
+            traceparent = coalesce(%(traceparent)s, traceparent), updated_at = now()
         WHERE id = %(id)s
         RETURNING *
         """,
-        {"id": notification_id, "job_id": job_id},
+        {"id": notification_id, "job_id": job_id, "traceparent": traceparent},
     )
     row = await cursor.fetchone()
     assert row is not None

@@ -21,6 +21,7 @@ from notifier.notifications.localtime import (
 )
 from notifier.notifications.schemas import Notification, NotificationStatus
 from notifier.queue import DELIVER_TASK
+from notifier.telemetry import current_traceparent
 
 
 class PlannedSend(msgspec.Struct, frozen=True):
@@ -163,6 +164,8 @@ async def create_notifications(
 ) -> list[Notification]:
     """Store each draft and, if pending, its deliver job, in the caller's transaction."""
     created = []
+    # Each deliver job continues the trace that created its notification.
+    traceparent = current_traceparent()
     for draft in drafts:
         notification_id = uuid.uuid4()
         status = NotificationStatus.FAILED if draft.error else draft.send.status
@@ -182,6 +185,7 @@ async def create_notifications(
             status=status,
             last_error=values.pop("error"),
             job_id=job_id,
+            traceparent=traceparent,
         )
         created.append(await queries.insert_notification(conn, values))
     return created

@@ -150,6 +150,8 @@ async def _attempt(
         "started_at": started_at,
     }
     channel = services.channel(row["channel"])
+    # Label by configured channel names only: a row's channel is data and could be anything.
+    channel_label = row["channel"] if channel is not None else "unconfigured"
     error = None
     if channel is None:
         error = f"channel {row['channel']!r} is not configured"
@@ -158,6 +160,7 @@ async def _attempt(
     if channel is None or error is not None:
         await queries.record_attempt(conn, **record, outcome="failed", error=error)
         await queries.set_status(conn, row["id"], NotificationStatus.FAILED)
+        services.metrics.count_delivery(channel_label, "failed")
         logger.warning("notification %s failed permanently: %s", row["id"], error)
         return None
 
@@ -172,6 +175,7 @@ async def _attempt(
                 conn, **record, outcome="failed", status_code=status_code, error=error
             )
             await queries.set_status(conn, row["id"], final)
+            services.metrics.count_delivery(channel_label, str(final))
             logger.warning(
                 "notification %s is %s after attempt %d: %s", row["id"], final, attempt, error
             )
@@ -181,6 +185,7 @@ async def _attempt(
         )
         delay = retry_delay(services.settings, attempt, exc.retry_after_seconds)
         delay = retry_outside_quiet_hours(row, delay)
+        services.metrics.count_delivery(channel_label, "retry")
         logger.info(
             "notification %s attempt %d failed (%s); retry in %.1fs",
             row["id"],
@@ -194,6 +199,8 @@ async def _attempt(
         conn, **record, outcome="delivered", status_code=receipt.status_code, error=None
     )
     await queries.set_status(conn, row["id"], NotificationStatus.SENT)
+    lag = datetime.datetime.now(datetime.UTC) - row["send_at"]
+    services.metrics.count_delivery(channel_label, "delivered", lag.total_seconds())
     logger.info("notification %s sent on attempt %d", row["id"], attempt)
     return None
 

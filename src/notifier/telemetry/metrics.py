@@ -1,0 +1,93 @@
+"""Prometheus metrics: each process's registry and the counters its work increments.
+
+Two kinds, because the work happens in several processes:
+
+- Counters and the latency histogram live in the process that does the work (the API counts
+  the events it accepts, a worker the deliveries it attempts). Each process has its own
+  registry; workers serve theirs on ``NOTIFIER_WORKER_METRICS_PORT``, the API on ``/metrics``.
+  Prometheus sums them across processes.
+- The state of the system (notifications by status, queue depth and age, live workers) is
+  the same seen from anywhere: the API reads it from PostgreSQL at scrape time
+  (:mod:`notifier.telemetry.stats`). Workers do not export it, so it is never counted once
+  per worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+logger = logging.getLogger("notifier.metrics")
+
+# Event types are chosen by producers: the first this many get a label of their own in a
+# process, later ones are counted as "other", so a producer inventing types cannot grow
+# the series without bound.
+MAX_EVENT_TYPE_LABELS = 100
+OTHER_EVENT_TYPE = "other"
+# From scheduled time to sent: seconds when all is well, hours when retries back off.
+DELIVERY_LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400)
+
+
+class Metrics:
+    """One process's registry and the counters its work increments."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.events_received = Counter(
+            "notifier_events_received",
+            "Events accepted, by type and producer (api: REST, sql: the outbox table).",
+            ["type", "producer"],
+            registry=self.registry,
+        )
+        self.deliveries = Counter(
+            "notifier_deliveries",
+            "Delivery attempts by channel and outcome (delivered, retry, failed, dead).",
+            ["channel", "outcome"],
+            registry=self.registry,
+        )
+        self.delivery_lag = Histogram(
+            "notifier_delivery_lag_seconds",
+            "From a notification's scheduled send time to a channel accepting it.",
+            buckets=DELIVERY_LAG_BUCKETS,
+            registry=self.registry,
+        )
+        self._event_types: set[str] = set()
+        self._lock = threading.Lock()
+
+    def count_event(self, event_type: str, producer: str) -> None:
+        """Count one accepted event."""
+        with self._lock:
+            if event_type not in self._event_types:
+                if len(self._event_types) >= MAX_EVENT_TYPE_LABELS:
+                    event_type = OTHER_EVENT_TYPE
+                else:
+                    self._event_types.add(event_type)
+        self.events_received.labels(type=event_type, producer=producer).inc()
+
+    def count_delivery(self, channel: str, outcome: str, lag_seconds: float | None = None) -> None:
+        """Count one delivery attempt; a successful one also records its lag."""
+        self.deliveries.labels(channel=channel, outcome=outcome).inc()
+        if lag_seconds is not None:
+            self.delivery_lag.observe(max(0.0, lag_seconds))
+
+    def render(self) -> bytes:
+        """The registry in Prometheus' text format."""
+        return generate_latest(self.registry)
+
+
+def serve_worker_metrics(metrics: Metrics, host: str, port: int) -> Callable[[], None]:
+    """Serve ``metrics`` on ``http://host:port/metrics`` from a thread; returns the stopper."""
+    from prometheus_client import start_http_server  # noqa: PLC0415 - only workers serve
+
+    server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+    logger.info("worker metrics on http://%s:%d/metrics", host, port)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return stop

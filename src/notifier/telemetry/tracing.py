@@ -1,0 +1,268 @@
+"""Distributed tracing: OpenTelemetry over OTLP, configured by the standard ``OTEL_*`` variables.
+
+One trace runs from the HTTP request (or the producer's ``traceparent`` on an outbox row)
+through ``process_event`` and every ``deliver`` it schedules. The trace context travels on
+the row a job acts on (``events.traceparent``, ``notifications.traceparent``): the worker
+middleware reads it back and starts the job's CONSUMER span as its child.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from importlib.metadata import version
+from typing import Any
+
+import httpx
+import procrastinate
+from litestar.middleware.base import DefineMiddleware
+from litestar.plugins.opentelemetry import OpenTelemetryConfig
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+)
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes, AttributeValue
+
+from notifier.db import Pool
+from notifier.queue import DELIVER_TASK, PROCESS_EVENT_TASK
+from notifier.settings import SettingsError
+
+logger = logging.getLogger("notifier.telemetry")
+tracer = trace.get_tracer("notifier")
+_propagator = TraceContextTextMapPropagator()
+
+SUPPORTED_PROTOCOL = "http/protobuf"
+# Routes that are polled, not used: a trace per probe or scrape would drown the real ones.
+UNTRACED_PATHS = ["^/health", "^/metrics$", "^/schema"]
+
+
+def tracing_wanted(environ: Mapping[str, str]) -> bool:
+    """Whether the ``OTEL_*`` variables ask for traces: an OTLP endpoint is set, SDK not disabled."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
+        return False
+    return bool(
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+
+
+class SkipOrphanClientSpans(Sampler):
+    """Drop database and HTTP client calls that belong to no operation.
+
+    procrastinate polls, heartbeats and listens on the same instrumented pool; each of those
+    queries would otherwise become a one-span trace several times a second. A client span
+    inside a request or a job has a parent, and the parent-based sampler keeps it.
+    """
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        if kind is SpanKind.CLIENT:
+            return SamplingResult(Decision.DROP)
+        return ALWAYS_ON.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return "SkipOrphanClientSpans"
+
+
+def setup_tracing(service_name: str, environ: Mapping[str, str]) -> TracerProvider | None:
+    """Install the process's tracer provider and instrumentation; None when tracing is off.
+
+    The exporter itself reads ``OTEL_EXPORTER_OTLP_*`` (endpoint, headers, timeout) and the
+    batch processor ``OTEL_BSP_*``. ``OTEL_SERVICE_NAME`` overrides ``service_name``.
+    """
+    if not tracing_wanted(environ):
+        return None
+    protocol = (
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or SUPPORTED_PROTOCOL
+    )
+    if protocol != SUPPORTED_PROTOCOL:
+        raise SettingsError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported; use {SUPPORTED_PROTOCOL!r}"
+            " (the collector's OTLP/HTTP port, usually 4318)"
+        )
+    # Deferred imports: processes without tracing never load the exporter or instrumentors.
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
+        OTLPSpanExporter,
+    )
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor  # noqa: PLC0415
+    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor  # noqa: PLC0415
+
+    # Current semantic conventions (db.system.name, url.full, http.request.method) unless
+    # the operator chose otherwise; the instrumentations read this once, when instrumenting.
+    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http,database")
+    resource = Resource.create(
+        {
+            "service.name": environ.get("OTEL_SERVICE_NAME") or service_name,
+            "service.version": version("notifier"),
+        }
+    )
+    # An explicit OTEL_TRACES_SAMPLER wins; otherwise keep every operation, drop orphans.
+    sampler = None if environ.get("OTEL_TRACES_SAMPLER") else ParentBased(SkipOrphanClientSpans())
+    provider = TracerProvider(resource=resource, sampler=sampler)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    PsycopgInstrumentor().instrument(tracer_provider=provider)
+    HTTPXClientInstrumentor().instrument(
+        tracer_provider=provider, async_request_hook=_redact_request_url
+    )
+    logger.info("tracing to OTLP endpoint as %s", resource.attributes["service.name"])
+    return provider
+
+
+async def _redact_request_url(span: trace.Span, request: Any) -> None:
+    """Keep only the scheme, host and port of an outgoing URL.
+
+    Webhook URLs often carry their credentials in the path or the query
+    (``/services/T0/B0/<token>``, ``?sig=``), which must not reach a trace.
+    """
+    url = httpx.URL(str(request.url))
+    origin = f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port else "")
+    redacted = origin + ("/REDACTED" if url.raw_path not in {b"", b"/"} else "/")
+    span.set_attribute("url.full", redacted)
+
+
+def tracing_enabled() -> bool:
+    """Whether :func:`setup_tracing` installed a provider in this process."""
+    return isinstance(trace.get_tracer_provider(), TracerProvider)
+
+
+def litestar_middleware() -> DefineMiddleware:
+    """The server-span middleware, named by route template so span names stay few."""
+    config = OpenTelemetryConfig(
+        exclude=UNTRACED_PATHS,
+        exclude_spans=["receive", "send"],
+        scope_span_details_extractor=_route_details,
+    )
+    return config.middleware
+
+
+def _route_details(scope: Any) -> tuple[str, dict[str, Any]]:
+    route = scope.get("path_template") or scope.get("path", "")
+    return f"{scope.get('method', '')} {route}".strip(), {"http.route": route}
+
+
+def current_traceparent() -> str | None:
+    """The W3C ``traceparent`` of the current span, to store beside work done later."""
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def context_from_traceparent(traceparent: str | None) -> Context | None:
+    """The trace context a stored ``traceparent`` names (None if absent or malformed)."""
+    if not traceparent:
+        return None
+    extracted = _propagator.extract({"traceparent": traceparent})
+    if not trace.get_current_span(extracted).get_span_context().is_valid:
+        return None
+    return extracted
+
+
+@contextmanager
+def client_span(
+    name: str,
+    *,
+    attributes: Mapping[str, AttributeValue] | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
+) -> Iterator[trace.Span]:
+    """A CLIENT span around an outgoing call that no library instruments (an SMTP send).
+
+    Give semantic-convention attributes only (``server.address``, ``server.port``,
+    ``network.protocol.name``): never recipients, bodies or credentials. An exception
+    leaving the block marks the span as failed. ``tracer_provider`` defaults to the
+    process's (a no-op one while tracing is off).
+    """
+    active = (
+        trace.get_tracer("notifier", tracer_provider=tracer_provider) if tracer_provider else tracer
+    )
+    with active.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes) as span:
+        yield span
+
+
+# The row each task acts on, which carries the trace context it continues.
+_TRACED_ROWS = {
+    PROCESS_EVENT_TASK: ("notifier.events", "event_id"),
+    DELIVER_TASK: ("notifier.notifications", "notification_id"),
+}
+
+
+async def _stored_traceparent(pool: Pool, task_name: str, kwargs: Mapping[str, Any]) -> str | None:
+    table_and_key = _TRACED_ROWS.get(task_name)
+    if table_and_key is None:
+        return None
+    table, key = table_and_key
+    try:
+        row_id = uuid.UUID(str(kwargs.get(key)))
+    except ValueError:
+        return None
+    async with pool.connection() as conn:
+        # table comes from the constant map above, never from the job.
+        cursor = await conn.execute(f"SELECT traceparent FROM {table} WHERE id = %s", [row_id])  # noqa: S608
+        row = await cursor.fetchone()
+    return row["traceparent"] if row else None
+
+
+def job_tracing_middleware(
+    pool: Pool,
+) -> Callable[[Callable[[], Awaitable[Any]], procrastinate.JobContext, Any], Awaitable[Any]]:
+    """A procrastinate worker middleware running each job in a CONSUMER span.
+
+    The span is a child of the trace context stored on the job's event or notification;
+    when tracing is off it costs nothing (no lookup, a no-op span).
+    """
+
+    async def trace_job(
+        call_next: Callable[[], Awaitable[Any]], context: procrastinate.JobContext, worker: Any
+    ) -> Any:
+        job = context.job
+        if not tracing_enabled():
+            return await call_next()
+        parent = context_from_traceparent(
+            await _stored_traceparent(pool, job.task_name, job.task_kwargs)
+        )
+        attributes: dict[str, AttributeValue] = {
+            "messaging.system": "procrastinate",
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": job.queue,
+            "messaging.message.id": str(job.id),
+            "notifier.task": job.task_name,
+            "notifier.job.attempt": job.attempts + 1,
+        }
+        for key in ("event_id", "notification_id"):
+            if key in job.task_kwargs:
+                attributes[f"notifier.{key.replace('_id', '.id')}"] = str(job.task_kwargs[key])
+        name = job.task_name.removeprefix("notifier.")
+        with tracer.start_as_current_span(
+            name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+        ):
+            return await call_next()
+
+    return trace_job
