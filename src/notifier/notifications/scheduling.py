@@ -95,9 +95,10 @@ async def defer_delivery(
 
 
 async def create_notifications(
-    queue: procrastinate.App, conn: Connection, drafts: list[NotificationDraft]
+    queue: procrastinate.App, conn: Connection, tenant_id: str, drafts: list[NotificationDraft]
 ) -> list[Notification]:
-    """Store each draft and, if pending, its deliver job, in the caller's transaction."""
+    """Store each draft as the tenant's and, if pending, its deliver job, in the caller's
+    transaction."""
     created = []
     for draft in drafts:
         notification_id = uuid.uuid4()
@@ -115,6 +116,7 @@ async def create_notifications(
             status=status,
             last_error=values.pop("error"),
             job_id=job_id,
+            tenant_id=tenant_id,
         )
         created.append(await queries.insert_notification(conn, values))
     return created
