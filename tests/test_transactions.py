@@ -59,7 +59,9 @@ def draft(status: NotificationStatus, send_at: datetime.datetime) -> Notificatio
 async def publish_then_abort(services: Services, event_type: str) -> None:
     """Store an event and its job, see both inside the transaction, then roll it back."""
     async with transaction(services.pool) as conn:
-        event, _ = await insert_event(conn, DEFAULT_TENANT, NewEvent(type=event_type, payload={"a": 1}))
+        event, _ = await insert_event(
+            conn, DEFAULT_TENANT, NewEvent(type=event_type, payload={"a": 1})
+        )
         job_id = await enqueue_processing(services.queue, conn, event.id)
         cursor = await conn.execute("SELECT id FROM procrastinate_jobs WHERE id = %s", [job_id])
         assert await cursor.fetchone() == {"id": job_id}
@@ -83,7 +85,9 @@ async def test_committed_event_leaves_both_row_and_job(
     services: Services, db: psycopg.AsyncConnection[Any]
 ) -> None:
     async with transaction(services.pool) as conn:
-        event, _ = await insert_event(conn, DEFAULT_TENANT, NewEvent(type="user.signup", payload={"a": 1}))
+        event, _ = await insert_event(
+            conn, DEFAULT_TENANT, NewEvent(type="user.signup", payload={"a": 1})
+        )
         job_id = await enqueue_processing(services.queue, conn, event.id)
 
     assert await rows(db, "SELECT id, type, payload FROM notifier.events") == [

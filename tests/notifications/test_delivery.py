@@ -25,8 +25,8 @@ from notifier.db import transaction
 from notifier.notifications.scheduling import NotificationDraft, PlannedSend, create_notifications
 from notifier.notifications.schemas import NotificationStatus
 from notifier.services import Services
-from notifier.tenancy import DEFAULT_TENANT
 from notifier.settings import Settings
+from notifier.tenancy import DEFAULT_TENANT
 from notifier.worker import run_worker
 from tests.support import WEBHOOK_SECRET, ReceivedRequest, WebhookReceiver, eventually, parse_time
 

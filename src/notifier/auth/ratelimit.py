@@ -37,6 +37,10 @@ class RateLimiter:
             self._forget_idle(now)
         return None
 
+    def __len__(self) -> int:
+        """How many keys' state is held."""
+        return len(self._tat)
+
     def _forget_idle(self, now: float) -> None:
         """Drop keys whose bucket is full: forgetting them changes nothing."""
         self._tat = {key: tat for key, tat in self._tat.items() if tat > now}
