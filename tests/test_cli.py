@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ def free_port() -> int:
 def test_dev_starts_an_embedded_postgresql_when_none_answers(tmp_path: Path) -> None:
     port = free_port()
     unreachable = f"postgresql://postgres@127.0.0.1:{free_port()}/notifier"
+    key_file = tmp_path / "api-key"
     process = subprocess.Popen(
         [
             sys.executable,
@@ -83,17 +85,32 @@ def test_dev_starts_an_embedded_postgresql_when_none_answers(tmp_path: Path) -> 
             str(port),
             "--data-dir",
             str(tmp_path / "pgdata"),
+            "--key-file",
+            str(key_file),
         ],
         env={**os.environ, "NOTIFIER_DATABASE_URL": unreachable, "XDG_RUNTIME_DIR": str(tmp_path)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    assert process.stdout is not None
     base = f"http://127.0.0.1:{port}"
+    lines: list[str] = []
+    drain = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
     try:
+        # The key is printed before the server starts; then keep the pipe drained.
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("NOTIFIER_KEY="):
+                break
+        key = lines[-1].strip().removeprefix("NOTIFIER_KEY=")
+        assert key.startswith("ntf_"), "".join(lines)
+        drain.start()
+        headers = {"Authorization": f"Bearer {key}"}
+
         deadline = time.monotonic() + 90
         while True:
-            assert process.poll() is None, process.communicate()[0]
+            assert process.poll() is None, "".join(lines)
             try:
                 if httpx.get(f"{base}/health", timeout=2).status_code == 200:
                     break
@@ -102,26 +119,34 @@ def test_dev_starts_an_embedded_postgresql_when_none_answers(tmp_path: Path) -> 
             assert time.monotonic() < deadline, "notifier dev did not become healthy"
             time.sleep(0.3)
 
+        assert httpx.get(f"{base}/api/v1/rules/").status_code == 401
         rule = httpx.post(
             f"{base}/api/v1/rules/",
             json={"event_type": "user.signup", "channel": "log", "recipient_field": "email"},
+            headers=headers,
         )
         assert rule.status_code == 201, rule.text
         event = httpx.post(
             f"{base}/api/v1/events/",
             json={"type": "user.signup", "payload": {"email": "ada@example.com"}},
+            headers=headers,
         ).json()
 
         deadline = time.monotonic() + 30
         while True:
-            detail = httpx.get(f"{base}/api/v1/events/{event['id']}").json()
+            detail = httpx.get(f"{base}/api/v1/events/{event['id']}", headers=headers).json()
             if [n["status"] for n in detail["notifications"]] == ["sent"]:
                 break
             assert time.monotonic() < deadline, detail
             time.sleep(0.2)
     finally:
         process.send_signal(signal.SIGINT)
-        output = process.communicate(timeout=60)[0]
+        process.wait(timeout=60)
+        if drain.is_alive():
+            drain.join(timeout=10)
+    output = "".join(lines)
 
     assert process.returncode == 0, output
     assert "starting an embedded one" in output
+    assert key_file.read_text().strip() == key
+    assert key_file.stat().st_mode & 0o077 == 0, "only its owner may read the key file"

@@ -57,3 +57,20 @@ def test_replace_returns_a_changed_copy() -> None:
 
     assert changed.api_port == 9000
     assert settings.api_port == 8000
+
+
+def test_repr_never_shows_secrets() -> None:
+    settings = Settings.from_env(
+        {
+            "NOTIFIER_DATABASE_URL": "postgresql://app:db-pass-123@db/notifier",
+            "NOTIFIER_WEBHOOK_SECRET": "whsec_c2VjcmV0LXZhbHVl",
+        }
+    )
+
+    shown = repr(settings)
+
+    assert "db-pass-123" not in shown
+    assert "c2VjcmV0LXZhbHVl" not in shown
+    assert "webhook_secret='***'" in shown
+    assert "host=db" in shown, "the rest of the URL stays readable"
+    assert str(settings) == shown

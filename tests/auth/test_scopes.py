@@ -36,7 +36,7 @@ OPERATIONS = sorted(ROUTE_SCOPES)
 
 def api_operations(client: AsyncTestClient[Any]) -> dict[tuple[str, str], Scope | None]:
     """Every (method, path) the app serves under /api/, with the scope its guard demands."""
-    operations = {}
+    operations: dict[tuple[str, str], Scope | None] = {}
     for route in client.app.routes:
         if not isinstance(route, HTTPRoute) or not route.path.startswith("/api/"):
             continue
