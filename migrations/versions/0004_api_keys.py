@@ -58,114 +58,57 @@ JOIN pg_roles member ON member.oid = m.member
 JOIN pg_roles grp ON grp.oid = m.roleid
 WHERE grp.rolname = 'notifier_producer';
 
--- NULL means "the inserting role's tenant"; the trigger below fills it in. Rows never stay.
-ALTER TABLE notifier.outbox ALTER COLUMN tenant_id DROP DEFAULT,
-                            ALTER COLUMN tenant_id DROP NOT NULL;
-
 ALTER TABLE notifier.events ADD COLUMN processing_error text;
+
+-- No default: a row that names no tenant gets the inserting role's, from the trigger below.
+ALTER TABLE notifier.outbox ALTER COLUMN tenant_id DROP DEFAULT;
 
 -- The tenant comes from session_user: the login role, which a producer cannot change
 -- (SET ROLE changes current_user only, and inside this SECURITY DEFINER function
 -- current_user is the function's owner anyway). A mapped role publishes for its tenant
 -- only; an unmapped one is refused, except the schema's owner or a superuser, who may name
--- any tenant (and gets 'default' without one).
-CREATE OR REPLACE FUNCTION notifier.outbox_publish() RETURNS trigger
+-- any tenant (and gets 'default' without one). The statement trigger of revision 0003
+-- then copies each row's tenant_id onto its event.
+CREATE FUNCTION notifier.outbox_assign_tenant() RETURNS trigger
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, public
 AS $$
 DECLARE
-    job_ids bigint[];
     producer_tenant text;
-    foreign_tenant text;
 BEGIN
     SELECT tenant_id INTO producer_tenant
     FROM notifier.producer_tenants WHERE role_name = session_user;
     IF producer_tenant IS NOT NULL THEN
-        SELECT tenant_id INTO foreign_tenant
-        FROM outbox_rows WHERE tenant_id <> producer_tenant LIMIT 1;
-        IF foreign_tenant IS NOT NULL THEN
+        IF NEW.tenant_id IS NOT NULL AND NEW.tenant_id <> producer_tenant THEN
             RAISE EXCEPTION 'notifier.outbox: role % publishes for tenant % only, not %',
-                session_user, quote_literal(producer_tenant), quote_literal(foreign_tenant)
-                USING ERRCODE = 'insufficient_privilege';
+                session_user, quote_literal(producer_tenant), quote_literal(NEW.tenant_id)
+                USING ERRCODE = 'insufficient_privilege', COLUMN = 'tenant_id';
         END IF;
-    ELSIF NOT (
-        (SELECT rolsuper FROM pg_roles WHERE rolname = session_user)
-        OR pg_has_role(session_user, (SELECT relowner FROM pg_class
-                                      WHERE oid = 'notifier.outbox'::regclass), 'MEMBER')
-    ) THEN
+        NEW.tenant_id := producer_tenant;
+    ELSIF (SELECT rolsuper FROM pg_roles WHERE rolname = session_user)
+          OR pg_has_role(session_user, (SELECT relowner FROM pg_class
+                                        WHERE oid = 'notifier.outbox'::regclass), 'MEMBER') THEN
+        NEW.tenant_id := coalesce(NEW.tenant_id, 'default');
+    ELSE
         RAISE EXCEPTION 'notifier.outbox: role % publishes for no tenant', session_user
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'map it with: notifier producer create <role> --tenant <tenant>';
     END IF;
-
-    WITH published AS (
-        INSERT INTO notifier.events
-            (tenant_id, type, payload, source, external_id, occurred_at, traceparent, producer)
-        SELECT coalesce(tenant_id, producer_tenant, 'default'), type, payload, source,
-               idempotency_key, occurred_at, traceparent, 'sql'
-        FROM outbox_rows
-        ORDER BY id
-        ON CONFLICT (tenant_id, (coalesce(source, '')), external_id)
-            WHERE external_id IS NOT NULL DO NOTHING
-        RETURNING id
-    )
-    SELECT procrastinate_defer_jobs_v1(
-        ARRAY(
-            SELECT ROW(
-                'events',                                          -- queue
-                'notifier.process_event',                          -- task name
-                0,                                                 -- priority
-                NULL,                                              -- lock
-                NULL,                                              -- queueing lock
-                jsonb_build_object('event_id', published.id::text),
-                NULL                                               -- scheduled_at: now
-            )::procrastinate_job_to_defer_v1
-            FROM published
-        )
-    ) INTO job_ids;
-    DELETE FROM notifier.outbox WHERE id IN (SELECT id FROM outbox_rows);
-    RETURN NULL;
+    RETURN NEW;
 END;
 $$;
+
+CREATE TRIGGER outbox_assign_tenant
+    BEFORE INSERT ON notifier.outbox
+    FOR EACH ROW EXECUTE FUNCTION notifier.outbox_assign_tenant();
 """
 
 DOWNGRADE = r"""
-CREATE OR REPLACE FUNCTION notifier.outbox_publish() RETURNS trigger
-    LANGUAGE plpgsql
-    SECURITY DEFINER
-    SET search_path = pg_catalog, public
-AS $$
-DECLARE
-    job_ids bigint[];
-BEGIN
-    WITH published AS (
-        INSERT INTO notifier.events
-            (tenant_id, type, payload, source, external_id, occurred_at, traceparent, producer)
-        SELECT tenant_id, type, payload, source, idempotency_key, occurred_at, traceparent, 'sql'
-        FROM outbox_rows
-        ORDER BY id
-        ON CONFLICT (tenant_id, (coalesce(source, '')), external_id)
-            WHERE external_id IS NOT NULL DO NOTHING
-        RETURNING id
-    )
-    SELECT procrastinate_defer_jobs_v1(
-        ARRAY(
-            SELECT ROW(
-                'events', 'notifier.process_event', 0, NULL, NULL,
-                jsonb_build_object('event_id', published.id::text), NULL
-            )::procrastinate_job_to_defer_v1
-            FROM published
-        )
-    ) INTO job_ids;
-    DELETE FROM notifier.outbox WHERE id IN (SELECT id FROM outbox_rows);
-    RETURN NULL;
-END;
-$$;
-
+DROP TRIGGER outbox_assign_tenant ON notifier.outbox;
+DROP FUNCTION notifier.outbox_assign_tenant();
+ALTER TABLE notifier.outbox ALTER COLUMN tenant_id SET DEFAULT 'default';
 ALTER TABLE notifier.events DROP COLUMN processing_error;
-ALTER TABLE notifier.outbox ALTER COLUMN tenant_id SET DEFAULT 'default',
-                            ALTER COLUMN tenant_id SET NOT NULL;
 DROP TABLE notifier.producer_tenants;
 DROP TABLE notifier.api_keys;
 """
