@@ -129,6 +129,7 @@ def dev_key(settings: Settings, key_file: Path) -> str:
     if key != previous:
         key_file.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a file that existed keeps its mode otherwise
         with os.fdopen(fd, "w") as out:
             out.write(key + "\n")
     return key

@@ -145,10 +145,12 @@ def _now() -> datetime.datetime:
 def _due_for_touch(stored: queries.StoredKey, secret: str) -> bool:
     """Whether to record a use: a genuine, live key not marked used within the last minute."""
     key = stored.key
+    now = _now()
     return (
         secret_matches(secret, stored.secret_sha256)
         and key.revoked_at is None
-        and (key.last_used_at is None or key.last_used_at < _now() - LAST_USED_PRECISION)
+        and (key.expires_at is None or key.expires_at > now)
+        and (key.last_used_at is None or key.last_used_at < now - LAST_USED_PRECISION)
     )
 
 
