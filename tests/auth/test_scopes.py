@@ -7,10 +7,11 @@ import uuid
 from typing import Any
 
 import pytest
+from litestar import Litestar, get
 from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 
-from notifier.auth.guard import required_scope
+from notifier.auth.guard import check_guarded, required_scope, requires
 from notifier.tenancy import Scope
 from tests.conftest import CreateApiKey
 from tests.support import assert_problem, bearer
@@ -114,3 +115,17 @@ async def test_openapi_declares_the_bearer_scheme_on_every_api_operation(
         assert operation["security"] == [{"apiKey": []}], (method, path)
         assert {"401", "403", "429"} <= set(operation["responses"]), (method, path)
     assert "security" not in document["paths"]["/health"]["get"]
+
+
+def test_an_app_with_an_unguarded_api_route_refuses_to_start() -> None:
+    @get("/api/v1/forgotten", sync_to_thread=False)
+    def forgotten() -> str:
+        return "open to anyone"
+
+    @get("/api/v1/guarded", guards=[requires(Scope.EVENTS_READ)], sync_to_thread=False)
+    def guarded() -> str:
+        return "needs a key"
+
+    check_guarded(Litestar(route_handlers=[guarded]))
+    with pytest.raises(RuntimeError, match="/api/v1/forgotten declares no guards"):
+        check_guarded(Litestar(route_handlers=[guarded, forgotten]))
