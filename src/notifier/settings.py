@@ -83,6 +83,13 @@ class Settings:
             values[field.name] = _parse(name, raw, hints[field.name])
         return cls(**values)
 
+    def __post_init__(self) -> None:
+        if self.api_rate_limit_per_second <= 0 or self.api_rate_limit_burst < 1:
+            raise SettingsError(
+                "NOTIFIER_API_RATE_LIMIT_PER_SECOND must be above 0 and "
+                "NOTIFIER_API_RATE_LIMIT_BURST at least 1"
+            )
+
     def __repr__(self) -> str:
         """Every field, with secrets and the database password masked: settings get logged."""
         shown = []
