@@ -144,6 +144,7 @@ def test_dev_starts_an_embedded_postgresql_when_none_answers(tmp_path: Path) -> 
         process.wait(timeout=60)
         if drain.is_alive():
             drain.join(timeout=10)
+        process.stdout.close()
     output = "".join(lines)
 
     assert process.returncode == 0, output
