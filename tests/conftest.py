@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -26,11 +26,13 @@ from pytest_postgresql import factories
 
 from notifier import migrate
 from notifier.app import create_app
+from notifier.auth import admin
 from notifier.bootstrap import open_services
 from notifier.services import Services
 from notifier.settings import Settings
+from notifier.tenancy import DEFAULT_TENANT, Scope
 from notifier.worker import run_worker
-from tests.support import WEBHOOK_SECRET, ReceivedRequest, WebhookReceiver
+from tests.support import WEBHOOK_SECRET, ReceivedRequest, WebhookReceiver, bearer
 
 PG_HOST = os.environ.get("NOTIFIER_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("NOTIFIER_TEST_PG_PORT", "5432"))
@@ -87,16 +89,55 @@ async def services(settings: Settings) -> AsyncIterator[Services]:
         yield opened
 
 
+# create_api_key(tenant_id="default", scopes=("admin",), **create_key options) -> the key.
+CreateApiKey = Callable[..., Awaitable[str]]
+
+
 @pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
-    """The real Litestar app (lifespan included) in front of the test database."""
+async def create_api_key(settings: Settings) -> CreateApiKey:
+    """Make an API key for any tenant (created if missing), as `notifier keys create` does."""
+
+    async def create(
+        tenant_id: str = DEFAULT_TENANT, scopes: Iterable[str] = (Scope.ADMIN,), **options: Any
+    ) -> str:
+        async with admin.admin_pool(settings) as pool:
+            if tenant_id not in {t.id for t in await admin.list_tenants(pool)}:
+                await admin.create_tenant(pool, tenant_id)
+            _, token = await admin.create_key(
+                pool, tenant_id=tenant_id, scopes=list(scopes), **options
+            )
+        return token
+
+    return create
+
+
+@pytest.fixture
+async def api_key(create_api_key: CreateApiKey) -> str:
+    """An admin key of the default tenant: what the `client` fixture sends."""
+    return await create_api_key()
+
+
+@pytest.fixture
+def api_headers(api_key: str) -> dict[str, str]:
+    """Headers that authenticate as the default tenant's admin, for hand-built HTTP clients."""
+    return bearer(api_key)
+
+
+@pytest.fixture
+async def client(
+    settings: Settings, api_headers: dict[str, str]
+) -> AsyncIterator[AsyncTestClient[Any]]:
+    """The real Litestar app (lifespan included) in front of the test database, sending
+    the default tenant's admin key (pass ``headers=`` to a request to send another)."""
     async with AsyncTestClient(app=create_app(settings)) as test_client:
+        test_client.headers.update(api_headers)
         yield test_client
 
 
 @pytest.fixture
 def live_api(settings: Settings) -> Iterator[str]:
     """The app served by uvicorn on loopback, in a thread with its own event loop.
+    Send ``api_headers`` (or another key's) with each request.
 
     ``AsyncTestClient`` blocks the test's event loop for the duration of each request, so
     a request that waits on a row lock held by the worker (running in that same loop)

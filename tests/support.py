@@ -93,6 +93,11 @@ def assert_problem(response: httpx.Response, status: int, field: str | None = No
         assert field in [error["field"] for error in problem["errors"]], problem
 
 
+def bearer(api_key: str) -> dict[str, str]:
+    """The headers that send ``api_key``."""
+    return {"Authorization": f"Bearer {api_key}"}
+
+
 def next_page(response: httpx.Response) -> str | None:
     """The URL in ``Link: <...>; rel="next"``, if the response has one."""
     match = re.search(r'<([^>]+)>;\s*rel="next"', response.headers.get("link", ""))

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from psycopg.conninfo import make_conninfo
 
 from notifier import migrate
 from notifier.cli import main
-from tests.support import free_port, wait_until_healthy
+from tests.support import free_port
 
 PROCRASTINATE_SHELL = [
     sys.executable,
@@ -72,6 +73,7 @@ async def test_procrastinate_shell_lists_cancels_and_retries_notifier_jobs(
 def test_dev_starts_an_embedded_postgresql_when_none_answers(tmp_path: Path) -> None:
     port = free_port()
     unreachable = f"postgresql://postgres@127.0.0.1:{free_port()}/notifier"
+    key_file = tmp_path / "api-key"
     process = subprocess.Popen(
         [
             sys.executable,
@@ -82,54 +84,83 @@ def test_dev_starts_an_embedded_postgresql_when_none_answers(tmp_path: Path) -> 
             str(port),
             "--data-dir",
             str(tmp_path / "pgdata"),
+            "--key-file",
+            str(key_file),
         ],
         env={**os.environ, "NOTIFIER_DATABASE_URL": unreachable, "XDG_RUNTIME_DIR": str(tmp_path)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    assert process.stdout is not None
     base = f"http://127.0.0.1:{port}"
-
-    def still_running() -> None:
-        assert process.poll() is None, process.communicate()[0]
-
+    lines: list[str] = []
+    drain = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
     try:
-        wait_until_healthy(base, timeout=90, check_alive=still_running)
+        # The key is printed before the server starts; then keep the pipe drained.
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("NOTIFIER_KEY="):
+                break
+        key = lines[-1].strip().removeprefix("NOTIFIER_KEY=")
+        assert key.startswith("ntf_"), "".join(lines)
+        drain.start()
+        headers = {"Authorization": f"Bearer {key}"}
 
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, "".join(lines)
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "notifier dev did not become healthy"
+            time.sleep(0.3)
+
+        assert httpx.get(f"{base}/api/v1/rules/").status_code == 401
         rule = httpx.post(
             f"{base}/api/v1/rules/",
             json={"event_type": "user.signup", "channel": "log", "recipient_field": "email"},
+            headers=headers,
         )
         assert rule.status_code == 201, rule.text
         event = httpx.post(
             f"{base}/api/v1/events/",
             json={"type": "user.signup", "payload": {"email": "ada@example.com"}},
+            headers=headers,
         ).json()
 
         deadline = time.monotonic() + 30
         while True:
-            detail = httpx.get(f"{base}/api/v1/events/{event['id']}").json()
+            detail = httpx.get(f"{base}/api/v1/events/{event['id']}", headers=headers).json()
             if [n["status"] for n in detail["notifications"]] == ["sent"]:
                 break
             assert time.monotonic() < deadline, detail
             time.sleep(0.2)
     finally:
         process.send_signal(signal.SIGINT)
-        output = process.communicate(timeout=60)[0]
+        process.wait(timeout=60)
+        if drain.is_alive():
+            drain.join(timeout=10)
+        process.stdout.close()
+    output = "".join(lines)
 
     assert process.returncode == 0, output
     assert "starting an embedded one" in output
+    assert key_file.read_text().strip() == key
+    assert key_file.stat().st_mode & 0o077 == 0, "only its owner may read the key file"
 
 
 def test_migrate_check_exits_zero_only_at_head(
-    database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("NOTIFIER_DATABASE_URL", database_url)
     assert main(["migrate", "--check"]) == 0
 
     migrate.downgrade(database_url, "-1")
     assert main(["migrate", "--check"]) == 3
-    assert "pending revisions" in caplog.text
+    assert "pending revisions" in capfd.readouterr().err
     assert migrate.pending_revisions(database_url), "--check must not upgrade"
 
 
@@ -176,11 +207,11 @@ async def test_documented_stuck_jobs_query_finds_running_jobs_of_dead_workers(
 
 
 def test_migrate_check_lets_an_older_release_run_on_a_newer_schema(
-    database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("UPDATE alembic_version SET version_num = '9999_from_a_later_release'")
     monkeypatch.setenv("NOTIFIER_DATABASE_URL", database_url)
 
     assert main(["migrate", "--check"]) == 0
-    assert "9999_from_a_later_release, newer than this release knows" in caplog.text
+    assert "9999_from_a_later_release, newer than this release knows" in capfd.readouterr().err

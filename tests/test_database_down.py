@@ -32,8 +32,11 @@ async def test_publish_answers_503_with_retry_after_when_the_database_is_down(
     client_without_database: AsyncTestClient[Any],
 ) -> None:
     started = time.monotonic()
+    # A well-formed key: checking it needs the database, which is what is down.
     response = await client_without_database.post(
-        "/api/v1/events/", json={"type": "user.signup", "payload": {}}
+        "/api/v1/events/",
+        json={"type": "user.signup", "payload": {}},
+        headers={"Authorization": "Bearer ntf_0123456789abcdef_" + "A" * 43},
     )
 
     assert response.status_code == 503

@@ -43,6 +43,8 @@ def test_values_are_read_from_prefixed_variables_and_typed() -> None:
         ("NOTIFIER_WORKER_CONCURRENCY", "ten"),
         ("NOTIFIER_WORKER_POLL_INTERVAL_SECONDS", "fast"),
         ("NOTIFIER_WORKER_LISTEN_NOTIFY", "maybe"),
+        ("NOTIFIER_API_RATE_LIMIT_PER_SECOND", "0"),
+        ("NOTIFIER_API_RATE_LIMIT_BURST", "0"),
     ],
 )
 def test_a_malformed_value_names_the_variable(name: str, value: str) -> None:
@@ -57,3 +59,20 @@ def test_replace_returns_a_changed_copy() -> None:
 
     assert changed.api_port == 9000
     assert settings.api_port == 8000
+
+
+def test_repr_never_shows_secrets() -> None:
+    settings = Settings.from_env(
+        {
+            "NOTIFIER_DATABASE_URL": "postgresql://app:db-pass-123@db/notifier",
+            "NOTIFIER_WEBHOOK_SECRET": "whsec_c2VjcmV0LXZhbHVl",
+        }
+    )
+
+    shown = repr(settings)
+
+    assert "db-pass-123" not in shown
+    assert "c2VjcmV0LXZhbHVl" not in shown
+    assert "webhook_secret='***'" in shown
+    assert "host=db" in shown, "the rest of the URL stays readable"
+    assert str(settings) == shown

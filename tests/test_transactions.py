@@ -17,6 +17,7 @@ from notifier.notifications.scheduling import NotificationDraft, PlannedSend, cr
 from notifier.notifications.schemas import NotificationStatus
 from notifier.queue import DELIVER_TASK, PROCESS_EVENT_TASK
 from notifier.services import Services
+from notifier.tenancy import DEFAULT_TENANT
 from notifier.worker import run_worker
 
 UTC = datetime.UTC
@@ -58,7 +59,9 @@ def draft(status: NotificationStatus, send_at: datetime.datetime) -> Notificatio
 async def publish_then_abort(services: Services, event_type: str) -> None:
     """Store an event and its job, see both inside the transaction, then roll it back."""
     async with transaction(services.pool) as conn:
-        event, _ = await insert_event(conn, NewEvent(type=event_type, payload={"a": 1}))
+        event, _ = await insert_event(
+            conn, DEFAULT_TENANT, NewEvent(type=event_type, payload={"a": 1})
+        )
         job_id = await enqueue_processing(services.queue, conn, event.id)
         cursor = await conn.execute("SELECT id FROM procrastinate_jobs WHERE id = %s", [job_id])
         assert await cursor.fetchone() == {"id": job_id}
@@ -82,7 +85,9 @@ async def test_committed_event_leaves_both_row_and_job(
     services: Services, db: psycopg.AsyncConnection[Any]
 ) -> None:
     async with transaction(services.pool) as conn:
-        event, _ = await insert_event(conn, NewEvent(type="user.signup", payload={"a": 1}))
+        event, _ = await insert_event(
+            conn, DEFAULT_TENANT, NewEvent(type="user.signup", payload={"a": 1})
+        )
         job_id = await enqueue_processing(services.queue, conn, event.id)
 
     assert await rows(db, "SELECT id, type, payload FROM notifier.events") == [
@@ -109,7 +114,7 @@ async def test_only_the_committed_event_is_ever_processed(
     with pytest.raises(Abort):
         await publish_then_abort(services, "user.gone")
     async with transaction(services.pool) as conn:
-        committed, _ = await insert_event(conn, NewEvent(type="user.signup"))
+        committed, _ = await insert_event(conn, DEFAULT_TENANT, NewEvent(type="user.signup"))
         await enqueue_processing(services.queue, conn, committed.id)
 
     # Once for process_event, once more for the deliver job it creates.
@@ -129,7 +134,7 @@ async def test_a_failing_statement_after_the_defer_rolls_back_the_job(
 ) -> None:
     async def publish_then_fail() -> None:
         async with transaction(services.pool) as conn:
-            event, _ = await insert_event(conn, NewEvent(type="user.signup"))
+            event, _ = await insert_event(conn, DEFAULT_TENANT, NewEvent(type="user.signup"))
             await enqueue_processing(services.queue, conn, event.id)
             await conn.execute("INSERT INTO notifier.events (type) VALUES ('')")
 
@@ -154,7 +159,7 @@ async def test_rolled_back_notifications_leave_neither_rows_nor_jobs(
                 draft(NotificationStatus.PENDING, send_at),
                 draft(NotificationStatus.SKIPPED, send_at),
             ]
-            created = await create_notifications(services.queue, conn, drafts)
+            created = await create_notifications(services.queue, conn, DEFAULT_TENANT, drafts)
             assert [n.status for n in created] == ["pending", "skipped"]
             cursor = await conn.execute(
                 "SELECT count(*) AS n FROM procrastinate_jobs WHERE task_name = %s", [DELIVER_TASK]
@@ -177,6 +182,7 @@ async def test_committed_notifications_leave_rows_and_jobs_for_the_pending_ones(
         pending, skipped = await create_notifications(
             services.queue,
             conn,
+            DEFAULT_TENANT,
             [
                 draft(NotificationStatus.PENDING, send_at),
                 draft(NotificationStatus.SKIPPED, send_at),
@@ -220,7 +226,7 @@ async def test_failed_draft_is_stored_failed_with_its_error_and_no_job(
     broken = draft(NotificationStatus.PENDING, now)
     broken.error = "payload has no field 'email'"
     async with transaction(services.pool) as conn:
-        (created,) = await create_notifications(services.queue, conn, [broken])
+        (created,) = await create_notifications(services.queue, conn, DEFAULT_TENANT, [broken])
 
     assert (created.status, created.last_error) == ("failed", "payload has no field 'email'")
     assert await jobs(db, DELIVER_TASK) == []

@@ -6,10 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 
+from notifier.auth.guard import BEARER_SCHEME, Authenticator, check_guarded
 from notifier.bootstrap import open_services
 from notifier.events.api import EventController
 from notifier.health import health, liveness, readiness
@@ -84,12 +87,24 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
         # The process's entry point configures logging (notifier.telemetry); Litestar's
         # default would replace the root handler with its own text format.
         logging_config=None,
+        state=State({"authenticator": Authenticator(settings)}),
         openapi_config=OpenAPIConfig(
             title="notifier",
             version="0.1.0",
             description="Transactional outbox for event-driven and scheduled notifications.",
             path="/schema",
             render_plugins=[ScalarRenderPlugin()],
+            components=Components(
+                security_schemes={
+                    BEARER_SCHEME: SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        bearer_format="ntf_<key id>_<secret>",
+                        description="An API key from `notifier keys create`.",
+                    )
+                }
+            ),
         ),
     )
+    check_guarded(app)
     return app

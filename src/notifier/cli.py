@@ -1,4 +1,4 @@
-"""The ``notifier`` command: migrate, api, worker, dev."""
+"""The ``notifier`` command: migrate, api, worker, dev, producer, tenants, keys."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import psycopg
 import uvicorn
@@ -16,11 +17,14 @@ import uvicorn
 from notifier import migrate as migrations
 from notifier import outbox
 from notifier.app import create_app
+from notifier.auth import admin
+from notifier.auth import commands as key_commands
 from notifier.bootstrap import open_services
 from notifier.queue import ALL_QUEUES
 from notifier.settings import Settings, SettingsError
 from notifier.telemetry import setup_telemetry
 from notifier.telemetry.metrics import Metrics, serve_worker_metrics
+from notifier.tenancy import DEFAULT_TENANT
 from notifier.worker import run_worker
 
 logger = logging.getLogger("notifier")
@@ -69,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     create = producer_commands.add_parser("create", help="create a login role; prints its password")
     create.add_argument("name", help="the role name")
     create.add_argument(
+        "--tenant",
+        default=DEFAULT_TENANT,
+        help="the tenant its outbox rows belong to (default %(default)s)",
+    )
+    create.add_argument(
         "--password-env",
         metavar="VAR",
         help="take the password from this environment variable instead of generating one",
@@ -84,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=".notifier-dev/pgdata",
         help="where the embedded PostgreSQL keeps its data if none answers (default %(default)s)",
     )
+    dev.add_argument(
+        "--key-file",
+        default=".notifier-dev/api-key",
+        help="where the default tenant's dev API key is kept across restarts (default %(default)s)",
+    )
+    key_commands.add_commands(commands)
     return parser
 
 
@@ -130,18 +145,46 @@ async def develop(settings: Settings) -> None:
             await asyncio.gather(worker, return_exceptions=True)
 
 
+def dev_key(settings: Settings, key_file: Path) -> str:
+    """The dev API key of the default tenant, kept in ``key_file`` (owner-only) across restarts."""
+    previous = key_file.read_text().strip() if key_file.is_file() else None
+
+    async def ensure() -> str:
+        async with admin.admin_pool(settings) as pool:
+            return await admin.ensure_dev_key(pool, previous)
+
+    key = asyncio.run(ensure())
+    if key != previous:
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a file that existed keeps its mode otherwise
+        with os.fdopen(fd, "w") as out:
+            out.write(key + "\n")
+    return key
+
+
 def manage_producer(settings: Settings, args: argparse.Namespace) -> int:
     """``notifier producer create|drop NAME``."""
-    if args.producer_command == "drop":
-        outbox.drop_producer(settings.database_url, args.name)
-        logger.info("dropped producer role %s", args.name)
-        return 0
-    given = os.environ.get(args.password_env) if args.password_env else None
-    if args.password_env and not given:
-        print(f"notifier: {args.password_env} is not set", file=sys.stderr)  # noqa: T201
+    try:
+        if args.producer_command == "drop":
+            outbox.drop_producer(settings.database_url, args.name)
+            logger.info("dropped producer role %s", args.name)
+            return 0
+        given = os.environ.get(args.password_env) if args.password_env else None
+        if args.password_env and not given:
+            print(f"notifier: {args.password_env} is not set", file=sys.stderr)  # noqa: T201
+            return 2
+        password = outbox.create_producer(
+            settings.database_url, args.name, given, tenant_id=args.tenant
+        )
+    except ValueError as exc:
+        print(f"notifier: {exc}", file=sys.stderr)  # noqa: T201 - CLI error message
         return 2
-    password = outbox.create_producer(settings.database_url, args.name, given)
-    logger.info("created producer role %s; it may only INSERT into notifier.outbox", args.name)
+    logger.info(
+        "created producer role %s for tenant %s; it may only INSERT into notifier.outbox",
+        args.name,
+        args.tenant,
+    )
     if given is None:
         print(password)  # noqa: T201 - shown once, to the operator who asked for it
     return 0
@@ -208,6 +251,8 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
         logger.info("database %s; schema at head", "created" if created else "exists")
     elif args.command == "producer":
         return manage_producer(settings, args)
+    elif args.command in {"tenants", "keys"}:
+        return key_commands.run(settings, args)
     elif args.command == "api":
         serve_api(settings)
     elif args.command == "worker":
@@ -217,6 +262,14 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
 
         with local_database(settings, args.data_dir) as dev_settings:
             migrations.migrate(dev_settings)
+            key = dev_key(dev_settings, Path(args.key_file))
+            # stdout, not the log: it is what the developer copies (and nothing else is there).
+            print(f"NOTIFIER_KEY={key}", flush=True)  # noqa: T201
+            logger.info(
+                "the default tenant's admin key is printed above and kept in %s; send it as "
+                "'Authorization: Bearer $NOTIFIER_KEY'",
+                args.key_file,
+            )
             logger.info(
                 "API on http://%s:%d (docs at /schema)",
                 dev_settings.api_host,

@@ -12,18 +12,21 @@ from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Request
+from litestar.di import NamedDependency
 from litestar.params import HeaderParameter
 
 from notifier.db import Connection
 from notifier.problems import ProblemError, field_error
+from notifier.tenancy import Principal
 
 T = TypeVar("T")
 MAX_KEY_LENGTH = 255
 
 
 class IdempotentRequest(msgspec.Struct, frozen=True):
-    """A POST that carried an ``Idempotency-Key``."""
+    """A POST that carried an ``Idempotency-Key``; keys are per tenant."""
 
+    tenant_id: str
     scope: str
     key: str
     request_hash: str
@@ -54,7 +57,9 @@ IdempotencyKey = Annotated[
 
 
 async def idempotent_request(
-    request: Request[Any, Any, Any], idempotency_key: IdempotencyKey = None
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    idempotency_key: IdempotencyKey = None,
 ) -> IdempotentRequest | None:
     """Litestar dependency: the request's idempotency identity, if it sent a key."""
     key = idempotency_key
@@ -70,7 +75,9 @@ async def idempotent_request(
     body = await request.body()
     scope = f"{request.method} {request.url.path.rstrip('/')}"
     digest = hashlib.sha256(scope.encode() + b"\n" + body).hexdigest()
-    return IdempotentRequest(scope=scope, key=key, request_hash=digest)
+    return IdempotentRequest(
+        tenant_id=principal.tenant_id, scope=scope, key=key, request_hash=digest
+    )
 
 
 async def claim(conn: Connection, request: IdempotentRequest | None) -> StoredResponse | None:
@@ -79,8 +86,8 @@ async def claim(conn: Connection, request: IdempotentRequest | None) -> StoredRe
         return None
     cursor = await conn.execute(
         """
-        INSERT INTO notifier.idempotency_keys (scope, key, request_hash)
-        VALUES (%(scope)s, %(key)s, %(request_hash)s)
+        INSERT INTO notifier.idempotency_keys (tenant_id, scope, key, request_hash)
+        VALUES (%(tenant_id)s, %(scope)s, %(key)s, %(request_hash)s)
         ON CONFLICT (tenant_id, scope, key) DO NOTHING
         RETURNING key
         """,
@@ -92,7 +99,7 @@ async def claim(conn: Connection, request: IdempotentRequest | None) -> StoredRe
         """
         SELECT request_hash, response_status, response_body
         FROM notifier.idempotency_keys
-        WHERE scope = %(scope)s AND key = %(key)s
+        WHERE tenant_id = %(tenant_id)s AND scope = %(scope)s AND key = %(key)s
         """,
         msgspec.structs.asdict(request),
     )
@@ -119,9 +126,10 @@ async def remember(
         """
         UPDATE notifier.idempotency_keys
         SET response_status = %(status)s, response_body = %(body)s::jsonb
-        WHERE scope = %(scope)s AND key = %(key)s
+        WHERE tenant_id = %(tenant_id)s AND scope = %(scope)s AND key = %(key)s
         """,
         {
+            "tenant_id": request.tenant_id,
             "status": status,
             "body": msgspec.json.encode(body).decode(),
             "scope": request.scope,

@@ -1,7 +1,8 @@
 """Database roles for SQL producers: they may INSERT into ``notifier.outbox`` and nothing else.
 
 The schema side (table, triggers, the ``notifier_producer`` group role and its grants) is
-made by the migrations; this module manages the login roles that join the group.
+made by the migrations; this module manages the login roles that join the group, and the
+tenant each one publishes for (``notifier.producer_tenants``, read by the outbox trigger).
 """
 
 from __future__ import annotations
@@ -11,24 +12,40 @@ import secrets
 import psycopg
 from psycopg import sql
 
+from notifier.tenancy import DEFAULT_TENANT
+
 PRODUCER_GROUP = "notifier_producer"
 
 
-def create_producer(database_url: str, name: str, password: str | None = None) -> str:
-    """Create login role ``name`` in the producer group. Returns its password (generated if None)."""
+def create_producer(
+    database_url: str, name: str, password: str | None = None, *, tenant_id: str = DEFAULT_TENANT
+) -> str:
+    """Create login role ``name`` in the producer group, publishing for ``tenant_id``.
+
+    Returns its password (generated if None). Role and mapping are one transaction.
+    """
     password = password or secrets.token_urlsafe(24)
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with psycopg.connect(database_url) as conn, conn.transaction():
+        if (
+            conn.execute("SELECT 1 FROM notifier.tenants WHERE id = %s", [tenant_id]).fetchone()
+            is None
+        ):
+            raise ValueError(f"no tenant {tenant_id!r}; create it with `notifier tenants create`")
         conn.execute(
             sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
                 sql.Identifier(name), sql.Literal(password), sql.Identifier(PRODUCER_GROUP)
             )
+        )
+        conn.execute(
+            "INSERT INTO notifier.producer_tenants (role_name, tenant_id) VALUES (%s, %s)",
+            [name, tenant_id],
         )
     return password
 
 
 def drop_producer(database_url: str, name: str) -> None:
     """Remove a producer's login role, revoking what it was granted in this database."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with psycopg.connect(database_url) as conn, conn.transaction():
         is_producer = conn.execute(
             """
             SELECT 1 FROM pg_auth_members m
@@ -41,5 +58,6 @@ def drop_producer(database_url: str, name: str) -> None:
         if is_producer is None:
             raise ValueError(f"{name!r} is not a notifier producer role")
         # Privileges a DBA granted it on the producer's own tables would block DROP ROLE.
+        conn.execute("DELETE FROM notifier.producer_tenants WHERE role_name = %s", [name])
         conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))

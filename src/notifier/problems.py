@@ -68,9 +68,12 @@ class ProblemError(Exception):
 
 _RESPONSE_DESCRIPTIONS = {
     400: "Malformed request: the body is not JSON, or a cursor or header is unusable",
+    401: "No API key, or one that is malformed, unknown, expired or revoked",
+    403: "The API key lacks the scope this operation needs",
     404: "No such resource",
     409: "The resource's state does not allow this",
     422: "A value is invalid; `errors` names each field at fault",
+    429: "The API key's rate limit is exhausted; retry after `Retry-After` seconds",
     503: "The database is unavailable; nothing was stored, retry after `Retry-After` seconds",
 }
 
@@ -79,7 +82,8 @@ def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
     """OpenAPI descriptions of a handler's error answers, all problem documents.
 
     Given for 400, they replace the default one Litestar documents for every handler with
-    parameters, which describes its own error shape rather than ours.
+    parameters, which describes its own error shape rather than ours. Every API operation
+    needs a key, so every one may also answer 401, 403, 429 and 503.
     """
     return {
         status: ResponseSpec(
@@ -88,7 +92,7 @@ def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
             media_type=PROBLEM_MEDIA_TYPE,
             generate_examples=False,
         )
-        for status in (*statuses, 503)
+        for status in (*statuses, 401, 403, 429, 503)
     }
 
 

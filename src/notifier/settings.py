@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, get_type_hints
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/notifier"
 ENV_PREFIX = "NOTIFIER_"
 
@@ -82,6 +85,15 @@ class Settings:
     # A job still waiting this long after it was due counts as overdue in /health/ready.
     overdue_job_seconds: float = 60.0
 
+    # API keys are read from the database at most this often per key and API process: a
+    # revoked key keeps working for up to this long.
+    api_key_cache_seconds: float = 5.0
+    # Per key and per API process (see docs/security.md); a key's own limit overrides them.
+    api_rate_limit_per_second: float = 100.0
+    api_rate_limit_burst: int = 200
+    # An event whose rules would make more notifications than this makes none, and says so.
+    max_notifications_per_event: int = 100
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``environ`` (default: the process environment)."""
@@ -96,9 +108,49 @@ class Settings:
             values[field.name] = _parse(name, raw, hints[field.name])
         return cls(**values)
 
+    def __post_init__(self) -> None:
+        if self.api_rate_limit_per_second <= 0 or self.api_rate_limit_burst < 1:
+            raise SettingsError(
+                "NOTIFIER_API_RATE_LIMIT_PER_SECOND must be above 0 and "
+                "NOTIFIER_API_RATE_LIMIT_BURST at least 1"
+            )
+
+    def __repr__(self) -> str:
+        """Every field, with secrets and the database password masked: settings get logged."""
+        shown = []
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if value is not None and _is_secret(field.name):
+                value = MASK
+            elif field.name == "database_url":
+                value = _mask_password(value)
+            shown.append(f"{field.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests and the dev command use it)."""
         return dataclasses.replace(self, **changes)
+
+
+MASK = "***"
+_SECRET_WORDS = ("secret", "password", "token", "credential")
+
+
+def _is_secret(name: str) -> bool:
+    """Whether a field holds a secret, by its name: new credentials are covered by default."""
+    return name.endswith("_key") or any(word in name for word in _SECRET_WORDS)
+
+
+def _mask_password(database_url: str) -> str:
+    """``database_url`` with any password replaced by :data:`MASK`."""
+    try:
+        params = conninfo_to_dict(database_url)
+    except psycopg.ProgrammingError:
+        return MASK  # unparsable: it could be anything, show nothing
+    if "password" not in params:
+        return database_url
+    params["password"] = MASK
+    return make_conninfo("", **params)
 
 
 def _parse(name: str, raw: str, annotation: Any) -> Any:

@@ -1,17 +1,35 @@
 """Who is calling: the tenant a request acts for and what it may do.
 
 Every handler that reads or writes tenant data takes ``principal`` and scopes its queries
-with ``principal.tenant_id``. Until API keys land, every request acts for the
-``default`` tenant with every scope.
+with ``principal.tenant_id``. The principal comes from the request's API key, checked by
+the :func:`notifier.auth.guard.requires` guard each handler declares.
 """
 
 from __future__ import annotations
 
-import uuid
+import enum
+from typing import Any
 
 import msgspec
+from litestar import Request
 
 DEFAULT_TENANT = "default"
+
+
+class Scope(enum.StrEnum):
+    """What an API key may do. ``admin`` implies every other scope."""
+
+    EVENTS_WRITE = "events:write"
+    EVENTS_READ = "events:read"
+    NOTIFICATIONS_WRITE = "notifications:write"
+    NOTIFICATIONS_READ = "notifications:read"
+    RULES_WRITE = "rules:write"
+    RULES_READ = "rules:read"
+    TEMPLATES_WRITE = "templates:write"
+    TEMPLATES_READ = "templates:read"
+    PREFERENCES_WRITE = "preferences:write"
+    PREFERENCES_READ = "preferences:read"
+    ADMIN = "admin"
 
 
 class Principal(msgspec.Struct, frozen=True, kw_only=True):
@@ -19,9 +37,24 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
 
     tenant_id: str
     scopes: frozenset[str]
-    key_id: uuid.UUID | None = None
+    key_id: str | None = None
+
+    def allows(self, scope: Scope) -> bool:
+        """Whether the caller holds ``scope`` (``admin`` holds them all)."""
+        return Scope.ADMIN in self.scopes or scope in self.scopes
 
 
-async def provide_principal() -> Principal:
-    """Litestar dependency: the caller of this request."""
-    return Principal(tenant_id=DEFAULT_TENANT, scopes=frozenset({"admin"}))
+# Where the guard leaves the principal for the handler's dependency.
+PRINCIPAL_STATE_KEY = "principal"
+
+
+async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
+    """Litestar dependency: the caller of this request, as the handler's guard authenticated it.
+
+    A handler without an authenticating guard has no principal: that is a programming
+    error, refused loudly (and caught at start-up by :func:`notifier.auth.guard.check_guarded`).
+    """
+    principal = request.state.get(PRINCIPAL_STATE_KEY)
+    if not isinstance(principal, Principal):
+        raise RuntimeError(f"{request.url.path} has no authenticating guard")
+    return principal

@@ -26,6 +26,7 @@ from notifier.notifications.scheduling import NotificationDraft, PlannedSend, cr
 from notifier.notifications.schemas import NotificationStatus
 from notifier.services import Services
 from notifier.settings import Settings
+from notifier.tenancy import DEFAULT_TENANT
 from notifier.worker import run_worker
 from tests.support import WEBHOOK_SECRET, ReceivedRequest, WebhookReceiver, eventually, parse_time
 
@@ -501,6 +502,7 @@ async def test_cancel_before_send_time_means_never_sent(
 async def test_cancel_racing_delivery_never_both_cancels_and_sends(
     client: AsyncTestClient[Any],
     live_api: str,
+    api_headers: dict[str, str],
     db: psycopg.AsyncConnection[Any],
     receiver: WebhookReceiver,
     worker: None,
@@ -511,7 +513,7 @@ async def test_cancel_racing_delivery_never_both_cancels_and_sends(
 
     # Start cancelling once deliveries are under way, all at once, over real HTTP.
     await eventually(lambda: _received_any(receiver), timeout=20, interval=0.01)
-    async with httpx.AsyncClient(base_url=live_api, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=live_api, headers=api_headers, timeout=60) as http:
         responses = await asyncio.gather(
             *(http.delete(f"/api/v1/notifications/{notification_id}") for notification_id in ids)
         )
@@ -591,7 +593,7 @@ async def test_unexpected_error_is_shown_on_the_notification_and_the_job_retried
         ),
     )
     async with transaction(services.pool) as conn:
-        (notification,) = await create_notifications(services.queue, conn, [draft])
+        (notification,) = await create_notifications(services.queue, conn, DEFAULT_TENANT, [draft])
 
     async def retried_with_error() -> dict[str, Any] | None:
         cursor = await db.execute(

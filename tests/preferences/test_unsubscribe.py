@@ -102,10 +102,13 @@ def test_channels_get_the_link_of_the_notification_they_send() -> None:
 
 
 @pytest.fixture
-async def linked_client(settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
-    """The app with unsubscribe links enabled."""
+async def linked_client(
+    settings: Settings, api_headers: dict[str, str]
+) -> AsyncIterator[AsyncTestClient[Any]]:
+    """The app with unsubscribe links enabled; the unsubscribe pages ignore the API key."""
     app = create_app(settings.replace(unsubscribe_secret=SECRET, public_base_url=BASE_URL))
     async with AsyncTestClient(app=app) as test_client:
+        test_client.headers.update(api_headers)
         yield test_client
 
 

@@ -30,10 +30,11 @@ async def test_without_settings_or_overrides_every_channel_is_unlimited(
 
 
 async def test_a_tenant_override_replaces_the_default_until_dropped(
-    settings: Settings,
+    settings: Settings, api_headers: dict[str, str]
 ) -> None:
     app = create_app(settings.replace(rate_limit_webhook_per_second=50.0, rate_limit_burst=10))
     async with AsyncTestClient(app=app) as client:
+        client.headers.update(api_headers)
         webhook = {
             limit["channel"]: limit for limit in (await client.get("/api/v1/rate-limits/")).json()
         }

@@ -43,7 +43,7 @@ async def schedule_due_now(services: Services, url: str, count: int) -> None:
         for n in range(count)
     ]
     async with transaction(services.pool) as conn:
-        await create_notifications(services.queue, conn, drafts)
+        await create_notifications(services.queue, conn, "default", drafts)
 
 
 def most_in_any_window(times: list[float], seconds: float) -> int:

@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from tests.support import free_port, wait_until_healthy
+from tests.support import bearer, free_port, wait_until_healthy
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,8 @@ class Deployment:
     api_url: str
     worker_metrics_url: str
     logs: dict[str, Path]
+    # An admin key of the default tenant, made with `notifier keys create`.
+    headers: dict[str, str]
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -156,6 +158,25 @@ def deployment(
             {"OTEL_SERVICE_NAME": "test-worker", "NOTIFIER_WORKER_METRICS_PORT": str(metrics_port)},
         ),
     }
+    created = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "notifier",
+            "keys",
+            "create",
+            "--tenant",
+            "default",
+            "--scope",
+            "admin",
+        ],
+        env=common,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    headers = bearer(created.stdout.strip().splitlines()[-1])
     processes: list[subprocess.Popen[bytes]] = []
     logs = {}
     try:
@@ -181,6 +202,7 @@ def deployment(
             api_url=api_url,
             worker_metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
             logs=logs,
+            headers=headers,
         )
     finally:
         for process in processes:

@@ -35,9 +35,12 @@ def settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-async def api(services: Services, settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
+async def api(
+    services: Services, settings: Settings, api_headers: dict[str, str]
+) -> AsyncIterator[AsyncTestClient[Any]]:
     """The API counting into the same registry as the test's worker, as `notifier dev` does."""
     async with AsyncTestClient(app=create_app(settings, metrics=services.metrics)) as client:
+        client.headers.update(api_headers)
         yield client
 
 

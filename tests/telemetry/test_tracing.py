@@ -57,10 +57,11 @@ def log_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def add_webhook_rule(api_url: str, receiver: WebhookReceiver) -> None:
+def add_webhook_rule(deployment: Deployment, receiver: WebhookReceiver) -> None:
     rule = httpx.post(
-        f"{api_url}/api/v1/rules/",
+        f"{deployment.api_url}/api/v1/rules/",
         json={"event_type": "user.signup", "channel": "webhook", "recipient": receiver.url},
+        headers=deployment.headers,
     )
     assert rule.status_code == 201, rule.text
 
@@ -68,11 +69,12 @@ def add_webhook_rule(api_url: str, receiver: WebhookReceiver) -> None:
 def test_a_published_event_is_one_trace_across_api_and_worker(
     deployment: Deployment, trace_receiver: TraceReceiver, receiver: WebhookReceiver
 ) -> None:
-    add_webhook_rule(deployment.api_url, receiver)
+    add_webhook_rule(deployment, receiver)
 
     published = httpx.post(
         f"{deployment.api_url}/api/v1/events/",
         json={"type": "user.signup", "payload": {"email": "ada@example.com"}},
+        headers=deployment.headers,
     )
     assert published.status_code == 201, published.text
     deliveries(receiver, 1)
@@ -131,7 +133,7 @@ def test_an_outbox_insert_with_a_traceparent_continues_the_producers_trace(
     receiver: WebhookReceiver,
     database_url: str,
 ) -> None:
-    add_webhook_rule(deployment.api_url, receiver)
+    add_webhook_rule(deployment, receiver)
     trace_id, producer_span = secrets.token_hex(16), secrets.token_hex(8)
 
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -152,9 +154,11 @@ def test_an_outbox_insert_with_a_traceparent_continues_the_producers_trace(
 def test_api_and_worker_metrics_together_show_every_family(
     deployment: Deployment, receiver: WebhookReceiver
 ) -> None:
-    add_webhook_rule(deployment.api_url, receiver)
+    add_webhook_rule(deployment, receiver)
     published = httpx.post(
-        f"{deployment.api_url}/api/v1/events/", json={"type": "user.signup", "payload": {}}
+        f"{deployment.api_url}/api/v1/events/",
+        json={"type": "user.signup", "payload": {}},
+        headers=deployment.headers,
     )
     assert published.status_code == 201
     deliveries(receiver, 1)

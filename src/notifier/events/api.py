@@ -12,6 +12,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 
 from notifier import idempotency
 from notifier.api_types import check_instant, check_storable
+from notifier.auth.guard import BEARER_SECURITY, requires
 from notifier.db import transaction
 from notifier.events import queries
 from notifier.events.cloudevents import parse_publish_request
@@ -23,6 +24,7 @@ from notifier.pagination import DEFAULT_LIMIT, MAX_LIMIT, Cursor, Limit, next_li
 from notifier.problems import not_found, problem_responses
 from notifier.services import Services
 from notifier.telemetry import current_traceparent
+from notifier.tenancy import Principal, Scope
 
 
 class EventController(Controller):
@@ -30,17 +32,20 @@ class EventController(Controller):
 
     path = "/api/v1/events"
     tags = ["events"]  # noqa: RUF012 - litestar reads it from the class
+    security = BEARER_SECURITY
 
     @post(
         "/",
         status_code=201,
         summary="Publish an event, a CloudEvent, or a batch of either",
         responses=problem_responses(400, 422),
+        guards=[requires(Scope.EVENTS_WRITE)],
     )
     async def publish(
         self,
         request: Request[Any, Any, Any],
         services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
         idempotent: NamedDependency[IdempotentRequest | None],
     ) -> Response[Event | list[Event]]:
         """Store the event(s) and enqueue their processing in one transaction.
@@ -72,6 +77,7 @@ class EventController(Controller):
             for event in events:
                 row, created = await queries.insert_event(
                     conn,
+                    principal.tenant_id,
                     msgspec.structs.replace(event, traceparent=event.traceparent or traceparent),
                 )
                 if created:
@@ -85,10 +91,16 @@ class EventController(Controller):
             services.metrics.count_event(event_type, producer="api")
         return Response(body, status_code=status)
 
-    @get("/", summary="List events, newest first", responses=problem_responses(400, 422))
+    @get(
+        "/",
+        summary="List events, newest first",
+        responses=problem_responses(400, 422),
+        guards=[requires(Scope.EVENTS_READ)],
+    )
     async def list_events(
         self,
         services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
         limit: Limit = DEFAULT_LIMIT,
         cursor: FromQuery[str | None] = None,
         event_type: Annotated[str | None, QueryParameter(name="type")] = None,
@@ -98,7 +110,7 @@ class EventController(Controller):
         after = Cursor.decode(cursor) if cursor else None
         async with transaction(services.pool) as conn:
             events = await queries.list_events(
-                conn, limit=limit + 1, after=after, event_type=event_type
+                conn, principal.tenant_id, limit=limit + 1, after=after, event_type=event_type
             )
         page, following = paginate(events, limit)
         query = {"limit": str(limit)} | ({"type": event_type} if event_type else {})
@@ -108,16 +120,22 @@ class EventController(Controller):
         "/{event_id:uuid}",
         summary="One event with its notifications",
         responses=problem_responses(400, 404),
+        guards=[requires(Scope.EVENTS_READ)],
     )
     async def get_event(
-        self, event_id: FromPath[uuid.UUID], services: NamedDependency[Services]
+        self,
+        event_id: FromPath[uuid.UUID],
+        services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
     ) -> EventDetail:
         """The event and every notification it produced, with their states."""
         async with transaction(services.pool) as conn:
-            event = await queries.get_event(conn, event_id)
+            event = await queries.get_event(conn, principal.tenant_id, event_id)
             if event is None:
                 raise not_found("event", event_id)
-            notifications = await list_notifications(conn, event_id=event_id, limit=MAX_LIMIT)
+            notifications = await list_notifications(
+                conn, principal.tenant_id, event_id=event_id, limit=MAX_LIMIT
+            )
         return EventDetail(
             **{name: getattr(event, name) for name in Event.__struct_fields__},
             notifications=notifications,

@@ -33,6 +33,8 @@ class Event(msgspec.Struct, kw_only=True):
     external_id: str | None = None
     # "api" or "sql" (the outbox table).
     producer: str = "api"
+    # Why processing made no notifications, e.g. too many of them for one event.
+    processing_error: str | None = None
 
 
 def event_from_row(row: dict[str, Any]) -> Event:

@@ -30,14 +30,26 @@ async def enqueue_processing(
 async def process_event(context: procrastinate.JobContext, event_id: str) -> None:
     """Apply the routing rules to one event, in one transaction."""
     services = services_from_context(context)
+    limit = services.settings.max_notifications_per_event
     async with transaction(services.pool) as conn:
-        event = await queries.lock_unprocessed_event(conn, uuid.UUID(event_id))
-        if event is None:
+        locked = await queries.lock_unprocessed_event(conn, uuid.UUID(event_id))
+        if locked is None:
             logger.info("event %s is unknown or already processed; nothing to do", event_id)
             return
-        rules = await matching_rules(conn, event.type)
+        tenant_id, event = locked
+        rules = await matching_rules(conn, tenant_id, event.type)
         drafts = drafts_for_event(event, rules, datetime.datetime.now(datetime.UTC))
-        notifications = await create_notifications(services.queue, conn, drafts)
+        if len(drafts) > limit:
+            # All or nothing: an arbitrary first `limit` recipients would be a silent partial
+            # send, and storing the excess as failed rows would let one event flood the table.
+            error = (
+                f"its rules would make {len(drafts)} notifications, more than the "
+                f"{limit} one event may make (NOTIFIER_MAX_NOTIFICATIONS_PER_EVENT); none were made"
+            )
+            await queries.mark_processed(conn, event.id, error=error)
+            logger.warning("event %s (%s): %s", event_id, event.type, error)
+            return
+        notifications = await create_notifications(services.queue, conn, tenant_id, drafts)
         await queries.mark_processed(conn, event.id)
     if event.producer != "api":
         # The API counted its own events; the outbox's are first seen here.

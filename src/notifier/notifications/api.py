@@ -19,6 +19,7 @@ from notifier.api_types import (
     checked_channel,
     checked_local_time,
 )
+from notifier.auth.guard import BEARER_SECURITY, requires
 from notifier.db import Connection, transaction
 from notifier.idempotency import IdempotentRequest
 from notifier.notifications import queries
@@ -39,6 +40,7 @@ from notifier.pagination import DEFAULT_LIMIT, Cursor, Limit, next_link, paginat
 from notifier.problems import ProblemError, field_error, not_found, problem_responses
 from notifier.services import Services
 from notifier.telemetry import current_traceparent
+from notifier.tenancy import Principal, Scope
 
 CANCELLABLE = frozenset(
     {NotificationStatus.PENDING, NotificationStatus.FAILED, NotificationStatus.DEAD}
@@ -79,9 +81,11 @@ def draft_from_request(
     )
 
 
-async def _locked(conn: Connection, notification_id: uuid.UUID) -> dict[str, Any]:
-    """Lock the notification and return its row. 404 if unknown."""
-    row = await queries.lock_notification(conn, notification_id)
+async def _locked(
+    conn: Connection, principal: Principal, notification_id: uuid.UUID
+) -> dict[str, Any]:
+    """Lock the caller's notification and return its row. 404 if unknown or another's."""
+    row = await queries.lock_notification(conn, notification_id, tenant_id=principal.tenant_id)
     if row is None:
         raise not_found("notification", notification_id)
     return row
@@ -92,17 +96,20 @@ class NotificationController(Controller):
 
     path = "/api/v1/notifications"
     tags = ["notifications"]  # noqa: RUF012 - litestar reads it from the class
+    security = BEARER_SECURITY
 
     @post(
         "/",
         status_code=201,
         summary="Schedule a notification",
         responses=problem_responses(400, 422),
+        guards=[requires(Scope.NOTIFICATIONS_WRITE)],
     )
     async def create(
         self,
         data: JSONBody[NotificationCreate],
         services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
         idempotent: NamedDependency[IdempotentRequest | None],
     ) -> Response[Notification]:
         """Store the notification and its deliver job, scheduled ``lead_time_days`` before
@@ -113,14 +120,22 @@ class NotificationController(Controller):
             stored = await idempotency.claim(conn, idempotent)
             if stored is not None:
                 return Response(stored.decode(Notification), status_code=stored.status)
-            (notification,) = await create_notifications(services.queue, conn, [draft])
+            (notification,) = await create_notifications(
+                services.queue, conn, principal.tenant_id, [draft]
+            )
             await idempotency.remember(conn, idempotent, 201, notification)
         return Response(notification, status_code=201)
 
-    @get("/", summary="List notifications, newest first", responses=problem_responses(400, 422))
+    @get(
+        "/",
+        summary="List notifications, newest first",
+        responses=problem_responses(400, 422),
+        guards=[requires(Scope.NOTIFICATIONS_READ)],
+    )
     async def list_notifications(
         self,
         services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
         limit: Limit = DEFAULT_LIMIT,
         cursor: FromQuery[str | None] = None,
         status: FromQuery[NotificationStatus | None] = None,
@@ -137,6 +152,7 @@ class NotificationController(Controller):
         async with transaction(services.pool) as conn:
             rows = await queries.list_notifications(
                 conn,
+                principal.tenant_id,
                 limit=limit + 1,
                 after=after,
                 status=status,
@@ -161,13 +177,19 @@ class NotificationController(Controller):
         "/{notification_id:uuid}",
         summary="One notification with its delivery attempts",
         responses=problem_responses(400, 404),
+        guards=[requires(Scope.NOTIFICATIONS_READ)],
     )
     async def get_notification(
-        self, notification_id: FromPath[uuid.UUID], services: NamedDependency[Services]
+        self,
+        notification_id: FromPath[uuid.UUID],
+        services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
     ) -> NotificationDetail:
         """The notification, its status and every delivery attempt."""
         async with transaction(services.pool) as conn:
-            notification = await queries.get_notification(conn, notification_id)
+            notification = await queries.get_notification(
+                conn, principal.tenant_id, notification_id
+            )
         if notification is None:
             raise not_found("notification", notification_id)
         return notification
@@ -177,9 +199,13 @@ class NotificationController(Controller):
         status_code=200,
         summary="Cancel a notification",
         responses=problem_responses(400, 404, 409),
+        guards=[requires(Scope.NOTIFICATIONS_WRITE)],
     )
     async def cancel(
-        self, notification_id: FromPath[uuid.UUID], services: NamedDependency[Services]
+        self,
+        notification_id: FromPath[uuid.UUID],
+        services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
     ) -> Notification:
         """Cancel the notification and its job in one transaction; it will never be sent.
 
@@ -187,7 +213,7 @@ class NotificationController(Controller):
         answers 409 instead of claiming a cancel that did not happen.
         """
         async with transaction(services.pool) as conn:
-            row = await _locked(conn, notification_id)
+            row = await _locked(conn, principal, notification_id)
             status, job_id = NotificationStatus(row["status"]), row["job_id"]
             if status is NotificationStatus.CANCELLED:
                 return notification_from_row(row)  # the answer the first cancel gave
@@ -209,11 +235,13 @@ class NotificationController(Controller):
         status_code=202,
         summary="Replay a failed or dead notification",
         responses=problem_responses(400, 404, 409, 422),
+        guards=[requires(Scope.NOTIFICATIONS_WRITE)],
     )
     async def retry(
         self,
         notification_id: FromPath[uuid.UUID],
         services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
         idempotent: NamedDependency[IdempotentRequest | None],
     ) -> Response[Notification]:
         """Make a failed or dead notification pending again and deliver it now."""
@@ -221,7 +249,7 @@ class NotificationController(Controller):
             stored = await idempotency.claim(conn, idempotent)
             if stored is not None:
                 return Response(stored.decode(Notification), status_code=stored.status)
-            status = NotificationStatus((await _locked(conn, notification_id))["status"])
+            status = NotificationStatus((await _locked(conn, principal, notification_id))["status"])
             if not status.replayable:
                 raise ProblemError(
                     409,

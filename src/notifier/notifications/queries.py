@@ -22,14 +22,14 @@ async def insert_notification(conn: Connection, values: dict[str, Any]) -> Notif
     cursor = await conn.execute(
         """
         INSERT INTO notifier.notifications (
-            id, event_id, rule_id, notification_type, entity_id, channel, recipient,
+            id, tenant_id, event_id, rule_id, notification_type, entity_id, channel, recipient,
             email, phone, template, context, target_date, lead_time, send_at, status,
             last_error, job_id, timezone, quiet_hours, traceparent
         ) VALUES (
-            %(id)s, %(event_id)s, %(rule_id)s, %(notification_type)s, %(entity_id)s,
-            %(channel)s, %(recipient)s, %(email)s, %(phone)s, %(template)s, %(context)s,
-            %(target_date)s, %(lead_time)s, %(send_at)s, %(status)s, %(last_error)s, %(job_id)s,
-            %(timezone)s, %(quiet_hours)s, %(traceparent)s
+            %(id)s, %(tenant_id)s, %(event_id)s, %(rule_id)s, %(notification_type)s,
+            %(entity_id)s, %(channel)s, %(recipient)s, %(email)s, %(phone)s, %(template)s,
+            %(context)s, %(target_date)s, %(lead_time)s, %(send_at)s, %(status)s,
+            %(last_error)s, %(job_id)s, %(timezone)s, %(quiet_hours)s, %(traceparent)s
         )
         RETURNING *
         """,
@@ -41,11 +41,12 @@ async def insert_notification(conn: Connection, values: dict[str, Any]) -> Notif
 
 
 async def get_notification(
-    conn: Connection, notification_id: uuid.UUID
+    conn: Connection, tenant_id: str, notification_id: uuid.UUID
 ) -> NotificationDetail | None:
-    """A notification with its delivery attempts, or None."""
+    """One of the tenant's notifications with its delivery attempts, or None."""
     cursor = await conn.execute(
-        "SELECT * FROM notifier.notifications WHERE id = %s", [notification_id]
+        "SELECT * FROM notifier.notifications WHERE tenant_id = %s AND id = %s",
+        [tenant_id, notification_id],
     )
     row = await cursor.fetchone()
     if row is None:
@@ -67,20 +68,30 @@ async def get_notification(
     )
 
 
-async def lock_notification(conn: Connection, notification_id: uuid.UUID) -> dict[str, Any] | None:
+async def lock_notification(
+    conn: Connection, notification_id: uuid.UUID, *, tenant_id: str | None
+) -> dict[str, Any] | None:
     """The notification row, locked until the transaction ends.
 
     Delivery, cancel and replay all take this lock first, so their decisions about the
     status can never interleave: a cancel waits for an in-flight send and sees its outcome.
+    The API passes the caller's ``tenant_id`` (another tenant's row is None, like a missing
+    one); the worker, which acts on ids it enqueued itself, passes None.
     """
     cursor = await conn.execute(
-        "SELECT * FROM notifier.notifications WHERE id = %s FOR UPDATE", [notification_id]
+        """
+        SELECT * FROM notifier.notifications
+        WHERE id = %(id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s)
+        FOR UPDATE
+        """,
+        {"id": notification_id, "tenant_id": tenant_id},
     )
     return await cursor.fetchone()
 
 
 async def list_notifications(
     conn: Connection,
+    tenant_id: str,
     *,
     limit: int,
     after: Cursor | None = None,
@@ -91,11 +102,12 @@ async def list_notifications(
     created_after: datetime.datetime | None = None,
     created_before: datetime.datetime | None = None,
 ) -> list[Notification]:
-    """A page of notifications, newest first, matching every filter given."""
+    """A page of the tenant's notifications, newest first, matching every filter given."""
     cursor = await conn.execute(
         """
         SELECT * FROM notifier.notifications
-        WHERE (%(status)s::text IS NULL OR status = %(status)s)
+        WHERE tenant_id = %(tenant_id)s
+          AND (%(status)s::text IS NULL OR status = %(status)s)
           AND (%(type)s::text IS NULL OR notification_type = %(type)s)
           AND (%(entity_id)s::text IS NULL OR entity_id = %(entity_id)s)
           AND (%(event_id)s::uuid IS NULL OR event_id = %(event_id)s)
@@ -107,6 +119,7 @@ async def list_notifications(
         LIMIT %(limit)s
         """,
         {
+            "tenant_id": tenant_id,
             "status": status,
             "type": notification_type,
             "entity_id": entity_id,

@@ -160,9 +160,10 @@ async def defer_delivery(
 
 
 async def create_notifications(
-    queue: procrastinate.App, conn: Connection, drafts: list[NotificationDraft]
+    queue: procrastinate.App, conn: Connection, tenant_id: str, drafts: list[NotificationDraft]
 ) -> list[Notification]:
-    """Store each draft and, if pending, its deliver job, in the caller's transaction."""
+    """Store each draft as the tenant's and, if pending, its deliver job, in the caller's
+    transaction."""
     created = []
     # Each deliver job continues the trace that created its notification.
     traceparent = current_traceparent()
@@ -186,6 +187,7 @@ async def create_notifications(
             last_error=values.pop("error"),
             job_id=job_id,
             traceparent=traceparent,
+            tenant_id=tenant_id,
         )
         created.append(await queries.insert_notification(conn, values))
     return created

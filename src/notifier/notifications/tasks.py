@@ -95,7 +95,7 @@ async def _deliver_once(
     services: Services, notification_id: uuid.UUID, job_id: int | None
 ) -> RetryLater | None:
     async with transaction(services.pool) as conn:
-        row = await queries.lock_notification(conn, notification_id)
+        row = await queries.lock_notification(conn, notification_id, tenant_id=None)
         if row is None or row["status"] != NotificationStatus.PENDING:
             logger.info(
                 "notification %s is %s; not sending",

@@ -11,6 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from notifier.api_types import check_storable, checked_channel
+from notifier.auth.guard import BEARER_SECURITY, requires
 from notifier.db import transaction
 from notifier.pagination import DEFAULT_LIMIT, Cursor, Limit, next_link, paginate
 from notifier.preferences import queries
@@ -18,7 +19,7 @@ from notifier.preferences.links import InvalidToken, UnsubscribeScope, verify_to
 from notifier.preferences.schemas import OptOut, OptOutCreate, OptOutSource
 from notifier.problems import ProblemError, field_error, not_found, problem_responses
 from notifier.services import Services
-from notifier.tenancy import Principal
+from notifier.tenancy import Principal, Scope
 
 
 class PreferenceController(Controller):
@@ -26,8 +27,14 @@ class PreferenceController(Controller):
 
     path = "/api/v1/preferences"
     tags = ["preferences"]  # noqa: RUF012 - litestar reads it from the class
+    security = BEARER_SECURITY
 
-    @post("/", summary="Opt a recipient out", responses=problem_responses(400, 422))
+    @post(
+        "/",
+        summary="Opt a recipient out",
+        responses=problem_responses(400, 422),
+        guards=[requires(Scope.PREFERENCES_WRITE)],
+    )
     async def opt_out(
         self,
         data: JSONBody[OptOutCreate],
@@ -46,7 +53,12 @@ class PreferenceController(Controller):
             )
         return Response(opt_out, status_code=201 if created else 200)
 
-    @get("/", summary="List opt-outs, newest first", responses=problem_responses(400, 422))
+    @get(
+        "/",
+        summary="List opt-outs, newest first",
+        responses=problem_responses(400, 422),
+        guards=[requires(Scope.PREFERENCES_READ)],
+    )
     async def list_opt_outs(
         self,
         services: NamedDependency[Services],
@@ -71,6 +83,7 @@ class PreferenceController(Controller):
         status_code=204,
         summary="Opt back in",
         responses=problem_responses(400, 404),
+        guards=[requires(Scope.PREFERENCES_WRITE)],
     )
     async def opt_in(
         self,
@@ -104,6 +117,7 @@ class UnsubscribeController(Controller):
 
     path = "/unsubscribe"
     tags = ["preferences"]  # noqa: RUF012 - litestar reads it from the class
+    security = BEARER_SECURITY
 
     @staticmethod
     def _scope(services: Services, token: str) -> UnsubscribeScope:

@@ -9,13 +9,14 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from notifier.api_types import checked_channel
+from notifier.auth.guard import BEARER_SECURITY, requires
 from notifier.db import transaction
 from notifier.problems import not_found, problem_responses
 from notifier.rate_limits import queries
 from notifier.rate_limits.limiter import default_limit
 from notifier.rate_limits.schemas import LimitSource, RateLimit, RateLimitSet
 from notifier.services import Services
-from notifier.tenancy import Principal
+from notifier.tenancy import Principal, Scope
 
 
 def _effective(services: Services, channel: str, override: dict[str, Any] | None) -> RateLimit:
@@ -43,6 +44,9 @@ class RateLimitController(Controller):
 
     path = "/api/v1/rate-limits"
     tags = ["rate limits"]  # noqa: RUF012 - litestar reads it from the class
+    security = BEARER_SECURITY
+    # A tenant's send rate protects the providers' quotas: only its admin keys change it.
+    guards = [requires(Scope.ADMIN)]  # noqa: RUF012 - litestar reads it from the class
 
     @get("/", summary="Limits in force, per channel", responses=problem_responses())
     async def list_limits(

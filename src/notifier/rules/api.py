@@ -12,12 +12,14 @@ from litestar.params import FromPath, JSONBody
 
 from notifier import idempotency
 from notifier.api_types import check_storable, checked_channel, checked_local_time
+from notifier.auth.guard import BEARER_SECURITY, requires
 from notifier.db import transaction
 from notifier.idempotency import IdempotentRequest
 from notifier.problems import field_error, not_found, problem_responses
 from notifier.rules import queries
 from notifier.rules.schemas import Rule, RuleCreate
 from notifier.services import Services
+from notifier.tenancy import Principal, Scope
 
 # As for notifications' lead_time_days: reminders up to ten years ahead.
 MAX_LEAD_TIME = datetime.timedelta(days=3650)
@@ -55,17 +57,20 @@ class RuleController(Controller):
 
     path = "/api/v1/rules"
     tags = ["rules"]  # noqa: RUF012 - litestar reads it from the class
+    security = BEARER_SECURITY
 
     @post(
         "/",
         status_code=201,
         summary="Create a routing rule",
         responses=problem_responses(400, 422),
+        guards=[requires(Scope.RULES_WRITE)],
     )
     async def create(
         self,
         data: JSONBody[RuleCreate],
         services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
         idempotent: NamedDependency[IdempotentRequest | None],
     ) -> Response[Rule]:
         """Applies to events processed from now on. With an ``Idempotency-Key``, a repeat
@@ -75,23 +80,38 @@ class RuleController(Controller):
             stored = await idempotency.claim(conn, idempotent)
             if stored is not None:
                 return Response(stored.decode(Rule), status_code=stored.status)
-            rule = await queries.insert_rule(conn, data, lead_times)
+            rule = await queries.insert_rule(conn, principal.tenant_id, data, lead_times)
             await idempotency.remember(conn, idempotent, 201, rule)
         return Response(rule, status_code=201)
 
-    @get("/", summary="List routing rules", responses=problem_responses())
-    async def list_rules(self, services: NamedDependency[Services]) -> list[Rule]:
-        """Every rule, oldest first."""
+    @get(
+        "/",
+        summary="List routing rules",
+        responses=problem_responses(),
+        guards=[requires(Scope.RULES_READ)],
+    )
+    async def list_rules(
+        self, services: NamedDependency[Services], principal: NamedDependency[Principal]
+    ) -> list[Rule]:
+        """Every rule of the caller's tenant, oldest first."""
         async with transaction(services.pool) as conn:
-            return await queries.list_rules(conn)
+            return await queries.list_rules(conn, principal.tenant_id)
 
-    @get("/{rule_id:uuid}", summary="One routing rule", responses=problem_responses(400, 404))
+    @get(
+        "/{rule_id:uuid}",
+        summary="One routing rule",
+        responses=problem_responses(400, 404),
+        guards=[requires(Scope.RULES_READ)],
+    )
     async def get_rule(
-        self, rule_id: FromPath[uuid.UUID], services: NamedDependency[Services]
+        self,
+        rule_id: FromPath[uuid.UUID],
+        services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
     ) -> Rule:
         """The rule, or 404."""
         async with transaction(services.pool) as conn:
-            rule = await queries.get_rule(conn, rule_id)
+            rule = await queries.get_rule(conn, principal.tenant_id, rule_id)
         if rule is None:
             raise not_found("rule", rule_id)
         return rule
@@ -101,11 +121,15 @@ class RuleController(Controller):
         status_code=204,
         summary="Delete a routing rule",
         responses=problem_responses(400, 404),
+        guards=[requires(Scope.RULES_WRITE)],
     )
     async def delete_rule(
-        self, rule_id: FromPath[uuid.UUID], services: NamedDependency[Services]
+        self,
+        rule_id: FromPath[uuid.UUID],
+        services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
     ) -> None:
         """Notifications it already made are kept."""
         async with transaction(services.pool) as conn:
-            if not await queries.delete_rule(conn, rule_id):
+            if not await queries.delete_rule(conn, principal.tenant_id, rule_id):
                 raise not_found("rule", rule_id)

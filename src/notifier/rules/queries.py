@@ -13,22 +13,23 @@ from notifier.rules.schemas import Rule, RuleCreate, rule_from_row
 
 
 async def insert_rule(
-    conn: Connection, rule: RuleCreate, lead_times: list[datetime.timedelta]
+    conn: Connection, tenant_id: str, rule: RuleCreate, lead_times: list[datetime.timedelta]
 ) -> Rule:
-    """Store a new rule with its ``lead_times`` parsed from the request's durations."""
+    """Store a tenant's new rule with its ``lead_times`` parsed from the request's durations."""
     cursor = await conn.execute(
         """
         INSERT INTO notifier.routing_rules
-            (name, event_type, channel, recipient_field, recipient, date_field, lead_times,
-             template, enabled, timezone, timezone_field, quiet_hours)
-        VALUES (%(name)s, %(event_type)s, %(channel)s, %(recipient_field)s, %(recipient)s,
-                %(date_field)s, %(lead_times)s, %(template)s, %(enabled)s, %(timezone)s,
-                %(timezone_field)s, %(quiet_hours)s)
+            (tenant_id, name, event_type, channel, recipient_field, recipient, date_field,
+             lead_times, template, enabled, timezone, timezone_field, quiet_hours)
+        VALUES (%(tenant_id)s, %(name)s, %(event_type)s, %(channel)s, %(recipient_field)s,
+                %(recipient)s, %(date_field)s, %(lead_times)s, %(template)s, %(enabled)s,
+                %(timezone)s, %(timezone_field)s, %(quiet_hours)s)
         RETURNING *
         """,
         msgspec.structs.asdict(rule)
         | {
             "lead_times": lead_times,
+            "tenant_id": tenant_id,
             "quiet_hours": Jsonb(msgspec.to_builtins(rule.quiet_hours))
             if rule.quiet_hours
             else None,
@@ -39,36 +40,46 @@ async def insert_rule(
     return rule_from_row(row)
 
 
-async def matching_rules(conn: Connection, event_type: str) -> list[Rule]:
-    """Enabled rules whose pattern matches ``event_type``, oldest first."""
+async def matching_rules(conn: Connection, tenant_id: str, event_type: str) -> list[Rule]:
+    """The tenant's enabled rules whose pattern matches ``event_type``, oldest first."""
     cursor = await conn.execute(
         """
         SELECT * FROM notifier.routing_rules
-        WHERE enabled
+        WHERE tenant_id = %(tenant_id)s
+          AND enabled
           AND (event_type = %(type)s
                OR event_type = '*'
                OR (event_type LIKE '%%.*' AND starts_with(%(type)s, rtrim(event_type, '*'))))
         ORDER BY created_at, id
         """,
-        {"type": event_type},
+        {"tenant_id": tenant_id, "type": event_type},
     )
     return [rule_from_row(row) for row in await cursor.fetchall()]
 
 
-async def list_rules(conn: Connection) -> list[Rule]:
-    """Every rule, oldest first."""
-    cursor = await conn.execute("SELECT * FROM notifier.routing_rules ORDER BY created_at, id")
+async def list_rules(conn: Connection, tenant_id: str) -> list[Rule]:
+    """Every rule of the tenant, oldest first."""
+    cursor = await conn.execute(
+        "SELECT * FROM notifier.routing_rules WHERE tenant_id = %s ORDER BY created_at, id",
+        [tenant_id],
+    )
     return [rule_from_row(row) for row in await cursor.fetchall()]
 
 
-async def get_rule(conn: Connection, rule_id: uuid.UUID) -> Rule | None:
-    """One rule, or None."""
-    cursor = await conn.execute("SELECT * FROM notifier.routing_rules WHERE id = %s", [rule_id])
+async def get_rule(conn: Connection, tenant_id: str, rule_id: uuid.UUID) -> Rule | None:
+    """One of the tenant's rules, or None."""
+    cursor = await conn.execute(
+        "SELECT * FROM notifier.routing_rules WHERE tenant_id = %s AND id = %s",
+        [tenant_id, rule_id],
+    )
     row = await cursor.fetchone()
     return rule_from_row(row) if row else None
 
 
-async def delete_rule(conn: Connection, rule_id: uuid.UUID) -> bool:
-    """Remove a rule; notifications it made keep existing. True if it existed."""
-    cursor = await conn.execute("DELETE FROM notifier.routing_rules WHERE id = %s", [rule_id])
+async def delete_rule(conn: Connection, tenant_id: str, rule_id: uuid.UUID) -> bool:
+    """Remove one of the tenant's rules; notifications it made keep existing. True if it existed."""
+    cursor = await conn.execute(
+        "DELETE FROM notifier.routing_rules WHERE tenant_id = %s AND id = %s",
+        [tenant_id, rule_id],
+    )
     return cursor.rowcount == 1

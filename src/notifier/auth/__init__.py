@@ -1,0 +1,1 @@
+"""API keys: their format, storage, the request guard, rate limits and the admin commands."""
