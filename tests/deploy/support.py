@@ -105,7 +105,7 @@ def setting_names() -> set[str]:
 
 
 def assert_known_settings(names: Iterable[str], where: str) -> None:
-    """Every ``NOTIFIER_*`` name is a setting (or one the parallel branch adds)."""
+    """Every ``NOTIFIER_*`` name is a setting."""
     unknown = {n for n in names if n.startswith(ENV_PREFIX)} - setting_names()
     assert not unknown, f"{where} sets variables that no setting reads: {sorted(unknown)}"
 
@@ -121,7 +121,7 @@ def served_paths() -> set[str]:
 
 
 def assert_served(path: str) -> None:
-    """The API answers GET ``path`` (or will, once the parallel branch is merged)."""
+    """The API answers GET ``path``."""
     assert path in served_paths(), f"the API does not serve GET {path}"
 
 

@@ -40,13 +40,18 @@ ALERTS: dict[str, dict[str, Any]] = {
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
 
 
+def parse_query(promql: str) -> promql_parser.Expr:
+    """A dashboard's or an alert's query as Prometheus parses it (Grafana's variables replaced)."""
+    for variable, value in GRAFANA_VARIABLES.items():
+        promql = promql.replace(variable, value)
+    return promql_parser.parse(promql)
+
+
 def selected_series(promql: str) -> dict[str, set[str]]:
     """The series a query selects, each with the labels the query uses on it.
 
     A label is "used" if a matcher names it or an enclosing ``by (...)`` groups by it.
     """
-    for variable, value in GRAFANA_VARIABLES.items():
-        promql = promql.replace(variable, value)
     used: dict[str, set[str]] = {}
     grouping: list[list[str]] = []
 
@@ -63,7 +68,7 @@ def selected_series(promql: str) -> dict[str, set[str]]:
         if isinstance(node, promql_parser.AggregateExpr):
             grouping.pop()
 
-    promql_parser.walk(promql_parser.parse(promql), enter, leave)
+    promql_parser.walk(parse_query(promql), enter, leave)
     return used
 
 
@@ -167,8 +172,6 @@ def all_queries() -> list[str]:
 
 def aggregations_over(promql: str) -> dict[str, set[str]]:
     """Each series the query selects, with the aggregation nearest above each selection."""
-    for variable, value in GRAFANA_VARIABLES.items():
-        promql = promql.replace(variable, value)
     found: dict[str, set[str]] = {}
     operators: list[str] = []
 
@@ -182,7 +185,7 @@ def aggregations_over(promql: str) -> dict[str, set[str]]:
         if isinstance(node, promql_parser.AggregateExpr):
             operators.pop()
 
-    promql_parser.walk(promql_parser.parse(promql), enter, leave)
+    promql_parser.walk(parse_query(promql), enter, leave)
     return found
 
 
@@ -278,8 +281,6 @@ class Exposition:
 
 def equality_matchers(promql: str) -> list[tuple[str, str, str]]:
     """(series, label, value) of every ``label="value"`` matcher in the query."""
-    for variable, value in GRAFANA_VARIABLES.items():
-        promql = promql.replace(variable, value)
     found: list[tuple[str, str, str]] = []
 
     def enter(node: promql_parser.Expr) -> None:
@@ -290,7 +291,7 @@ def equality_matchers(promql: str) -> list[tuple[str, str, str]]:
                 if matcher.op == promql_parser.MatchOp.Equal
             )
 
-    promql_parser.walk(promql_parser.parse(promql), enter)
+    promql_parser.walk(parse_query(promql), enter)
     return found
 
 
