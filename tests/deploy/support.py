@@ -12,7 +12,7 @@ import io
 import json
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,30 +29,58 @@ ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"
 CONTAINERFILE = ROOT / "Containerfile"
 
-# The metric families the API exposes at /metrics (issue 6): kind and labels. The dashboard
-# and the alerts may use no other.
-METRIC_FAMILIES: dict[str, tuple[str, frozenset[str]]] = {
-    "notifier_events_received_total": ("counter", frozenset({"type", "producer"})),
-    "notifier_notifications": ("gauge", frozenset({"status"})),
-    "notifier_deliveries_total": ("counter", frozenset({"channel", "outcome"})),
-    "notifier_delivery_lag_seconds": ("histogram", frozenset()),
-    "notifier_queue_depth": ("gauge", frozenset({"queue"})),
-    "notifier_queue_oldest_due_job_age_seconds": ("gauge", frozenset({"queue"})),
-    "notifier_workers_alive": ("gauge", frozenset()),
+# Where a family comes from, which decides how a query may aggregate it across pods.
+DATABASE = "database"  # a gauge the API reads from PostgreSQL: every API pod reports the same
+PROCESS = "process"  # counted by the process that did the work: each pod its own, summed
+
+
+@dataclass(frozen=True)
+class MetricFamily:
+    """A metric family as ``prometheus_client.parser`` names it, with its type and labels."""
+
+    kind: str
+    labels: frozenset[str]
+    source: str
+
+
+# The families the dashboard and the alerts may use. Not a promise made by hand:
+# test_observability scrapes the real API and a real worker and checks this against them.
+METRIC_FAMILIES: dict[str, MetricFamily] = {
+    "notifier_events_received": MetricFamily("counter", frozenset({"type", "producer"}), PROCESS),
+    "notifier_deliveries": MetricFamily("counter", frozenset({"channel", "outcome"}), PROCESS),
+    "notifier_delivery_lag_seconds": MetricFamily("histogram", frozenset(), PROCESS),
+    "notifier_notifications": MetricFamily("gauge", frozenset({"status"}), DATABASE),
+    "notifier_queue_depth": MetricFamily("gauge", frozenset({"queue"}), DATABASE),
+    "notifier_queue_oldest_due_job_age_seconds": MetricFamily(
+        "gauge", frozenset({"queue"}), DATABASE
+    ),
+    "notifier_workers_alive": MetricFamily("gauge", frozenset(), DATABASE),
+    "notifier_metrics_database_up": MetricFamily("gauge", frozenset(), DATABASE),
+}
+# The samples each kind of family writes, by suffix, and the labels they add.
+SAMPLE_SUFFIXES: dict[str, dict[str, frozenset[str]]] = {
+    "counter": {"_total": frozenset()},
+    "histogram": {"_bucket": frozenset({"le"}), "_sum": frozenset(), "_count": frozenset()},
+    "gauge": {"": frozenset()},
 }
 
 
 def metric_series() -> dict[str, frozenset[str]]:
     """Every series name a query may select, with its labels (histograms: _bucket and more)."""
-    series: dict[str, frozenset[str]] = {}
-    for family, (kind, labels) in METRIC_FAMILIES.items():
-        if kind == "histogram":
-            series[f"{family}_bucket"] = labels | {"le"}
-            series[f"{family}_sum"] = labels
-            series[f"{family}_count"] = labels
-        else:
-            series[family] = labels
-    return series
+    return {
+        name + suffix: family.labels | extra
+        for name, family in METRIC_FAMILIES.items()
+        for suffix, extra in SAMPLE_SUFFIXES[family.kind].items()
+    }
+
+
+def family_of(series: str) -> str:
+    """The family a series belongs to."""
+    return next(
+        name
+        for name, family in METRIC_FAMILIES.items()
+        if any(series == name + suffix for suffix in SAMPLE_SUFFIXES[family.kind])
+    )
 
 
 def load_yaml(path: Path) -> Any:
@@ -77,7 +105,7 @@ def setting_names() -> set[str]:
 
 
 def assert_known_settings(names: Iterable[str], where: str) -> None:
-    """Every ``NOTIFIER_*`` name is a setting (or one the parallel branch adds)."""
+    """Every ``NOTIFIER_*`` name is a setting."""
     unknown = {n for n in names if n.startswith(ENV_PREFIX)} - setting_names()
     assert not unknown, f"{where} sets variables that no setting reads: {sorted(unknown)}"
 
@@ -93,7 +121,7 @@ def served_paths() -> set[str]:
 
 
 def assert_served(path: str) -> None:
-    """The API answers GET ``path`` (or will, once the parallel branch is merged)."""
+    """The API answers GET ``path``."""
     assert path in served_paths(), f"the API does not serve GET {path}"
 
 

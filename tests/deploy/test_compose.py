@@ -58,6 +58,14 @@ def test_workers_scale_with_the_scale_flag() -> None:
     assert "ports" not in worker, "N workers cannot publish one host port"
 
 
+def test_workers_serve_their_counters_on_the_compose_network() -> None:
+    worker = SERVICES["worker"]
+    settings = Settings.from_env(worker["environment"])
+    assert settings.worker_metrics_host == "0.0.0.0"
+    assert settings.worker_metrics_port > 0
+    assert worker["expose"] == [str(settings.worker_metrics_port)]
+
+
 def test_workers_get_longer_than_their_shutdown_timeout_to_stop() -> None:
     grace = duration_seconds(SERVICES["worker"]["stop_grace_period"])
     assert grace > Settings().worker_shutdown_timeout_seconds

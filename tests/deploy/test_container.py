@@ -14,6 +14,7 @@ from tests.deploy.support import (
     CONTAINERFILE,
     ROOT,
     assert_known_settings,
+    assert_served,
     env_of,
     exec_form,
     final_stage,
@@ -82,6 +83,13 @@ def test_settings_and_exposed_port_agree() -> None:
 def healthcheck_command() -> list[str]:
     arguments = next(a for k, a in final_stage() if k == "HEALTHCHECK")
     return exec_form(arguments.split(" CMD ", 1)[1])[1:]  # without the leading "python"
+
+
+def test_healthcheck_probes_liveness_so_a_database_outage_restarts_nothing() -> None:
+    # The URL is http://127.0.0.1:{port}PATH, the port read from the environment.
+    (path,) = re.findall(r'\}(/[\w/]*)"', healthcheck_command()[1])
+    assert path == "/health/live"
+    assert_served(path)
 
 
 def test_healthcheck_passes_against_a_live_api(live_api: str) -> None:

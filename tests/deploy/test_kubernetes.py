@@ -15,6 +15,7 @@ from litestar.testing import AsyncTestClient
 
 from notifier.queue import ALL_QUEUES, MAINTENANCE_QUEUE
 from notifier.services import Services
+from notifier.settings import Settings
 from tests.deploy.support import (
     OPS,
     assert_known_settings,
@@ -139,8 +140,10 @@ def test_api_probes_paths_the_api_serves_on_its_port() -> None:
     ports = {port["name"]: port["containerPort"] for port in api["ports"]}
     env = {entry["name"]: entry.get("value") for entry in api["env"]}
     assert ports == {"http": int(env["NOTIFIER_API_PORT"])}
+    # A database outage takes API pods out of the Service but must not restart them all.
     assert api["readinessProbe"]["httpGet"]["path"] == "/health/ready"
-    assert api["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert api["startupProbe"]["httpGet"]["path"] == "/health/live"
+    assert api["livenessProbe"]["httpGet"]["path"] == "/health/live"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert api[probe]["httpGet"]["port"] in ports, probe
         assert_served(api[probe]["httpGet"]["path"])
@@ -172,8 +175,8 @@ def test_workers_get_longer_than_their_shutdown_timeout_to_stop() -> None:
     )
     assert spec["terminationGracePeriodSeconds"] > timeout
     (worker,) = spec["containers"]
-    assert "ports" not in worker
-    assert "livenessProbe" not in worker, "a worker serves no HTTP to probe"
+    # Its metrics server answers from a thread of its own even when the worker is stuck.
+    assert "livenessProbe" not in worker, "the metrics port is no liveness signal"
 
 
 def test_worker_budget_selects_the_worker_pods() -> None:
@@ -266,9 +269,31 @@ def test_service_monitor_scrapes_the_api_service_metrics_port() -> None:
     assert endpoint["path"] == "/metrics"
 
 
+def test_workers_serve_their_counters_on_the_declared_port() -> None:
+    (worker,) = pod_spec("Deployment", "notifier-worker")["containers"]
+    env = {entry["name"]: entry.get("value") for entry in worker["env"]}
+    settings = Settings.from_env(env)
+    assert settings.worker_metrics_host == "0.0.0.0", "reachable from outside the pod"
+    assert settings.worker_metrics_port > 0
+    assert worker["ports"] == [{"name": "metrics", "containerPort": settings.worker_metrics_port}]
+
+
+def test_pod_monitor_scrapes_every_worker_pod_metrics_port() -> None:
+    monitor = the("PodMonitor", "notifier-worker")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    template = the("Deployment", "notifier-worker")["spec"]["template"]
+    labels = template["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    (worker,) = template["spec"]["containers"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] in {port["name"] for port in worker["ports"]}
+    assert endpoint["path"] == "/metrics"  # where prometheus_client's server answers
+
+
 def test_custom_resources_are_the_ones_documented() -> None:
     assert sorted(f"{o['apiVersion']} {o['kind']}" for o in CUSTOM) == [
         "keda.sh/v1alpha1 ScaledObject",
+        "monitoring.coreos.com/v1 PodMonitor",
         "monitoring.coreos.com/v1 PrometheusRule",
         "monitoring.coreos.com/v1 ServiceMonitor",
     ]
