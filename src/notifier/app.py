@@ -27,7 +27,7 @@ def create_app(settings: Settings) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with open_services(settings, name="notifier-api") as services:
+        async with open_services(settings, name="notifier-api", runs_jobs=False) as services:
             app.state.services = services
             yield
 
