@@ -53,7 +53,8 @@ async def test_fetches_commit_asynchronously_and_business_transactions_durably(
     async with transaction(services.pool) as business_conn:
         assert await synchronous_commit(business_conn) == "on"
     # Finishing and retrying jobs go through the queue's pool: the same durable one.
-    assert connector.pool is services.pool
+    queue_pool: object = connector.pool
+    assert queue_pool is services.pool
 
 
 async def test_a_worker_fetches_on_its_asynchronous_connection(
@@ -101,7 +102,8 @@ async def test_a_job_run_again_after_its_notification_was_sent_sends_nothing(
         await wait_sent(client, created["id"])
 
     async def finished() -> bool:
-        return (await job(db, job_id))["status"] == "succeeded"
+        status: str = (await job(db, job_id))["status"]
+        return status == "succeeded"
 
     await eventually(finished)
     # As if the finish was lost and the worker died: 'doing' under a dead worker.
