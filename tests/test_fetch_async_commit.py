@@ -122,3 +122,26 @@ async def test_a_job_run_again_after_its_notification_was_sent_sends_nothing(
     )
     assert (notification["status"], notification["attempts"]) == ("sent", 1)
     assert notification["sent_at"] <= datetime.datetime.now(datetime.UTC)
+
+
+async def test_a_worker_whose_fetch_connection_was_killed_goes_on_fetching(
+    client: AsyncTestClient[Any],
+    services: Services,
+    db: psycopg.AsyncConnection[Any],
+    receiver: WebhookReceiver,
+) -> None:
+    """The fetch connection is not checked before each use; a broken one is replaced."""
+    async with worker_running(services):
+        first = await schedule_due_now(client, receiver.url)
+        await wait_sent(client, first["id"])
+        killed = await rows(
+            db,
+            "SELECT pg_terminate_backend(pid) AS done FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = 'notifier-test-fetch'",
+        )
+        assert [row["done"] for row in killed] == [True]
+
+        second = await schedule_due_now(client, receiver.url)
+        await wait_sent(client, second["id"])
+
+    assert len(receiver.received()) == 2

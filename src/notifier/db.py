@@ -43,7 +43,8 @@ def create_fetch_pool(settings: Settings, *, name: str = "notifier") -> Pool:
 
     One connection is enough: a worker fetches one job after the other. It is in
     autocommit mode with ``synchronous_commit = off``, so a fetch does not wait for the WAL
-    flush. Nothing else uses it.
+    flush. Nothing else uses it. It is not checked on every use: the fetch retries on a
+    broken connection instead (:class:`notifier.queue.QueueConnector`).
     """
     return AsyncConnectionPool(
         settings.database_url,
@@ -53,7 +54,6 @@ def create_fetch_pool(settings: Settings, *, name: str = "notifier") -> Pool:
         min_size=1,
         max_size=1,
         timeout=settings.database_timeout_seconds,
-        check=AsyncConnectionPool.check_connection,
         open=False,
         name=f"{name}-fetch",
     )

@@ -6,7 +6,9 @@ import datetime
 import random
 from typing import Any
 
+import psycopg
 from procrastinate import BaseRetryStrategy, PsycopgConnector, RetryDecision
+from procrastinate.exceptions import ConnectorException
 from procrastinate.jobs import Job
 from procrastinate.sql import queries as procrastinate_queries
 
@@ -89,8 +91,17 @@ class QueueConnector(PsycopgConnector):
         if self.fetch_pool is None or query != FETCH_JOB_QUERY:
             result: dict[str, Any] = await super().execute_query_one_async(query, **arguments)
             return result
-        async with self.fetch_pool.connection() as conn:
-            fetched: dict[str, Any] = await self.execute_query_one_async_with_connection(
-                conn, query, **arguments
-            )
-            return fetched
+        # The fetch connection is not checked before each use (one more round trip per job,
+        # on the path that bounds a worker); one found broken, after a database restart for
+        # example, is discarded by the pool and the fetch tried once more on a new one.
+        for attempt in (1, 2):
+            try:
+                async with self.fetch_pool.connection() as conn:
+                    fetched: dict[str, Any] = await self.execute_query_one_async_with_connection(
+                        conn, query, **arguments
+                    )
+                    return fetched
+            except ConnectorException as exc:
+                if attempt == 2 or not isinstance(exc.__cause__, psycopg.OperationalError):
+                    raise
+        raise AssertionError("unreachable")
