@@ -28,6 +28,7 @@ async def client(
     deadline: float,
     latencies: list[float],
     errors: list[str],
+    ok: list[int],
 ) -> None:
     headers = {"content-type": "application/json"}
     while time.perf_counter() < deadline:
@@ -44,6 +45,8 @@ async def client(
             errors.append(f"{status}: {answer[:200]!r}")
         elif expect == 201 and b'"id"' not in answer:
             errors.append(f"201 without an id: {answer[:200]!r}")
+        else:
+            ok.append(status)
 
 
 async def run(
@@ -51,13 +54,14 @@ async def run(
 ) -> dict[str, object]:
     latencies: list[float] = []
     errors: list[str] = []
+    ok: list[int] = []
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector) as session:
         started = time.perf_counter()
         deadline = started + seconds
         await asyncio.gather(
             *(
-                client(session, url, body, expect, deadline, latencies, errors)
+                client(session, url, body, expect, deadline, latencies, errors, ok)
                 for _ in range(clients)
             )
         )
@@ -69,6 +73,7 @@ async def run(
 
     return {
         "requests": len(latencies),
+        "ok": len(ok),
         "errors": len(errors),
         "first_errors": errors[:3],
         "seconds": elapsed,
