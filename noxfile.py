@@ -47,6 +47,15 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks, never part of `uv run nox`: each prints its figures beside a baseline."""
-    sync(session)
-    session.run("python", "bench/outbox_batch.py", *session.posargs)
+    """The benchmark suite (bench/suite.py), never part of `uv run nox`: one table of figures
+    beside their baselines. `nox -s bench -- --quick` for small sizes; other args go to it."""
+    session.run_install(
+        "uv",
+        "sync",
+        "--frozen",
+        "--quiet",
+        "--group",
+        "bench",
+        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
+    )
+    session.run("python", "bench/suite.py", *session.posargs)

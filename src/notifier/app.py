@@ -40,7 +40,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with open_services(settings, name="notifier-api", metrics=metrics) as services:
+        async with open_services(
+            settings, name="notifier-api", metrics=metrics, runs_jobs=False
+        ) as services:
             app.state.services = services
             app.state.database_stats = DatabaseStats(settings, services.pool)
             services.metrics.registry.register(app.state.database_stats)

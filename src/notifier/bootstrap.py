@@ -14,10 +14,10 @@ from notifier import maintenance
 from notifier.channels.base import Channel
 from notifier.channels.log import LogChannel
 from notifier.channels.webhook import WebhookChannel
-from notifier.db import create_pool
+from notifier.db import create_fetch_pool, create_pool
 from notifier.events import tasks as event_tasks
 from notifier.notifications import tasks as notification_tasks
-from notifier.queue import NotifierRetryStrategy
+from notifier.queue import NotifierRetryStrategy, QueueConnector
 from notifier.services import Services
 from notifier.settings import Settings
 from notifier.telemetry.metrics import Metrics
@@ -27,9 +27,7 @@ UNEXPECTED_FAILURES = 10
 
 def create_queue_app(settings: Settings) -> procrastinate.App:
     """The procrastinate app with every notifier task registered. Connects nothing yet."""
-    queue = procrastinate.App(
-        connector=procrastinate.PsycopgConnector(conninfo=settings.database_url)
-    )
+    queue = procrastinate.App(connector=QueueConnector(conninfo=settings.database_url))
     event_tasks.register(queue, NotifierRetryStrategy(max_attempts=UNEXPECTED_FAILURES))
     # deliver's runs include the attempts it reschedules itself: room for those, plus as many
     # unexpected failures as any other task gets.
@@ -56,17 +54,31 @@ def create_channels(settings: Settings) -> dict[str, Channel]:
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, *, name: str = "notifier", metrics: Metrics | None = None
+    settings: Settings,
+    *,
+    name: str = "notifier",
+    metrics: Metrics | None = None,
+    runs_jobs: bool = True,
 ) -> AsyncIterator[Services]:
     """Open the pool and share it with the queue; close everything on exit.
 
     ``metrics`` lets two parts of one process (``notifier dev``) count into one registry.
+    A process that runs jobs (``runs_jobs``) also gets, with ``worker_fetch_async_commit``,
+    the one asynchronous-commit connection it fetches jobs on. The API only defers jobs,
+    always on its business connections, so it needs nothing but the shared pool.
     """
     channels = create_channels(settings)
     queue = create_queue_app(settings)
     pool = create_pool(settings, name=name)
+    fetch_pool = None
+    if runs_jobs and settings.worker_fetch_async_commit:
+        fetch_pool = create_fetch_pool(settings, name=name)
+        assert isinstance(queue.connector, QueueConnector)
+        queue.connector.fetch_pool = fetch_pool
     await pool.open()
     try:
+        if fetch_pool is not None:
+            await fetch_pool.open()
         async with queue.open_async(pool):
             yield Services(
                 settings=settings,
@@ -78,4 +90,6 @@ async def open_services(
     finally:
         for channel in channels.values():
             await channel.aclose()
+        if fetch_pool is not None:
+            await fetch_pool.close()
         await pool.close()

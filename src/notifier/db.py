@@ -39,6 +39,33 @@ async def check_connection(conn: Connection) -> None:
         await AsyncConnectionPool.check_connection(conn)
 
 
+async def _asynchronous_commit(conn: Connection) -> None:
+    # A session setting rather than a startup option, so that it also passes through
+    # poolers that refuse unknown startup parameters.
+    await conn.execute("SET synchronous_commit = off")
+
+
+def create_fetch_pool(settings: Settings, *, name: str = "notifier") -> Pool:
+    """Build (but do not open) the pool a worker fetches its jobs on.
+
+    One connection is enough: a worker fetches one job after the other. It is in
+    autocommit mode with ``synchronous_commit = off``, so a fetch does not wait for the WAL
+    flush. Nothing else uses it. It is not checked on every use: the fetch retries on a
+    broken connection instead (:class:`notifier.queue.QueueConnector`).
+    """
+    return AsyncConnectionPool(
+        settings.database_url,
+        connection_class=AsyncConnection[DictRow],
+        kwargs={"row_factory": dict_row, "application_name": f"{name}-fetch", "autocommit": True},
+        configure=_asynchronous_commit,
+        min_size=1,
+        max_size=1,
+        timeout=settings.database_timeout_seconds,
+        open=False,
+        name=f"{name}-fetch",
+    )
+
+
 @asynccontextmanager
 async def transaction(pool: Pool) -> AsyncIterator[Connection]:
     """One use case, one transaction: committed on normal exit, rolled back on error."""

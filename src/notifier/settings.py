@@ -45,6 +45,10 @@ class Settings:
     worker_shutdown_timeout_seconds: float = 30.0
     # A worker that has not heartbeated for this long is considered dead and its jobs re-run.
     stalled_worker_seconds: float = 60.0
+    # Workers fetch jobs on a connection of their own that commits without waiting for the
+    # WAL flush; business writes and finishing a job stay durable. A lost fetch only puts
+    # the job back in the queue (docs/performance.md).
+    worker_fetch_async_commit: bool = True
     # Succeeded/cancelled jobs older than this are pruned; failed ones are kept for admins.
     prune_jobs_after_hours: int = 72
     idempotency_ttl_hours: int = 24
