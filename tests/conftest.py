@@ -30,7 +30,7 @@ from notifier.bootstrap import open_services
 from notifier.services import Services
 from notifier.settings import Settings
 from notifier.worker import run_worker
-from tests.support import WEBHOOK_SECRET, ReceivedRequest, WebhookReceiver
+from tests.support import LOOPBACK_NETWORKS, WEBHOOK_SECRET, ReceivedRequest, WebhookReceiver
 
 PG_HOST = os.environ.get("NOTIFIER_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("NOTIFIER_TEST_PG_PORT", "5432"))
@@ -77,7 +77,15 @@ def settings(database_url: str) -> Settings:
         retry_max_seconds=2.0,
         webhook_timeout_seconds=2.0,
         webhook_secret=WEBHOOK_SECRET,
+        # The test receivers listen on loopback, which webhooks may not reach by default.
+        webhook_allowed_networks=LOOPBACK_NETWORKS,
     )
+
+
+@pytest.fixture
+def api_headers() -> dict[str, str]:
+    """Headers a test's own HTTP client sends to the API (authentication, once it exists)."""
+    return {}
 
 
 @pytest.fixture

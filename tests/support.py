@@ -75,6 +75,8 @@ class WebhookReceiver:
 # The Standard Webhooks secret the test settings sign with.
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"test-secret-of-32-bytes-length!!").decode()
 PROBLEM_JSON = "application/problem+json"
+# NOTIFIER_WEBHOOK_ALLOWED_NETWORKS of the tests: their receivers run on loopback.
+LOOPBACK_NETWORKS = "127.0.0.0/8,::1/128"
 
 
 def assert_problem(response: httpx.Response, status: int, field: str | None = None) -> None:

@@ -44,6 +44,8 @@ def create_app(settings: Settings) -> Litestar:
         },
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
+        # Litestar answers 413 (a problem document, see problems.py) before reading more.
+        request_max_body_size=settings.api_max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="notifier",
             version="0.1.0",
