@@ -7,6 +7,7 @@ import datetime
 from typing import Annotated, Any
 
 import msgspec
+from litestar.params import QueryParameter
 
 from notifier.channels.base import Channel
 from notifier.problems import field_error
@@ -16,6 +17,15 @@ from notifier.services import Services
 AwareDatetime = Annotated[datetime.datetime, msgspec.Meta(tz=True)]
 EventType = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^\S+$")]
 Payload = dict[str, Any]
+ChannelName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+# Query filters compare with stored values no longer than this. (Litestar applies
+# QueryParameter's constraints to query parameters, not msgspec.Meta's. Handlers name the
+# parameter ``type`` itself: Litestar's errors give the Python name, not an alias.)
+MAX_FILTER_LENGTH = 200
+TypeFilter = Annotated[
+    str | None, QueryParameter(max_length=MAX_FILTER_LENGTH, description="Exact type")
+]
+EntityFilter = Annotated[str | None, QueryParameter(max_length=MAX_FILTER_LENGTH)]
 
 # Instants both PostgreSQL and Python represent in any time zone, with lead times of up to
 # ten years subtracted. Outside it, a stored value could not be read back.
@@ -54,6 +64,18 @@ def check_storable(data: msgspec.Struct | dict[str, Any], *, source: str = "body
 # Real payloads are a few levels deep; a bound keeps every later read and encode of them
 # well inside Python's recursion limit.
 MAX_JSON_DEPTH = 64
+# Encoded JSON of one event payload or notification data. Each notification copies it, so
+# a rule fanning out multiplies it. 64 KiB is what CloudEvents intermediaries must carry.
+MAX_PAYLOAD_BYTES = 64 * 1024
+
+
+def check_payload_size(field: str, payload: Payload) -> None:
+    """A 422 naming ``field`` if ``payload`` encodes to more than :data:`MAX_PAYLOAD_BYTES`."""
+    size = len(msgspec.json.encode(payload))
+    if size > MAX_PAYLOAD_BYTES:
+        raise field_error(field, f"must be at most {MAX_PAYLOAD_BYTES} bytes as JSON, is {size}")
+
+
 _NUL = "\x00"
 
 

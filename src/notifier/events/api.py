@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import FromPath
 
 from notifier import idempotency
-from notifier.api_types import check_instant, check_storable
+from notifier.api_types import TypeFilter, check_instant, check_payload_size, check_storable
 from notifier.db import transaction
 from notifier.events import queries
 from notifier.events.cloudevents import parse_publish_request
@@ -19,7 +19,15 @@ from notifier.events.schemas import Event, EventDetail
 from notifier.events.tasks import enqueue_processing
 from notifier.idempotency import IdempotentRequest
 from notifier.notifications.queries import list_notifications
-from notifier.pagination import DEFAULT_LIMIT, MAX_LIMIT, Cursor, Limit, next_link, paginate
+from notifier.pagination import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    Cursor,
+    CursorParameter,
+    Limit,
+    next_link,
+    paginate,
+)
 from notifier.problems import not_found, problem_responses
 from notifier.services import Services
 
@@ -57,6 +65,7 @@ class EventController(Controller):
         for index, event in enumerate(events):
             prefix = f"[{index}]." if is_batch else ""
             check_storable({prefix + k: v for k, v in msgspec.structs.asdict(event).items()})
+            check_payload_size(f"{prefix}payload", event.payload)
             check_instant(f"{prefix}occurred_at", event.occurred_at)
         async with transaction(services.pool) as conn:
             stored = await idempotency.claim(conn, idempotent)
@@ -82,18 +91,16 @@ class EventController(Controller):
         self,
         services: NamedDependency[Services],
         limit: Limit = DEFAULT_LIMIT,
-        cursor: FromQuery[str | None] = None,
-        event_type: Annotated[str | None, QueryParameter(name="type")] = None,
+        cursor: CursorParameter = None,
+        type: TypeFilter = None,
     ) -> Response[list[Event]]:
         """A page of events. The ``Link`` header names the next page, if any."""
-        check_storable({"type": event_type}, source="query")
+        check_storable({"type": type}, source="query")
         after = Cursor.decode(cursor) if cursor else None
         async with transaction(services.pool) as conn:
-            events = await queries.list_events(
-                conn, limit=limit + 1, after=after, event_type=event_type
-            )
+            events = await queries.list_events(conn, limit=limit + 1, after=after, event_type=type)
         page, following = paginate(events, limit)
-        query = {"limit": str(limit)} | ({"type": event_type} if event_type else {})
+        query = {"limit": str(limit)} | ({"type": type} if type else {})
         return Response(page, headers=next_link(self.path + "/", query, following))
 
     @get(

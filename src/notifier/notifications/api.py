@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Controller, Response, delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from notifier import idempotency
 from notifier.api_types import (
     AwareDatetime,
+    EntityFilter,
+    TypeFilter,
     check_aware,
     check_instant,
+    check_payload_size,
     check_storable,
     checked_channel,
 )
@@ -34,8 +37,16 @@ from notifier.notifications.schemas import (
     NotificationStatus,
     notification_from_row,
 )
-from notifier.pagination import DEFAULT_LIMIT, Cursor, Limit, next_link, paginate
+from notifier.pagination import (
+    DEFAULT_LIMIT,
+    Cursor,
+    CursorParameter,
+    Limit,
+    next_link,
+    paginate,
+)
 from notifier.problems import ProblemError, field_error, not_found, problem_responses
+from notifier.recipients import email_address_problem, phone_number_problem
 from notifier.services import Services
 
 CANCELLABLE = frozenset(
@@ -48,7 +59,12 @@ def draft_from_request(
 ) -> NotificationDraft:
     """Check a create request against the configured channels and plan its one send."""
     check_storable(data)
+    check_payload_size("data", data.data)
     check_instant("target_date", data.target_date)
+    if data.email is not None and (problem := email_address_problem(data.email)):
+        raise field_error("email", problem)
+    if data.phone is not None and (problem := phone_number_problem(data.phone)):
+        raise field_error("phone", problem)
     channel_name = data.channel or services.settings.default_channel
     recipient = data.recipient or data.email or data.phone
     checked_channel(services, channel_name, recipient)
@@ -111,17 +127,17 @@ class NotificationController(Controller):
         self,
         services: NamedDependency[Services],
         limit: Limit = DEFAULT_LIMIT,
-        cursor: FromQuery[str | None] = None,
+        cursor: CursorParameter = None,
         status: FromQuery[NotificationStatus | None] = None,
-        notification_type: Annotated[str | None, QueryParameter(name="type")] = None,
-        entity_id: FromQuery[str | None] = None,
+        type: TypeFilter = None,
+        entity_id: EntityFilter = None,
         created_after: FromQuery[AwareDatetime | None] = None,
         created_before: FromQuery[AwareDatetime | None] = None,
     ) -> Response[list[Notification]]:
         """Filter by status, type, entity and creation time; ``Link`` names the next page."""
         check_aware("created_after", created_after)
         check_aware("created_before", created_before)
-        check_storable({"type": notification_type, "entity_id": entity_id}, source="query")
+        check_storable({"type": type, "entity_id": entity_id}, source="query")
         after = Cursor.decode(cursor) if cursor else None
         async with transaction(services.pool) as conn:
             rows = await queries.list_notifications(
@@ -129,7 +145,7 @@ class NotificationController(Controller):
                 limit=limit + 1,
                 after=after,
                 status=status,
-                notification_type=notification_type,
+                notification_type=type,
                 entity_id=entity_id,
                 created_after=created_after,
                 created_before=created_before,
@@ -138,7 +154,7 @@ class NotificationController(Controller):
         filters = {
             "limit": limit,
             "status": status,
-            "type": notification_type,
+            "type": type,
             "entity_id": entity_id,
             "created_after": created_after.isoformat() if created_after else None,
             "created_before": created_before.isoformat() if created_before else None,

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from notifier.api_types import AwareDatetime, EventType, Payload
+from notifier.api_types import AwareDatetime, ChannelName, EventType, Payload
 
 
 class NotificationStatus(enum.StrEnum):
@@ -39,7 +39,7 @@ class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     email: Annotated[str, msgspec.Meta(max_length=320)] | None = None
     phone: Annotated[str, msgspec.Meta(max_length=32)] | None = None
     # Beyond the seed API: where to send it. The recipient defaults to email, then phone.
-    channel: str | None = None
+    channel: ChannelName | None = None
     recipient: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
     data: Payload = msgspec.field(default_factory=dict)
 

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from notifier.api_types import ChannelName
+
 # A dotted path into the event payload: "email", "user.contact.email".
 FieldPath = Annotated[
     str,
@@ -34,7 +36,7 @@ class RuleCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``POST /api/v1/rules/``. Lead times are ISO 8601 durations, e.g. ``"P7D"``."""
 
     event_type: EventTypePattern
-    channel: str
+    channel: ChannelName
     recipient_field: FieldPath | None = None
     recipient: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
     date_field: FieldPath | None = None
