@@ -13,7 +13,8 @@ import email_validator
 
 # E.164: "+", a country code not starting with 0, at most 15 digits in all. ASCII digits
 # only (``\d`` would take any script's digits) and the whole string (``$`` allows a "\n").
-E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+E164_PATTERN = r"^\+[1-9][0-9]{1,14}$"
+_E164 = re.compile(E164_PATTERN.removeprefix("^").removesuffix("$"))
 
 
 def email_address_problem(address: str) -> str | None:
@@ -27,6 +28,6 @@ def email_address_problem(address: str) -> str | None:
 
 def phone_number_problem(number: str) -> str | None:
     """Why ``number`` is not an E.164 phone number (``+14155550123``), or None."""
-    if E164.fullmatch(number):
+    if _E164.fullmatch(number):
         return None
     return "must be an E.164 phone number: '+', country code and number, at most 15 digits"

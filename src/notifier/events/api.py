@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
 from litestar.params import FromPath
 
 from notifier import idempotency
 from notifier.api_types import TypeFilter, check_instant, check_payload_size, check_storable
 from notifier.db import transaction
 from notifier.events import queries
-from notifier.events.cloudevents import parse_publish_request
-from notifier.events.schemas import Event, EventDetail
+from notifier.events.cloudevents import (
+    CLOUDEVENTS_BATCH_JSON,
+    CLOUDEVENTS_JSON,
+    MAX_BATCH_SIZE,
+    CloudEvent,
+    parse_publish_request,
+)
+from notifier.events.schemas import Event, EventCreate, EventDetail
 from notifier.events.tasks import enqueue_processing
 from notifier.idempotency import IdempotentRequest
 from notifier.notifications.queries import list_notifications
@@ -32,6 +41,41 @@ from notifier.problems import not_found, problem_responses
 from notifier.services import Services
 
 
+def _publish_request_body() -> RequestBody:
+    """The three shapes ``publish`` reads, for the OpenAPI document.
+
+    ``publish`` parses its body itself (the shape depends on the content type and on the
+    body), so Litestar cannot derive this from its signature. The schemas come from the
+    very structs the parser decodes with, inlined so the document needs no extra components.
+    """
+    refs, definitions = msgspec.json.schema_components([EventCreate, CloudEvent])
+    plain, cloudevent = (definitions[ref["$ref"].removeprefix("#/$defs/")] for ref in refs)
+
+    def batch(item: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "array", "items": item, "minItems": 1, "maxItems": MAX_BATCH_SIZE}
+
+    either: dict[str, Any] = {"anyOf": [plain, cloudevent]}
+    # Litestar renders plain dicts as they are; its Schema type cannot be built from them.
+    shapes: dict[str, Any] = {
+        "application/json": {"anyOf": [plain, cloudevent, batch(either)]},
+        CLOUDEVENTS_JSON: cloudevent,
+        CLOUDEVENTS_BATCH_JSON: batch(cloudevent),
+    }
+    return RequestBody(
+        required=True,
+        description="An event, a CloudEvent, or a batch (an array) of them",
+        content={media: OpenAPIMediaType(schema=schema) for media, schema in shapes.items()},
+    )
+
+
+@dataclass
+class _PublishOperation(Operation):
+    """The OpenAPI operation of ``publish``, with its request body."""
+
+    def __post_init__(self) -> None:
+        self.request_body = _publish_request_body()
+
+
 class EventController(Controller):
     """Publish and read events."""
 
@@ -42,7 +86,15 @@ class EventController(Controller):
         "/",
         status_code=201,
         summary="Publish an event, a CloudEvent, or a batch of either",
-        responses=problem_responses(400, 422),
+        responses={
+            200: ResponseSpec(
+                Event | list[Event],
+                description="Every CloudEvent in the request was already stored: the stored ones",
+                generate_examples=False,
+            ),
+            **problem_responses(400, 413, 422),
+        },
+        operation_class=_PublishOperation,
     )
     async def publish(
         self,

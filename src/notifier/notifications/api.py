@@ -12,14 +12,14 @@ from litestar.params import FromPath, FromQuery, JSONBody
 
 from notifier import idempotency
 from notifier.api_types import (
-    AwareDatetime,
     EntityFilter,
+    InstantQuery,
     TypeFilter,
-    check_aware,
     check_instant,
     check_payload_size,
     check_storable,
     checked_channel,
+    query_instant,
 )
 from notifier.db import Connection, transaction
 from notifier.idempotency import IdempotentRequest
@@ -102,7 +102,7 @@ class NotificationController(Controller):
         "/",
         status_code=201,
         summary="Schedule a notification",
-        responses=problem_responses(400, 422),
+        responses=problem_responses(400, 413, 422),
     )
     async def create(
         self,
@@ -131,12 +131,12 @@ class NotificationController(Controller):
         status: FromQuery[NotificationStatus | None] = None,
         type: TypeFilter = None,
         entity_id: EntityFilter = None,
-        created_after: FromQuery[AwareDatetime | None] = None,
-        created_before: FromQuery[AwareDatetime | None] = None,
+        created_after: InstantQuery = None,
+        created_before: InstantQuery = None,
     ) -> Response[list[Notification]]:
         """Filter by status, type, entity and creation time; ``Link`` names the next page."""
-        check_aware("created_after", created_after)
-        check_aware("created_before", created_before)
+        after_time = query_instant("created_after", created_after)
+        before_time = query_instant("created_before", created_before)
         check_storable({"type": type, "entity_id": entity_id}, source="query")
         after = Cursor.decode(cursor) if cursor else None
         async with transaction(services.pool) as conn:
@@ -147,8 +147,8 @@ class NotificationController(Controller):
                 status=status,
                 notification_type=type,
                 entity_id=entity_id,
-                created_after=created_after,
-                created_before=created_before,
+                created_after=after_time,
+                created_before=before_time,
             )
         page, following = paginate(rows, limit)
         filters = {
@@ -156,8 +156,8 @@ class NotificationController(Controller):
             "status": status,
             "type": type,
             "entity_id": entity_id,
-            "created_after": created_after.isoformat() if created_after else None,
-            "created_before": created_before.isoformat() if created_before else None,
+            "created_after": after_time.isoformat() if after_time else None,
+            "created_before": before_time.isoformat() if before_time else None,
         }
         query = {key: str(value) for key, value in filters.items() if value is not None}
         return Response(page, headers=next_link(self.path + "/", query, following))

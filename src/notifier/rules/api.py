@@ -59,7 +59,7 @@ class RuleController(Controller):
         "/",
         status_code=201,
         summary="Create a routing rule",
-        responses=problem_responses(400, 422),
+        responses=problem_responses(400, 413, 422),
     )
     async def create(
         self,
