@@ -11,11 +11,13 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import psycopg
 import pytest
+
+from notifier.problems import ProblemError
 
 
 async def eventually(
@@ -92,6 +94,18 @@ def assert_problem(response: httpx.Response, status: int, field: str | None = No
         assert set(error) == {"field", "message", "source"}
     if field is not None:
         assert field in [error["field"] for error in problem["errors"]], problem
+
+
+T = TypeVar("T")
+
+
+def outcome(call: Callable[[], T]) -> T | ProblemError:
+    """What ``call`` returns, or the problem document it raises; any other exception (a bug:
+    it would be a 500) propagates and fails the test."""
+    try:
+        return call()
+    except ProblemError as problem:
+        return problem
 
 
 def next_page(response: httpx.Response) -> str | None:
