@@ -26,7 +26,7 @@ import schemathesis
 from notifier.app import create_app
 from notifier.settings import Settings
 
-EXAMPLES_PER_OPERATION = int(os.environ.get("NOTIFIER_FUZZ_EXAMPLES", "15"))
+EXAMPLES_PER_OPERATION = int(os.environ.get("NOTIFIER_FUZZ_EXAMPLES", "10"))
 # What the fuzzing sent and got, by operation and status, printed after the run (`-s`).
 SENT: collections.Counter[tuple[str, int]] = collections.Counter()
 

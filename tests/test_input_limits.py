@@ -272,3 +272,27 @@ async def test_idempotency_keys_are_bounded_visible_ascii(
     assert response.status_code == status, response.text
     if status == 400:
         assert_problem(response, 400, "Idempotency-Key")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/api/v1/notifications/", notification(target_date=0), "target_date"),
+        ("/api/v1/notifications/", notification(target_date=1.7e9), "target_date"),
+        ("/api/v1/notifications/", notification(lead_time_days="7"), "lead_time_days"),
+        ("/api/v1/rules/", rule(enabled="true"), "enabled"),
+    ],
+)
+async def test_bodies_are_read_strictly_as_the_document_says(
+    client: AsyncTestClient[Any],
+    db: psycopg.AsyncConnection[Any],
+    path: str,
+    body: dict[str, Any],
+    field: str,
+) -> None:
+    """No number read as a time, no string as a number or a boolean."""
+    response = await client.post(path, json=body)
+
+    assert_problem(response, 422, field)
+    assert await count_rows(db, "notifier.notifications") == 0
+    assert await count_rows(db, "notifier.routing_rules") == 0

@@ -6,7 +6,7 @@ import datetime
 import uuid
 from typing import Any
 
-from litestar import Controller, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
@@ -19,6 +19,7 @@ from notifier.api_types import (
     check_payload_size,
     check_storable,
     checked_channel,
+    decode_strictly,
     query_instant,
 )
 from notifier.db import Connection, transaction
@@ -106,6 +107,7 @@ class NotificationController(Controller):
     )
     async def create(
         self,
+        request: Request[Any, Any, Any],
         data: JSONBody[NotificationCreate],
         services: NamedDependency[Services],
         idempotent: NamedDependency[IdempotentRequest | None],
@@ -113,6 +115,7 @@ class NotificationController(Controller):
         """Store the notification and its deliver job, scheduled ``lead_time_days`` before
         ``target_date``, in one transaction. A target date in the past stores it ``expired``.
         """
+        data = decode_strictly(await request.body(), NotificationCreate)
         draft = draft_from_request(data, services, datetime.datetime.now(datetime.UTC))
         async with transaction(services.pool) as conn:
             stored = await idempotency.claim(conn, idempotent)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from notifier.api_types import AwareDatetime, ChannelName, EventType, Payload
+from notifier.api_types import AwareDatetime, ChannelName, EventType, Payload, Recipient
 from notifier.recipients import E164_PATTERN
 
 
@@ -47,7 +47,7 @@ class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     phone: Annotated[str, msgspec.Meta(max_length=16, pattern=E164_PATTERN)] | None = None
     # Beyond the seed API: where to send it. The recipient defaults to email, then phone.
     channel: ChannelName | None = None
-    recipient: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
+    recipient: Recipient | None = None
     data: Payload = msgspec.field(default_factory=dict)
 
 

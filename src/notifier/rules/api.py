@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import datetime
 import uuid
+from typing import Any
 
 import msgspec
-from litestar import Controller, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from notifier import idempotency
-from notifier.api_types import check_storable, checked_channel
+from notifier.api_types import check_storable, checked_channel, decode_strictly
 from notifier.db import transaction
 from notifier.idempotency import IdempotentRequest
 from notifier.problems import field_error, not_found, problem_responses
@@ -63,12 +64,14 @@ class RuleController(Controller):
     )
     async def create(
         self,
+        request: Request[Any, Any, Any],
         data: JSONBody[RuleCreate],
         services: NamedDependency[Services],
         idempotent: NamedDependency[IdempotentRequest | None],
     ) -> Response[Rule]:
         """Applies to events processed from now on. With an ``Idempotency-Key``, a repeat
         returns the first answer and creates no second rule."""
+        data = decode_strictly(await request.body(), RuleCreate)
         lead_times = validate_rule(data, services)
         async with transaction(services.pool) as conn:
             stored = await idempotency.claim(conn, idempotent)

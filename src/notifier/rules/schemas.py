@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from notifier.api_types import ChannelName
+from notifier.api_types import ChannelName, Recipient
 
 # A dotted path into the event payload: "email", "user.contact.email".
 FieldPath = Annotated[
@@ -49,7 +49,7 @@ class RuleCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     event_type: EventTypePattern
     channel: ChannelName
     recipient_field: FieldPath | None = None
-    recipient: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
+    recipient: Recipient | None = None
     date_field: FieldPath | None = None
     lead_times: LeadTimes = msgspec.field(default_factory=lambda: ["P0D"])
     template: Annotated[str, msgspec.Meta(max_length=200)] | None = None
