@@ -92,6 +92,18 @@ def query_instant(field: str, text: str | None) -> datetime.datetime | None:
         ) from None
 
 
+# Encoded JSON of one event payload or notification data. Each notification copies it, so
+# a rule fanning out multiplies it. 64 KiB is what CloudEvents intermediaries must carry.
+MAX_PAYLOAD_BYTES = 64 * 1024
+
+
+def check_payload_size(field: str, payload: Payload) -> None:
+    """A 422 naming ``field`` if ``payload`` encodes to more than :data:`MAX_PAYLOAD_BYTES`."""
+    size = len(msgspec.json.encode(payload))
+    if size > MAX_PAYLOAD_BYTES:
+        raise field_error(field, f"must be at most {MAX_PAYLOAD_BYTES} bytes as JSON, is {size}")
+
+
 def check_storable(data: msgspec.Struct | dict[str, Any], *, source: str = "body") -> None:
     """A 422 naming the first value in ``data`` that PostgreSQL could not store or the API
     could not read back: a string or key holding NUL (text and jsonb refuse it), or JSON
@@ -105,18 +117,6 @@ def check_storable(data: msgspec.Struct | dict[str, Any], *, source: str = "body
 # Real payloads are a few levels deep; a bound keeps every later read and encode of them
 # well inside Python's recursion limit.
 MAX_JSON_DEPTH = 64
-# Encoded JSON of one event payload or notification data. Each notification copies it, so
-# a rule fanning out multiplies it. 64 KiB is what CloudEvents intermediaries must carry.
-MAX_PAYLOAD_BYTES = 64 * 1024
-
-
-def check_payload_size(field: str, payload: Payload) -> None:
-    """A 422 naming ``field`` if ``payload`` encodes to more than :data:`MAX_PAYLOAD_BYTES`."""
-    size = len(msgspec.json.encode(payload))
-    if size > MAX_PAYLOAD_BYTES:
-        raise field_error(field, f"must be at most {MAX_PAYLOAD_BYTES} bytes as JSON, is {size}")
-
-
 _NUL = "\x00"
 
 

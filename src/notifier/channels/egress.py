@@ -182,15 +182,13 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
     out of the guard's sight.
     """
 
-    def __init__(
-        self, allowed: Sequence[IPNetwork] = (), limits: httpx.Limits | None = None
-    ) -> None:
+    def __init__(self, allowed: Sequence[IPNetwork] = ()) -> None:
         super().__init__(trust_env=False)
-        limits = limits or httpx.Limits()
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=httpx.create_ssl_context(trust_env=False),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
+            # The limits httpx.AsyncClient gives the transport it builds itself.
+            max_connections=100,
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
             network_backend=GuardedBackend(allowed),
         )
