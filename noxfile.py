@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import nox
 
 nox.options.default_venv_backend = "uv"
@@ -43,6 +45,21 @@ def tests(session: nox.Session) -> None:
     """The test suite against the PostgreSQL at 127.0.0.1:5432 (extra args go to pytest)."""
     sync(session)
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """The schemathesis fuzz test with many more examples per operation than `tests` runs
+    (NOTIFIER_FUZZ_EXAMPLES, default here 300); prints how many requests it generated."""
+    sync(session)
+    examples = os.environ.get("NOTIFIER_FUZZ_EXAMPLES", "300")
+    session.run(
+        "pytest",
+        "tests/test_fuzz.py",
+        "-s",
+        *session.posargs,
+        env={"NOTIFIER_FUZZ_EXAMPLES": examples},
+    )
 
 
 @nox.session

@@ -32,7 +32,13 @@ from notifier.services import Services
 from notifier.settings import Settings
 from notifier.tenancy import DEFAULT_TENANT, Scope
 from notifier.worker import run_worker
-from tests.support import WEBHOOK_SECRET, ReceivedRequest, WebhookReceiver, bearer
+from tests.support import (
+    LOOPBACK_NETWORKS,
+    WEBHOOK_SECRET,
+    ReceivedRequest,
+    WebhookReceiver,
+    bearer,
+)
 
 PG_HOST = os.environ.get("NOTIFIER_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("NOTIFIER_TEST_PG_PORT", "5432"))
@@ -79,6 +85,8 @@ def settings(database_url: str) -> Settings:
         retry_max_seconds=2.0,
         webhook_timeout_seconds=2.0,
         webhook_secret=WEBHOOK_SECRET,
+        # The test receivers listen on loopback, which webhooks may not reach by default.
+        webhook_allowed_networks=LOOPBACK_NETWORKS,
     )
 
 

@@ -12,11 +12,13 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import psycopg
 import pytest
+
+from notifier.problems import ProblemError
 
 
 async def eventually(
@@ -76,6 +78,8 @@ class WebhookReceiver:
 # The Standard Webhooks secret the test settings sign with.
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"test-secret-of-32-bytes-length!!").decode()
 PROBLEM_JSON = "application/problem+json"
+# NOTIFIER_WEBHOOK_ALLOWED_NETWORKS of the tests: their receivers run on loopback.
+LOOPBACK_NETWORKS = "127.0.0.0/8,::1/128"
 
 
 def assert_problem(response: httpx.Response, status: int, field: str | None = None) -> None:
@@ -96,6 +100,18 @@ def assert_problem(response: httpx.Response, status: int, field: str | None = No
 def bearer(api_key: str) -> dict[str, str]:
     """The headers that send ``api_key``."""
     return {"Authorization": f"Bearer {api_key}"}
+
+
+T = TypeVar("T")
+
+
+def outcome(call: Callable[[], T]) -> T | ProblemError:
+    """What ``call`` returns, or the problem document it raises; any other exception (a bug:
+    it would be a 500) propagates and fails the test."""
+    try:
+        return call()
+    except ProblemError as problem:
+        return problem
 
 
 def next_page(response: httpx.Response) -> str | None:

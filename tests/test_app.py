@@ -66,6 +66,43 @@ async def test_openapi_document_describes_the_idempotency_key_header(
     assert "Idempotency-Key" in {p["name"] for p in publish.get("parameters", [])}
 
 
+async def test_openapi_document_describes_the_three_publish_body_shapes(
+    client: AsyncTestClient[Any],
+) -> None:
+    document = (await client.get("/schema/openapi.json")).json()
+
+    body = document["paths"]["/api/v1/events"]["post"]["requestBody"]
+    content = body["content"]
+    assert body["required"] is True
+    assert set(content) == {
+        "application/json",
+        "application/cloudevents+json",
+        "application/cloudevents-batch+json",
+    }
+    plain, cloudevent, batch = content["application/json"]["schema"]["anyOf"]
+    assert plain["required"] == ["type"]
+    assert cloudevent == content["application/cloudevents+json"]["schema"]
+    assert set(cloudevent["required"]) == {"specversion", "id", "source", "type"}
+    assert batch["maxItems"] == 1000
+    assert content["application/cloudevents-batch+json"]["schema"]["items"] == cloudevent
+
+
+async def test_options_lists_every_method_of_the_path(client: AsyncTestClient[Any]) -> None:
+    """Litestar alone lists only the methods of the first handler registered for a path."""
+    some_id = "e3e70682-c209-1cac-a29f-6fbed82c07cd"
+    expected = {
+        "/api/v1/rules": "GET, OPTIONS, POST",
+        f"/api/v1/rules/{some_id}": "DELETE, GET, OPTIONS",
+        f"/api/v1/notifications/{some_id}": "DELETE, GET, OPTIONS",
+        f"/api/v1/notifications/{some_id}/retry": "OPTIONS, POST",
+        "/api/v1/events": "GET, OPTIONS, POST",
+    }
+
+    allowed = {path: (await client.options(path)).headers["allow"] for path in expected}
+
+    assert allowed == expected
+
+
 async def test_health_is_ok_when_the_database_answers(client: AsyncTestClient[Any]) -> None:
     response = await client.get("/health")
 

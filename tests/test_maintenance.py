@@ -20,9 +20,9 @@ from notifier.channels.webhook import WebhookChannel
 from notifier.maintenance import run_maintenance
 from notifier.queue import DELIVER_TASK, MAINTENANCE_TASK
 from notifier.services import SERVICES_CONTEXT_KEY, Services
-from notifier.settings import Settings
+from notifier.settings import Settings, parse_networks
 from notifier.worker import run_worker
-from tests.support import WEBHOOK_SECRET, WebhookReceiver, eventually
+from tests.support import LOOPBACK_NETWORKS, WEBHOOK_SECRET, WebhookReceiver, eventually
 
 UTC = datetime.UTC
 
@@ -201,7 +201,12 @@ async def test_crash_after_sending_resends_with_the_same_webhook_id(
     job_id = await job_id_of(db, created["id"])
     await kill_worker_during(db, job_id)
     # What the killed worker got out before dying (its transaction never committed).
-    channel = WebhookChannel(secret=WEBHOOK_SECRET, timeout_seconds=5, user_agent="dying-worker")
+    channel = WebhookChannel(
+        secret=WEBHOOK_SECRET,
+        timeout_seconds=5,
+        user_agent="dying-worker",
+        allowed_networks=parse_networks(LOOPBACK_NETWORKS),
+    )
     try:
         await channel.send(
             OutgoingMessage(

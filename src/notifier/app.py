@@ -6,11 +6,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
-from litestar.datastructures import State
+from litestar.datastructures import MutableScopeHeaders, State
 from litestar.di import Provide
+from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.routes import HTTPRoute
+from litestar.status_codes import HTTP_204_NO_CONTENT
+from litestar.types import Message, Scope
 
 from notifier.auth.guard import BEARER_SCHEME, Authenticator, check_guarded
 from notifier.bootstrap import open_services
@@ -30,6 +34,22 @@ from notifier.telemetry.metrics import Metrics
 from notifier.telemetry.stats import DatabaseStats
 from notifier.telemetry.tracing import litestar_middleware, tracing_enabled
 from notifier.tenancy import provide_principal
+
+
+async def list_every_method_in_allow(message: Message, scope: Scope) -> None:
+    """Correct the ``Allow`` header of Litestar's automatic ``OPTIONS`` answers.
+
+    When several handlers share a path, Litestar (2.25) keeps the ``OPTIONS`` handler made
+    for the first one, which lists only that handler's methods. Found by the fuzz tests.
+    """
+    if scope["type"] != ScopeType.HTTP or scope["method"] != "OPTIONS":
+        return
+    if message["type"] != "http.response.start" or message["status"] != HTTP_204_NO_CONTENT:
+        return
+    for route in scope["app"].routes:
+        if isinstance(route, HTTPRoute) and scope["route_handler"] in route.route_handlers:
+            MutableScopeHeaders(message)["allow"] = ", ".join(sorted(route.methods))
+            return
 
 
 def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litestar:
@@ -90,6 +110,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
         # default would replace the root handler with its own text format.
         logging_config=None,
         state=State({"authenticator": Authenticator(settings)}),
+        before_send=[list_every_method_in_allow],
+        # Litestar answers 413 (a problem document, see problems.py) before reading more.
+        request_max_body_size=settings.api_max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="notifier",
             version="0.1.0",

@@ -19,7 +19,7 @@ from notifier.events import tasks as event_tasks
 from notifier.notifications import tasks as notification_tasks
 from notifier.queue import NotifierRetryStrategy, QueueConnector
 from notifier.services import Services
-from notifier.settings import Settings
+from notifier.settings import Settings, parse_networks
 from notifier.telemetry.metrics import Metrics
 
 UNEXPECTED_FAILURES = 10
@@ -47,6 +47,7 @@ def create_channels(settings: Settings) -> dict[str, Channel]:
             secret=settings.webhook_secret,
             timeout_seconds=settings.webhook_timeout_seconds,
             user_agent=settings.webhook_user_agent,
+            allowed_networks=parse_networks(settings.webhook_allowed_networks),
         ),
     ]
     return {channel.name: channel for channel in channels}

@@ -60,6 +60,15 @@ class Keyed(Protocol):
 
 RowT = TypeVar("RowT", bound=Keyed)
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description="Page size")]
+# Ours are about 80 characters; anything much longer cannot be one.
+MAX_CURSOR_LENGTH = 200
+CursorParameter = Annotated[
+    str | None,
+    QueryParameter(
+        max_length=MAX_CURSOR_LENGTH,
+        description="From the previous page's `Link` or `X-Next-Cursor` header",
+    ),
+]
 
 
 def paginate(rows: list[RowT], limit: int) -> tuple[list[RowT], Cursor | None]:

@@ -13,6 +13,7 @@ from litestar.exceptions import HTTPException, SerializationException, Validatio
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
@@ -72,6 +73,7 @@ _RESPONSE_DESCRIPTIONS = {
     403: "The API key lacks the scope this operation needs",
     404: "No such resource",
     409: "The resource's state does not allow this",
+    413: "The body is larger than `NOTIFIER_API_MAX_BODY_BYTES`",
     422: "A value is invalid; `errors` names each field at fault",
     429: "The API key's rate limit is exhausted; retry after `Retry-After` seconds",
     503: "The database is unavailable; nothing was stored, retry after `Retry-After` seconds",
@@ -226,9 +228,19 @@ def _handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Respons
                 errors=[FieldProblem(field="body", message=exc.detail)],
             ),
         )
-    title = {404: "Not Found", 405: "Method Not Allowed", 413: "Content Too Large"}.get(
-        exc.status_code, "Request failed"
-    )
+    if exc.status_code == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
+        limit = request.route_handler.resolve_request_max_body_size()
+        message = f"must be at most {limit} bytes"
+        return problem_response(
+            request,
+            ProblemError(
+                exc.status_code,
+                "Content Too Large",
+                f"body: {message}",
+                errors=[FieldProblem(field="body", message=message)],
+            ),
+        )
+    title = {404: "Not Found", 405: "Method Not Allowed"}.get(exc.status_code, "Request failed")
     return problem_response(
         request, ProblemError(exc.status_code, title, exc.detail, headers=exc.headers)
     )

@@ -6,6 +6,7 @@ Everything else receives a :class:`Settings` instance; nothing reads the environ
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -63,6 +64,12 @@ class Settings:
     # Standard Webhooks secret ("whsec_" + base64). Unset: webhooks are sent unsigned.
     webhook_secret: str | None = None
     webhook_user_agent: str = "notifier-webhooks/0.1"
+    # Comma-separated CIDRs webhooks may reach although they are not public (loopback,
+    # private, link-local...). Empty: public addresses only.
+    webhook_allowed_networks: str = ""
+
+    # Requests with a larger body are refused with 413 before they are read.
+    api_max_body_bytes: int = 1024 * 1024
 
     # Signs unsubscribe links (any long random string). Unset: emails carry no such links.
     unsubscribe_secret: str | None = None
@@ -113,11 +120,16 @@ class Settings:
         return cls(**values)
 
     def __post_init__(self) -> None:
+        # Fail when the settings are read, not when the first request or webhook needs them.
         if self.api_rate_limit_per_second <= 0 or self.api_rate_limit_burst < 1:
             raise SettingsError(
                 "NOTIFIER_API_RATE_LIMIT_PER_SECOND must be above 0 and "
                 "NOTIFIER_API_RATE_LIMIT_BURST at least 1"
             )
+        try:
+            parse_networks(self.webhook_allowed_networks)
+        except ValueError as exc:
+            raise SettingsError(f"{ENV_PREFIX}WEBHOOK_ALLOWED_NETWORKS: {exc}") from None
 
     def __repr__(self) -> str:
         """Every field, with secrets and the database password masked: settings get logged."""
@@ -155,6 +167,22 @@ def _mask_password(database_url: str) -> str:
         return database_url
     params["password"] = MASK
     return make_conninfo("", **params)
+
+
+def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated CIDRs (``"127.0.0.0/8, ::1/128"``); a bare address is a /32 or /128.
+
+    Raises :class:`ValueError` naming the entry that is not a network.
+    """
+    networks = []
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an IP network such as 10.0.0.0/8") from None
+    return tuple(networks)
 
 
 def _parse(name: str, raw: str, annotation: Any) -> Any:

@@ -21,7 +21,8 @@ from notifier.channels.webhook import (
     sign,
     webhook_body,
 )
-from tests.support import WEBHOOK_SECRET, WebhookReceiver
+from notifier.settings import parse_networks
+from tests.support import LOOPBACK_NETWORKS, WEBHOOK_SECRET, WebhookReceiver
 
 UTC = datetime.UTC
 NOTIFICATION_ID = uuid.UUID("5f0c6a8e-8a44-4c44-9d6c-1f1d8c9f0b42")
@@ -41,9 +42,18 @@ def message(recipient: str = "https://example.com/hooks", attempt: int = 1) -> O
     )
 
 
+# The receiver fixture listens on loopback, which webhooks reach only through the allowlist.
+LOOPBACK = parse_networks(LOOPBACK_NETWORKS)
+
+
 @pytest.fixture
 async def channel() -> AsyncIterator[WebhookChannel]:
-    webhook = WebhookChannel(secret=WEBHOOK_SECRET, timeout_seconds=2.0, user_agent="test-agent")
+    webhook = WebhookChannel(
+        secret=WEBHOOK_SECRET,
+        timeout_seconds=2.0,
+        user_agent="test-agent",
+        allowed_networks=LOOPBACK,
+    )
     yield webhook
     await webhook.aclose()
 
@@ -250,7 +260,9 @@ async def test_send_posts_signed_json_with_the_idempotency_key(
 
 
 async def test_send_without_a_secret_is_unsigned(receiver: WebhookReceiver) -> None:
-    unsigned = WebhookChannel(secret=None, timeout_seconds=2.0, user_agent="test-agent")
+    unsigned = WebhookChannel(
+        secret=None, timeout_seconds=2.0, user_agent="test-agent", allowed_networks=LOOPBACK
+    )
     try:
         await unsigned.send(message(receiver.url))
     finally:
@@ -277,7 +289,9 @@ async def test_send_raises_the_classified_error_with_retry_after(
 
 async def test_slow_receiver_times_out_as_a_retryable_error(receiver: WebhookReceiver) -> None:
     receiver.delay_seconds = 1.5
-    impatient = WebhookChannel(secret=WEBHOOK_SECRET, timeout_seconds=0.3, user_agent="t")
+    impatient = WebhookChannel(
+        secret=WEBHOOK_SECRET, timeout_seconds=0.3, user_agent="t", allowed_networks=LOOPBACK
+    )
     try:
         with pytest.raises(DeliveryError) as caught:
             await impatient.send(message(receiver.url))

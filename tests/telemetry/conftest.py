@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from tests.support import bearer, free_port, wait_until_healthy
+from tests.support import LOOPBACK_NETWORKS, bearer, free_port, wait_until_healthy
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,7 @@ def deployment(
         "NOTIFIER_WORKER_POLL_INTERVAL_SECONDS": "0.1",
         "NOTIFIER_WORKER_CONCURRENCY": "2",
         "NOTIFIER_METRICS_CACHE_SECONDS": "0",
+        "NOTIFIER_WEBHOOK_ALLOWED_NETWORKS": LOOPBACK_NETWORKS,
         "OTEL_EXPORTER_OTLP_ENDPOINT": trace_receiver.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "100",
     }

@@ -15,8 +15,11 @@ class LogChannel:
     name = "log"
 
     def validate_recipient(self, recipient: str) -> str | None:
-        """Any non-empty recipient is fine for a log line."""
-        return None if recipient.strip() else "must not be empty"
+        """Any non-empty recipient is fine for a log line, without control characters
+        (a newline would let it forge log lines)."""
+        if not recipient.strip():
+            return "must not be empty"
+        return None if recipient.isprintable() else "must not contain control characters"
 
     async def send(self, message: OutgoingMessage) -> DeliveryReceipt:
         """Log the message with its idempotency key."""

@@ -12,17 +12,25 @@ import email.utils
 import hashlib
 import hmac
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
 import msgspec
 
 from notifier.channels.base import DeliveryError, DeliveryReceipt, OutgoingMessage
+from notifier.channels.egress import (
+    BlockedAddressError,
+    GuardedTransport,
+    IPNetwork,
+    host_problem,
+)
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
 # Standard Webhooks: these ask the sender to slow down and may say when to come back.
 THROTTLING_STATUSES = frozenset({429, 502, 503, 504})
 RETRYABLE_CLIENT_STATUSES = frozenset({408, 409, 425, 429})
+MAX_URL_LENGTH = 2048
 
 
 def decode_secret(secret: str) -> bytes:
@@ -83,30 +91,45 @@ class WebhookChannel:
         secret: str | None,
         timeout_seconds: float,
         user_agent: str,
-        client: httpx.AsyncClient | None = None,
+        allowed_networks: Sequence[IPNetwork] = (),
     ) -> None:
         self._secret = decode_secret(secret) if secret else None
-        self._client = client or httpx.AsyncClient(
+        self._allowed_networks = tuple(allowed_networks)
+        self._client = httpx.AsyncClient(
+            # Connects only to public addresses, or to those in allowed_networks.
+            transport=GuardedTransport(self._allowed_networks),
             timeout=httpx.Timeout(timeout_seconds),
-            # A redirect could point anywhere; receivers must give their final URL.
+            # A redirect could point anywhere; receivers must give their final URL. (Were
+            # redirects followed, each hop would still connect through the guard.)
             follow_redirects=False,
             headers={"user-agent": user_agent},
         )
 
     def validate_recipient(self, recipient: str) -> str | None:
-        """The recipient must be an absolute http(s) URL."""
+        """The recipient must be an absolute http(s) URL without credentials, whose host is
+        not a loopback, private or otherwise internal address (unless allowed).
+
+        Host names are resolved at send time, where every address is checked again.
+        """
+        if len(recipient) > MAX_URL_LENGTH:
+            return f"must be at most {MAX_URL_LENGTH} characters"
         try:
             url = httpx.URL(recipient)
         except httpx.InvalidURL as exc:
             return f"is not a valid URL: {exc}"
         if url.scheme not in {"http", "https"} or not url.host:
             return "must be an absolute http:// or https:// URL"
+        if url.userinfo:
+            # They would be sent in the clear to every proxy and log on the way; and the URL
+            # is shown in API responses. Receivers verify the signature instead.
+            return "must not contain credentials (user:password@)"
         # httpx accepts both of these, and every send to them would fail, to no end.
         if url.port is not None and not 0 < url.port < 65536:
             return f"has an invalid port {url.port}"
         if "%" in url.host:  # httpx percent-encodes what a host name cannot contain
             return f"has an invalid host name {url.host!r}"
-        return None
+        problem = host_problem(url.host, self._allowed_networks)
+        return f"must not point at {problem}" if problem else None
 
     async def send(self, message: OutgoingMessage) -> DeliveryReceipt:
         """POST once and classify the answer."""
@@ -122,6 +145,11 @@ class WebhookChannel:
             )
         try:
             response = await self._client.post(message.recipient, content=body, headers=headers)
+        except BlockedAddressError as exc:
+            raise DeliveryError(
+                f"refused to connect: {exc} (NOTIFIER_WEBHOOK_ALLOWED_NETWORKS can allow it)",
+                retryable=False,
+            ) from exc
         except httpx.TimeoutException as exc:
             raise DeliveryError(f"timed out: {type(exc).__name__}", retryable=True) from exc
         except httpx.HTTPError as exc:

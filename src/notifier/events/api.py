@@ -3,28 +3,80 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
+from litestar.params import FromPath
 
 from notifier import idempotency
-from notifier.api_types import check_instant, check_storable
+from notifier.api_types import TypeFilter, check_instant, check_payload_size, check_storable
 from notifier.auth.guard import BEARER_SECURITY, requires
 from notifier.db import transaction
 from notifier.events import queries
-from notifier.events.cloudevents import parse_publish_request
-from notifier.events.schemas import Event, EventDetail
+from notifier.events.cloudevents import (
+    CLOUDEVENTS_BATCH_JSON,
+    CLOUDEVENTS_JSON,
+    MAX_BATCH_SIZE,
+    CloudEvent,
+    parse_publish_request,
+)
+from notifier.events.schemas import Event, EventCreate, EventDetail
 from notifier.events.tasks import enqueue_processing
 from notifier.idempotency import IdempotentRequest
 from notifier.notifications.queries import list_notifications
-from notifier.pagination import DEFAULT_LIMIT, MAX_LIMIT, Cursor, Limit, next_link, paginate
+from notifier.pagination import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    Cursor,
+    CursorParameter,
+    Limit,
+    next_link,
+    paginate,
+)
 from notifier.problems import not_found, problem_responses
 from notifier.services import Services
 from notifier.telemetry import current_traceparent
 from notifier.tenancy import Principal, Scope
+
+
+def _publish_request_body() -> RequestBody:
+    """The three shapes ``publish`` reads, for the OpenAPI document.
+
+    ``publish`` parses its body itself (the shape depends on the content type and on the
+    body), so Litestar cannot derive this from its signature. The schemas come from the
+    very structs the parser decodes with, inlined so the document needs no extra components.
+    """
+    refs, definitions = msgspec.json.schema_components([EventCreate, CloudEvent])
+    plain, cloudevent = (definitions[ref["$ref"].removeprefix("#/$defs/")] for ref in refs)
+
+    def batch(item: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "array", "items": item, "minItems": 1, "maxItems": MAX_BATCH_SIZE}
+
+    either: dict[str, Any] = {"anyOf": [plain, cloudevent]}
+    # Litestar renders plain dicts as they are; its Schema type cannot be built from them.
+    shapes: dict[str, Any] = {
+        "application/json": {"anyOf": [plain, cloudevent, batch(either)]},
+        CLOUDEVENTS_JSON: cloudevent,
+        CLOUDEVENTS_BATCH_JSON: batch(cloudevent),
+    }
+    return RequestBody(
+        required=True,
+        description="An event, a CloudEvent, or a batch (an array) of them",
+        content={media: OpenAPIMediaType(schema=schema) for media, schema in shapes.items()},
+    )
+
+
+@dataclass
+class _PublishOperation(Operation):
+    """The OpenAPI operation of ``publish``, with its request body."""
+
+    def __post_init__(self) -> None:
+        self.request_body = _publish_request_body()
 
 
 class EventController(Controller):
@@ -38,7 +90,15 @@ class EventController(Controller):
         "/",
         status_code=201,
         summary="Publish an event, a CloudEvent, or a batch of either",
-        responses=problem_responses(400, 422),
+        responses={
+            200: ResponseSpec(
+                Event | list[Event],
+                description="Every CloudEvent in the request was already stored: the stored ones",
+                generate_examples=False,
+            ),
+            **problem_responses(400, 413, 422),
+        },
+        operation_class=_PublishOperation,
         guards=[requires(Scope.EVENTS_WRITE)],
     )
     async def publish(
@@ -63,6 +123,7 @@ class EventController(Controller):
         for index, event in enumerate(events):
             prefix = f"[{index}]." if is_batch else ""
             check_storable({prefix + k: v for k, v in msgspec.structs.asdict(event).items()})
+            check_payload_size(f"{prefix}payload", event.payload)
             check_instant(f"{prefix}occurred_at", event.occurred_at)
         # Processing continues the producer's trace if the event names one, else this request's.
         traceparent = current_traceparent()
@@ -102,18 +163,18 @@ class EventController(Controller):
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
         limit: Limit = DEFAULT_LIMIT,
-        cursor: FromQuery[str | None] = None,
-        event_type: Annotated[str | None, QueryParameter(name="type")] = None,
+        cursor: CursorParameter = None,
+        type: TypeFilter = None,
     ) -> Response[list[Event]]:
         """A page of events. The ``Link`` header names the next page, if any."""
-        check_storable({"type": event_type}, source="query")
+        check_storable({"type": type}, source="query")
         after = Cursor.decode(cursor) if cursor else None
         async with transaction(services.pool) as conn:
             events = await queries.list_events(
-                conn, principal.tenant_id, limit=limit + 1, after=after, event_type=event_type
+                conn, principal.tenant_id, limit=limit + 1, after=after, event_type=type
             )
         page, following = paginate(events, limit)
-        query = {"limit": str(limit)} | ({"type": event_type} if event_type else {})
+        query = {"limit": str(limit)} | ({"type": type} if type else {})
         return Response(page, headers=next_link(self.path + "/", query, following))
 
     @get(

@@ -38,8 +38,8 @@ class CloudEvent(msgspec.Struct, kw_only=True):
     type: EventType
     time: AwareDatetime | None = None
     datacontenttype: Literal["application/json"] | None = None
-    dataschema: str | None = None
-    subject: str | None = None
+    dataschema: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
+    subject: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
     data: Payload = msgspec.field(default_factory=dict)
     traceparent: TraceParent | None = None
 

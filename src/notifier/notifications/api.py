@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
-from litestar import Controller, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from notifier import idempotency
 from notifier.api_types import (
-    AwareDatetime,
-    check_aware,
+    EntityFilter,
+    InstantQuery,
+    TypeFilter,
     check_instant,
+    check_payload_size,
     check_storable,
     checked_channel,
     checked_local_time,
+    decode_strictly,
+    query_instant,
 )
 from notifier.auth.guard import BEARER_SECURITY, requires
 from notifier.db import Connection, transaction
@@ -36,8 +40,16 @@ from notifier.notifications.schemas import (
     NotificationStatus,
     notification_from_row,
 )
-from notifier.pagination import DEFAULT_LIMIT, Cursor, Limit, next_link, paginate
+from notifier.pagination import (
+    DEFAULT_LIMIT,
+    Cursor,
+    CursorParameter,
+    Limit,
+    next_link,
+    paginate,
+)
 from notifier.problems import ProblemError, field_error, not_found, problem_responses
+from notifier.recipients import email_address_problem, phone_number_problem
 from notifier.services import Services
 from notifier.telemetry import current_traceparent
 from notifier.tenancy import Principal, Scope
@@ -52,7 +64,12 @@ def draft_from_request(
 ) -> NotificationDraft:
     """Check a create request against the configured channels and plan its one send."""
     check_storable(data)
+    check_payload_size("data", data.data)
     check_instant("target_date", data.target_date)
+    if data.email is not None and (problem := email_address_problem(data.email)):
+        raise field_error("email", problem)
+    if data.phone is not None and (problem := phone_number_problem(data.phone)):
+        raise field_error("phone", problem)
     channel_name = data.channel or services.settings.default_channel
     recipient = data.recipient or data.email or data.phone
     checked_channel(services, channel_name, recipient)
@@ -102,11 +119,12 @@ class NotificationController(Controller):
         "/",
         status_code=201,
         summary="Schedule a notification",
-        responses=problem_responses(400, 422),
+        responses=problem_responses(400, 413, 422),
         guards=[requires(Scope.NOTIFICATIONS_WRITE)],
     )
     async def create(
         self,
+        request: Request[Any, Any, Any],
         data: JSONBody[NotificationCreate],
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
@@ -115,6 +133,7 @@ class NotificationController(Controller):
         """Store the notification and its deliver job, scheduled ``lead_time_days`` before
         ``target_date``, in one transaction. A target date in the past stores it ``expired``.
         """
+        data = decode_strictly(await request.body(), NotificationCreate)
         draft = draft_from_request(data, services, datetime.datetime.now(datetime.UTC))
         async with transaction(services.pool) as conn:
             stored = await idempotency.claim(conn, idempotent)
@@ -137,17 +156,17 @@ class NotificationController(Controller):
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
         limit: Limit = DEFAULT_LIMIT,
-        cursor: FromQuery[str | None] = None,
+        cursor: CursorParameter = None,
         status: FromQuery[NotificationStatus | None] = None,
-        notification_type: Annotated[str | None, QueryParameter(name="type")] = None,
-        entity_id: FromQuery[str | None] = None,
-        created_after: FromQuery[AwareDatetime | None] = None,
-        created_before: FromQuery[AwareDatetime | None] = None,
+        type: TypeFilter = None,
+        entity_id: EntityFilter = None,
+        created_after: InstantQuery = None,
+        created_before: InstantQuery = None,
     ) -> Response[list[Notification]]:
         """Filter by status, type, entity and creation time; ``Link`` names the next page."""
-        check_aware("created_after", created_after)
-        check_aware("created_before", created_before)
-        check_storable({"type": notification_type, "entity_id": entity_id}, source="query")
+        after_time = query_instant("created_after", created_after)
+        before_time = query_instant("created_before", created_before)
+        check_storable({"type": type, "entity_id": entity_id}, source="query")
         after = Cursor.decode(cursor) if cursor else None
         async with transaction(services.pool) as conn:
             rows = await queries.list_notifications(
@@ -156,19 +175,19 @@ class NotificationController(Controller):
                 limit=limit + 1,
                 after=after,
                 status=status,
-                notification_type=notification_type,
+                notification_type=type,
                 entity_id=entity_id,
-                created_after=created_after,
-                created_before=created_before,
+                created_after=after_time,
+                created_before=before_time,
             )
         page, following = paginate(rows, limit)
         filters = {
             "limit": limit,
             "status": status,
-            "type": notification_type,
+            "type": type,
             "entity_id": entity_id,
-            "created_after": created_after.isoformat() if created_after else None,
-            "created_before": created_before.isoformat() if created_before else None,
+            "created_after": after_time.isoformat() if after_time else None,
+            "created_before": before_time.isoformat() if before_time else None,
         }
         query = {key: str(value) for key, value in filters.items() if value is not None}
         return Response(page, headers=next_link(self.path + "/", query, following))

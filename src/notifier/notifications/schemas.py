@@ -9,8 +9,9 @@ from typing import Annotated, Any
 
 import msgspec
 
-from notifier.api_types import AwareDatetime, EventType, Payload
+from notifier.api_types import AwareDatetime, ChannelName, EventType, Payload, Recipient
 from notifier.notifications.localtime import QuietHours, TimeZoneName
+from notifier.recipients import E164_PATTERN
 
 
 class NotificationStatus(enum.StrEnum):
@@ -38,11 +39,17 @@ class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     entity_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     target_date: AwareDatetime
     lead_time_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 7
-    email: Annotated[str, msgspec.Meta(max_length=320)] | None = None
-    phone: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    # Checked with notifier.recipients; the schema says so for clients and the fuzz tests.
+    email: (
+        Annotated[
+            str, msgspec.Meta(max_length=320, extra_json_schema={"extra": {"format": "email"}})
+        ]
+        | None
+    ) = None
+    phone: Annotated[str, msgspec.Meta(max_length=16, pattern=E164_PATTERN)] | None = None
     # Beyond the seed API: where to send it. The recipient defaults to email, then phone.
-    channel: str | None = None
-    recipient: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
+    channel: ChannelName | None = None
+    recipient: Recipient | None = None
     data: Payload = msgspec.field(default_factory=dict)
     # The recipient's IANA zone: lead days are counted on its clock, quiet hours read in it.
     timezone: TimeZoneName | None = None
@@ -69,7 +76,10 @@ class Notification(msgspec.Struct, kw_only=True):
     entity_id: str | None
     target_date: datetime.datetime | None
     # Whole days in the seed API; an int keeps `7` from turning into `7.0` on a replay.
-    lead_time_days: int | float
+    # (Documented as one "number": "oneOf integer, number" would reject every whole number.)
+    lead_time_days: Annotated[
+        int | float, msgspec.Meta(extra_json_schema={"extra": {"one_of": None, "type": "number"}})
+    ]
     email: str | None
     phone: str | None
     channel: str

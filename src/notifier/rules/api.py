@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import datetime
 import uuid
+from typing import Any
 
 import msgspec
-from litestar import Controller, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from notifier import idempotency
-from notifier.api_types import check_storable, checked_channel, checked_local_time
+from notifier.api_types import (
+    check_storable,
+    checked_channel,
+    checked_local_time,
+    decode_strictly,
+)
 from notifier.auth.guard import BEARER_SECURITY, requires
 from notifier.db import transaction
 from notifier.idempotency import IdempotentRequest
@@ -63,11 +69,12 @@ class RuleController(Controller):
         "/",
         status_code=201,
         summary="Create a routing rule",
-        responses=problem_responses(400, 422),
+        responses=problem_responses(400, 413, 422),
         guards=[requires(Scope.RULES_WRITE)],
     )
     async def create(
         self,
+        request: Request[Any, Any, Any],
         data: JSONBody[RuleCreate],
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
@@ -75,6 +82,7 @@ class RuleController(Controller):
     ) -> Response[Rule]:
         """Applies to events processed from now on. With an ``Idempotency-Key``, a repeat
         returns the first answer and creates no second rule."""
+        data = decode_strictly(await request.body(), RuleCreate)
         lead_times = validate_rule(data, services)
         async with transaction(services.pool) as conn:
             stored = await idempotency.claim(conn, idempotent)

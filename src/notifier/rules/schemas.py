@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from notifier.api_types import ChannelName, Recipient
 from notifier.notifications.localtime import QuietHours, TimeZoneName
 
 # A dotted path into the event payload: "email", "user.contact.email".
@@ -21,24 +22,35 @@ EventTypePattern = Annotated[
 ]
 # Strings, not timedeltas: in lax mode msgspec reads a number as seconds, so `[7]` meant to
 # be a week would silently become 7 seconds. The API parses and bounds them.
+ISO_DURATION_PATTERN = r"^[-+]?[Pp]\S*$"
 IsoDuration = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[-+]?[Pp]\S*$",
+        pattern=ISO_DURATION_PATTERN,
         max_length=40,
         description="An ISO 8601 duration in days, hours, minutes, seconds: P7D, PT12H, P1DT6H",
     ),
 ]
-LeadTimes = Annotated[list[IsoDuration], msgspec.Meta(min_length=1, max_length=20)]
+LeadTimes = Annotated[
+    list[IsoDuration],
+    msgspec.Meta(
+        min_length=1,
+        max_length=20,
+        # Litestar leaves the items' constraints out of the OpenAPI document: restate them.
+        extra_json_schema={
+            "extra": {"items": {"type": "string", "pattern": ISO_DURATION_PATTERN, "maxLength": 40}}
+        },
+    ),
+]
 
 
 class RuleCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``POST /api/v1/rules/``. Lead times are ISO 8601 durations, e.g. ``"P7D"``."""
 
     event_type: EventTypePattern
-    channel: str
+    channel: ChannelName
     recipient_field: FieldPath | None = None
-    recipient: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
+    recipient: Recipient | None = None
     date_field: FieldPath | None = None
     lead_times: LeadTimes = msgspec.field(default_factory=lambda: ["P0D"])
     template: Annotated[str, msgspec.Meta(max_length=200)] | None = None

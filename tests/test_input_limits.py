@@ -1,0 +1,298 @@
+"""Every input limit, at the boundary: the limit itself is accepted, one more is a 4xx
+problem document naming the field at fault, and nothing is stored."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from litestar.testing import AsyncTestClient
+
+from notifier.api_types import MAX_PAYLOAD_BYTES
+from notifier.app import create_app
+from notifier.pagination import MAX_CURSOR_LENGTH, MAX_LIMIT
+from notifier.settings import Settings
+from tests.support import assert_problem, count_rows
+
+BODY_LIMIT = 4096
+
+
+@pytest.fixture
+async def small_body_client(settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
+    """The app with NOTIFIER_API_MAX_BODY_BYTES at 4 KiB."""
+    app = create_app(settings.replace(api_max_body_bytes=BODY_LIMIT))
+    async with AsyncTestClient(app=app) as client:
+        yield client
+
+
+def event_of_size(size: int) -> bytes:
+    """A valid plain event whose JSON is exactly ``size`` bytes."""
+    empty = b'{"type":"sized","payload":{"pad":""}}'
+    body = empty.replace(b'""', b'"' + b"x" * (size - len(empty)) + b'"')
+    assert len(body) == size
+    return body
+
+
+async def test_a_body_at_the_size_limit_is_accepted(
+    small_body_client: AsyncTestClient[Any],
+) -> None:
+    response = await small_body_client.post(
+        "/api/v1/events/", content=event_of_size(BODY_LIMIT), headers=JSON
+    )
+
+    assert response.status_code == 201, response.text
+
+
+async def test_a_body_one_byte_over_the_limit_is_a_413_problem(
+    small_body_client: AsyncTestClient[Any], db: psycopg.AsyncConnection[Any]
+) -> None:
+    response = await small_body_client.post(
+        "/api/v1/events/", content=event_of_size(BODY_LIMIT + 1), headers=JSON
+    )
+
+    assert_problem(response, 413, "body")
+    assert response.json()["errors"][0]["message"] == f"must be at most {BODY_LIMIT} bytes"
+    assert await count_rows(db, "notifier.events") == 0
+
+
+async def test_a_chunked_body_over_the_limit_is_a_413_problem(
+    live_api: str, settings: Settings, api_headers: dict[str, str]
+) -> None:
+    """No Content-Length to refuse early: the limit holds on the bytes as they arrive."""
+    body = event_of_size(settings.api_max_body_bytes + 1)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 64 * 1024):
+            yield body[start : start + 64 * 1024]
+
+    async with httpx.AsyncClient(base_url=live_api, headers=api_headers) as http:
+        response = await http.post("/api/v1/events/", content=chunks(), headers=JSON)
+
+    assert "content-length" not in response.request.headers
+    assert_problem(response, 413, "body")
+
+
+JSON = {"content-type": "application/json"}
+
+
+def payload_of_size(size: int) -> dict[str, str]:
+    """A payload whose JSON encoding is exactly ``size`` bytes."""
+    overhead = len(json.dumps({"pad": ""}, separators=(",", ":")))
+    return {"pad": "x" * (size - overhead)}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/api/v1/events/", lambda payload: {"type": "big", "payload": payload}, "payload"),
+        (
+            "/api/v1/events/",
+            lambda payload: [{"type": "ok"}, {"type": "big", "payload": payload}],
+            "[1].payload",
+        ),
+        (
+            "/api/v1/notifications/",
+            lambda payload: {
+                "notification_type": "big",
+                "entity_id": "e",
+                "target_date": "2030-01-01T00:00:00Z",
+                "email": "ada@example.com",
+                "data": payload,
+            },
+            "data",
+        ),
+    ],
+    ids=["event", "batch-item", "notification-data"],
+)
+async def test_payloads_are_bounded_in_encoded_size(
+    client: AsyncTestClient[Any], path: str, body: Any, field: str
+) -> None:
+    at_limit = await client.post(path, json=body(payload_of_size(MAX_PAYLOAD_BYTES)))
+    over = await client.post(path, json=body(payload_of_size(MAX_PAYLOAD_BYTES + 1)))
+
+    assert at_limit.status_code == 201, at_limit.text
+    assert_problem(over, 422, field)
+
+
+def notification(**changes: Any) -> dict[str, Any]:
+    return {
+        "notification_type": "limits",
+        "entity_id": "e",
+        "target_date": "2030-01-01T00:00:00Z",
+        "email": "ada@example.com",
+    } | changes
+
+
+def cloudevent(**changes: Any) -> dict[str, Any]:
+    return {"specversion": "1.0", "id": "1", "source": "s", "type": "limits"} | changes
+
+
+def rule(**changes: Any) -> dict[str, Any]:
+    return {"event_type": "limits", "channel": "log", "recipient": "ops"} | changes
+
+
+@pytest.mark.parametrize(
+    ("path", "make", "field", "limit"),
+    [
+        ("/api/v1/events/", lambda text: {"type": text}, "type", 200),
+        ("/api/v1/events/", lambda text: cloudevent(id=text), "id", 255),
+        ("/api/v1/events/", lambda text: cloudevent(source=text), "source", 1024),
+        ("/api/v1/events/", lambda text: cloudevent(subject=text), "subject", 1024),
+        ("/api/v1/events/", lambda text: cloudevent(dataschema=text), "dataschema", 2048),
+        ("/api/v1/notifications/", lambda text: notification(entity_id=text), "entity_id", 200),
+        ("/api/v1/notifications/", lambda text: notification(recipient=text), "recipient", 2048),
+        ("/api/v1/rules/", lambda text: rule(name=text), "name", 200),
+        ("/api/v1/rules/", lambda text: rule(template=text), "template", 200),
+    ],
+)
+async def test_strings_are_bounded_in_length(
+    client: AsyncTestClient[Any], path: str, make: Any, field: str, limit: int
+) -> None:
+    at_limit = await client.post(path, json=make("a" * limit))
+    over = await client.post(path, json=make("a" * (limit + 1)))
+
+    assert at_limit.status_code == 201, at_limit.text
+    assert_problem(over, 422, field)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/notifications/", "/api/v1/rules/"])
+async def test_channel_names_are_bounded_in_length(client: AsyncTestClient[Any], path: str) -> None:
+    body = notification() if path.endswith("notifications/") else rule()
+
+    response = await client.post(path, json=body | {"channel": "c" * 65})
+
+    assert_problem(response, 422, "channel")
+    assert "length <= 64" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("path", "parameter", "limit"),
+    [
+        ("/api/v1/events/", "type", 200),
+        ("/api/v1/notifications/", "type", 200),
+        ("/api/v1/notifications/", "entity_id", 200),
+    ],
+)
+async def test_query_filters_are_bounded_in_length(
+    client: AsyncTestClient[Any], path: str, parameter: str, limit: int
+) -> None:
+    at_limit = await client.get(path, params={parameter: "a" * limit})
+    over = await client.get(path, params={parameter: "a" * (limit + 1)})
+
+    assert at_limit.status_code == 200, at_limit.text
+    assert_problem(over, 422, parameter)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/events/", "/api/v1/notifications/"])
+async def test_page_size_and_cursor_are_bounded(client: AsyncTestClient[Any], path: str) -> None:
+    largest = await client.get(path, params={"limit": MAX_LIMIT})
+    too_large = await client.get(path, params={"limit": MAX_LIMIT + 1})
+    long_cursor = await client.get(path, params={"cursor": "a" * (MAX_CURSOR_LENGTH + 1)})
+
+    assert largest.status_code == 200
+    assert_problem(too_large, 422, "limit")
+    assert_problem(long_cursor, 422, "cursor")
+
+
+@pytest.mark.parametrize(
+    "value", ["0.5", "1700000000", "2026-01-01", "2026-01-01T00:00:00", "2026-01-01 00:00Z"]
+)
+async def test_query_times_must_be_rfc3339_with_a_zone(
+    client: AsyncTestClient[Any], value: str
+) -> None:
+    response = await client.get("/api/v1/notifications/", params={"created_before": value})
+
+    assert_problem(response, 422, "created_before")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("email", "ada"),
+        ("email", "ada@localhost"),
+        ("email", "Ada <ada@example.com>"),
+        ("email", "ada@example.com\n"),
+        ("phone", "4915112345678"),
+        ("phone", "+0123456"),
+        ("phone", "+1 415 555 0123"),
+        ("phone", "+1234567890123456"),  # 16 digits
+        ("phone", "+49151\n"),
+    ],
+)
+async def test_invalid_email_and_phone_are_422_problems_naming_them(
+    client: AsyncTestClient[Any], db: psycopg.AsyncConnection[Any], field: str, value: str
+) -> None:
+    response = await client.post("/api/v1/notifications/", json=notification(**{field: value}))
+
+    assert_problem(response, 422, field)
+    assert await count_rows(db, "notifier.notifications") == 0
+
+
+async def test_valid_email_and_e164_phone_are_accepted(client: AsyncTestClient[Any]) -> None:
+    response = await client.post(
+        "/api/v1/notifications/",
+        json=notification(email="ada.lovelace+bills@example.co.uk", phone="+123456789012345"),
+    )
+
+    assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/notifications/", notification(recipient="ada\nforged log line")),
+        ("/api/v1/rules/", rule(recipient="ops\r\nforged")),
+    ],
+)
+async def test_log_recipients_must_not_carry_control_characters(
+    client: AsyncTestClient[Any], path: str, body: dict[str, Any]
+) -> None:
+    response = await client.post(path, json=body)
+
+    assert_problem(response, 422, "recipient")
+
+
+@pytest.mark.parametrize(
+    ("key", "status"),
+    [(b"k" * 255, 201), (b"a key with spaces", 201), (b"k" * 256, 400), ("clé".encode(), 400)],
+)
+async def test_idempotency_keys_are_bounded_visible_ascii(
+    client: AsyncTestClient[Any], key: bytes, status: int
+) -> None:
+    response = await client.post(
+        "/api/v1/events/",
+        content=b'{"type": "keyed"}',
+        headers={b"content-type": b"application/json", b"idempotency-key": key},
+    )
+
+    assert response.status_code == status, response.text
+    if status == 400:
+        assert_problem(response, 400, "Idempotency-Key")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/api/v1/notifications/", notification(target_date=0), "target_date"),
+        ("/api/v1/notifications/", notification(target_date=1.7e9), "target_date"),
+        ("/api/v1/notifications/", notification(lead_time_days="7"), "lead_time_days"),
+        ("/api/v1/rules/", rule(enabled="true"), "enabled"),
+    ],
+)
+async def test_bodies_are_read_strictly_as_the_document_says(
+    client: AsyncTestClient[Any],
+    db: psycopg.AsyncConnection[Any],
+    path: str,
+    body: dict[str, Any],
+    field: str,
+) -> None:
+    """No number read as a time, no string as a number or a boolean."""
+    response = await client.post(path, json=body)
+
+    assert_problem(response, 422, field)
+    assert await count_rows(db, "notifier.notifications") == 0
+    assert await count_rows(db, "notifier.routing_rules") == 0
