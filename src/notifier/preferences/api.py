@@ -8,6 +8,7 @@ import uuid
 import psycopg
 from litestar import Controller, MediaType, Response, delete, get, post
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from notifier.api_types import check_storable, checked_channel
@@ -32,7 +33,14 @@ class PreferenceController(Controller):
     @post(
         "/",
         summary="Opt a recipient out",
-        responses=problem_responses(400, 422),
+        responses={
+            200: ResponseSpec(
+                OptOut,
+                description="The same scope was already opted out: the stored opt-out",
+                generate_examples=False,
+            ),
+            **problem_responses(400, 413, 422),
+        },
         guards=[requires(Scope.PREFERENCES_WRITE)],
     )
     async def opt_out(
