@@ -22,10 +22,13 @@ BODY_LIMIT = 4096
 
 
 @pytest.fixture
-async def small_body_client(settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
+async def small_body_client(
+    settings: Settings, api_headers: dict[str, str]
+) -> AsyncIterator[AsyncTestClient[Any]]:
     """The app with NOTIFIER_API_MAX_BODY_BYTES at 4 KiB."""
     app = create_app(settings.replace(api_max_body_bytes=BODY_LIMIT))
     async with AsyncTestClient(app=app) as client:
+        client.headers.update(api_headers)
         yield client
 
 

@@ -240,10 +240,14 @@ async def test_the_allowlist_lets_a_name_resolving_to_loopback_through(
     ],
 )
 async def test_api_refuses_internal_webhook_recipients_with_a_422(
-    settings: Settings, db: psycopg.AsyncConnection[Any], recipient: str
+    settings: Settings,
+    db: psycopg.AsyncConnection[Any],
+    api_headers: dict[str, str],
+    recipient: str,
 ) -> None:
     production = settings.replace(webhook_allowed_networks="")
     async with AsyncTestClient(app=create_app(production)) as client:
+        client.headers.update(api_headers)
         rule, notification = await create_rule_and_notification(client, recipient)
 
     assert_problem(rule, 422, "recipient")
