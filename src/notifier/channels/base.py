@@ -21,6 +21,10 @@ class OutgoingMessage(msgspec.Struct, frozen=True, kw_only=True):
     target_date: datetime.datetime | None = None
     template: str | None = None
     context: dict[str, Any] = msgspec.field(default_factory=dict)
+    # The rendered template (see notifier.templates): email uses all three, SMS the text.
+    subject: str = ""
+    text: str = ""
+    html: str | None = None
 
     @property
     def idempotency_key(self) -> str:
