@@ -19,6 +19,7 @@ from notifier.problems import EXCEPTION_HANDLERS
 from notifier.rules.api import RuleController
 from notifier.services import Services
 from notifier.settings import Settings
+from notifier.templates.api import TemplateController
 from notifier.tenancy import provide_principal
 
 
@@ -36,7 +37,13 @@ def create_app(settings: Settings) -> Litestar:
         return services
 
     app = Litestar(
-        route_handlers=[EventController, NotificationController, RuleController, health],
+        route_handlers=[
+            EventController,
+            NotificationController,
+            RuleController,
+            TemplateController,
+            health,
+        ],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
             "idempotent": Provide(idempotent_request),

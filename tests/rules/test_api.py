@@ -39,7 +39,7 @@ async def test_create_rule_answers_201_with_the_stored_rule(client: AsyncTestCli
             "recipient_field": "customer.email",
             "date_field": "renews_on",
             "lead_times": ["P7D", "P1D"],
-            "template": "renewal",
+            "template": "subscription.renewal",
         },
     )
 
@@ -55,7 +55,7 @@ async def test_create_rule_answers_201_with_the_stored_rule(client: AsyncTestCli
         "recipient": None,
         "date_field": "renews_on",
         "lead_times": ["P7D", "P1D"],
-        "template": "renewal",
+        "template": "subscription.renewal",
         "enabled": True,
     }
 

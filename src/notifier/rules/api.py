@@ -6,18 +6,20 @@ import datetime
 import uuid
 
 import msgspec
-from litestar import Controller, Response, delete, get, post
+from litestar import Controller, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from notifier import idempotency
 from notifier.api_types import check_storable, checked_channel
-from notifier.db import transaction
+from notifier.db import Connection, transaction
 from notifier.idempotency import IdempotentRequest
 from notifier.problems import field_error, not_found, problem_responses
 from notifier.rules import queries
-from notifier.rules.schemas import Rule, RuleCreate
+from notifier.rules.schemas import Rule, RuleCreate, RuleUpdate
 from notifier.services import Services
+from notifier.templates.catalog import find_template
+from notifier.tenancy import Principal
 
 # As for notifications' lead_time_days: reminders up to ten years ahead.
 MAX_LEAD_TIME = datetime.timedelta(days=3650)
@@ -49,6 +51,14 @@ def validate_rule(rule: RuleCreate, services: Services) -> list[datetime.timedel
     return parse_lead_times(rule.lead_times)
 
 
+async def check_template(conn: Connection, tenant_id: str, name: str | None) -> None:
+    """A 422 naming ``template`` unless it is the tenant's or a built-in."""
+    if name is not None and await find_template(conn, tenant_id, name) is None:
+        raise field_error(
+            "template", f"no template {name!r}: create it at /api/v1/templates/ first"
+        )
+
+
 class RuleController(Controller):
     """Manage the routing rules that turn events into notifications."""
 
@@ -66,6 +76,7 @@ class RuleController(Controller):
         data: JSONBody[RuleCreate],
         services: NamedDependency[Services],
         idempotent: NamedDependency[IdempotentRequest | None],
+        principal: NamedDependency[Principal],
     ) -> Response[Rule]:
         """Applies to events processed from now on. With an ``Idempotency-Key``, a repeat
         returns the first answer and creates no second rule."""
@@ -74,6 +85,7 @@ class RuleController(Controller):
             stored = await idempotency.claim(conn, idempotent)
             if stored is not None:
                 return Response(stored.decode(Rule), status_code=stored.status)
+            await check_template(conn, principal.tenant_id, data.template)
             rule = await queries.insert_rule(conn, data, lead_times)
             await idempotency.remember(conn, idempotent, 201, rule)
         return Response(rule, status_code=201)
@@ -94,6 +106,30 @@ class RuleController(Controller):
         if rule is None:
             raise not_found("rule", rule_id)
         return rule
+
+    @patch(
+        "/{rule_id:uuid}",
+        summary="Change a routing rule",
+        responses=problem_responses(400, 404, 422),
+    )
+    async def update_rule(
+        self,
+        rule_id: FromPath[uuid.UUID],
+        data: JSONBody[RuleUpdate],
+        services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
+    ) -> Rule:
+        """Change the fields given (``enabled``, ``template``, ``lead_times`` ...); the
+        result is validated as a new rule would be. Applies to events processed from now
+        on; notifications already made keep their template and schedule."""
+        async with transaction(services.pool) as conn:
+            current = await queries.lock_rule(conn, principal.tenant_id, rule_id)
+            if current is None:
+                raise not_found("rule", rule_id)
+            changed = data.applied_to(current)
+            lead_times = validate_rule(changed, services)
+            await check_template(conn, principal.tenant_id, changed.template)
+            return await queries.update_rule(conn, rule_id, changed, lead_times)
 
     @delete(
         "/{rule_id:uuid}",

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from notifier.templates.schemas import TemplateName
+
 # A dotted path into the event payload: "email", "user.contact.email".
 FieldPath = Annotated[
     str,
@@ -39,9 +41,37 @@ class RuleCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     recipient: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
     date_field: FieldPath | None = None
     lead_times: LeadTimes = msgspec.field(default_factory=lambda: ["P0D"])
-    template: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    # A template of the tenant's or a built-in; none: the one named after the event type.
+    template: TemplateName | None = None
     name: Annotated[str, msgspec.Meta(max_length=200)] = ""
     enabled: bool = True
+
+
+class RuleUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``PATCH /api/v1/rules/{id}``: the fields to change; ``null`` clears an optional one."""
+
+    event_type: EventTypePattern | msgspec.UnsetType = msgspec.UNSET
+    channel: str | msgspec.UnsetType = msgspec.UNSET
+    recipient_field: FieldPath | msgspec.UnsetType | None = msgspec.UNSET
+    recipient: (
+        Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | msgspec.UnsetType | None
+    ) = msgspec.UNSET
+    date_field: FieldPath | msgspec.UnsetType | None = msgspec.UNSET
+    lead_times: LeadTimes | msgspec.UnsetType = msgspec.UNSET
+    template: TemplateName | msgspec.UnsetType | None = msgspec.UNSET
+    name: Annotated[str, msgspec.Meta(max_length=200)] | msgspec.UnsetType = msgspec.UNSET
+    enabled: bool | msgspec.UnsetType = msgspec.UNSET
+
+    def applied_to(self, rule: Rule) -> RuleCreate:
+        """``rule`` with these changes, as a whole rule to validate and store."""
+        current = {name: getattr(rule, name) for name in RuleCreate.__struct_fields__}
+        current["lead_times"] = msgspec.to_builtins(rule.lead_times)  # back to "P7D" strings
+        changes = {
+            name: value
+            for name, value in msgspec.structs.asdict(self).items()
+            if value is not msgspec.UNSET
+        }
+        return RuleCreate(**(current | changes))
 
 
 class Rule(msgspec.Struct, kw_only=True):
