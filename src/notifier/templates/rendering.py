@@ -57,6 +57,8 @@ class TemplateProblem(Exception):
 
 def _as_datetime(value: Any) -> datetime.datetime | datetime.date:
     """A date filter's input: a datetime, a date, or an ISO 8601 string (payloads hold strings)."""
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises, naming the missing variable
     if isinstance(value, datetime.datetime | datetime.date):
         return value
     if isinstance(value, str):
