@@ -147,3 +147,12 @@ def test_password_expiring_builtin_uses_the_name_and_the_target_date() -> None:
     assert rendered.html is not None
     assert "Ada &lt;admin&gt;" in rendered.html
     assert "<strong>24 December 2026</strong>" in rendered.html
+
+
+def test_builtins_greet_the_name_or_the_users_name() -> None:
+    template = builtin_templates()["payment.failed"]
+
+    assert Renderer().render(template, context({"name": "Ada"})).text.startswith("Hi Ada,")
+    nested = context({"user": {"name": "Grace"}})
+    assert Renderer().render(template, nested).text.startswith("Hi Grace,")
+    assert Renderer().render(template, context({"user": "u-1"})).text.startswith("Hi there,")

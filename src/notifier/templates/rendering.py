@@ -66,6 +66,8 @@ def _as_datetime(value: Any) -> datetime.datetime | datetime.date:
             return datetime.datetime.fromisoformat(value)
         except ValueError:
             raise ValueError(f"{value!r} is not an ISO 8601 date or date-time") from None
+    if value is None:
+        raise ValueError("cannot format an empty value (none) as a date")
     raise ValueError(f"cannot format {type(value).__name__} as a date")
 
 

@@ -2,7 +2,8 @@
 
 Each is three files next to this module: ``<name>.subject``, ``<name>.txt`` and
 ``<name>.html``. They render with any payload (every payload field has a default), so
-an event type with a built-in never fails for lack of a field.
+an event type with a built-in never fails for lack of a field. They greet ``name``, else
+``user.name``, else "there".
 """
 
 from __future__ import annotations
