@@ -37,6 +37,21 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+async def wait_for_status(
+    client: Any, notification_id: str, status: str, *, timeout: float = 20.0
+) -> dict[str, Any]:
+    """The notification (with its delivery attempts) once it has ``status``."""
+
+    async def reached() -> dict[str, Any] | None:
+        notification: dict[str, Any] = (
+            await client.get(f"/api/v1/notifications/{notification_id}")
+        ).json()
+        return notification if notification["status"] == status else None
+
+    result: dict[str, Any] = await eventually(reached, timeout=timeout)
+    return result
+
+
 @dataclass
 class ReceivedRequest:
     """One request the webhook receiver got."""

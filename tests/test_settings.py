@@ -57,3 +57,14 @@ def test_replace_returns_a_changed_copy() -> None:
 
     assert changed.api_port == 9000
     assert settings.api_port == 8000
+
+
+def test_secrets_are_read_but_left_out_of_the_repr() -> None:
+    settings = Settings.from_env(
+        {"NOTIFIER_SMTP_PASSWORD": "smtp-secret", "NOTIFIER_SMS_AUTH_TOKEN": "sms-secret"}
+    )
+
+    assert settings.smtp_password == "smtp-secret"
+    assert settings.sms_auth_token == "sms-secret"
+    assert "smtp-secret" not in repr(settings)
+    assert "sms-secret" not in repr(settings)

@@ -64,7 +64,8 @@ class Settings:
     # usually 465) or "none" (plain text: local relays and tests only).
     smtp_tls: str = "starttls"
     smtp_username: str | None = None
-    smtp_password: str | None = None
+    # Secrets stay out of the repr, so a logged Settings never shows them.
+    smtp_password: str | None = dataclasses.field(default=None, repr=False)
     # A PEM bundle of CAs to trust instead of the system's (a relay with a private CA).
     smtp_ca_file: str | None = None
     smtp_timeout_seconds: float = 10.0
@@ -78,7 +79,7 @@ class Settings:
     sms_api_url: str | None = None
     sms_account_sid: str | None = None
     # Twilio's auth token, or the json provider's bearer token.
-    sms_auth_token: str | None = None
+    sms_auth_token: str | None = dataclasses.field(default=None, repr=False)
     # The sending number (E.164) or alphanumeric sender id.
     sms_from: str | None = None
     sms_timeout_seconds: float = 10.0

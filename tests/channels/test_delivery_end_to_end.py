@@ -11,7 +11,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from notifier.settings import Settings
-from tests.support import FakeSmsProvider, SmtpServer, eventually
+from tests.support import FakeSmsProvider, SmtpServer, eventually, wait_for_status
 
 UTC = datetime.UTC
 TWILIO_SID = "AC" + "a1b2c3d4" * 4
@@ -71,19 +71,6 @@ async def notifications_of(client: AsyncTestClient[Any], event_id: str) -> list[
     return notifications
 
 
-async def settled(
-    client: AsyncTestClient[Any], notification_id: str, status: str
-) -> dict[str, Any]:
-    async def reached() -> dict[str, Any] | None:
-        notification: dict[str, Any] = (
-            await client.get(f"/api/v1/notifications/{notification_id}")
-        ).json()
-        return notification if notification["status"] == status else None
-
-    result: dict[str, Any] = await eventually(reached, timeout=30)
-    return result
-
-
 async def test_password_expiring_event_becomes_an_email_and_an_sms(
     client: AsyncTestClient[Any],
     worker: None,
@@ -140,8 +127,8 @@ async def test_password_expiring_event_becomes_an_email_and_an_sms(
     )
 
     by_channel = {n["channel"]: n for n in await notifications_of(client, event["id"])}
-    email = await settled(client, by_channel["email"]["id"], "sent")
-    sms = await settled(client, by_channel["sms"]["id"], "sent")
+    email = await wait_for_status(client, by_channel["email"]["id"], "sent")
+    sms = await wait_for_status(client, by_channel["sms"]["id"], "sent")
 
     # The email, read back from the SMTP server.
     (mail,) = smtp_server.received()
@@ -209,7 +196,7 @@ async def test_a_template_error_fails_the_notification_at_once_with_the_error_sh
     )
 
     (notification,) = await notifications_of(client, event["id"])
-    failed = await settled(client, notification["id"], "failed")
+    failed = await wait_for_status(client, notification["id"], "failed")
 
     expected = "template 'broken': text_body line 2: 'dict object' has no attribute 'middle_name'"
     assert failed["last_error"] == expected
@@ -242,7 +229,7 @@ async def test_a_notification_created_over_rest_renders_the_builtin_for_its_type
         },
     )
 
-    await settled(client, notification["id"], "sent")
+    await wait_for_status(client, notification["id"], "sent")
 
     (mail,) = smtp_server.received()
     assert mail["Subject"] == f"Your Pro plan renews on {long_date(target)}"
