@@ -9,6 +9,7 @@ not an empty string) and autoescaping for the HTML part only.
 from __future__ import annotations
 
 import datetime
+import functools
 from typing import Any
 
 import jinja2
@@ -98,16 +99,19 @@ def _environment(*, autoescape: bool) -> SandboxedEnvironment:
 
 
 class Renderer:
-    """Compiles and renders templates; one per process is enough (it caches nothing unsafe)."""
+    """Compiles and renders templates; one per process (see ``catalog.renderer``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, cache_size: int = 512) -> None:
         self._text = _environment(autoescape=False)
         self._html = _environment(autoescape=True)
+        # Compiling costs far more than rendering, and the same few templates render for
+        # every notification. Keyed by the source itself, so an edited template recompiles.
+        self._compile = functools.lru_cache(maxsize=cache_size)(self._compile_uncached)
 
     def _env(self, part: str) -> SandboxedEnvironment:
         return self._html if part == "html_body" else self._text
 
-    def _compile(self, part: str, body: str) -> jinja2.Template:
+    def _compile_uncached(self, part: str, body: str) -> jinja2.Template:
         try:
             return self._env(part).from_string(body)
         except jinja2.TemplateSyntaxError as exc:
