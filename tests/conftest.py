@@ -221,15 +221,31 @@ def smtp_server() -> Iterator[SmtpServer]:
 SMTP_TEST_LOGIN = ("notifier", "smtp-test-password")
 
 
-@pytest.fixture
-def tls_smtp_server(tmp_path: Path) -> Iterator[tuple[SmtpServer, Path]]:
-    """An SMTP server that requires STARTTLS and a login, with a certificate from a CA
-    made for this test; yields the server and that CA's PEM file."""
+def _server_tls(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server TLS context for 127.0.0.1 with a certificate from a CA made for this test,
+    and that CA's PEM file for the client to trust."""
     ca = trustme.CA()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(context)
     ca_file = tmp_path / "smtp-ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
+    return context, ca_file
+
+
+@pytest.fixture
+def implicit_tls_smtp_server(tmp_path: Path) -> Iterator[tuple[SmtpServer, Path]]:
+    """An SMTP server speaking TLS from the first byte (port 465 style); yields the server
+    and the PEM file of the CA that signed its certificate."""
+    context, ca_file = _server_tls(tmp_path)
+    with _running_smtp(SmtpServer(), ssl_context=context) as state:
+        yield state, ca_file
+
+
+@pytest.fixture
+def tls_smtp_server(tmp_path: Path) -> Iterator[tuple[SmtpServer, Path]]:
+    """An SMTP server that requires STARTTLS and a login; yields the server and the PEM
+    file of the CA that signed its certificate."""
+    context, ca_file = _server_tls(tmp_path)
     state = SmtpServer()
 
     def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:

@@ -150,6 +150,22 @@ async def test_starttls_and_login_with_a_private_ca(
     assert mail["Message-ID"] == f"<msg_{NOTIFICATION_ID.hex}@mail.example.org>"
 
 
+async def test_implicit_tls(implicit_tls_smtp_server: tuple[SmtpServer, Path]) -> None:
+    server, ca_file = implicit_tls_smtp_server
+
+    await channel_for(server, tls="tls", ca_file=str(ca_file)).send(message())
+
+    assert len(server.received()) == 1
+
+
+async def test_starttls_mode_refuses_a_server_without_starttls(smtp_server: SmtpServer) -> None:
+    with pytest.raises(DeliveryError) as failure:
+        await channel_for(smtp_server, tls="starttls").send(message())
+
+    assert "STARTTLS" in str(failure.value)
+    assert smtp_server.received() == []  # nothing went out in clear text
+
+
 async def test_a_refused_login_fails_permanently_without_echoing_the_password(
     tls_smtp_server: tuple[SmtpServer, Path],
 ) -> None:
