@@ -236,3 +236,28 @@ async def test_a_notification_created_over_rest_renders_the_builtin_for_its_type
     html = mail.get_body(preferencelist=("html",))
     assert html is not None
     assert "Hi Grace &lt;3," in html.get_content()
+
+
+async def test_a_rest_notification_for_sms_goes_to_its_phone(
+    client: AsyncTestClient[Any], worker: None, sms_provider: FakeSmsProvider
+) -> None:
+    target = (datetime.datetime.now(UTC) + datetime.timedelta(seconds=1)).replace(microsecond=0)
+    notification = await post(
+        client,
+        "/api/v1/notifications/",
+        {
+            "notification_type": "payment.failed",
+            "entity_id": "inv-3",
+            "target_date": target.isoformat(),
+            "lead_time_days": 0,
+            "email": "grace@example.com",
+            "phone": "+14155550123",
+            "channel": "sms",
+            "data": {"name": "Grace", "amount": "12.00", "currency": "EUR"},
+        },
+    )
+
+    assert notification["recipient"] == "+14155550123"
+    await wait_for_status(client, notification["id"], "sent")
+    body = sms_provider.form(0)["Body"]
+    assert body.startswith("Hi Grace,\n\nYour payment of 12.00 EUR failed.")
