@@ -170,7 +170,7 @@ async def _attempt(
     else:
         rendered = await _render(conn, row)
     if channel is None or isinstance(rendered, str):
-        error = rendered if isinstance(rendered, str) else None
+        error = str(rendered)  # without a channel nothing was rendered: always the reason
         await queries.record_attempt(conn, **record, outcome="failed", error=error)
         await queries.set_status(conn, row["id"], NotificationStatus.FAILED)
         logger.warning("notification %s failed permanently: %s", row["id"], error)

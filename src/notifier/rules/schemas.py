@@ -30,6 +30,8 @@ IsoDuration = Annotated[
     ),
 ]
 LeadTimes = Annotated[list[IsoDuration], msgspec.Meta(min_length=1, max_length=20)]
+Recipient = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+RuleName = Annotated[str, msgspec.Meta(max_length=200)]
 
 
 class RuleCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -38,12 +40,12 @@ class RuleCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     event_type: EventTypePattern
     channel: str
     recipient_field: FieldPath | None = None
-    recipient: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
+    recipient: Recipient | None = None
     date_field: FieldPath | None = None
     lead_times: LeadTimes = msgspec.field(default_factory=lambda: ["P0D"])
     # A template of the tenant's or a built-in; none: the one named after the event type.
     template: TemplateName | None = None
-    name: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    name: RuleName = ""
     enabled: bool = True
 
 
@@ -53,13 +55,11 @@ class RuleUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     event_type: EventTypePattern | msgspec.UnsetType = msgspec.UNSET
     channel: str | msgspec.UnsetType = msgspec.UNSET
     recipient_field: FieldPath | msgspec.UnsetType | None = msgspec.UNSET
-    recipient: (
-        Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | msgspec.UnsetType | None
-    ) = msgspec.UNSET
+    recipient: Recipient | msgspec.UnsetType | None = msgspec.UNSET
     date_field: FieldPath | msgspec.UnsetType | None = msgspec.UNSET
     lead_times: LeadTimes | msgspec.UnsetType = msgspec.UNSET
     template: TemplateName | msgspec.UnsetType | None = msgspec.UNSET
-    name: Annotated[str, msgspec.Meta(max_length=200)] | msgspec.UnsetType = msgspec.UNSET
+    name: RuleName | msgspec.UnsetType = msgspec.UNSET
     enabled: bool | msgspec.UnsetType = msgspec.UNSET
 
     def applied_to(self, rule: Rule) -> RuleCreate:
