@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -208,3 +209,21 @@ async def test_inline_preview_renders_without_storing(client: AsyncTestClient[An
         422,
         "subject",
     )
+
+
+async def test_another_tenants_templates_are_invisible(
+    client: AsyncTestClient[Any], db: psycopg.AsyncConnection[Any]
+) -> None:
+    await db.execute("INSERT INTO notifier.tenants (id) VALUES ('acme')")
+    await db.execute(
+        """
+        INSERT INTO notifier.templates (tenant_id, name, subject, text_body)
+        VALUES ('acme', 'acme-only', 'secret subject', 'secret text')
+        """
+    )
+
+    assert_problem(await client.get("/api/v1/templates/acme-only"), 404)
+    names = {t["name"] for t in (await client.get("/api/v1/templates/")).json()}
+    assert "acme-only" not in names
+    # The same name is free for this tenant.
+    await create(client, name="acme-only")
