@@ -112,7 +112,7 @@ class TemplateController(Controller):
         ]
         return sorted(own + builtins, key=lambda template: template.name)
 
-    @get("/{name:str}", summary="One template", responses=problem_responses(404))
+    @get("/{name:str}", summary="One template", responses=problem_responses(400, 404))
     async def get_template(
         self,
         name: FromPath[TemplateName],
@@ -147,7 +147,7 @@ class TemplateController(Controller):
         "/{name:str}",
         status_code=204,
         summary="Delete a template",
-        responses=problem_responses(404, 409),
+        responses=problem_responses(400, 404, 409),
     )
     async def delete_template(
         self,
