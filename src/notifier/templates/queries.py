@@ -7,6 +7,12 @@ import uuid
 from notifier.db import Connection
 from notifier.templates.schemas import Template, TemplateReplace, template_from_row
 
+# Both writes insert the same way and differ in what a clash of names does.
+_INSERT = """
+INSERT INTO notifier.templates (tenant_id, name, description, subject, text_body, html_body)
+VALUES (%(tenant_id)s, %(name)s, %(description)s, %(subject)s, %(text_body)s, %(html_body)s)
+"""
+
 
 async def get_template(conn: Connection, tenant_id: str, name: str) -> Template | None:
     """The tenant's template called ``name``, or None."""
@@ -30,14 +36,7 @@ async def insert_template(
 ) -> Template | None:
     """Store a new template; None if the tenant already has one called ``name``."""
     cursor = await conn.execute(
-        """
-        INSERT INTO notifier.templates
-            (tenant_id, name, description, subject, text_body, html_body)
-        VALUES (%(tenant_id)s, %(name)s, %(description)s, %(subject)s, %(text_body)s,
-                %(html_body)s)
-        ON CONFLICT (tenant_id, name) DO NOTHING
-        RETURNING *
-        """,
+        _INSERT + "ON CONFLICT (tenant_id, name) DO NOTHING RETURNING *",
         _values(tenant_id, name, data),
     )
     row = await cursor.fetchone()
@@ -49,11 +48,8 @@ async def upsert_template(
 ) -> tuple[Template, bool]:
     """Create or replace the tenant's template ``name``; True if it was created."""
     cursor = await conn.execute(
-        """
-        INSERT INTO notifier.templates
-            (tenant_id, name, description, subject, text_body, html_body)
-        VALUES (%(tenant_id)s, %(name)s, %(description)s, %(subject)s, %(text_body)s,
-                %(html_body)s)
+        _INSERT
+        + """
         ON CONFLICT (tenant_id, name) DO UPDATE
         SET description = excluded.description,
             subject = excluded.subject,
