@@ -11,15 +11,20 @@ import asyncio
 import contextlib
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+import trustme
 import uvicorn
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 from litestar.testing import AsyncTestClient
 from psycopg.conninfo import make_conninfo
 from pytest_postgresql import factories
@@ -35,7 +40,9 @@ from notifier.worker import run_worker
 from tests.support import (
     LOOPBACK_NETWORKS,
     WEBHOOK_SECRET,
+    FakeSmsProvider,
     ReceivedRequest,
+    SmtpServer,
     WebhookReceiver,
     bearer,
 )
@@ -219,11 +226,121 @@ def receiver() -> Iterator[WebhookReceiver]:
         def log_message(self, format: str, *args: Any) -> None:
             """Keep test output quiet."""
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with _serving(Handler) as port:
+        state.url = f"http://127.0.0.1:{port}/hooks"
+        yield state
+
+
+@contextlib.contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """Serve ``handler`` on a free port of 127.0.0.1 in a thread; yields the port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _free_port() -> int:
+    # aiosmtpd's controller checks readiness by connecting to its port, so it needs a
+    # real one up front rather than port 0.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def _running_smtp(state: SmtpServer, **smtp_options: Any) -> Iterator[SmtpServer]:
+    state.port = _free_port()
+    controller = Controller(state, hostname=state.host, port=state.port, **smtp_options)
+    controller.start()
+    try:
+        yield state
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    """A plain SMTP server (aiosmtpd) on 127.0.0.1 keeping every message it accepts."""
+    with _running_smtp(SmtpServer()) as state:
+        yield state
+
+
+SMTP_TEST_LOGIN = ("notifier", "smtp-test-password")
+
+
+def _server_tls(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server TLS context for 127.0.0.1 with a certificate from a CA made for this test,
+    and that CA's PEM file for the client to trust."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = tmp_path / "smtp-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return context, ca_file
+
+
+@pytest.fixture
+def implicit_tls_smtp_server(tmp_path: Path) -> Iterator[tuple[SmtpServer, Path]]:
+    """An SMTP server speaking TLS from the first byte (port 465 style); yields the server
+    and the PEM file of the CA that signed its certificate."""
+    context, ca_file = _server_tls(tmp_path)
+    with _running_smtp(SmtpServer(), ssl_context=context) as state:
+        yield state, ca_file
+
+
+@pytest.fixture
+def tls_smtp_server(tmp_path: Path) -> Iterator[tuple[SmtpServer, Path]]:
+    """An SMTP server that requires STARTTLS and a login; yields the server and the PEM
+    file of the CA that signed its certificate."""
+    context, ca_file = _server_tls(tmp_path)
+    state = SmtpServer()
+
+    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+        login = (data.login.decode(), data.password.decode())
+        state.logins.append(login)
+        # handled=False: the server itself answers 535 to a refused login.
+        return AuthResult(success=login == SMTP_TEST_LOGIN, handled=False)
+
+    with _running_smtp(
+        state,
+        tls_context=context,
+        require_starttls=True,
+        auth_required=True,
+        authenticator=authenticate,
+    ):
+        yield state, ca_file
+
+
+@pytest.fixture
+def sms_provider() -> Iterator[FakeSmsProvider]:
+    """A fake SMS provider: a real HTTP server on 127.0.0.1 that records and answers."""
+    state = FakeSmsProvider()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            request = ReceivedRequest(
+                path=self.path, headers={k.lower(): v for k, v in self.headers.items()}, body=body
+            )
+            status, headers, answer = state.answer(request)
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Keep test output quiet."""
+
+    with _serving(Handler) as port:
+        state.url = f"http://127.0.0.1:{port}"
+        yield state

@@ -1,17 +1,22 @@
-"""Helpers the tests share: polling, problem documents, pagination, row counts, the receiver."""
+"""Helpers the tests share: polling, problem documents, pagination, row counts, the receiver,
+the SMTP server and the fake SMS provider."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import datetime
+import email
+import email.policy
 import json
 import re
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from email.message import EmailMessage
 from typing import Any, TypeVar
 
 import httpx
@@ -33,6 +38,21 @@ async def eventually(
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout}s (last value: {result!r})")
         await asyncio.sleep(interval)
+
+
+async def wait_for_status(
+    client: Any, notification_id: str, status: str, *, timeout: float = 20.0
+) -> dict[str, Any]:
+    """The notification (with its delivery attempts) once it has ``status``."""
+
+    async def reached() -> dict[str, Any] | None:
+        notification: dict[str, Any] = (
+            await client.get(f"/api/v1/notifications/{notification_id}")
+        ).json()
+        return notification if notification["status"] == status else None
+
+    result: dict[str, Any] = await eventually(reached, timeout=timeout)
+    return result
 
 
 @dataclass
@@ -152,3 +172,85 @@ def wait_until_healthy(base_url: str, *, timeout: float, check_alive: Callable[[
             pass
         assert time.monotonic() < deadline, f"{base_url} did not become healthy in {timeout}s"
         time.sleep(0.2)
+
+
+@dataclass
+class SmtpServer:
+    """A real SMTP server (aiosmtpd) on loopback that keeps what it receives.
+
+    ``data_replies`` / ``rcpt_replies`` script the answers to the next DATA / RCPT
+    commands (``"451 4.3.0 try later"``); when empty, the server accepts.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    messages: list[EmailMessage] = field(default_factory=list)
+    # Messages whose DATA got a scripted refusal, kept to compare with their resends.
+    refused: list[EmailMessage] = field(default_factory=list)
+    envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
+    logins: list[tuple[str, str]] = field(default_factory=list)
+    data_replies: list[str] = field(default_factory=list)
+    rcpt_replies: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def received(self) -> list[EmailMessage]:
+        with self.lock:
+            return list(self.messages)
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        with self.lock:
+            if self.rcpt_replies:
+                return self.rcpt_replies.pop(0)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        with self.lock:
+            if self.data_replies:
+                self.refused.append(parsed)
+                return self.data_replies.pop(0)
+            self.messages.append(parsed)
+            self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        return "250 Message accepted for delivery"
+
+
+@dataclass
+class FakeSmsProvider:
+    """A real HTTP server on loopback playing an SMS provider.
+
+    It records every request and answers from ``responses`` (status, headers, JSON body),
+    then with 201 and a Twilio-style ``{"sid": ..., "status": "queued"}``.
+    """
+
+    url: str = ""
+    requests: list[ReceivedRequest] = field(default_factory=list)
+    responses: list[tuple[int, dict[str, str], dict[str, Any]]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def script(self, status: int, body: dict[str, Any] | None = None, **headers: str) -> None:
+        """Answer the next request with ``status``, ``body`` and ``headers``."""
+        with self.lock:
+            self.responses.append((status, headers, body or {}))
+
+    def answer(self, request: ReceivedRequest) -> tuple[int, dict[str, str], bytes]:
+        with self.lock:
+            self.requests.append(request)
+            if self.responses:
+                status, headers, body = self.responses.pop(0)
+            else:
+                status, headers = 201, {}
+                body = {"sid": f"SM{len(self.requests):032d}", "status": "queued"}
+        return status, headers, json.dumps(body).encode()
+
+    def received(self) -> list[ReceivedRequest]:
+        with self.lock:
+            return list(self.requests)
+
+    def form(self, index: int) -> dict[str, str]:
+        """The form fields of request ``index`` (Twilio's shape)."""
+        fields = urllib.parse.parse_qs(self.received()[index].body.decode(), strict_parsing=True)
+        return {name: values[0] for name, values in fields.items()}

@@ -76,3 +76,14 @@ def test_repr_never_shows_secrets() -> None:
     assert "webhook_secret='***'" in shown
     assert "host=db" in shown, "the rest of the URL stays readable"
     assert str(settings) == shown
+
+
+def test_secrets_are_read_but_left_out_of_the_repr() -> None:
+    settings = Settings.from_env(
+        {"NOTIFIER_SMTP_PASSWORD": "smtp-secret", "NOTIFIER_SMS_AUTH_TOKEN": "sms-secret"}
+    )
+
+    assert settings.smtp_password == "smtp-secret"
+    assert settings.sms_auth_token == "sms-secret"
+    assert "smtp-secret" not in repr(settings)
+    assert "sms-secret" not in repr(settings)

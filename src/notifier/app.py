@@ -33,6 +33,7 @@ from notifier.telemetry.api import metrics_endpoint
 from notifier.telemetry.metrics import Metrics
 from notifier.telemetry.stats import DatabaseStats
 from notifier.telemetry.tracing import litestar_middleware, tracing_enabled
+from notifier.templates.api import TemplateController
 from notifier.tenancy import provide_principal
 
 
@@ -90,6 +91,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
             PreferenceController,
             UnsubscribeController,
             RateLimitController,
+            TemplateController,
             health,
             liveness,
             readiness,

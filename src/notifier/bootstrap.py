@@ -12,7 +12,9 @@ import procrastinate
 
 from notifier import maintenance
 from notifier.channels.base import Channel
+from notifier.channels.email import create_email_channel
 from notifier.channels.log import LogChannel
+from notifier.channels.sms import create_sms_channel
 from notifier.channels.webhook import WebhookChannel
 from notifier.db import create_fetch_pool, create_pool
 from notifier.events import tasks as event_tasks
@@ -50,6 +52,12 @@ def create_channels(settings: Settings) -> dict[str, Channel]:
             allowed_networks=parse_networks(settings.webhook_allowed_networks),
         ),
     ]
+    # Email and SMS exist only where their server or provider is configured.
+    channels.extend(
+        channel
+        for channel in (create_email_channel(settings), create_sms_channel(settings))
+        if channel is not None
+    )
     return {channel.name: channel for channel in channels}
 
 

@@ -105,6 +105,37 @@ class Settings:
     # An event whose rules would make more notifications than this makes none, and says so.
     max_notifications_per_event: int = 100
 
+    # Email over SMTP. The channel exists only when smtp_host is set.
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    # "starttls" (upgrade a plain connection, usually port 587), "tls" (implicit TLS,
+    # usually 465) or "none" (plain text: local relays and tests only).
+    smtp_tls: str = "starttls"
+    smtp_username: str | None = None
+    # Secrets stay out of the repr, so a logged Settings never shows them.
+    smtp_password: str | None = dataclasses.field(default=None, repr=False)
+    # A PEM bundle of CAs to trust instead of the system's (a relay with a private CA).
+    smtp_ca_file: str | None = None
+    smtp_timeout_seconds: float = 10.0
+    email_from: str = "notifier@localhost"
+    email_reply_to: str | None = None
+
+    # SMS through a provider's HTTP API. The channel exists only when sms_provider is set:
+    # "twilio" (Twilio's REST shape) or "json" (a generic JSON POST to sms_api_url).
+    sms_provider: str | None = None
+    # Twilio: the API's base URL (https://api.twilio.com when unset); json: the endpoint.
+    sms_api_url: str | None = None
+    sms_account_sid: str | None = None
+    # Twilio's auth token, or the json provider's bearer token.
+    sms_auth_token: str | None = dataclasses.field(default=None, repr=False)
+    # The sending number (E.164) or alphanumeric sender id.
+    sms_from: str | None = None
+    sms_timeout_seconds: float = 10.0
+    # Longer texts are cut to this many segments (with "...") or, if sms_truncate is
+    # false, fail permanently.
+    sms_max_segments: int = 3
+    sms_truncate: bool = True
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``environ`` (default: the process environment)."""

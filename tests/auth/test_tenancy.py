@@ -29,11 +29,17 @@ ID_ROUTES = {
     ("POST", "/api/v1/notifications/{notification_id}/retry"): "notification",
     ("GET", "/api/v1/rules/{rule_id}"): "rule",
     ("DELETE", "/api/v1/rules/{rule_id}"): "rule",
+    ("PATCH", "/api/v1/rules/{rule_id}"): "rule",
     ("DELETE", "/api/v1/preferences/{opt_out_id}"): "opt_out",
 }
 # Paths whose parameter is a name within the caller's own tenant, not another tenant's id:
-# every tenant has its own rate limit per channel.
+# every tenant has its own rate limit per channel and its own templates by name (see
+# tests/templates for their isolation).
 TENANT_NAMESPACED_ROUTES = {
+    ("GET", "/api/v1/templates/{name}"),
+    ("PUT", "/api/v1/templates/{name}"),
+    ("DELETE", "/api/v1/templates/{name}"),
+    ("POST", "/api/v1/templates/{name}/preview"),
     ("PUT", "/api/v1/rate-limits/{channel}"),
     ("DELETE", "/api/v1/rate-limits/{channel}"),
 }
@@ -92,8 +98,14 @@ async def test_another_tenants_id_answers_exactly_like_an_unknown_one(
     unknown = str(uuid.uuid4())
     before = await snapshot(db)
 
-    foreign = await client.request(method, re.sub(r"\{\w+\}", theirs, path), headers=other_tenant)
-    missing = await client.request(method, re.sub(r"\{\w+\}", unknown, path), headers=other_tenant)
+    # A well-formed body where one is needed, so only ownership can make the difference.
+    body = {"enabled": False} if method == "PATCH" else None
+    foreign = await client.request(
+        method, re.sub(r"\{\w+\}", theirs, path), headers=other_tenant, json=body
+    )
+    missing = await client.request(
+        method, re.sub(r"\{\w+\}", unknown, path), headers=other_tenant, json=body
+    )
 
     assert foreign.status_code == missing.status_code == 404
     assert without(foreign.text, theirs) == without(missing.text, unknown)

@@ -39,6 +39,8 @@ def message(recipient: str = "https://example.com/hooks", attempt: int = 1) -> O
         target_date=datetime.datetime(2026, 3, 13, tzinfo=UTC),
         template="expiry",
         context={"name": "Ada", "nested": {"n": [1, 2]}},
+        subject="Your password expires on 13 March 2026",
+        text="Hi Ada, ...",
     )
 
 
@@ -200,6 +202,8 @@ def test_webhook_body_is_the_standard_webhooks_envelope() -> None:
         "target_date": "2026-03-13T00:00:00Z",
         "template": "expiry",
         "payload": {"name": "Ada", "nested": {"n": [1, 2]}},
+        "subject": "Your password expires on 13 March 2026",
+        "text": "Hi Ada, ...",
     }
 
 

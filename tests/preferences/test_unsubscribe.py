@@ -20,6 +20,7 @@ from notifier.preferences.links import (
     verify_token,
 )
 from notifier.settings import Settings
+from notifier.templates.rendering import RenderedMessage
 from tests.support import assert_problem
 
 SECRET = "unsubscribe-secret-for-tests-only-0123456789"
@@ -93,12 +94,14 @@ def test_channels_get_the_link_of_the_notification_they_send() -> None:
     }
     settings = Settings(unsubscribe_secret=SECRET, public_base_url=BASE_URL)
 
-    message = _message(row, 1, settings)
+    content = RenderedMessage(subject="Invoice due", text="Pay it")
+
+    message = _message(row, 1, content, settings)
 
     assert message.unsubscribe_url is not None
     scope = verify_token(SECRET, message.unsubscribe_url.rsplit("/", 1)[1])
     assert (scope.channel, scope.notification_type) == ("email", "invoice.due")
-    assert _message(row, 1, Settings()).unsubscribe_url is None
+    assert _message(row, 1, content, Settings()).unsubscribe_url is None
 
 
 @pytest.fixture

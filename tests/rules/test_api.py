@@ -39,7 +39,7 @@ async def test_create_rule_answers_201_with_the_stored_rule(client: AsyncTestCli
             "recipient_field": "customer.email",
             "date_field": "renews_on",
             "lead_times": ["P7D", "P1D"],
-            "template": "renewal",
+            "template": "subscription.renewal",
         },
     )
 
@@ -55,7 +55,7 @@ async def test_create_rule_answers_201_with_the_stored_rule(client: AsyncTestCli
         "recipient": None,
         "date_field": "renews_on",
         "lead_times": ["P7D", "P1D"],
-        "template": "renewal",
+        "template": "subscription.renewal",
         "enabled": True,
         "timezone": None,
         "timezone_field": None,
@@ -273,3 +273,94 @@ async def test_create_rule_repeated_with_the_same_idempotency_key_creates_one_ru
     assert first.status_code == repeat.status_code == 201
     assert repeat.content == first.content
     assert await count_rows(db, "notifier.routing_rules") == 1
+
+
+# --- templates and changes --------------------------------------------------------------
+
+
+async def test_a_rule_must_name_an_existing_template(client: AsyncTestClient[Any]) -> None:
+    response = await client.post("/api/v1/rules/", json=rule_body(template="no-such-template"))
+
+    assert_problem(response, 422, "template")
+    assert "no-such-template" in response.json()["detail"]
+
+
+async def test_a_rule_may_name_a_builtin_or_the_tenants_template(
+    client: AsyncTestClient[Any],
+) -> None:
+    created = await client.put(
+        "/api/v1/templates/welcome", json={"subject": "Welcome", "text_body": "Hi {{ name }}"}
+    )
+    assert created.status_code == 201, created.text
+
+    assert (await create_rule(client, template="user.signup"))["template"] == "user.signup"
+    assert (await create_rule(client, template="welcome"))["template"] == "welcome"
+
+
+async def test_patch_changes_only_the_fields_given(client: AsyncTestClient[Any]) -> None:
+    rule = await create_rule(client, lead_times=["P7D", "P1D"], date_field="expires_at")
+
+    response = await client.patch(
+        f"/api/v1/rules/{rule['id']}",
+        json={"enabled": False, "template": "password.expiring", "lead_times": ["P3D"]},
+    )
+
+    assert response.status_code == 200, response.text
+    changed = response.json()
+    assert changed == rule | {
+        "enabled": False,
+        "template": "password.expiring",
+        "lead_times": ["P3D"],
+    }
+    assert (await client.get(f"/api/v1/rules/{rule['id']}")).json() == changed
+
+
+async def test_patch_null_clears_an_optional_field(client: AsyncTestClient[Any]) -> None:
+    rule = await create_rule(client, template="user.signup", date_field="expires_at")
+
+    response = await client.patch(
+        f"/api/v1/rules/{rule['id']}", json={"template": None, "date_field": None}
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["template"] is None
+    assert response.json()["date_field"] is None
+
+
+async def test_patch_swaps_the_recipient_kind(client: AsyncTestClient[Any]) -> None:
+    rule = await create_rule(client)
+
+    response = await client.patch(
+        f"/api/v1/rules/{rule['id']}",
+        json={"recipient_field": None, "recipient": "ops@example.com"},
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["recipient"] == "ops@example.com"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"template": "no-such-template"}, "template"),
+        ({"channel": "carrier-pigeon"}, "channel"),
+        ({"recipient": "ops@example.com"}, "recipient"),  # and the recipient_field it has
+        ({"lead_times": ["P-1D"]}, "lead_times[0]"),
+        ({"date_field": "not a path"}, "date_field"),
+        ({"event_type": "a b"}, "event_type"),
+        ({"unknown": 1}, "unknown"),
+    ],
+)
+async def test_patch_validates_the_result_like_a_new_rule(
+    client: AsyncTestClient[Any], change: dict[str, Any], field: str
+) -> None:
+    rule = await create_rule(client)
+
+    assert_problem(await client.patch(f"/api/v1/rules/{rule['id']}", json=change), 422, field)
+    assert (await client.get(f"/api/v1/rules/{rule['id']}")).json() == rule
+
+
+async def test_patch_of_an_unknown_rule_is_404(client: AsyncTestClient[Any]) -> None:
+    assert_problem(
+        await client.patch(f"/api/v1/rules/{uuid.uuid4()}", json={"enabled": False}), 404
+    )

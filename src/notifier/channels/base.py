@@ -23,6 +23,10 @@ class OutgoingMessage(msgspec.Struct, frozen=True, kw_only=True):
     context: dict[str, Any] = msgspec.field(default_factory=dict)
     # Signed one-click unsubscribe link (notifier.preferences.links); None when links are off.
     unsubscribe_url: str | None = None
+    # The rendered template (see notifier.templates): email uses all three, SMS the text.
+    subject: str = ""
+    text: str = ""
+    html: str | None = None
 
     @property
     def idempotency_key(self) -> str:

@@ -24,11 +24,12 @@ class LogChannel:
     async def send(self, message: OutgoingMessage) -> DeliveryReceipt:
         """Log the message with its idempotency key."""
         logger.info(
-            "notification %s (%s) to %s, attempt %d",
+            "notification %s (%s) to %s, attempt %d: %s",
             message.idempotency_key,
             message.notification_type,
             message.recipient,
             message.attempt,
+            message.subject,
         )
         return DeliveryReceipt(detail="logged")
 

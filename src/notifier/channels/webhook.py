@@ -75,6 +75,9 @@ def webhook_body(message: OutgoingMessage) -> bytes:
             "target_date": message.target_date,
             "template": message.template,
             "payload": message.context,
+            # The rendered template, for receivers that relay it (chat, push) as is.
+            "subject": message.subject,
+            "text": message.text,
         },
     }
     return msgspec.json.encode(document)

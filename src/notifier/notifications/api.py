@@ -71,7 +71,9 @@ def draft_from_request(
     if data.phone is not None and (problem := phone_number_problem(data.phone)):
         raise field_error("phone", problem)
     channel_name = data.channel or services.settings.default_channel
-    recipient = data.recipient or data.email or data.phone
+    # The seed shape carries both an email and a phone: SMS goes to the phone.
+    fallback = (data.phone or data.email) if channel_name == "sms" else (data.email or data.phone)
+    recipient = data.recipient or fallback
     checked_channel(services, channel_name, recipient)
     if recipient is None:
         raise field_error("recipient", "give recipient, email or phone")

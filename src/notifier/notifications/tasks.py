@@ -21,11 +21,15 @@ from notifier.queue import DELIVER_TASK, DELIVERIES_QUEUE, RetryLater, backoff_s
 from notifier.rate_limits.limiter import take_send_slot
 from notifier.services import Services, services_from_context
 from notifier.settings import Settings
+from notifier.templates import catalog
+from notifier.templates.rendering import RenderedMessage, TemplateProblem, template_context
 
 logger = logging.getLogger("notifier.delivery")
 
 
-def _message(row: dict[str, Any], attempt: int, settings: Settings) -> OutgoingMessage:
+def _message(
+    row: dict[str, Any], attempt: int, content: RenderedMessage, settings: Settings
+) -> OutgoingMessage:
     return OutgoingMessage(
         notification_id=row["id"],
         notification_type=row["notification_type"],
@@ -43,7 +47,38 @@ def _message(row: dict[str, Any], attempt: int, settings: Settings) -> OutgoingM
             channel=row["channel"],
             notification_type=row["notification_type"],
         ),
+        subject=content.subject,
+        text=content.text,
+        html=content.html,
     )
+
+
+async def _render(conn: Connection, row: dict[str, Any]) -> RenderedMessage | str:
+    """The notification's rendered template, or why it cannot render.
+
+    A template that is missing, does not compile or uses a variable the payload lacks
+    fails the same way on every attempt: the caller fails the notification permanently.
+    """
+    try:
+        source = await catalog.template_for(
+            conn, row["tenant_id"], row["template"], row["notification_type"]
+        )
+    except catalog.TemplateNotFound as exc:
+        return str(exc)
+    context = template_context(
+        row["context"],
+        notification_id=str(row["id"]),
+        notification_type=row["notification_type"],
+        recipient=row["recipient"],
+        entity_id=row["entity_id"],
+        target_date=row["target_date"],
+        lead_time=row["lead_time"],
+        channel=row["channel"],
+    )
+    try:
+        return catalog.renderer().render(source, context)
+    except TemplateProblem as exc:
+        return f"template {source.name!r}: {exc}"
 
 
 def retry_delay(settings: Settings, attempt: int, retry_after: float | None) -> float:
@@ -152,12 +187,16 @@ async def _attempt(
     channel = services.channel(row["channel"])
     # Label by configured channel names only: a row's channel is data and could be anything.
     channel_label = row["channel"] if channel is not None else "unconfigured"
-    error = None
+    # The rendered message, or why this notification can never be sent.
+    rendered: RenderedMessage | str
     if channel is None:
-        error = f"channel {row['channel']!r} is not configured"
+        rendered = f"channel {row['channel']!r} is not configured"
     elif (problem := channel.validate_recipient(row["recipient"])) is not None:
-        error = f"recipient {problem}"
-    if channel is None or error is not None:
+        rendered = f"recipient {problem}"
+    else:
+        rendered = await _render(conn, row)
+    if channel is None or isinstance(rendered, str):
+        error = str(rendered)  # without a channel nothing was rendered: always the reason
         await queries.record_attempt(conn, **record, outcome="failed", error=error)
         await queries.set_status(conn, row["id"], NotificationStatus.FAILED)
         services.metrics.count_delivery(channel_label, "failed")
@@ -165,7 +204,7 @@ async def _attempt(
         return None
 
     try:
-        receipt = await channel.send(_message(row, attempt, services.settings))
+        receipt = await channel.send(_message(row, attempt, rendered, services.settings))
     except DeliveryError as exc:
         error = str(exc)
         status_code = exc.status_code

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import html
 import uuid
+from typing import Any
 
 import psycopg
-from litestar import Controller, MediaType, Response, delete, get, post
+from litestar import Controller, MediaType, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from notifier.api_types import check_storable, checked_channel
+from notifier.api_types import check_storable, checked_channel, decode_strictly
 from notifier.auth.guard import BEARER_SECURITY, requires
 from notifier.db import transaction
 from notifier.pagination import DEFAULT_LIMIT, Cursor, Limit, next_link, paginate
@@ -45,6 +46,7 @@ class PreferenceController(Controller):
     )
     async def opt_out(
         self,
+        request: Request[Any, Any, Any],
         data: JSONBody[OptOutCreate],
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
@@ -52,6 +54,7 @@ class PreferenceController(Controller):
         """From now on, matching notifications end ``suppressed`` instead of being sent,
         including ones already scheduled. 201 when new, 200 when the same scope was
         already opted out (the stored opt-out is returned)."""
+        data = decode_strictly(await request.body(), OptOutCreate)
         check_storable(data)
         if data.channel is not None:
             checked_channel(services, data.channel, None)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Controller, delete, get, put
+from litestar import Controller, Request, delete, get, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
-from notifier.api_types import checked_channel
+from notifier.api_types import checked_channel, decode_strictly
 from notifier.auth.guard import BEARER_SECURITY, requires
 from notifier.db import transaction
 from notifier.problems import not_found, problem_responses
@@ -68,12 +68,14 @@ class RateLimitController(Controller):
     )
     async def set_limit(
         self,
+        request: Request[Any, Any, Any],
         channel: FromPath[str],
         data: JSONBody[RateLimitSet],
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
     ) -> RateLimit:
         """Applies from the next send on, in every worker."""
+        data = decode_strictly(await request.body(), RateLimitSet)
         checked_channel(services, channel, None)
         async with transaction(services.pool) as conn:
             row = await queries.upsert_limit(

@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
@@ -19,12 +19,13 @@ from notifier.api_types import (
     decode_strictly,
 )
 from notifier.auth.guard import BEARER_SECURITY, requires
-from notifier.db import transaction
+from notifier.db import Connection, transaction
 from notifier.idempotency import IdempotentRequest
 from notifier.problems import field_error, not_found, problem_responses
 from notifier.rules import queries
-from notifier.rules.schemas import Rule, RuleCreate
+from notifier.rules.schemas import Rule, RuleCreate, RuleUpdate
 from notifier.services import Services
+from notifier.templates.catalog import find_template
 from notifier.tenancy import Principal, Scope
 
 # As for notifications' lead_time_days: reminders up to ten years ahead.
@@ -58,6 +59,14 @@ def validate_rule(rule: RuleCreate, services: Services) -> list[datetime.timedel
     return parse_lead_times(rule.lead_times)
 
 
+async def check_template(conn: Connection, tenant_id: str, name: str | None) -> None:
+    """A 422 naming ``template`` unless it is the tenant's or a built-in."""
+    if name is not None and await find_template(conn, tenant_id, name) is None:
+        raise field_error(
+            "template", f"no template {name!r}: create it at /api/v1/templates/ first"
+        )
+
+
 class RuleController(Controller):
     """Manage the routing rules that turn events into notifications."""
 
@@ -88,6 +97,7 @@ class RuleController(Controller):
             stored = await idempotency.claim(conn, idempotent)
             if stored is not None:
                 return Response(stored.decode(Rule), status_code=stored.status)
+            await check_template(conn, principal.tenant_id, data.template)
             rule = await queries.insert_rule(conn, principal.tenant_id, data, lead_times)
             await idempotency.remember(conn, idempotent, 201, rule)
         return Response(rule, status_code=201)
@@ -123,6 +133,33 @@ class RuleController(Controller):
         if rule is None:
             raise not_found("rule", rule_id)
         return rule
+
+    @patch(
+        "/{rule_id:uuid}",
+        summary="Change a routing rule",
+        responses=problem_responses(400, 404, 413, 422),
+        guards=[requires(Scope.RULES_WRITE)],
+    )
+    async def update_rule(
+        self,
+        request: Request[Any, Any, Any],
+        rule_id: FromPath[uuid.UUID],
+        data: JSONBody[RuleUpdate],
+        services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
+    ) -> Rule:
+        """Change the fields given (``enabled``, ``template``, ``lead_times`` ...); the
+        result is validated as a new rule would be. Applies to events processed from now
+        on; notifications already made keep their template and schedule."""
+        data = decode_strictly(await request.body(), RuleUpdate)
+        async with transaction(services.pool) as conn:
+            current = await queries.lock_rule(conn, principal.tenant_id, rule_id)
+            if current is None:
+                raise not_found("rule", rule_id)
+            changed = data.applied_to(current)
+            lead_times = validate_rule(changed, services)
+            await check_template(conn, principal.tenant_id, changed.template)
+            return await queries.update_rule(conn, rule_id, changed, lead_times)
 
     @delete(
         "/{rule_id:uuid}",

@@ -76,6 +76,45 @@ async def get_rule(conn: Connection, tenant_id: str, rule_id: uuid.UUID) -> Rule
     return rule_from_row(row) if row else None
 
 
+async def lock_rule(conn: Connection, tenant_id: str, rule_id: uuid.UUID) -> Rule | None:
+    """The tenant's rule, locked until the transaction ends, or None."""
+    cursor = await conn.execute(
+        "SELECT * FROM notifier.routing_rules WHERE id = %s AND tenant_id = %s FOR UPDATE",
+        [rule_id, tenant_id],
+    )
+    row = await cursor.fetchone()
+    return rule_from_row(row) if row else None
+
+
+async def update_rule(
+    conn: Connection, rule_id: uuid.UUID, rule: RuleCreate, lead_times: list[datetime.timedelta]
+) -> Rule:
+    """Replace every field of a (locked) rule; events processed from now on use it."""
+    cursor = await conn.execute(
+        """
+        UPDATE notifier.routing_rules
+        SET name = %(name)s, event_type = %(event_type)s, channel = %(channel)s,
+            recipient_field = %(recipient_field)s, recipient = %(recipient)s,
+            date_field = %(date_field)s, lead_times = %(lead_times)s,
+            template = %(template)s, enabled = %(enabled)s, timezone = %(timezone)s,
+            timezone_field = %(timezone_field)s, quiet_hours = %(quiet_hours)s
+        WHERE id = %(id)s
+        RETURNING *
+        """,
+        msgspec.structs.asdict(rule)
+        | {
+            "lead_times": lead_times,
+            "id": rule_id,
+            "quiet_hours": Jsonb(msgspec.to_builtins(rule.quiet_hours))
+            if rule.quiet_hours
+            else None,
+        },
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    return rule_from_row(row)
+
+
 async def delete_rule(conn: Connection, tenant_id: str, rule_id: uuid.UUID) -> bool:
     """Remove one of the tenant's rules; notifications it made keep existing. True if it existed."""
     cursor = await conn.execute(

@@ -10,6 +10,7 @@ import msgspec
 
 from notifier.api_types import ChannelName, Recipient
 from notifier.notifications.localtime import QuietHours, TimeZoneName
+from notifier.templates.schemas import TemplateName
 
 # A dotted path into the event payload: "email", "user.contact.email".
 FieldPath = Annotated[
@@ -42,6 +43,7 @@ LeadTimes = Annotated[
         },
     ),
 ]
+RuleName = Annotated[str, msgspec.Meta(max_length=200)]
 
 
 class RuleCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -53,8 +55,9 @@ class RuleCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     recipient: Recipient | None = None
     date_field: FieldPath | None = None
     lead_times: LeadTimes = msgspec.field(default_factory=lambda: ["P0D"])
-    template: Annotated[str, msgspec.Meta(max_length=200)] | None = None
-    name: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    # A template of the tenant's or a built-in; none: the one named after the event type.
+    template: TemplateName | None = None
+    name: RuleName = ""
     enabled: bool = True
     # The recipients' IANA zone: lead days are counted on its clock, quiet hours read in it.
     # ``timezone_field`` reads each recipient's zone from the payload; ``timezone`` is the
@@ -62,6 +65,34 @@ class RuleCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timezone: TimeZoneName | None = None
     timezone_field: FieldPath | None = None
     quiet_hours: QuietHours | None = None
+
+
+class RuleUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``PATCH /api/v1/rules/{id}``: the fields to change; ``null`` clears an optional one."""
+
+    event_type: EventTypePattern | msgspec.UnsetType = msgspec.UNSET
+    channel: ChannelName | msgspec.UnsetType = msgspec.UNSET
+    recipient_field: FieldPath | msgspec.UnsetType | None = msgspec.UNSET
+    recipient: Recipient | msgspec.UnsetType | None = msgspec.UNSET
+    date_field: FieldPath | msgspec.UnsetType | None = msgspec.UNSET
+    lead_times: LeadTimes | msgspec.UnsetType = msgspec.UNSET
+    template: TemplateName | msgspec.UnsetType | None = msgspec.UNSET
+    name: RuleName | msgspec.UnsetType = msgspec.UNSET
+    enabled: bool | msgspec.UnsetType = msgspec.UNSET
+    timezone: TimeZoneName | msgspec.UnsetType | None = msgspec.UNSET
+    timezone_field: FieldPath | msgspec.UnsetType | None = msgspec.UNSET
+    quiet_hours: QuietHours | msgspec.UnsetType | None = msgspec.UNSET
+
+    def applied_to(self, rule: Rule) -> RuleCreate:
+        """``rule`` with these changes, as a whole rule to validate and store."""
+        current = {name: getattr(rule, name) for name in RuleCreate.__struct_fields__}
+        current["lead_times"] = msgspec.to_builtins(rule.lead_times)  # back to "P7D" strings
+        changes = {
+            name: value
+            for name, value in msgspec.structs.asdict(self).items()
+            if value is not msgspec.UNSET
+        }
+        return RuleCreate(**(current | changes))
 
 
 class Rule(msgspec.Struct, kw_only=True):

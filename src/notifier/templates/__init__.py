@@ -1,0 +1,1 @@
+"""Message templates: the sandboxed renderer, the built-ins and each tenant's own."""
