@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -78,12 +78,13 @@ class WorkerProcesses:
         self.log_dir = log_dir
         self.started: list[subprocess.Popen[bytes]] = []
 
-    def start(self, *args: str) -> subprocess.Popen[bytes]:
-        """Start one worker; its output goes to a log file in the test's directory."""
+    def start(self, *args: str, **settings: Any) -> subprocess.Popen[bytes]:
+        """Start one worker (``settings`` override NOTIFIER_* values); output to a log file."""
+        env = self.env | {f"NOTIFIER_{key.upper()}": str(value) for key, value in settings.items()}
         log = (self.log_dir / f"worker-{len(self.started)}.log").open("wb")
         process = subprocess.Popen(
             [sys.executable, "-m", "notifier", "worker", *args],
-            env=self.env,
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -276,8 +277,3 @@ async def wait_until(
             return True
         await asyncio.sleep(interval)
     return predicate()
-
-
-def iter_chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), n):
-        yield items[start : start + n]
