@@ -133,12 +133,13 @@ class DedupReceiver:
     """A loopback webhook receiver that holds requests open and deduplicates by webhook-id.
 
     ``hold_seconds`` keeps each request open before answering (so kills land mid-send).
-    Paths ending in ``/hang`` are never answered (until the server stops); ``/fail``
-    answers 500; anything else 200.
+    Paths ending in ``/hang`` are never answered (until the server stops); paths in
+    ``failing`` answer 500; anything else 200.
     """
 
     url: str = ""
     hold_seconds: float = 0.0
+    failing: set[str] = field(default_factory=lambda: {"/fail"})
     arrivals: list[Arrival] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     closing: threading.Event = field(default_factory=threading.Event)
@@ -187,7 +188,8 @@ def start_receiver(hold_seconds: float = 0.0) -> ReceiverServer:
                 return
             if state.hold_seconds:
                 state.closing.wait(state.hold_seconds)
-            status = 500 if self.path.endswith("/fail") else 200
+            with state.lock:
+                status = 500 if self.path in state.failing else 200
             try:
                 self.send_response(status)
                 self.send_header("content-length", "0")
@@ -221,14 +223,19 @@ def stop_receiver(running: ReceiverServer) -> None:
 
 
 async def schedule_webhooks(
-    services: Services, url: str, count: int, *, notification_type: str = "fault.test"
+    services: Services,
+    url: str,
+    count: int,
+    *,
+    notification_type: str = "fault.test",
+    channel: str = "webhook",
 ) -> list[uuid.UUID]:
-    """``count`` webhook notifications to ``url``, due now, committed with their jobs."""
+    """``count`` notifications to ``url`` (webhooks unless told), due now, with their jobs."""
     now = datetime.datetime.now(datetime.UTC)
     drafts = [
         NotificationDraft(
             notification_type=notification_type,
-            channel="webhook",
+            channel=channel,
             recipient=url,
             send=PlannedSend(datetime.timedelta(0), now, NotificationStatus.PENDING),
             target_date=None,
