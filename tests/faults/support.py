@@ -133,7 +133,8 @@ class DedupReceiver:
     """A loopback webhook receiver that holds requests open and deduplicates by webhook-id.
 
     ``hold_seconds`` keeps each request open before answering (so kills land mid-send).
-    Paths ending in ``/hang`` are never answered (until the server stops); paths in
+    Paths ending in ``/hang`` are never answered (until the server stops); ``/trickle``
+    starts an answer and then sends a header line every half second, forever; paths in
     ``failing`` answer 500; anything else 200.
     """
 
@@ -186,6 +187,9 @@ def start_receiver(hold_seconds: float = 0.0) -> ReceiverServer:
             if self.path.endswith("/hang"):
                 state.closing.wait()
                 return
+            if self.path.endswith("/trickle"):
+                self.trickle()
+                return
             if state.hold_seconds:
                 state.closing.wait(state.hold_seconds)
             with state.lock:
@@ -199,6 +203,15 @@ def start_receiver(hold_seconds: float = 0.0) -> ReceiverServer:
             with state.lock:
                 arrival.answered = time.monotonic()
                 arrival.status = status
+
+        def trickle(self) -> None:
+            try:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                while not state.closing.wait(0.5):
+                    self.wfile.write(b"x-still-thinking: yes\r\n")
+                    self.wfile.flush()
+            except OSError:
+                return  # the sender gave up
 
         def log_message(self, format: str, *args: Any) -> None:
             """Keep test output quiet."""

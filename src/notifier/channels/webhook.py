@@ -6,6 +6,7 @@ deduplicates on it sees each notification once even though delivery is at-least-
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import email.utils
@@ -86,6 +87,7 @@ class WebhookChannel:
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self._secret = decode_secret(secret) if secret else None
+        self._timeout_seconds = timeout_seconds
         self._client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_seconds),
             # A redirect could point anywhere; receivers must give their final URL.
@@ -121,7 +123,14 @@ class WebhookChannel:
                 self._secret, headers["webhook-id"], int(headers["webhook-timestamp"]), body
             )
         try:
-            response = await self._client.post(message.recipient, content=body, headers=headers)
+            # httpx's timeout bounds each read, not the request: a receiver that trickles
+            # its answer a byte at a time would hold this worker slot for ever.
+            async with asyncio.timeout(self._timeout_seconds):
+                response = await self._client.post(message.recipient, content=body, headers=headers)
+        except TimeoutError as exc:
+            raise DeliveryError(
+                f"timed out: no complete answer within {self._timeout_seconds:g}s", retryable=True
+            ) from exc
         except httpx.TimeoutException as exc:
             raise DeliveryError(f"timed out: {type(exc).__name__}", retryable=True) from exc
         except httpx.HTTPError as exc:
