@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import os
 import signal
 import statistics
@@ -124,6 +125,7 @@ class Arrival:
     webhook_id: str
     path: str
     arrived: float
+    event_id: str | None = None
     answered: float | None = None
     status: int | None = None
 
@@ -176,11 +178,12 @@ def start_receiver(hold_seconds: float = 0.0) -> ReceiverServer:
         protocol_version = "HTTP/1.1"
 
         def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("content-length", "0")))
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
             arrival = Arrival(
                 webhook_id=self.headers.get("webhook-id", ""),
                 path=self.path,
                 arrived=time.monotonic(),
+                event_id=json.loads(body or b"{}").get("data", {}).get("event_id"),
             )
             with state.lock:
                 state.arrivals.append(arrival)
