@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from notifier.db import transaction
 from notifier.notifications.scheduling import NotificationDraft, PlannedSend, create_notifications
@@ -29,6 +30,11 @@ from notifier.services import Services
 # `nox -s faults` sets this: every case at its full size. Otherwise (the normal test run,
 # CI) the same cases run at reduced sizes.
 FULL = os.environ.get("NOTIFIER_FAULTS_FULL", "") == "1"
+
+
+# The slowest cases (a cluster of their own, long holds) run only at full size, in
+# `nox -s faults`, to keep the normal run short.
+full_only = pytest.mark.skipif(not FULL, reason="slow fault case: runs in `nox -s faults`")
 
 
 def size(full: int, reduced: int) -> int:

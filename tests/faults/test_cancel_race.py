@@ -34,11 +34,12 @@ async def test_no_notification_is_both_cancelled_and_delivered(
     worker_processes: WorkerProcesses,
     figure: Figures,
 ) -> None:
-    count = size(1000, 200)
+    count = size(1000, 100)
     dedup_receiver.hold_seconds = 0.02
     ids = await schedule_webhooks(services, dedup_receiver.url + "/hooks", count)
     random.shuffle(ids)
-    for _ in range(3):
+    workers = size(3, 2)
+    for _ in range(workers):
         worker_processes.start(worker_concurrency=6)
     assert await wait_until(lambda: bool(dedup_receiver.snapshot()), timeout=60), (
         worker_processes.logs()
@@ -75,7 +76,7 @@ async def test_no_notification_is_both_cancelled_and_delivered(
     assert delivered == {webhook_id(i) for i, s in statuses.items() if s == "sent"}
     tally = collections.Counter(answers.values())
     figure(
-        f"{count} notifications due now, 3 workers x 6, {count} concurrent cancels (16 at a "
+        f"{count} notifications due now, {workers} workers x 6, {count} concurrent cancels (16 at a "
         f"time): {tally[200]} answered cancelled, {tally[409]} answered 409 already sent, "
         f"{tally[503]} answered 503; delivered {len(delivered)}; "
         f"cancelled-and-delivered: {len(cancelled & delivered)}"

@@ -23,6 +23,7 @@ from tests.faults.conftest import Figures
 from tests.faults.support import (
     DedupReceiver,
     WorkerProcesses,
+    full_only,
     size,
     summary,
     wait_until,
@@ -31,6 +32,8 @@ from tests.faults.support import (
 from tests.support import PROBLEM_JSON, WEBHOOK_SECRET, eventually
 
 DATABASE_TIMEOUT = 2.0
+
+pytestmark = full_only
 
 
 @pytest.fixture

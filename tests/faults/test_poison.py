@@ -43,8 +43,8 @@ async def test_poison_ends_visible_and_replayable_while_the_rest_flows(
     worker_processes: WorkerProcesses,
     figure: Figures,
 ) -> None:
-    healthy = size(200, 40)
-    poison_each = size(50, 10)
+    healthy = size(200, 30)
+    poison_each = size(50, 6)
     dedup_receiver.hold_seconds = 0.05
     hooks = dedup_receiver.url + "/hooks"
     for _ in range(2):

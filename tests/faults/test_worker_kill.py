@@ -32,8 +32,8 @@ async def test_sigkill_during_deliveries_loses_no_notification(
     worker_processes: WorkerProcesses,
     figure: Figures,
 ) -> None:
-    kills = size(20, 3)
-    batch = size(100, 30)
+    kills = size(20, 2)
+    batch = size(100, 20)
     url = dedup_receiver.url + "/hooks"
     expected = {webhook_id(i) for i in await schedule_webhooks(services, url, batch)}
 
