@@ -26,6 +26,7 @@ from notifier.db import transaction
 from notifier.notifications.scheduling import NotificationDraft, PlannedSend, create_notifications
 from notifier.notifications.schemas import NotificationStatus
 from notifier.services import Services
+from tests.support import eventually
 
 # `nox -s faults` sets this: every case at its full size. Otherwise (the normal test run,
 # CI) the same cases run at reduced sizes.
@@ -289,6 +290,16 @@ async def job_counts(db: psycopg.AsyncConnection[Any]) -> dict[str, int]:
         db, "SELECT status::text AS status, count(*) AS n FROM procrastinate_jobs GROUP BY 1"
     )
     return {row["status"]: row["n"] for row in found}
+
+
+async def wait_drained(db: psycopg.AsyncConnection[Any], timeout: float = 120) -> None:
+    """Wait until no job is waiting or running (the periodic maintenance job aside)."""
+
+    async def drained() -> bool:
+        jobs = await job_counts(db)
+        return not jobs.get("todo") and not jobs.get("doing")
+
+    await eventually(drained, timeout=timeout, interval=0.2)
 
 
 def webhook_id(notification_id: uuid.UUID | str) -> str:

@@ -16,14 +16,13 @@ from tests.faults.conftest import Figures
 from tests.faults.support import (
     DedupReceiver,
     WorkerProcesses,
-    job_counts,
     rows,
     schedule_webhooks,
     size,
+    wait_drained,
     wait_until,
     webhook_id,
 )
-from tests.support import eventually
 
 
 async def test_no_notification_is_both_cancelled_and_delivered(
@@ -57,11 +56,7 @@ async def test_no_notification_is_both_cancelled_and_delivered(
     async with httpx.AsyncClient(base_url=live_api, timeout=60) as http:
         await asyncio.gather(*(cancel(http, i) for i in ids))
 
-    async def drained() -> bool:
-        jobs = await job_counts(db)
-        return not jobs.get("todo") and not jobs.get("doing")
-
-    await eventually(drained, timeout=120, interval=0.2)
+    await wait_drained(db)
 
     delivered = dedup_receiver.unique_ids()
     cancelled = {webhook_id(i) for i, status in answers.items() if status == 200}

@@ -96,7 +96,7 @@ async def test_poison_ends_visible_and_replayable_while_the_rest_flows(
         expected_end = {
             "channel not configured": ("failed", "channel 'pager' is not configured"),
             "recipient rejected": ("failed", "recipient must be an absolute"),
-            "receiver always 500": ("dead", "500"),
+            "receiver always 500": ("dead", "receiver answered 500"),
             "payload the routing cannot use": ("failed", "payload has no field 'callback_url'"),
         }
 

@@ -14,15 +14,14 @@ from tests.faults.conftest import Figures
 from tests.faults.support import (
     DedupReceiver,
     WorkerProcesses,
-    job_counts,
     schedule_webhooks,
     size,
     status_counts,
     summary,
+    wait_drained,
     wait_until,
     webhook_id,
 )
-from tests.support import eventually
 
 
 async def test_sigkill_during_deliveries_loses_no_notification(
@@ -69,11 +68,7 @@ async def test_sigkill_during_deliveries_loses_no_notification(
         if pending < batch // 2:
             expected |= {webhook_id(i) for i in await schedule_webhooks(services, url, batch)}
 
-    async def drained() -> bool:
-        jobs = await job_counts(db)
-        return not jobs.get("todo") and not jobs.get("doing")
-
-    await eventually(drained, timeout=120, interval=0.2)
+    await wait_drained(db)
 
     assert await status_counts(db) == {"sent": len(expected)}
     assert dedup_receiver.unique_ids() == expected  # each once, after deduplication
