@@ -32,7 +32,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     figures = terminalreporter.config.stash.get(FIGURES, [])
     if not figures:
         return
-    terminalreporter.section(f"fault figures ({'full' if FULL else 'reduced'} sizes)")
+    sizes = "full sizes" if FULL else "reduced sizes; `nox -s faults` runs the full ones"
+    terminalreporter.section(f"fault figures ({sizes})")
     for test, line in figures:
         terminalreporter.write_line(f"{test}: {line}")
 
