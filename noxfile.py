@@ -48,6 +48,36 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def faults(session: nox.Session) -> None:
+    """The fault-injection suite at full size, on loopback; prints its figures at the end."""
+    sync(session)
+    session.run(
+        "pytest",
+        "tests/faults",
+        "-m",
+        "faults and not soak",
+        "-q",
+        *session.posargs,
+        env={"NOTIFIER_FAULTS_FULL": "1"},
+    )
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """Steady load with memory and latency drift, never in CI: `nox -s soak -- SECONDS` (600)."""
+    sync(session)
+    seconds = session.posargs[0] if session.posargs else "600"
+    session.run(
+        "pytest",
+        "tests/faults/test_soak.py",
+        "-m",
+        "soak",
+        "-q",
+        env={"NOTIFIER_SOAK_SECONDS": seconds},
+    )
+
+
+@nox.session
 def fuzz(session: nox.Session) -> None:
     """The schemathesis fuzz test with many more examples per operation than `tests` runs
     (NOTIFIER_FUZZ_EXAMPLES, default here 300); prints how many requests it generated."""

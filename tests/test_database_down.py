@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
+import psycopg
 import pytest
 from litestar.testing import AsyncTestClient
 
 from notifier.app import create_app
 from notifier.settings import Settings
+from tests.support import assert_problem, count_rows, eventually
 
 
 @pytest.fixture
@@ -89,3 +93,31 @@ async def test_liveness_does_not_depend_on_the_database(
 
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
+
+
+async def test_losing_the_connection_while_deferring_the_job_is_a_503(
+    live_api: str, db: psycopg.AsyncConnection[Any], api_headers: dict[str, str]
+) -> None:
+    # procrastinate wraps the error of its defer query in its own exception; a restart that
+    # lands there must still be a 503 to retry, not a 500.
+    async with db.transaction():
+        await db.execute("LOCK TABLE procrastinate_jobs IN ACCESS EXCLUSIVE MODE")
+        async with httpx.AsyncClient(base_url=live_api, headers=api_headers, timeout=30) as http:
+            publish = asyncio.create_task(
+                http.post("/api/v1/events/", json={"type": "user.signup", "payload": {}})
+            )
+
+            async def api_waiting_on_the_lock() -> list[dict[str, Any]]:
+                cursor = await db.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = 'notifier-api' "
+                    "AND wait_event_type = 'Lock'"
+                )
+                return list(await cursor.fetchall())
+
+            (waiting,) = await eventually(api_waiting_on_the_lock)
+            await db.execute("SELECT pg_terminate_backend(%s)", [waiting["pid"]])
+            response = await publish
+
+    assert_problem(response, 503)
+    assert response.headers["retry-after"] == "5"
+    assert await count_rows(db, "notifier.events") == 0

@@ -28,6 +28,11 @@ def create_pool(settings: Settings, *, name: str = "notifier") -> Pool:
         timeout=settings.database_timeout_seconds,
         # Replace connections that died while idle (database restart, failover).
         check=check_connection,
+        # While the database is away the pool retries with a doubling delay (1 s, 2 s, 4 s,
+        # ...), so after a long outage it could notice the database back only minutes
+        # later. Giving up each series after this long keeps the gaps short: the next
+        # request that wants a connection starts a new series with an immediate try.
+        reconnect_timeout=settings.database_timeout_seconds,
         open=False,
         name=name,
     )

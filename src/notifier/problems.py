@@ -19,6 +19,7 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 from litestar.types import ExceptionHandlersMap
+from procrastinate.exceptions import ConnectorException
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 logger = logging.getLogger("notifier.api")
@@ -76,7 +77,7 @@ _RESPONSE_DESCRIPTIONS = {
     413: "The body is larger than `NOTIFIER_API_MAX_BODY_BYTES`",
     422: "A value is invalid; `errors` names each field at fault",
     429: "The API key's rate limit is exhausted; retry after `Retry-After` seconds",
-    503: "The database is unavailable; nothing was stored, retry after `Retry-After` seconds",
+    503: "The database is unavailable; retry after `Retry-After` seconds",
 }
 
 
@@ -253,10 +254,19 @@ def _handle_database_down(request: Request[Any, Any, Any], exc: Exception) -> Re
         ProblemError(
             HTTP_503_SERVICE_UNAVAILABLE,
             "Service Unavailable",
-            "the database is unavailable; nothing was stored, retry later",
+            "the database is unavailable; retry later",
             headers={"Retry-After": "5"},
         ),
     )
+
+
+def _handle_queue_error(
+    request: Request[Any, Any, Any], exc: ConnectorException
+) -> Response[Problem]:
+    """procrastinate wraps the database errors of a defer: a lost connection is still a 503."""
+    if isinstance(exc.__cause__, psycopg.OperationalError):
+        return _handle_database_down(request, exc.__cause__)
+    return _handle_unexpected(request, exc)
 
 
 def _handle_too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Problem]:
@@ -298,6 +308,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     ValidationException: _handle_validation,
     HTTPException: _handle_http,
     psycopg.OperationalError: _handle_database_down,
+    ConnectorException: _handle_queue_error,
     psycopg.DataError: _handle_unstorable,
     RecursionError: _handle_too_deep,
     Exception: _handle_unexpected,

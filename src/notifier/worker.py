@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Iterable
+import signal
+from collections.abc import Callable, Iterable, Iterator
 
+import psycopg
+from procrastinate.exceptions import ConnectorException
+
+from notifier import maintenance
 from notifier.queue import ALL_QUEUES
 from notifier.services import SERVICES_CONTEXT_KEY, Services
 from notifier.telemetry.tracing import job_tracing_middleware
 
 logger = logging.getLogger("notifier.worker")
+
+# Longest pause between attempts to get the database back after losing it.
+RECONNECT_MAX_SECONDS = 2.0
+# Errors that mean "the database went away", after which the worker starts over.
+DATABASE_LOST = (ConnectorException, psycopg.Error)
+
+
+def stalled_check_interval(stalled_worker_seconds: float) -> float:
+    """How often each worker looks for jobs of dead workers.
+
+    Half the stalled timeout: a killed worker's jobs run again at most 1.5 timeouts after
+    its last heartbeat, instead of waiting for the once-a-minute maintenance task.
+    """
+    return min(max(stalled_worker_seconds / 2, 0.5), 30.0)
 
 
 async def run_worker(
@@ -21,7 +42,13 @@ async def run_worker(
     install_signal_handlers: bool = True,
     name: str = "worker",
 ) -> None:
-    """Process jobs until stopped (or, with ``wait=False``, until the queues are empty)."""
+    """Process jobs until stopped (or, with ``wait=False``, until the queues are empty).
+
+    With ``wait=True`` the worker outlives the database: when PostgreSQL goes away (restart,
+    failover) the procrastinate worker stops, and this starts a new one as soon as the
+    database answers again. Jobs the old one could not finish are recovered as stalled.
+    SIGINT/SIGTERM (or cancelling this coroutine) stop it gracefully.
+    """
     settings = services.settings
     concurrency = concurrency or settings.worker_concurrency
     # Each delivery in flight holds a connection (its row lock), plus LISTEN and bookkeeping.
@@ -32,21 +59,108 @@ async def run_worker(
             concurrency + 2,
             settings.database_pool_max_size,
         )
-    await services.queue.run_worker_async(
-        queues=list(queues),
-        concurrency=concurrency,
-        wait=wait,
-        name=name,
-        fetch_job_polling_interval=settings.worker_poll_interval_seconds,
-        abort_job_polling_interval=max(settings.worker_poll_interval_seconds, 1.0),
-        listen_notify=settings.worker_listen_notify,
-        shutdown_graceful_timeout=settings.worker_shutdown_timeout_seconds,
-        stalled_worker_timeout=settings.stalled_worker_seconds,
-        # procrastinate heartbeats every 10 s by default: with a shorter stalled timeout a
-        # live worker would look dead and its running jobs be requeued under it.
-        update_heartbeat_interval=min(10.0, settings.stalled_worker_seconds / 4),
-        install_signal_handlers=install_signal_handlers,
-        additional_context={SERVICES_CONTEXT_KEY: services},
-        # Each job runs in a span continuing the trace stored on its event or notification.
-        worker_middleware=[job_tracing_middleware(services.pool)],
-    )
+    queue_list = list(queues)
+
+    async def run_once() -> None:
+        await services.queue.run_worker_async(
+            queues=queue_list,
+            concurrency=concurrency,
+            wait=wait,
+            name=name,
+            fetch_job_polling_interval=settings.worker_poll_interval_seconds,
+            abort_job_polling_interval=max(settings.worker_poll_interval_seconds, 1.0),
+            listen_notify=settings.worker_listen_notify,
+            shutdown_graceful_timeout=settings.worker_shutdown_timeout_seconds,
+            stalled_worker_timeout=settings.stalled_worker_seconds,
+            # procrastinate heartbeats every 10 s by default: with a shorter stalled timeout a
+            # live worker would look dead and its running jobs be requeued under it.
+            update_heartbeat_interval=min(10.0, settings.stalled_worker_seconds / 4),
+            # Signals are handled here, so that a stop asked for is told apart from a
+            # worker that stopped because the database went away.
+            install_signal_handlers=False,
+            additional_context={SERVICES_CONTEXT_KEY: services},
+            # Each job runs in a span continuing the trace stored on its event or notification.
+            worker_middleware=[job_tracing_middleware(services.pool)],
+        )
+
+    if not wait:
+        await run_once()
+        return
+
+    current = asyncio.current_task()
+    stop_requested = asyncio.Event()
+
+    def request_stop() -> None:
+        if not stop_requested.is_set() and current is not None:
+            logger.info("stop requested; finishing the jobs in progress")
+            stop_requested.set()
+            current.cancel()
+
+    recovery = asyncio.create_task(_recover_stalled_jobs(services), name="stalled-jobs")
+    try:
+        with _stop_on_signals(request_stop, install=install_signal_handlers):
+            while True:
+                try:
+                    await run_once()
+                except DATABASE_LOST as exc:
+                    logger.warning("worker lost the database: %s", exc)
+                if stop_requested.is_set():
+                    return
+                # procrastinate stops on its own when a side task (heartbeat, LISTEN)
+                # fails: that too means the database went away.
+                await _wait_for_database(services)
+                logger.info("database is back; restarting the worker")
+    except asyncio.CancelledError:
+        if stop_requested.is_set() and current is not None:
+            current.uncancel()
+            return  # our own graceful stop: procrastinate has finished its shutdown
+        raise
+    finally:
+        recovery.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await recovery
+
+
+@contextlib.contextmanager
+def _stop_on_signals(callback: Callable[[], None], *, install: bool) -> Iterator[None]:
+    if not install:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, callback)
+    try:
+        yield
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+async def _wait_for_database(services: Services) -> None:
+    """Return once a connection from the pool answers, polling with a short, capped backoff."""
+    delay = 0.5
+    while True:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+        try:
+            async with services.pool.connection() as conn:
+                await conn.execute("SELECT 1")
+        except psycopg.Error as exc:
+            logger.info("database still unavailable: %s", exc)
+        else:
+            return
+
+
+async def _recover_stalled_jobs(services: Services) -> None:
+    """Requeue jobs of dead workers every few seconds, for as long as this worker runs."""
+    interval = stalled_check_interval(services.settings.stalled_worker_seconds)
+    manager = services.queue.job_manager
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            requeued = await maintenance.requeue_stalled_jobs(services, manager)
+        except DATABASE_LOST as exc:
+            logger.warning("could not look for stalled jobs: %s", exc)
+        else:
+            if requeued:
+                logger.warning("requeued %d jobs of dead workers", requeued)

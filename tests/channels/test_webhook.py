@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import datetime
 import email.utils
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -304,8 +307,46 @@ async def test_slow_receiver_times_out_as_a_retryable_error(receiver: WebhookRec
 
     assert caught.value.retryable is True
     assert caught.value.status_code is None
-    assert str(caught.value) == "timed out: ReadTimeout"
+    assert str(caught.value).startswith("timed out")
     assert len(receiver.received()) == 1  # it did arrive; the answer came too late
+
+
+async def test_receiver_trickling_its_answer_times_out_after_the_timeout_in_total() -> None:
+    # Each header line comes well within the timeout, so only a deadline on the whole
+    # request stops this one from holding the worker's slot for ever.
+    writers: list[asyncio.StreamWriter] = []
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        with contextlib.suppress(ConnectionError):
+            while not writer.is_closing():
+                await asyncio.sleep(0.1)
+                writer.write(b"x-still-thinking: yes\r\n")
+                await writer.drain()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    impatient = WebhookChannel(
+        secret=None, timeout_seconds=0.5, user_agent="t", allowed_networks=LOOPBACK
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            await impatient.send(message(f"http://127.0.0.1:{port}/hooks"))
+    finally:
+        await impatient.aclose()
+        for writer in writers:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    assert caught.value.retryable is True
+    assert str(caught.value) == "timed out: no complete answer within 0.5s"
+    assert time.monotonic() - started < 3
 
 
 async def test_unreachable_receiver_is_a_retryable_error(channel: WebhookChannel) -> None:

@@ -236,7 +236,7 @@ async def test_timeout_is_retried_with_the_same_webhook_id(
 
     assert first[0]["outcome"] == "retry"
     assert first[0]["status_code"] is None
-    assert first[0]["error"] == "timed out: ReadTimeout"
+    assert first[0]["error"].startswith("timed out")
     assert sent["delivery_attempts"][-1]["outcome"] == "delivered"
     requests = receiver.received()
     assert len(requests) == len(sent["delivery_attempts"]) >= 2

@@ -6,6 +6,7 @@ deduplicates on it sees each notification once even though delivery is at-least-
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import email.utils
@@ -98,6 +99,7 @@ class WebhookChannel:
     ) -> None:
         self._secret = decode_secret(secret) if secret else None
         self._allowed_networks = tuple(allowed_networks)
+        self._timeout_seconds = timeout_seconds
         self._client = httpx.AsyncClient(
             # Connects only to public addresses, or to those in allowed_networks.
             transport=GuardedTransport(self._allowed_networks),
@@ -147,11 +149,18 @@ class WebhookChannel:
                 self._secret, headers["webhook-id"], int(headers["webhook-timestamp"]), body
             )
         try:
-            response = await self._client.post(message.recipient, content=body, headers=headers)
+            # httpx's timeout bounds each read, not the request: a receiver that trickles
+            # its answer a byte at a time would hold this worker slot for ever.
+            async with asyncio.timeout(self._timeout_seconds):
+                response = await self._client.post(message.recipient, content=body, headers=headers)
         except BlockedAddressError as exc:
             raise DeliveryError(
                 f"refused to connect: {exc} (NOTIFIER_WEBHOOK_ALLOWED_NETWORKS can allow it)",
                 retryable=False,
+            ) from exc
+        except TimeoutError as exc:
+            raise DeliveryError(
+                f"timed out: no complete answer within {self._timeout_seconds:g}s", retryable=True
             ) from exc
         except httpx.TimeoutException as exc:
             raise DeliveryError(f"timed out: {type(exc).__name__}", retryable=True) from exc
