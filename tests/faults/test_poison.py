@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -62,10 +63,17 @@ async def test_poison_ends_visible_and_replayable_while_the_rest_flows(
         "INSERT INTO notifier.routing_rules (event_type, channel, recipient_field) "
         "VALUES ('poison.routing', 'webhook', 'callback_url')"
     )
+    # A tenant template that compiles but needs a field these events never carry.
+    await db.execute(
+        "INSERT INTO notifier.templates (tenant_id, name, subject, text_body) "
+        "VALUES ('default', 'needs-a-name', 'Hello', 'Hello {{ customer.name }}')"
+    )
+    await db.execute(
+        "INSERT INTO notifier.routing_rules (event_type, channel, recipient, template) "
+        "VALUES ('poison.template', 'webhook', %s, 'needs-a-name')",
+        [hooks],
+    )
     poison: dict[str, list[uuid.UUID]] = {
-        # Stands in for "a template that fails" until templates exist on this branch: the
-        # message cannot be produced for its channel. (At merge: add a rule whose template
-        # fails to render, expected "failed" with the render error.)
         "channel not configured": await schedule_webhooks(
             services, hooks, poison_each, channel="pager"
         ),
@@ -78,7 +86,8 @@ async def test_poison_ends_visible_and_replayable_while_the_rest_flows(
     }
     async with httpx.AsyncClient(base_url=live_api, headers=api_headers, timeout=30) as http:
         events = [
-            await http.post("/api/v1/events/", json={"type": "poison.routing", "payload": {"n": n}})
+            await http.post("/api/v1/events/", json={"type": kind, "payload": {"n": n}})
+            for kind in ("poison.routing", "poison.template")
             for n in range(poison_each)
         ]
         assert {e.status_code for e in events} == {201}
@@ -86,19 +95,29 @@ async def test_poison_ends_visible_and_replayable_while_the_rest_flows(
             dedup_receiver, await schedule_webhooks(services, hooks, healthy)
         )
 
-        async def routed() -> list[dict[str, Any]]:
-            found = await rows(
-                db,
-                "SELECT id FROM notifier.notifications WHERE notification_type = 'poison.routing'",
-            )
-            return found if len(found) == poison_each else []
+        def routed(kind: str) -> Callable[[], Awaitable[list[dict[str, Any]]]]:
+            async def notifications() -> list[dict[str, Any]]:
+                found = await rows(
+                    db,
+                    "SELECT id FROM notifier.notifications WHERE notification_type = %s",
+                    kind,
+                )
+                return found if len(found) == poison_each else []
 
-        poison["payload the routing cannot use"] = [r["id"] for r in await eventually(routed)]
+            return notifications
+
+        poison["payload the routing cannot use"] = [
+            r["id"] for r in await eventually(routed("poison.routing"))
+        ]
+        poison["template that fails"] = [
+            r["id"] for r in await eventually(routed("poison.template"))
+        ]
         expected_end = {
             "channel not configured": ("failed", "channel 'pager' is not configured"),
             "recipient rejected": ("failed", "recipient must be an absolute"),
             "receiver always 500": ("dead", "receiver answered 500"),
             "payload the routing cannot use": ("failed", "payload has no field 'callback_url'"),
+            "template that fails": ("failed", "template 'needs-a-name': text_body"),
         }
 
         async def shown(notification_id: uuid.UUID) -> dict[str, Any]:
@@ -147,7 +166,7 @@ async def test_poison_ends_visible_and_replayable_while_the_rest_flows(
     assert ratio > 0.2, f"healthy deliveries slowed to {ratio:.0%} of their rate"
     figure(
         f"{healthy} healthy webhooks alone in {alone:.2f}s ({healthy / alone:.0f}/s); with "
-        f"{poison_each} of each of 4 poison kinds queued ahead in {flowing:.2f}s "
+        f"{poison_each} of each of {len(poison)} poison kinds queued ahead in {flowing:.2f}s "
         f"({healthy / flowing:.0f}/s): {ratio:.0%} of the healthy rate"
     )
     figure(
