@@ -45,6 +45,7 @@ from tests.support import (
     SmtpServer,
     WebhookReceiver,
     bearer,
+    free_port,
 )
 
 PG_HOST = os.environ.get("NOTIFIER_TEST_PG_HOST", "127.0.0.1")
@@ -245,18 +246,11 @@ def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
         server.server_close()
 
 
-def _free_port() -> int:
-    # aiosmtpd's controller checks readiness by connecting to its port, so it needs a
-    # real one up front rather than port 0.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def _running_smtp(state: SmtpServer, **smtp_options: Any) -> Iterator[SmtpServer]:
-    state.port = _free_port()
+    # aiosmtpd's controller checks readiness by connecting to its port, so it needs a
+    # real one up front rather than port 0.
+    state.port = free_port()
     controller = Controller(state, hostname=state.host, port=state.port, **smtp_options)
     controller.start()
     try:

@@ -10,12 +10,14 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
+from notifier.preferences.links import verify_token
 from notifier.settings import Settings
 from tests.support import FakeSmsProvider, SmtpServer, eventually, wait_for_status
 
 UTC = datetime.UTC
 TWILIO_SID = "AC" + "a1b2c3d4" * 4
 SENDER_NUMBER = "+15005550006"
+UNSUBSCRIBE_SECRET = "test-only-unsubscribe-secret-" + "x" * 32
 
 EXPIRY_TEMPLATE = {
     "subject": "{{ user.name }}, your password expires on {{ target_date | date }}",
@@ -46,6 +48,8 @@ def settings(
         sms_account_sid=TWILIO_SID,
         sms_auth_token="fake-provider-token",
         sms_from=SENDER_NUMBER,
+        unsubscribe_secret=UNSUBSCRIBE_SECRET,
+        public_base_url="https://notifier.example",
     )
 
 
@@ -236,6 +240,44 @@ async def test_a_notification_created_over_rest_renders_the_builtin_for_its_type
     html = mail.get_body(preferencelist=("html",))
     assert html is not None
     assert "Hi Grace &lt;3," in html.get_content()
+
+
+async def test_the_email_and_its_template_carry_the_same_unsubscribe_link(
+    client: AsyncTestClient[Any], worker: None, smtp_server: SmtpServer
+) -> None:
+    template = {"subject": "News", "text_body": "Opt out: {{ unsubscribe_url }}\n"}
+    # A REST notification renders with the template named after its type.
+    assert (await client.put("/api/v1/templates/newsletter", json=template)).status_code == 201
+    target = (datetime.datetime.now(UTC) + datetime.timedelta(seconds=1)).replace(microsecond=0)
+    notification = await post(
+        client,
+        "/api/v1/notifications/",
+        {
+            "notification_type": "newsletter",
+            "entity_id": "issue-1",
+            "target_date": target.isoformat(),
+            "lead_time_days": 0,
+            "email": "grace@example.com",
+            "channel": "email",
+        },
+    )
+
+    await wait_for_status(client, notification["id"], "sent")
+
+    (mail,) = smtp_server.received()
+    header = mail["List-Unsubscribe"]
+    assert header.startswith("<https://notifier.example/unsubscribe/")
+    link = header.strip("<>")
+    assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    text = mail.get_body(preferencelist=("plain",))
+    assert text is not None
+    assert f"Opt out: {link}" in text.get_content()
+    scope = verify_token(UNSUBSCRIBE_SECRET, link.rsplit("/", 1)[1])
+    assert (scope.recipient, scope.channel, scope.notification_type) == (
+        "grace@example.com",
+        "email",
+        "newsletter",
+    )
 
 
 async def test_a_rest_notification_for_sms_goes_to_its_phone(

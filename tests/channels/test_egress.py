@@ -24,8 +24,14 @@ from notifier.channels.base import DeliveryError, OutgoingMessage
 from notifier.channels.egress import address_problem, host_problem, numeric_host
 from notifier.channels.webhook import WebhookChannel
 from notifier.settings import Settings, SettingsError, parse_networks
-from tests.notifications.test_delivery import running_worker, schedule, wait_for_status
-from tests.support import LOOPBACK_NETWORKS, WebhookReceiver, assert_problem, count_rows
+from tests.notifications.test_delivery import running_worker, schedule
+from tests.support import (
+    LOOPBACK_NETWORKS,
+    WebhookReceiver,
+    assert_problem,
+    count_rows,
+    wait_for_status,
+)
 
 LOOPBACK = parse_networks(LOOPBACK_NETWORKS)
 

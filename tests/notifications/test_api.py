@@ -17,8 +17,8 @@ from tests.support import (
     WebhookReceiver,
     assert_problem,
     count_rows,
-    eventually,
     next_page,
+    wait_for_status,
 )
 
 SEED_FIELDS = {
@@ -93,19 +93,6 @@ async def every_page(client: AsyncTestClient[Any], url: str) -> list[list[dict[s
         next_url = next_page(response)
         assert len(pages) < 20, "pagination does not end"
     return pages
-
-
-async def wait_for_status(
-    client: AsyncTestClient[Any], notification_id: str, status: str
-) -> dict[str, Any]:
-    async def reached() -> dict[str, Any] | None:
-        notification: dict[str, Any] = (
-            await client.get(f"/api/v1/notifications/{notification_id}")
-        ).json()
-        return notification if notification["status"] == status else None
-
-    found: dict[str, Any] = await eventually(reached)
-    return found
 
 
 # --- creating ---------------------------------------------------------------------------

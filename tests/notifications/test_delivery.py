@@ -28,7 +28,14 @@ from notifier.services import Services
 from notifier.settings import Settings
 from notifier.tenancy import DEFAULT_TENANT
 from notifier.worker import run_worker
-from tests.support import WEBHOOK_SECRET, ReceivedRequest, WebhookReceiver, eventually, parse_time
+from tests.support import (
+    WEBHOOK_SECRET,
+    ReceivedRequest,
+    WebhookReceiver,
+    eventually,
+    parse_time,
+    wait_for_status,
+)
 
 UTC = datetime.UTC
 
@@ -106,17 +113,6 @@ async def get_notification(client: AsyncTestClient[Any], notification_id: str) -
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
-
-
-async def wait_for_status(
-    client: AsyncTestClient[Any], notification_id: str, status: str, *, timeout: float = 20.0
-) -> dict[str, Any]:
-    async def reached() -> dict[str, Any] | None:
-        notification = await get_notification(client, notification_id)
-        return notification if notification["status"] == status else None
-
-    result: dict[str, Any] = await eventually(reached, timeout=timeout)
-    return result
 
 
 async def job_of(db: psycopg.AsyncConnection[Any], notification_id: str) -> dict[str, Any]:

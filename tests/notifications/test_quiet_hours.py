@@ -9,8 +9,13 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.notifications.test_delivery import wait_for_status
-from tests.support import WebhookReceiver, assert_problem, eventually, parse_time
+from tests.support import (
+    WebhookReceiver,
+    assert_problem,
+    eventually,
+    parse_time,
+    wait_for_status,
+)
 
 UTC = datetime.UTC
 KOLKATA = zoneinfo.ZoneInfo("Asia/Kolkata")  # +05:30 all year: no DST to reason about here

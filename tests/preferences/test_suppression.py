@@ -11,9 +11,9 @@ from typing import Any
 
 from litestar.testing import AsyncTestClient
 
-from tests.notifications.test_delivery import get_notification, schedule, wait_for_status
+from tests.notifications.test_delivery import get_notification, schedule
 from tests.preferences.test_api import opt_out
-from tests.support import WebhookReceiver
+from tests.support import WebhookReceiver, wait_for_status
 
 
 async def test_an_opted_out_recipient_is_suppressed_and_never_sent(

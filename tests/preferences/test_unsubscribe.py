@@ -11,7 +11,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from notifier.app import create_app
-from notifier.notifications.tasks import _message
+from notifier.notifications.tasks import _message, _unsubscribe_link
 from notifier.preferences.links import (
     InvalidToken,
     list_unsubscribe_headers,
@@ -96,12 +96,12 @@ def test_channels_get_the_link_of_the_notification_they_send() -> None:
 
     content = RenderedMessage(subject="Invoice due", text="Pay it")
 
-    message = _message(row, 1, content, settings)
+    message = _message(row, 1, content, _unsubscribe_link(row, settings))
 
     assert message.unsubscribe_url is not None
     scope = verify_token(SECRET, message.unsubscribe_url.rsplit("/", 1)[1])
     assert (scope.channel, scope.notification_type) == ("email", "invoice.due")
-    assert _message(row, 1, content, Settings()).unsubscribe_url is None
+    assert _message(row, 1, content, _unsubscribe_link(row, Settings())).unsubscribe_url is None
 
 
 @pytest.fixture

@@ -19,9 +19,8 @@ from tests.notifications.test_delivery import (
     running_worker,
     schedule,
     stamp_arrivals,
-    wait_for_status,
 )
-from tests.support import WebhookReceiver, eventually
+from tests.support import WebhookReceiver, eventually, wait_for_status
 
 PER_SECOND = 5
 NOTIFICATIONS = 30

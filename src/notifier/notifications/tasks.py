@@ -27,8 +27,19 @@ from notifier.templates.rendering import RenderedMessage, TemplateProblem, templ
 logger = logging.getLogger("notifier.delivery")
 
 
+def _unsubscribe_link(row: dict[str, Any], settings: Settings) -> str | None:
+    """The notification's one-click unsubscribe URL, or None when links are off."""
+    return unsubscribe_url(
+        settings,
+        tenant_id=row["tenant_id"],
+        recipient=row["recipient"],
+        channel=row["channel"],
+        notification_type=row["notification_type"],
+    )
+
+
 def _message(
-    row: dict[str, Any], attempt: int, content: RenderedMessage, settings: Settings
+    row: dict[str, Any], attempt: int, content: RenderedMessage, unsubscribe_link: str | None
 ) -> OutgoingMessage:
     return OutgoingMessage(
         notification_id=row["id"],
@@ -40,20 +51,16 @@ def _message(
         target_date=row["target_date"],
         template=row["template"],
         context=row["context"],
-        unsubscribe_url=unsubscribe_url(
-            settings,
-            tenant_id=row["tenant_id"],
-            recipient=row["recipient"],
-            channel=row["channel"],
-            notification_type=row["notification_type"],
-        ),
+        unsubscribe_url=unsubscribe_link,
         subject=content.subject,
         text=content.text,
         html=content.html,
     )
 
 
-async def _render(conn: Connection, row: dict[str, Any]) -> RenderedMessage | str:
+async def _render(
+    conn: Connection, row: dict[str, Any], unsubscribe_link: str | None
+) -> RenderedMessage | str:
     """The notification's rendered template, or why it cannot render.
 
     A template that is missing, does not compile or uses a variable the payload lacks
@@ -74,6 +81,7 @@ async def _render(conn: Connection, row: dict[str, Any]) -> RenderedMessage | st
         target_date=row["target_date"],
         lead_time=row["lead_time"],
         channel=row["channel"],
+        unsubscribe_url=unsubscribe_link,
     )
     try:
         return catalog.renderer().render(source, context)
@@ -187,6 +195,8 @@ async def _attempt(
     channel = services.channel(row["channel"])
     # Label by configured channel names only: a row's channel is data and could be anything.
     channel_label = row["channel"] if channel is not None else "unconfigured"
+    # The same link goes to the template (to show) and the channel (email headers).
+    unsubscribe_link = _unsubscribe_link(row, services.settings)
     # The rendered message, or why this notification can never be sent.
     rendered: RenderedMessage | str
     if channel is None:
@@ -194,7 +204,7 @@ async def _attempt(
     elif (problem := channel.validate_recipient(row["recipient"])) is not None:
         rendered = f"recipient {problem}"
     else:
-        rendered = await _render(conn, row)
+        rendered = await _render(conn, row, unsubscribe_link)
     if channel is None or isinstance(rendered, str):
         error = str(rendered)  # without a channel nothing was rendered: always the reason
         await queries.record_attempt(conn, **record, outcome="failed", error=error)
@@ -204,7 +214,7 @@ async def _attempt(
         return None
 
     try:
-        receipt = await channel.send(_message(row, attempt, rendered, services.settings))
+        receipt = await channel.send(_message(row, attempt, rendered, unsubscribe_link))
     except DeliveryError as exc:
         error = str(exc)
         status_code = exc.status_code

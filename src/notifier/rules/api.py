@@ -159,7 +159,9 @@ class RuleController(Controller):
             changed = data.applied_to(current)
             lead_times = validate_rule(changed, services)
             await check_template(conn, principal.tenant_id, changed.template)
-            return await queries.update_rule(conn, rule_id, changed, lead_times)
+            return await queries.update_rule(
+                conn, principal.tenant_id, rule_id, changed, lead_times
+            )
 
     @delete(
         "/{rule_id:uuid}",

@@ -12,6 +12,12 @@ from notifier.db import Connection
 from notifier.rules.schemas import Rule, RuleCreate, rule_from_row
 
 
+def _rule_params(rule: RuleCreate, lead_times: list[datetime.timedelta]) -> dict[str, object]:
+    """The query parameters of a rule's columns (quiet hours as JSON, or NULL)."""
+    quiet_hours = Jsonb(msgspec.to_builtins(rule.quiet_hours)) if rule.quiet_hours else None
+    return msgspec.structs.asdict(rule) | {"lead_times": lead_times, "quiet_hours": quiet_hours}
+
+
 async def insert_rule(
     conn: Connection, tenant_id: str, rule: RuleCreate, lead_times: list[datetime.timedelta]
 ) -> Rule:
@@ -26,14 +32,7 @@ async def insert_rule(
                 %(timezone)s, %(timezone_field)s, %(quiet_hours)s)
         RETURNING *
         """,
-        msgspec.structs.asdict(rule)
-        | {
-            "lead_times": lead_times,
-            "tenant_id": tenant_id,
-            "quiet_hours": Jsonb(msgspec.to_builtins(rule.quiet_hours))
-            if rule.quiet_hours
-            else None,
-        },
+        _rule_params(rule, lead_times) | {"tenant_id": tenant_id},
     )
     row = await cursor.fetchone()
     assert row is not None
@@ -87,7 +86,11 @@ async def lock_rule(conn: Connection, tenant_id: str, rule_id: uuid.UUID) -> Rul
 
 
 async def update_rule(
-    conn: Connection, rule_id: uuid.UUID, rule: RuleCreate, lead_times: list[datetime.timedelta]
+    conn: Connection,
+    tenant_id: str,
+    rule_id: uuid.UUID,
+    rule: RuleCreate,
+    lead_times: list[datetime.timedelta],
 ) -> Rule:
     """Replace every field of a (locked) rule; events processed from now on use it."""
     cursor = await conn.execute(
@@ -98,17 +101,10 @@ async def update_rule(
             date_field = %(date_field)s, lead_times = %(lead_times)s,
             template = %(template)s, enabled = %(enabled)s, timezone = %(timezone)s,
             timezone_field = %(timezone_field)s, quiet_hours = %(quiet_hours)s
-        WHERE id = %(id)s
+        WHERE tenant_id = %(tenant_id)s AND id = %(id)s
         RETURNING *
         """,
-        msgspec.structs.asdict(rule)
-        | {
-            "lead_times": lead_times,
-            "id": rule_id,
-            "quiet_hours": Jsonb(msgspec.to_builtins(rule.quiet_hours))
-            if rule.quiet_hours
-            else None,
-        },
+        _rule_params(rule, lead_times) | {"tenant_id": tenant_id, "id": rule_id},
     )
     row = await cursor.fetchone()
     assert row is not None

@@ -179,10 +179,14 @@ def template_context(
     target_date: datetime.datetime | None = None,
     lead_time: datetime.timedelta = datetime.timedelta(0),
     channel: str | None = None,
+    unsubscribe_url: str | None = None,
 ) -> dict[str, Any]:
     """The variables a template sees: the payload's top-level fields, then the
     notification's own fields (which win on a clash), ``payload`` (the whole payload) and
-    ``notification`` (the notification's fields, whatever the payload holds)."""
+    ``notification`` (the notification's fields, whatever the payload holds).
+
+    ``unsubscribe_url`` is the signed one-click link (None when links are off), the same
+    one email's ``List-Unsubscribe`` header carries."""
     notification = {
         "notification_id": notification_id,
         "notification_type": notification_type,
@@ -192,5 +196,6 @@ def template_context(
         "lead_time": lead_time,
         "lead_time_days": _days(lead_time),
         "channel": channel,
+        "unsubscribe_url": unsubscribe_url,
     }
     return {**payload, **notification, "payload": payload, "notification": notification}
