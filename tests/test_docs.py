@@ -38,10 +38,10 @@ def test_linked_documents_exist() -> None:
 def test_every_documented_notifier_command_parses() -> None:
     documents = [README, (ROOT / "docs" / "operations.md").read_text()]
     commands = [
-        line.split("#", 1)[0].split()[1:]
+        line.removeprefix("uv run ").split("#", 1)[0].split()[1:]
         for text in documents
         for line in text.splitlines()
-        if line.startswith("notifier ")
+        if line.startswith(("notifier ", "uv run notifier "))
     ]
     assert len(commands) >= 10
     for args in commands:
