@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import ssl
@@ -71,6 +72,25 @@ postgresql_server = factories.postgresql_noproc(
     load=[migrate_template],
 )
 postgresql = factories.postgresql("postgresql_server")
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logging() -> Iterator[None]:
+    """Undo the logging set-up of `notifier.cli.main` after each test that runs it.
+
+    ``main`` sends every log record to the ``sys.stderr`` of its moment: in a test that is
+    pytest's capture, closed when the test ends, so later records of pool threads would fail.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture

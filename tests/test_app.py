@@ -92,7 +92,7 @@ async def test_options_lists_every_method_of_the_path(client: AsyncTestClient[An
     some_id = "e3e70682-c209-1cac-a29f-6fbed82c07cd"
     expected = {
         "/api/v1/rules": "GET, OPTIONS, POST",
-        f"/api/v1/rules/{some_id}": "DELETE, GET, OPTIONS",
+        f"/api/v1/rules/{some_id}": "DELETE, GET, OPTIONS, PATCH",
         f"/api/v1/notifications/{some_id}": "DELETE, GET, OPTIONS",
         f"/api/v1/notifications/{some_id}/retry": "OPTIONS, POST",
         "/api/v1/events": "GET, OPTIONS, POST",

@@ -149,7 +149,6 @@ def rule(**changes: Any) -> dict[str, Any]:
         ("/api/v1/notifications/", lambda text: notification(entity_id=text), "entity_id", 200),
         ("/api/v1/notifications/", lambda text: notification(recipient=text), "recipient", 2048),
         ("/api/v1/rules/", lambda text: rule(name=text), "name", 200),
-        ("/api/v1/rules/", lambda text: rule(template=text), "template", 200),
     ],
 )
 async def test_strings_are_bounded_in_length(
@@ -160,6 +159,20 @@ async def test_strings_are_bounded_in_length(
 
     assert at_limit.status_code == 201, at_limit.text
     assert_problem(over, 422, field)
+
+
+async def test_template_names_are_bounded_in_length(client: AsyncTestClient[Any]) -> None:
+    name = "a" * 100
+    stored = await client.put(
+        f"/api/v1/templates/{name}", json={"subject": "Hi", "text_body": "Hello"}
+    )
+    assert stored.status_code == 201, stored.text
+
+    at_limit = await client.post("/api/v1/rules/", json=rule(template=name))
+    over = await client.post("/api/v1/rules/", json=rule(template=name + "a"))
+
+    assert at_limit.status_code == 201, at_limit.text
+    assert_problem(over, 422, "template")
 
 
 @pytest.mark.parametrize("path", ["/api/v1/notifications/", "/api/v1/rules/"])
