@@ -29,8 +29,8 @@ async def client(
     latencies: list[float],
     errors: list[str],
     ok: list[int],
+    headers: dict[str, str],
 ) -> None:
-    headers = {"content-type": "application/json"}
     while time.perf_counter() < deadline:
         started = time.perf_counter()
         try:
@@ -50,8 +50,11 @@ async def client(
 
 
 async def run(
-    url: str, clients: int, seconds: float, expect: int, body: bytes
+    url: str, clients: int, seconds: float, expect: int, body: bytes, key: str
 ) -> dict[str, object]:
+    headers = {"content-type": "application/json"}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
     latencies: list[float] = []
     errors: list[str] = []
     ok: list[int] = []
@@ -61,7 +64,7 @@ async def run(
         deadline = started + seconds
         await asyncio.gather(
             *(
-                client(session, url, body, expect, deadline, latencies, errors, ok)
+                client(session, url, body, expect, deadline, latencies, errors, ok, headers)
                 for _ in range(clients)
             )
         )
@@ -90,8 +93,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--expect", type=int, default=201)
     parser.add_argument("--body", default=json.dumps(EVENT))
+    parser.add_argument("--key", default="", help="API key sent as a bearer token")
     args = parser.parse_args()
-    result = asyncio.run(run(args.url, args.clients, args.seconds, args.expect, args.body.encode()))
+    result = asyncio.run(
+        run(args.url, args.clients, args.seconds, args.expect, args.body.encode(), args.key)
+    )
     print(json.dumps(result))
 
 

@@ -234,6 +234,8 @@ class Bench:
     receiver_url: str = ""
     api_url: str = ""
     api: subprocess.Popen[bytes] | None = None
+    # An events:write key of the default tenant, limited far above what the load reaches.
+    api_key: str = ""
 
     # --- shared parts -------------------------------------------------------------------
 
@@ -243,6 +245,8 @@ class Bench:
             "NOTIFIER_DATABASE_URL": self.url,
             # Four workers of concurrency 10 each, plus the API, within max_connections.
             "NOTIFIER_DATABASE_POOL_MAX_SIZE": "13",
+            # The receiver is on loopback, which webhooks may not reach by default.
+            "NOTIFIER_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
             **extra,
         }
 
@@ -271,6 +275,19 @@ class Bench:
         )
         self.api_url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _answers(self.api_url + "/health"), timeout=60, what="API")
+        created = subprocess.run(
+            [
+                *(PYTHON, "-m", "notifier", "keys", "create", "--scope", "events:write"),
+                *("--name", "bench", "--rate-limit", "1000000", "--burst", "1000000"),
+            ],
+            cwd=ROOT,
+            env={**os.environ, "NOTIFIER_DATABASE_URL": self.url},
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.api_key = created.stdout.strip().splitlines()[-1]
 
     def loadgen(self, url: str, clients: int, seconds: float, expect: int = 201) -> dict[str, Any]:
         out = subprocess.run(
@@ -284,6 +301,8 @@ class Bench:
                 str(seconds),
                 "--expect",
                 str(expect),
+                "--key",
+                self.api_key,
             ],
             cwd=ROOT,
             check=True,
