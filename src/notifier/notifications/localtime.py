@@ -13,9 +13,10 @@ from __future__ import annotations
 import datetime
 import functools
 import zoneinfo
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
+from psycopg.types.json import Jsonb
 
 UTC = datetime.UTC
 DAY = datetime.timedelta(days=1)
@@ -57,6 +58,16 @@ class QuietHours(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def crosses_midnight(self) -> bool:
         """Whether the window runs from one day into the next."""
         return self.end_time < self.start_time
+
+    @classmethod
+    def from_column(cls, value: Any) -> QuietHours | None:
+        """The window stored in a ``quiet_hours`` jsonb column (NULL: none)."""
+        return None if value is None else msgspec.convert(value, cls)
+
+    @staticmethod
+    def to_column(quiet_hours: QuietHours | None) -> Jsonb | None:
+        """``quiet_hours`` as the parameter of a ``quiet_hours`` jsonb column."""
+        return None if quiet_hours is None else Jsonb(msgspec.to_builtins(quiet_hours))
 
     def contains(self, wall: datetime.time) -> bool:
         """Whether the wall-clock time ``wall`` lies inside the window."""

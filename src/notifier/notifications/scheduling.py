@@ -114,9 +114,9 @@ def retry_outside_quiet_hours(notification: dict[str, Any], delay_seconds: float
     Quiet hours apply to every send, not only the first: a retry due at 03:00 waits for the
     window's end like the planned send did.
     """
-    if notification["quiet_hours"] is None:
+    quiet_hours = QuietHours.from_column(notification["quiet_hours"])
+    if quiet_hours is None:
         return delay_seconds
-    quiet_hours = msgspec.convert(notification["quiet_hours"], QuietHours)
     zone = zone_named(notification["timezone"] or "UTC")
     now = datetime.datetime.now(datetime.UTC)
     due = now + datetime.timedelta(seconds=delay_seconds)
@@ -178,9 +178,7 @@ async def create_notifications(
         values.update(
             id=notification_id,
             context=Jsonb(draft.context),
-            quiet_hours=Jsonb(msgspec.to_builtins(draft.quiet_hours))
-            if draft.quiet_hours
-            else None,
+            quiet_hours=QuietHours.to_column(draft.quiet_hours),
             lead_time=send.lead_time,
             send_at=send.send_at,
             status=status,

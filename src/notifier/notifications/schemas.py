@@ -110,6 +110,5 @@ def notification_from_row(row: dict[str, Any]) -> Notification:
     days = lead_time.total_seconds() / 86400
     fields = {name: row[name] for name in Notification.__struct_fields__ if name in row}
     fields["lead_time_days"] = int(days) if days.is_integer() else days
-    if row.get("quiet_hours") is not None:
-        fields["quiet_hours"] = msgspec.convert(row["quiet_hours"], QuietHours)
+    fields["quiet_hours"] = QuietHours.from_column(row.get("quiet_hours"))
     return Notification(**fields)

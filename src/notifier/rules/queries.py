@@ -6,16 +6,18 @@ import datetime
 import uuid
 
 import msgspec
-from psycopg.types.json import Jsonb
 
 from notifier.db import Connection
+from notifier.notifications.localtime import QuietHours
 from notifier.rules.schemas import Rule, RuleCreate, rule_from_row
 
 
 def _rule_params(rule: RuleCreate, lead_times: list[datetime.timedelta]) -> dict[str, object]:
     """The query parameters of a rule's columns (quiet hours as JSON, or NULL)."""
-    quiet_hours = Jsonb(msgspec.to_builtins(rule.quiet_hours)) if rule.quiet_hours else None
-    return msgspec.structs.asdict(rule) | {"lead_times": lead_times, "quiet_hours": quiet_hours}
+    return msgspec.structs.asdict(rule) | {
+        "lead_times": lead_times,
+        "quiet_hours": QuietHours.to_column(rule.quiet_hours),
+    }
 
 
 async def insert_rule(

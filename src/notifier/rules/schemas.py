@@ -117,6 +117,5 @@ class Rule(msgspec.Struct, kw_only=True):
 def rule_from_row(row: dict[str, Any]) -> Rule:
     """The response struct from a ``notifier.routing_rules`` row (internal columns left out)."""
     fields = {name: row[name] for name in Rule.__struct_fields__ if name in row}
-    if row.get("quiet_hours") is not None:
-        fields["quiet_hours"] = msgspec.convert(row["quiet_hours"], QuietHours)
+    fields["quiet_hours"] = QuietHours.from_column(row.get("quiet_hours"))
     return Rule(**fields)
