@@ -45,23 +45,47 @@ SERVER = os.environ.get("NOTIFIER_BENCH_SERVER", "postgresql://postgres@127.0.0.
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
 PYTHON = sys.executable
 WORKLOADS = ("ingest", "delivery", "scheduling", "growth", "outbox")
-# What a publish executes (notifier.events.queries.insert_event, then procrastinate's defer),
-# as a pgbench script: the same statements, one transaction, same indexes and triggers.
+# What a publish executes (notifier.events.queries.publish_event: the insert and the defer
+# in one statement) as a pgbench script: the same statement, one transaction, same indexes
+# and triggers.
 PUBLISH_SQL = """\\set n random(1, 1000000000)
 BEGIN;
-INSERT INTO notifier.events (type, payload, occurred_at, source, external_id, traceparent)
-VALUES ('bench.created', jsonb_build_object('user_id', :n, 'email', 'ada@example.com'), NULL, NULL, NULL, NULL)
-ON CONFLICT (tenant_id, (coalesce(source, '')), external_id) WHERE external_id IS NOT NULL DO NOTHING
-RETURNING id AS event_id \\gset
-SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW('events', 'notifier.process_event', 0, NULL, NULL, jsonb_build_object('event_id', ':event_id'), NULL)]::procrastinate_job_to_defer_v1[])) AS id;
+WITH published AS (
+    INSERT INTO notifier.events (tenant_id, type, payload, occurred_at, source, external_id, traceparent)
+    VALUES ('default', 'bench.created', jsonb_build_object('user_id', :n, 'email', 'ada@example.com'), NULL, NULL, NULL, NULL)
+    ON CONFLICT (tenant_id, (coalesce(source, '')), external_id) WHERE external_id IS NOT NULL DO NOTHING
+    RETURNING *
+)
+SELECT published.*, job.ids[1] AS job_id FROM published CROSS JOIN LATERAL (SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('events', 'notifier.process_event', 0, NULL, NULL, jsonb_build_object('event_id', published.id::text), NULL)::procrastinate_job_to_defer_v1]) AS ids) AS job;
 END;
 """
 # The events the load generator publishes (user 42; pgbench's users are random).
 API_EVENTS_SQL = """
 SELECT count(*) FROM notifier.events WHERE payload @> '{"user_id": 42}' AND type = 'bench.created'
 """
-# The candidate search inside procrastinate_fetch_job_v2 (procrastinate 3.10), for EXPLAIN.
+# The candidate search inside notifier.fetch_job (migration 0009), for EXPLAIN.
 FETCH_CANDIDATE_SQL = """
+WITH run_now AS (
+    SELECT jobs.id, jobs.priority FROM procrastinate_jobs AS jobs
+    WHERE jobs.status = 'todo' AND jobs.scheduled_at IS NULL
+      AND jobs.queue_name = ANY(ARRAY['deliveries'])
+      AND NOT notifier.job_waits_for_lock(jobs.lock, jobs.priority, jobs.id)
+    ORDER BY jobs.priority DESC, jobs.id LIMIT 1
+    FOR UPDATE OF jobs SKIP LOCKED
+), scheduled_and_due AS (
+    SELECT jobs.id, jobs.priority FROM procrastinate_jobs AS jobs
+    WHERE jobs.status = 'todo' AND jobs.scheduled_at IS NOT NULL AND jobs.scheduled_at <= now()
+      AND jobs.queue_name = ANY(ARRAY['deliveries'])
+      AND NOT notifier.job_waits_for_lock(jobs.lock, jobs.priority, jobs.id)
+    ORDER BY jobs.scheduled_at, jobs.id LIMIT 1
+    FOR UPDATE OF jobs SKIP LOCKED
+)
+SELECT id FROM (SELECT * FROM run_now UNION ALL SELECT * FROM scheduled_and_due) AS candidates
+ORDER BY priority DESC, id LIMIT 1
+"""
+# The candidate search inside procrastinate_fetch_job_v2 (procrastinate 3.10), which
+# workers used before migration 0009: the lever's baseline.
+STOCK_FETCH_CANDIDATE_SQL = """
 SELECT jobs.id FROM procrastinate_jobs AS jobs
 WHERE NOT EXISTS (
     SELECT 1 FROM procrastinate_jobs AS other_jobs
@@ -76,15 +100,11 @@ WHERE NOT EXISTS (
 ORDER BY jobs.priority DESC, jobs.id ASC LIMIT 1
 FOR UPDATE OF jobs SKIP LOCKED
 """
-
-# The planner's choice for the fetch with many scheduled jobs waiting, tried with the two
-# indexes and the finer statistics a fix would need (in a transaction rolled back after).
-WITH_FETCH_INDEXES = b"""
-CREATE INDEX bench_todo_scheduled_at_idx ON procrastinate_jobs (scheduled_at) WHERE status = 'todo';
-CREATE INDEX bench_lock_todo_doing_idx ON procrastinate_jobs (lock) WHERE status IN ('todo', 'doing');
-ALTER TABLE procrastinate_jobs ALTER COLUMN scheduled_at SET STATISTICS 1000;
-ANALYZE procrastinate_jobs;
-"""
+# Fetch function and its candidate search: what workers run, and procrastinate's own.
+FETCHES = {
+    "notifier": ("notifier.fetch_job", FETCH_CANDIDATE_SQL),
+    "stock": ("procrastinate_fetch_job_v2", STOCK_FETCH_CANDIDATE_SQL),
+}
 
 
 @dataclass
@@ -325,13 +345,20 @@ class Bench:
                 [self.receiver_url + "/hooks", count],
             )
             if jobs:
+                # Each job becomes its notification's job, as the service records it.
                 conn.execute(
                     f"""
-                    INSERT INTO procrastinate_jobs (queue_name, task_name, priority, args, scheduled_at)
-                    SELECT 'deliveries', 'notifier.deliver', 0,
-                           jsonb_build_object('notification_id', id::text),
-                           CASE WHEN {at} > now() THEN {at} END
-                    FROM notifier.notifications WHERE status = 'pending'
+                    WITH deferred AS (
+                        INSERT INTO procrastinate_jobs
+                            (queue_name, task_name, priority, args, scheduled_at)
+                        SELECT 'deliveries', 'notifier.deliver', 0,
+                               jsonb_build_object('notification_id', id::text),
+                               CASE WHEN {at} > now() THEN {at} END
+                        FROM notifier.notifications WHERE status = 'pending'
+                        RETURNING id, (args->>'notification_id')::uuid AS notification_id
+                    )
+                    UPDATE notifier.notifications AS n SET job_id = deferred.id
+                    FROM deferred WHERE n.id = deferred.notification_id
                     """.encode()
                 )
         analyze(self.url)
@@ -669,25 +696,24 @@ class Bench:
 
     # --- 4. growth ----------------------------------------------------------------------
 
-    def fetch_cost(self, *, with_indexes: bool = False) -> tuple[float, float]:
+    def fetch_cost(self, fetch: str = "notifier") -> tuple[float, float]:
         """(EXPLAIN ANALYZE ms of the candidate search, median wall ms of a fetch) with one due job.
 
-        ``with_indexes``: measured inside a transaction that adds candidate indexes for the
-        fetch (WITH_FETCH_INDEXES) and is rolled back afterwards.
+        ``fetch`` names the function (FETCHES): notifier's, which workers use, or
+        procrastinate's own.
         """
+        function, candidate_sql = FETCHES[fetch]
         sql(
             self.url,
             "INSERT INTO procrastinate_jobs (queue_name, task_name, priority, args) "
             "VALUES ('deliveries', 'notifier.deliver', 0, '{\"notification_id\": \"none\"}')",
         )
         with psycopg.connect(self.url) as conn, conn.transaction(force_rollback=True):
-            if with_indexes:
-                conn.execute(WITH_FETCH_INDEXES)
             plans, walls = [], []
             for _ in range(5):
                 with conn.transaction(force_rollback=True):
                     plan = conn.execute(
-                        b"EXPLAIN (ANALYZE, FORMAT JSON) " + FETCH_CANDIDATE_SQL.encode()
+                        b"EXPLAIN (ANALYZE, FORMAT JSON) " + candidate_sql.encode()
                     ).fetchone()
                     assert plan is not None
                     plans.append(plan[0][0]["Execution Time"])
@@ -695,16 +721,16 @@ class Bench:
                 with conn.transaction(force_rollback=True):
                     started = time.perf_counter()
                     row = conn.execute(
-                        b"SELECT id FROM procrastinate_fetch_job_v2(ARRAY['deliveries'], NULL)"
+                        f"SELECT id FROM {function}(ARRAY['deliveries'], NULL)".encode()
                     ).fetchone()
                     walls.append((time.perf_counter() - started) * 1000)
                     assert row is not None
                     assert row[0] is not None, "the due job was not found"
             with conn.transaction(force_rollback=True):
-                plan_text = conn.execute(
-                    b"EXPLAIN ANALYZE " + FETCH_CANDIDATE_SQL.encode()
-                ).fetchall()
-            self.report.raw.setdefault("fetch_plans", []).append([line[0] for line in plan_text])
+                plan_text = conn.execute(b"EXPLAIN ANALYZE " + candidate_sql.encode()).fetchall()
+            self.report.raw.setdefault("fetch_plans", []).append(
+                {fetch: [line[0] for line in plan_text]}
+            )
         sql(self.url, "DELETE FROM procrastinate_jobs WHERE args->>'notification_id' = 'none'")
         return statistics.median(plans), statistics.median(walls)
 
@@ -752,11 +778,11 @@ class Bench:
         full_ingest = self.loadgen(self.api_url + "/api/v1/events/", 8, seconds)
         self.as_if_processed()
         full_plan, full_wall = self.fetch_cost()
-        indexed_plan, indexed_wall = self.fetch_cost(with_indexes=True)
+        stock_plan, stock_wall = self.fetch_cost("stock")
         self.report.raw["growth"] = {
             "empty": {"ingest": empty_ingest, "plan_ms": empty_plan, "wall_ms": empty_wall},
             "full": {"ingest": full_ingest, "plan_ms": full_plan, "wall_ms": full_wall},
-            "full_with_indexes": {"plan_ms": indexed_plan, "wall_ms": indexed_wall},
+            "full_stock_fetch": {"plan_ms": stock_plan, "wall_ms": stock_wall},
         }
         label = f"{rows:,} pending"
         for figure, full, empty in (
@@ -775,10 +801,10 @@ class Bench:
             )
         self.report.add(
             "lever",
-            f"fetch wall ms, {label}: + scheduled_at/lock indexes vs as is",
-            f"{indexed_wall:.2f}",
+            f"fetch wall ms, {label}: notifier.fetch_job vs procrastinate's own",
             f"{full_wall:.2f}",
-            f"{indexed_wall / full_wall:.2f}",
+            f"{stock_wall:.2f}",
+            f"{full_wall / stock_wall:.3f}",
         )
         empty_queue_and_notifications(self.url)
 

@@ -70,7 +70,7 @@ async def test_a_worker_fetches_on_its_asynchronous_connection(
         fetching = await rows(
             db,
             "SELECT application_name, query FROM pg_stat_activity "
-            "WHERE datname = current_database() AND query LIKE '%%procrastinate_fetch_job%%' "
+            "WHERE datname = current_database() AND query LIKE '%%notifier.fetch_job%%' "
             "AND pid <> pg_backend_pid()",
         )
     assert {row["application_name"] for row in fetching} == {"notifier-test-fetch"}

@@ -11,8 +11,7 @@ import pytest
 
 from notifier.db import transaction
 from notifier.events.cloudevents import NewEvent
-from notifier.events.queries import insert_event
-from notifier.events.tasks import enqueue_processing
+from notifier.events.queries import publish_event
 from notifier.notifications.scheduling import NotificationDraft, PlannedSend, create_notifications
 from notifier.notifications.schemas import NotificationStatus
 from notifier.queue import DELIVER_TASK, PROCESS_EVENT_TASK
@@ -59,10 +58,9 @@ def draft(status: NotificationStatus, send_at: datetime.datetime) -> Notificatio
 async def publish_then_abort(services: Services, event_type: str) -> None:
     """Store an event and its job, see both inside the transaction, then roll it back."""
     async with transaction(services.pool) as conn:
-        event, _ = await insert_event(
+        event, job_id = await publish_event(
             conn, DEFAULT_TENANT, NewEvent(type=event_type, payload={"a": 1})
         )
-        job_id = await enqueue_processing(services.queue, conn, event.id)
         cursor = await conn.execute("SELECT id FROM procrastinate_jobs WHERE id = %s", [job_id])
         assert await cursor.fetchone() == {"id": job_id}
         cursor = await conn.execute("SELECT id FROM notifier.events WHERE id = %s", [event.id])
@@ -85,10 +83,9 @@ async def test_committed_event_leaves_both_row_and_job(
     services: Services, db: psycopg.AsyncConnection[Any]
 ) -> None:
     async with transaction(services.pool) as conn:
-        event, _ = await insert_event(
+        event, job_id = await publish_event(
             conn, DEFAULT_TENANT, NewEvent(type="user.signup", payload={"a": 1})
         )
-        job_id = await enqueue_processing(services.queue, conn, event.id)
 
     assert await rows(db, "SELECT id, type, payload FROM notifier.events") == [
         {"id": event.id, "type": "user.signup", "payload": {"a": 1}}
@@ -114,8 +111,7 @@ async def test_only_the_committed_event_is_ever_processed(
     with pytest.raises(Abort):
         await publish_then_abort(services, "user.gone")
     async with transaction(services.pool) as conn:
-        committed, _ = await insert_event(conn, DEFAULT_TENANT, NewEvent(type="user.signup"))
-        await enqueue_processing(services.queue, conn, committed.id)
+        committed, _ = await publish_event(conn, DEFAULT_TENANT, NewEvent(type="user.signup"))
 
     # Once for process_event, once more for the deliver job it creates.
     for _ in range(2):
@@ -134,8 +130,7 @@ async def test_a_failing_statement_after_the_defer_rolls_back_the_job(
 ) -> None:
     async def publish_then_fail() -> None:
         async with transaction(services.pool) as conn:
-            event, _ = await insert_event(conn, DEFAULT_TENANT, NewEvent(type="user.signup"))
-            await enqueue_processing(services.queue, conn, event.id)
+            await publish_event(conn, DEFAULT_TENANT, NewEvent(type="user.signup"))
             await conn.execute("INSERT INTO notifier.events (type) VALUES ('')")
 
     with pytest.raises(psycopg.errors.CheckViolation):

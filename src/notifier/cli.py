@@ -8,8 +8,9 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import uvicorn
@@ -100,6 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     key_commands.add_commands(commands)
     return parser
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` to completion on uvloop where it is installed, else on asyncio's loop.
+
+    uvloop makes the worker deliver about 1.15x faster here (docs/performance.md); uvicorn
+    picks it (and httptools) for the API by itself.
+    """
+    try:
+        import uvloop  # noqa: PLC0415 - optional: not built for every platform
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def serve_api(settings: Settings) -> None:
@@ -256,7 +271,7 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
     elif args.command == "api":
         serve_api(settings)
     elif args.command == "worker":
-        asyncio.run(work(settings, args.queues or ALL_QUEUES, args.concurrency))
+        run_loop(work(settings, args.queues or ALL_QUEUES, args.concurrency))
     elif args.command == "dev":
         from notifier.devserver import local_database  # noqa: PLC0415 - dev-only dependency
 
@@ -277,5 +292,5 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
             )
             # uvicorn re-raises the Ctrl-C it handled once it has shut down cleanly.
             with contextlib.suppress(KeyboardInterrupt):
-                asyncio.run(develop(dev_settings))
+                run_loop(develop(dev_settings))
     return 0

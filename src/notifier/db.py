@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypeAlias
@@ -19,6 +21,7 @@ Pool: TypeAlias = AsyncConnectionPool[Connection]
 
 def create_pool(settings: Settings, *, name: str = "notifier") -> Pool:
     """Build (but do not open) the process's connection pool."""
+    checker = IdleConnectionCheck()
     return AsyncConnectionPool(
         settings.database_url,
         connection_class=AsyncConnection[DictRow],
@@ -27,7 +30,8 @@ def create_pool(settings: Settings, *, name: str = "notifier") -> Pool:
         max_size=settings.database_pool_max_size,
         timeout=settings.database_timeout_seconds,
         # Replace connections that died while idle (database restart, failover).
-        check=check_connection,
+        check=checker.check,
+        reset=checker.returned,
         # While the database is away the pool retries with a doubling delay (1 s, 2 s, 4 s,
         # ...), so after a long outage it could notice the database back only minutes
         # later. Giving up each series after this long keeps the gaps short: the next
@@ -38,10 +42,34 @@ def create_pool(settings: Settings, *, name: str = "notifier") -> Pool:
     )
 
 
-async def check_connection(conn: Connection) -> None:
-    """The pool's liveness check on checkout, kept out of traces (it is one empty query)."""
-    with suppress_instrumentation():
-        await AsyncConnectionPool.check_connection(conn)
+class IdleConnectionCheck:
+    """The pool's liveness check on checkout, for connections that sat idle a while.
+
+    A check is one more round trip each time a use case takes a connection; under load that
+    is every request and every job. A connection that came back to the pool working less
+    than ``idle_seconds`` ago is handed out unchecked: a database restart takes longer
+    than that, so such a connection lost during one is rare, and the use case that gets it
+    fails like any other caught by the restart (503, or the job retried); the pool then
+    discards it. The check is kept out of traces (it is one empty query).
+    """
+
+    def __init__(self, idle_seconds: float = 1.0) -> None:
+        self.idle_seconds = idle_seconds
+        self._returned_at: weakref.WeakKeyDictionary[Connection, float] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def check(self, conn: Connection) -> None:
+        """Check ``conn`` unless it was in use moments ago."""
+        returned_at = self._returned_at.get(conn)
+        if returned_at is not None and time.monotonic() - returned_at < self.idle_seconds:
+            return
+        with suppress_instrumentation():
+            await AsyncConnectionPool.check_connection(conn)
+
+    async def returned(self, conn: Connection) -> None:
+        """Note when ``conn`` came back to the pool in good order (psycopg_pool's reset)."""
+        self._returned_at[conn] = time.monotonic()
 
 
 async def _asynchronous_commit(conn: Connection) -> None:

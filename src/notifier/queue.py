@@ -70,10 +70,18 @@ class NotifierRetryStrategy(BaseRetryStrategy):
 
 
 FETCH_JOB_QUERY = procrastinate_queries["fetch_job"]
+# The same columns from notifier's own fetch function (migration 0009), whose cost does not
+# grow with the number of jobs scheduled for later.
+NOTIFIER_FETCH_JOB_QUERY = """
+SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name,
+       attempts, worker_id
+FROM notifier.fetch_job(%(queues)s::varchar[], %(worker_id)s)
+"""
 
 
 class QueueConnector(PsycopgConnector):
-    """procrastinate's connector, fetching jobs on ``fetch_pool`` when one is set.
+    """procrastinate's connector, fetching jobs with ``notifier.fetch_job``, on
+    ``fetch_pool`` when one is set.
 
     A worker fetches one job after the other, each fetch its own commit; on a durable
     connection every fetch waits for a WAL flush, which bounds a worker to about one job
@@ -87,8 +95,10 @@ class QueueConnector(PsycopgConnector):
         self.fetch_pool: Pool | None = None
 
     async def execute_query_one_async(self, query: Any, **arguments: Any) -> dict[str, Any]:
-        """Run ``query``; a job fetch goes to ``fetch_pool``."""
-        if self.fetch_pool is None or query != FETCH_JOB_QUERY:
+        """Run ``query``; a job fetch runs notifier's fetch function, on ``fetch_pool``."""
+        if query == FETCH_JOB_QUERY:
+            query = NOTIFIER_FETCH_JOB_QUERY
+        if self.fetch_pool is None or query != NOTIFIER_FETCH_JOB_QUERY:
             result: dict[str, Any] = await super().execute_query_one_async(query, **arguments)
             return result
         # The fetch connection is not checked before each use (one more round trip per job,

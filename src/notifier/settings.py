@@ -55,6 +55,9 @@ class Settings:
     idempotency_ttl_hours: int = 24
 
     delivery_max_attempts: int = 8
+    # A deliver job also sends up to this many other due notifications of its channel at once
+    # (none under a rate limit), in its transaction; 1 sends each in its own job only.
+    delivery_batch_size: int = 50
     retry_base_seconds: float = 5.0
     retry_max_seconds: float = 6 * 3600.0
 
@@ -157,6 +160,8 @@ class Settings:
                 "NOTIFIER_API_RATE_LIMIT_PER_SECOND must be above 0 and "
                 "NOTIFIER_API_RATE_LIMIT_BURST at least 1"
             )
+        if self.delivery_batch_size < 1:
+            raise SettingsError(f"{ENV_PREFIX}DELIVERY_BATCH_SIZE must be at least 1")
         try:
             parse_networks(self.webhook_allowed_networks)
         except ValueError as exc:

@@ -6,12 +6,15 @@ the vetting function, never with a real connection.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import httpx
 import psycopg
 import pytest
@@ -21,7 +24,13 @@ from litestar.testing import AsyncTestClient
 
 from notifier.app import create_app
 from notifier.channels.base import DeliveryError, OutgoingMessage
-from notifier.channels.egress import address_problem, host_problem, numeric_host
+from notifier.channels.egress import (
+    GuardedBackend,
+    QuickProbeStream,
+    address_problem,
+    host_problem,
+    numeric_host,
+)
 from notifier.channels.webhook import WebhookChannel
 from notifier.settings import Settings, SettingsError, parse_networks
 from tests.notifications.test_delivery import running_worker, schedule
@@ -301,3 +310,54 @@ async def create_rule_and_notification(
         },
     )
     return rule, notification
+
+
+# --- the probe on pooled connections ----------------------------------------------------
+
+
+async def test_the_readable_probe_tells_an_idle_connection_from_one_the_server_closed() -> None:
+    accepted: list[socket.socket] = []
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        stream = await GuardedBackend(LOOPBACK).connect_tcp("127.0.0.1", port)
+        accepted.append(server.accept()[0])
+        try:
+            assert isinstance(stream, QuickProbeStream)
+            assert stream.get_extra_info("is_readable") is False  # idle, still open
+            assert stream.get_extra_info("socket") is not None  # the rest passes through
+            accepted[0].close()  # the server drops the keep-alive connection
+            await anyio.sleep(0.05)
+            assert stream.get_extra_info("is_readable") is True  # httpcore will discard it
+        finally:
+            await stream.aclose()
+
+
+async def test_a_keep_alive_connection_the_server_dropped_is_not_reused() -> None:
+    """Each answer closes its connection without saying so: every send still succeeds,
+    because the probe finds the dropped connection before a request goes out on it."""
+
+    async def answer_once_then_hang_up(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_once_then_hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    channel = WebhookChannel(
+        secret=None,
+        timeout_seconds=2.0,
+        user_agent="test",
+        allowed_networks=parse_networks(LOOPBACK_NETWORKS),
+    )
+    try:
+        for _ in range(3):
+            receipt = await channel.send(message(f"http://127.0.0.1:{port}/hook"))
+            assert receipt.status_code == 204
+            await asyncio.sleep(0.05)  # the server's close reaches us before the next send
+    finally:
+        await channel.aclose()
+        server.close()
+        await server.wait_closed()

@@ -32,6 +32,8 @@ SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
 THROTTLING_STATUSES = frozenset({429, 502, 503, 504})
 RETRYABLE_CLIENT_STATUSES = frozenset({408, 409, 425, 429})
 MAX_URL_LENGTH = 2048
+# Requests one process sends at once, below the connection pool's 100 (see WebhookChannel).
+MAX_REQUESTS_IN_FLIGHT = 32
 
 
 def decode_secret(secret: str) -> bytes:
@@ -100,6 +102,9 @@ class WebhookChannel:
         self._secret = decode_secret(secret) if secret else None
         self._allowed_networks = tuple(allowed_networks)
         self._timeout_seconds = timeout_seconds
+        # Requests beyond the connection pool's size would queue inside httpcore, which
+        # matches every queued request against every connection whenever one frees up.
+        self._in_flight = asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
         self._client = httpx.AsyncClient(
             # Connects only to public addresses, or to those in allowed_networks.
             transport=GuardedTransport(self._allowed_networks),
@@ -151,7 +156,7 @@ class WebhookChannel:
         try:
             # httpx's timeout bounds each read, not the request: a receiver that trickles
             # its answer a byte at a time would hold this worker slot for ever.
-            async with asyncio.timeout(self._timeout_seconds):
+            async with self._in_flight, asyncio.timeout(self._timeout_seconds):
                 response = await self._client.post(message.recipient, content=body, headers=headers)
         except BlockedAddressError as exc:
             raise DeliveryError(

@@ -26,7 +26,6 @@ from notifier.events.cloudevents import (
     parse_publish_request,
 )
 from notifier.events.schemas import Event, EventCreate, EventDetail
-from notifier.events.tasks import enqueue_processing
 from notifier.idempotency import IdempotentRequest
 from notifier.notifications.queries import list_notifications
 from notifier.pagination import (
@@ -136,13 +135,12 @@ class EventController(Controller):
                 return Response(replay, status_code=stored.status)
             published, new_types = [], []
             for event in events:
-                row, created = await queries.insert_event(
+                row, job_id = await queries.publish_event(
                     conn,
                     principal.tenant_id,
                     msgspec.structs.replace(event, traceparent=event.traceparent or traceparent),
                 )
-                if created:
-                    await enqueue_processing(services.queue, conn, row.id)
+                if job_id is not None:
                     new_types.append(row.type)
                 published.append(row)
             status = 201 if new_types else 200

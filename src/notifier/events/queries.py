@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import NamedTuple
 
 import msgspec
 from psycopg.types.json import Jsonb
@@ -11,29 +12,55 @@ from notifier.db import Connection
 from notifier.events.cloudevents import NewEvent
 from notifier.events.schemas import Event, event_from_row
 from notifier.pagination import Cursor
+from notifier.queue import EVENTS_QUEUE, PROCESS_EVENT_TASK
 
 
-async def insert_event(conn: Connection, tenant_id: str, event: NewEvent) -> tuple[Event, bool]:
-    """Store a tenant's published event; ``(event, True)``.
+class PublishedEvent(NamedTuple):
+    """An event as stored, and the id of its process_event job (None if already stored)."""
 
-    An event whose ``source`` + ``external_id`` (CloudEvents ``id``) the tenant already
-    stored is not stored again: ``(the stored one, False)``.
+    event: Event
+    job_id: int | None
+
+
+async def publish_event(conn: Connection, tenant_id: str, event: NewEvent) -> PublishedEvent:
+    """Store a tenant's published event and defer its processing, in one statement.
+
+    The job is deferred with procrastinate's own SQL function, as the outbox trigger does
+    (one round trip for both, inside the caller's transaction). An event whose ``source``
+    + ``external_id`` (CloudEvents ``id``) the tenant already stored is not stored again
+    and gets no job: the stored one is returned.
     """
     cursor = await conn.execute(
         """
-        INSERT INTO notifier.events
-            (tenant_id, type, payload, occurred_at, source, external_id, traceparent)
-        VALUES (%(tenant_id)s, %(type)s, %(payload)s, %(occurred_at)s, %(source)s,
-                %(external_id)s, %(traceparent)s)
-        ON CONFLICT (tenant_id, (coalesce(source, '')), external_id)
-            WHERE external_id IS NOT NULL DO NOTHING
-        RETURNING *
+        WITH published AS (
+            INSERT INTO notifier.events
+                (tenant_id, type, payload, occurred_at, source, external_id, traceparent)
+            VALUES (%(tenant_id)s, %(type)s, %(payload)s, %(occurred_at)s, %(source)s,
+                    %(external_id)s, %(traceparent)s)
+            ON CONFLICT (tenant_id, (coalesce(source, '')), external_id)
+                WHERE external_id IS NOT NULL DO NOTHING
+            RETURNING *
+        )
+        SELECT published.*, job.ids[1] AS job_id
+        FROM published
+        CROSS JOIN LATERAL (
+            SELECT procrastinate_defer_jobs_v1(ARRAY[ROW(
+                %(queue)s, %(task)s, 0, NULL, NULL,
+                jsonb_build_object('event_id', published.id::text), NULL
+            )::procrastinate_job_to_defer_v1]) AS ids
+        ) AS job
         """,
-        msgspec.structs.asdict(event) | {"payload": Jsonb(event.payload), "tenant_id": tenant_id},
+        msgspec.structs.asdict(event)
+        | {
+            "payload": Jsonb(event.payload),
+            "tenant_id": tenant_id,
+            "queue": EVENTS_QUEUE,
+            "task": PROCESS_EVENT_TASK,
+        },
     )
     row = await cursor.fetchone()
     if row is not None:
-        return event_from_row(row), True
+        return PublishedEvent(event_from_row(row), row["job_id"])
     cursor = await conn.execute(
         """
         SELECT * FROM notifier.events
@@ -44,7 +71,7 @@ async def insert_event(conn: Connection, tenant_id: str, event: NewEvent) -> tup
     )
     existing = await cursor.fetchone()
     assert existing is not None, "the conflicting event is committed before ON CONFLICT returns"
-    return event_from_row(existing), False
+    return PublishedEvent(event_from_row(existing), None)
 
 
 async def get_event(conn: Connection, tenant_id: str, event_id: uuid.UUID) -> Event | None:

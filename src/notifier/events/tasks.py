@@ -8,7 +8,7 @@ import uuid
 
 import procrastinate
 
-from notifier.db import Connection, transaction
+from notifier.db import transaction
 from notifier.events import queries
 from notifier.events.routing import drafts_for_event
 from notifier.notifications.scheduling import create_notifications
@@ -17,14 +17,6 @@ from notifier.rules.queries import matching_rules
 from notifier.services import services_from_context
 
 logger = logging.getLogger("notifier.events")
-
-
-async def enqueue_processing(
-    queue: procrastinate.App, conn: Connection, event_id: uuid.UUID
-) -> int:
-    """Defer ``process_event`` on ``conn``: it exists if and only if the caller commits."""
-    deferrer = queue.configure_task(PROCESS_EVENT_TASK, connection=conn, allow_unknown=False)
-    return await deferrer.defer_async(event_id=str(event_id))
 
 
 async def process_event(context: procrastinate.JobContext, event_id: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from typing import Any
+from typing import Any, TypedDict
 
 from notifier.db import Connection
 from notifier.notifications.schemas import (
@@ -160,45 +160,145 @@ async def set_status(
     return notification_from_row(row)
 
 
-async def record_attempt(
-    conn: Connection,
-    *,
-    notification_id: uuid.UUID,
-    attempt: int,
-    job_id: int | None,
-    channel: str,
-    outcome: str,
-    started_at: datetime.datetime,
-    status_code: int | None = None,
-    error: str | None = None,
-) -> None:
-    """Record one delivery attempt and count it on the notification."""
-    await conn.execute(
+async def lock_for_delivery(conn: Connection, notification_id: uuid.UUID) -> dict[str, Any] | None:
+    """The notification row locked as by :func:`lock_notification`, for the worker.
+
+    With it come the tenant's rate-limit override for the row's channel
+    (``rate_per_second``, ``rate_burst``; NULL without one), read in the same round trip.
+    """
+    cursor = await conn.execute(
         """
-        WITH attempt AS (
-            INSERT INTO notifier.delivery_attempts
-                (notification_id, attempt, job_id, channel, outcome, status_code, error,
-                 started_at, finished_at)
-            VALUES (%(notification_id)s, %(attempt)s, %(job_id)s, %(channel)s, %(outcome)s,
-                    %(status_code)s, %(error)s, %(started_at)s,
-                    -- now() is when the transaction began, before the send: use the clock.
-                    clock_timestamp())
-        )
-        UPDATE notifier.notifications
-        SET attempts = %(attempt)s, last_error = %(error)s, updated_at = now()
-        WHERE id = %(notification_id)s
+        SELECT n.*, limits.per_second AS rate_per_second, limits.burst AS rate_burst
+        FROM notifier.notifications AS n
+        LEFT JOIN notifier.rate_limits AS limits
+            ON limits.tenant_id = n.tenant_id AND limits.channel = n.channel
+        WHERE n.id = %s
+        FOR UPDATE OF n
         """,
-        {
-            "notification_id": notification_id,
-            "attempt": attempt,
-            "job_id": job_id,
-            "channel": channel,
-            "outcome": outcome,
-            "status_code": status_code,
-            "error": error,
-            "started_at": started_at,
-        },
+        [notification_id],
     )
+    return await cursor.fetchone()
+
+
+async def lock_due_deliveries(
+    conn: Connection, *, task_name: str, channel: str, limit: int
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` pending notifications of ``channel`` whose deliver jobs are due and
+    waiting, each locked with its job (rows other workers hold are skipped).
+
+    Notifications whose tenant has a rate limit on the channel are left to their own jobs.
+    Each row carries its job's id as ``batch_job_id``.
+    """
+    # One branch per job index (migration 0009), each read in order and locked row by row:
+    # LIMIT ends the walk, and the locking, after the first rows that qualify.
+    cursor = await conn.execute(
+        """
+        SELECT * FROM (
+            SELECT n.*, jobs.id AS batch_job_id
+            FROM procrastinate_jobs AS jobs
+            JOIN notifier.notifications AS n ON n.job_id = jobs.id AND n.status = 'pending'
+            WHERE jobs.status = 'todo' AND jobs.scheduled_at IS NULL
+              AND jobs.task_name = %(task)s AND jobs.lock IS NULL
+              AND n.channel = %(channel)s
+              AND NOT EXISTS (
+                  SELECT 1 FROM notifier.rate_limits AS limits
+                  WHERE limits.tenant_id = n.tenant_id AND limits.channel = n.channel
+              )
+            ORDER BY jobs.priority DESC, jobs.id
+            FOR UPDATE OF jobs, n SKIP LOCKED
+        ) AS run_now
+        UNION ALL
+        SELECT * FROM (
+            SELECT n.*, jobs.id AS batch_job_id
+            FROM procrastinate_jobs AS jobs
+            JOIN notifier.notifications AS n ON n.job_id = jobs.id AND n.status = 'pending'
+            WHERE jobs.status = 'todo' AND jobs.scheduled_at IS NOT NULL
+              AND jobs.scheduled_at <= now()
+              AND jobs.task_name = %(task)s AND jobs.lock IS NULL
+              AND n.channel = %(channel)s
+              AND NOT EXISTS (
+                  SELECT 1 FROM notifier.rate_limits AS limits
+                  WHERE limits.tenant_id = n.tenant_id AND limits.channel = n.channel
+              )
+            ORDER BY jobs.scheduled_at, jobs.id
+            FOR UPDATE OF jobs, n SKIP LOCKED
+        ) AS scheduled_and_due
+        LIMIT %(limit)s
+        """,
+        {"task": task_name, "channel": channel, "limit": limit},
+    )
+    return await cursor.fetchall()
+
+
+async def settle_batch_jobs(
+    conn: Connection, *, finished: list[int], retry_at: dict[int, datetime.datetime]
+) -> None:
+    """Close the deliver jobs of notifications delivered in another job's batch.
+
+    ``finished`` jobs end ``succeeded`` through procrastinate's own function, as if they had
+    run; those in ``retry_at`` stay waiting, due again at the given time.
+    """
+    if finished:
+        await conn.execute(
+            """
+            SELECT procrastinate_finish_job_v1(job_id, 'succeeded', false)
+            FROM unnest(%s::bigint[]) AS job_id
+            """,
+            [finished],
+        )
+    if retry_at:
+        await conn.execute(
+            """
+            UPDATE procrastinate_jobs AS jobs SET scheduled_at = retry.at
+            FROM unnest(%s::bigint[], %s::timestamptz[]) AS retry (id, at)
+            WHERE jobs.id = retry.id AND jobs.status = 'todo'
+            """,
+            [list(retry_at), list(retry_at.values())],
+        )
+
+
+class AttemptRecord(TypedDict):
+    """One delivery attempt, as :func:`record_attempts` writes it."""
+
+    notification_id: uuid.UUID
+    attempt: int
+    job_id: int | None
+    channel: str
+    outcome: str
+    started_at: datetime.datetime
+    status_code: int | None
+    error: str | None
+    # The (locked) notification's new status, or None to leave it.
+    status: NotificationStatus | None
+
+
+async def record_attempts(conn: Connection, records: list[AttemptRecord]) -> None:
+    """Record delivery attempts, each counted on its notification with its new status.
+
+    One statement per attempt, sent together (psycopg pipelines ``executemany``).
+    """
+    async with conn.cursor() as cursor:
+        await cursor.executemany(
+            """
+            WITH attempt AS (
+                INSERT INTO notifier.delivery_attempts
+                    (notification_id, attempt, job_id, channel, outcome, status_code, error,
+                     started_at, finished_at)
+                VALUES (%(notification_id)s, %(attempt)s, %(job_id)s, %(channel)s,
+                        %(outcome)s, %(status_code)s, %(error)s, %(started_at)s,
+                        -- now() is when the transaction began, before the send: use the clock.
+                        clock_timestamp())
+            )
+            UPDATE notifier.notifications
+            SET attempts = %(attempt)s,
+                last_error = %(error)s,
+                status = coalesce(%(status)s::text, status),
+                sent_at = CASE WHEN %(status)s::text = 'sent' THEN now() ELSE sent_at END,
+                updated_at = now()
+            WHERE id = %(notification_id)s
+            """,
+            records,
+        )
 
 
 async def start_new_round(

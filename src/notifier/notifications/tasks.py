@@ -1,28 +1,38 @@
-"""The ``deliver`` task: send one notification, once, and record what happened."""
+"""The ``deliver`` task: send due notifications, each once, and record what happened."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import logging
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import procrastinate
 import psycopg
+from opentelemetry.trace import SpanKind
 
-from notifier.channels.base import DeliveryError, OutgoingMessage
+from notifier.channels.base import Channel, DeliveryError, DeliveryReceipt, OutgoingMessage
 from notifier.db import Connection, transaction
 from notifier.notifications import queries
 from notifier.notifications.scheduling import retry_outside_quiet_hours
 from notifier.notifications.schemas import NotificationStatus
 from notifier.preferences.links import unsubscribe_url
-from notifier.preferences.suppression import suppression_reason
+from notifier.preferences.suppression import suppression_reasons
 from notifier.queue import DELIVER_TASK, DELIVERIES_QUEUE, RetryLater, backoff_seconds
-from notifier.rate_limits.limiter import take_send_slot
+from notifier.rate_limits.gcra import Limit
+from notifier.rate_limits.limiter import limit_for, take_send_slot
 from notifier.services import Services, services_from_context
 from notifier.settings import Settings
+from notifier.telemetry.tracing import context_from_traceparent, tracer, tracing_enabled
 from notifier.templates import catalog
-from notifier.templates.rendering import RenderedMessage, TemplateProblem, template_context
+from notifier.templates.rendering import (
+    RenderedMessage,
+    TemplateProblem,
+    TemplateSource,
+    template_context,
+)
 
 logger = logging.getLogger("notifier.delivery")
 
@@ -58,20 +68,28 @@ def _message(
     )
 
 
+# Template sources of one batch by (tenant, template, type), or why there is none.
+TemplateCache = dict[tuple[str, str | None, str], TemplateSource | str]
+
+
 async def _render(
-    conn: Connection, row: dict[str, Any], unsubscribe_link: str | None
+    conn: Connection, row: dict[str, Any], unsubscribe_link: str | None, sources: TemplateCache
 ) -> RenderedMessage | str:
     """The notification's rendered template, or why it cannot render.
 
     A template that is missing, does not compile or uses a variable the payload lacks
     fails the same way on every attempt: the caller fails the notification permanently.
+    ``sources`` keeps the templates found for the batch, looked up once each.
     """
-    try:
-        source = await catalog.template_for(
-            conn, row["tenant_id"], row["template"], row["notification_type"]
-        )
-    except catalog.TemplateNotFound as exc:
-        return str(exc)
+    key = (row["tenant_id"], row["template"], row["notification_type"])
+    if key not in sources:
+        try:
+            sources[key] = await catalog.template_for(conn, *key)
+        except catalog.TemplateNotFound as exc:
+            sources[key] = str(exc)
+    source = sources[key]
+    if isinstance(source, str):
+        return source
     context = template_context(
         row["context"],
         notification_id=str(row["id"]),
@@ -110,35 +128,79 @@ def _too_late(row: dict[str, Any], now: datetime.datetime) -> bool:
     return target_date is not None and lead_time > datetime.timedelta(0) and target_date <= now
 
 
-async def deliver(context: procrastinate.JobContext, notification_id: str) -> None:
-    """Send a pending notification through its channel.
+class SlotNeeded(NamedTuple):
+    """The notification may be sent once its channel's rate limit hands out a slot."""
 
-    The row stays locked for the whole attempt: a concurrent cancel waits and then sees
+    tenant_id: str
+    channel: str
+    limit: Limit
+
+
+class Attempt(NamedTuple):
+    """One notification of a batch, ready to send or known to be unsendable."""
+
+    row: dict[str, Any]
+    job_id: int | None
+    number: int
+    channel: Channel | None
+    # Label by configured channel names only: a row's channel is data and could be anything.
+    channel_label: str
+    # What to send, or why this notification can never be sent.
+    message: OutgoingMessage | str
+
+
+# The result of one send: a receipt, the channel's error, or None when nothing was sent.
+SendResult = DeliveryReceipt | DeliveryError | None
+
+
+async def deliver(context: procrastinate.JobContext, notification_id: str) -> None:
+    """Send a pending notification through its channel, with other due ones of its channel.
+
+    The rows stay locked for the whole attempt: a concurrent cancel waits and then sees
     the outcome, so nothing is both reported cancelled and sent. A crash mid-send rolls
     the transaction back; the stalled job is retried and resends with the same
-    idempotency key (at-least-once).
+    idempotency key (at-least-once), and the jobs of the batch it took along run again.
     """
     services = services_from_context(context)
     notification = uuid.UUID(notification_id)
+    job_id = context.job.id
     try:
-        # The channel's rate limit, in a short transaction of its own. Without a free slot
-        # a later job takes over the delivery, and this one is done.
-        if not await take_send_slot(services, notification, context.job.id):
-            return
-        retry = await _deliver_once(services, notification, context.job.id)
+        outcome = await _deliver_once(services, notification, job_id, slot_taken=False)
+        if isinstance(outcome, SlotNeeded):
+            # The slot is taken in a short transaction of its own, so that the bucket row
+            # every worker shares is never locked across a send. Without a free slot a
+            # later job takes over the delivery, and this one is done.
+            if not await take_send_slot(
+                services,
+                notification,
+                job_id,
+                tenant_id=outcome.tenant_id,
+                channel=outcome.channel,
+                limit=outcome.limit,
+            ):
+                return
+            outcome = await _deliver_once(services, notification, job_id, slot_taken=True)
     except Exception as exc:
         await _note_unexpected_error(services, notification, exc)
         raise
-    if retry is not None:
+    if isinstance(outcome, RetryLater):
         # Raised after _deliver_once committed, so the attempt stays recorded.
-        raise retry
+        raise outcome
 
 
 async def _deliver_once(
-    services: Services, notification_id: uuid.UUID, job_id: int | None
-) -> RetryLater | None:
+    services: Services, notification_id: uuid.UUID, job_id: int | None, *, slot_taken: bool
+) -> RetryLater | SlotNeeded | None:
+    """One delivery transaction: this job's notification and, unless its channel is rate
+    limited, a batch of other due ones whose jobs wait (``NOTIFIER_DELIVERY_BATCH_SIZE``).
+
+    Taking them along saves each its own fetch, transaction and finish; their sends run
+    concurrently. Their jobs are settled in the same transaction: succeeded, or due again
+    at their retry time. Returns what becomes of this job.
+    """
+    settings = services.settings
     async with transaction(services.pool) as conn:
-        row = await queries.lock_notification(conn, notification_id, tenant_id=None)
+        row = await queries.lock_for_delivery(conn, notification_id)
         if row is None or row["status"] != NotificationStatus.PENDING:
             logger.info(
                 "notification %s is %s; not sending",
@@ -147,6 +209,60 @@ async def _deliver_once(
             )
             return None
         now = datetime.datetime.now(datetime.UTC)
+        if not await _still_to_send(conn, [row], now):
+            return None
+        limit = _rate_limit(settings, row)
+        if limit is not None and not slot_taken:
+            return SlotNeeded(row["tenant_id"], row["channel"], limit)
+        batch = [(row, job_id)]
+        taken_along: list[dict[str, Any]] = []
+        if limit is None and settings.delivery_batch_size > 1:
+            taken_along = await queries.lock_due_deliveries(
+                conn,
+                task_name=DELIVER_TASK,
+                channel=row["channel"],
+                limit=settings.delivery_batch_size - 1,
+            )
+            still_due = await _still_to_send(conn, taken_along, now)
+            batch += [(other, other["batch_job_id"]) for other in still_due]
+        sources: TemplateCache = {}
+        attempts = [await _prepare(services, conn, row, job_id, sources) for row, job_id in batch]
+        results = await _send_all(attempts)
+        outcomes = [
+            _outcome(services, attempt, result, now)
+            for attempt, result in zip(attempts, results, strict=True)
+        ]
+        await queries.record_attempts(conn, [record for record, _ in outcomes])
+        if taken_along:
+            await _settle_jobs_taken_along(conn, taken_along, attempts[1:], outcomes[1:])
+        return outcomes[0][1]
+
+
+async def _settle_jobs_taken_along(
+    conn: Connection,
+    taken_along: list[dict[str, Any]],
+    attempts: list[Attempt],
+    outcomes: list[tuple[queries.AttemptRecord, RetryLater | None]],
+) -> None:
+    """Finish the jobs of the notifications a batch took along, but for those to retry:
+    those become due again after their backoff, as a job of their own would have."""
+    now = datetime.datetime.now(datetime.UTC)
+    retry_at = {
+        attempt.job_id: now + datetime.timedelta(seconds=retry.delay_seconds)
+        for attempt, (_, retry) in zip(attempts, outcomes, strict=True)
+        if retry is not None and attempt.job_id is not None
+    }
+    finished = [row["batch_job_id"] for row in taken_along if row["batch_job_id"] not in retry_at]
+    await queries.settle_batch_jobs(conn, finished=finished, retry_at=retry_at)
+
+
+async def _still_to_send(
+    conn: Connection, rows: list[dict[str, Any]], now: datetime.datetime
+) -> list[dict[str, Any]]:
+    """Those of the (locked, pending) notifications still to be sent; the others are marked
+    expired or suppressed here."""
+    in_time = []
+    for row in rows:
         if _too_late(row, now):
             await queries.set_status(
                 conn,
@@ -154,15 +270,24 @@ async def _deliver_once(
                 NotificationStatus.EXPIRED,
                 last_error="target date passed before delivery",
             )
-            return None
-        # After scheduling, the recipient may have opted out: never sent, no attempt made.
-        if (reason := await suppression_reason(conn, row)) is not None:
-            await queries.set_status(
-                conn, row["id"], NotificationStatus.SUPPRESSED, last_error=reason
-            )
-            logger.info("notification %s not sent: %s", row["id"], reason)
-            return None
-        return await _attempt(services, conn, row, job_id, now)
+        else:
+            in_time.append(row)
+    # After scheduling, the recipient may have opted out: never sent, no attempt made.
+    reasons = await suppression_reasons(conn, in_time)
+    for notification_id, reason in reasons.items():
+        await queries.set_status(
+            conn, notification_id, NotificationStatus.SUPPRESSED, last_error=reason
+        )
+        logger.info("notification %s not sent: %s", notification_id, reason)
+    return [row for row in in_time if row["id"] not in reasons]
+
+
+def _rate_limit(settings: Settings, row: dict[str, Any]) -> Limit | None:
+    """The limit on sending ``row`` (read by lock_for_delivery), if any."""
+    override = None
+    if row["rate_per_second"] is not None:
+        override = (row["rate_per_second"], row["rate_burst"])
+    return limit_for(settings, override, row["channel"])
 
 
 async def _note_unexpected_error(
@@ -177,81 +302,138 @@ async def _note_unexpected_error(
         logger.warning("could not record the error of notification %s", notification_id)
 
 
-async def _attempt(
+async def _prepare(
     services: Services,
     conn: Connection,
     row: dict[str, Any],
     job_id: int | None,
-    started_at: datetime.datetime,
-) -> RetryLater | None:
+    sources: TemplateCache,
+) -> Attempt:
+    """The rendered message for ``row``, or why it cannot be sent."""
     attempt = row["attempts"] + 1
-    record = {
-        "notification_id": row["id"],
-        "attempt": attempt,
-        "job_id": job_id,
-        "channel": row["channel"],
-        "started_at": started_at,
-    }
     channel = services.channel(row["channel"])
-    # Label by configured channel names only: a row's channel is data and could be anything.
-    channel_label = row["channel"] if channel is not None else "unconfigured"
+    label = row["channel"] if channel is not None else "unconfigured"
+    if channel is None:
+        return Attempt(
+            row, job_id, attempt, None, label, f"channel {row['channel']!r} is not configured"
+        )
+    if (problem := channel.validate_recipient(row["recipient"])) is not None:
+        return Attempt(row, job_id, attempt, channel, label, f"recipient {problem}")
     # The same link goes to the template (to show) and the channel (email headers).
     unsubscribe_link = _unsubscribe_link(row, services.settings)
-    # The rendered message, or why this notification can never be sent.
-    rendered: RenderedMessage | str
-    if channel is None:
-        rendered = f"channel {row['channel']!r} is not configured"
-    elif (problem := channel.validate_recipient(row["recipient"])) is not None:
-        rendered = f"recipient {problem}"
-    else:
-        rendered = await _render(conn, row, unsubscribe_link)
-    if channel is None or isinstance(rendered, str):
-        error = str(rendered)  # without a channel nothing was rendered: always the reason
-        await queries.record_attempt(conn, **record, outcome="failed", error=error)
-        await queries.set_status(conn, row["id"], NotificationStatus.FAILED)
-        services.metrics.count_delivery(channel_label, "failed")
-        logger.warning("notification %s failed permanently: %s", row["id"], error)
-        return None
+    rendered = await _render(conn, row, unsubscribe_link, sources)
+    if isinstance(rendered, str):
+        return Attempt(row, job_id, attempt, channel, label, rendered)
+    message = _message(row, attempt, rendered, unsubscribe_link)
+    return Attempt(row, job_id, attempt, channel, label, message)
 
+
+async def _send_all(attempts: list[Attempt]) -> list[SendResult]:
+    """Send every sendable message of the batch concurrently.
+
+    The first is this job's own, already in the job's span; the others get a span each that
+    continues the trace their notification was created in.
+    """
+    results: list[SendResult] = [None] * len(attempts)
+
+    async def send(index: int, attempt: Attempt) -> None:
+        if attempt.channel is None or isinstance(attempt.message, str):
+            return
+        with _span_for_batched(attempt) if index else contextlib.nullcontext():
+            try:
+                results[index] = await attempt.channel.send(attempt.message)
+            except DeliveryError as exc:
+                results[index] = exc
+
+    # Anything but a DeliveryError is unexpected: the group cancels the other sends and the
+    # transaction rolls back, as when a worker crashes mid-send.
     try:
-        receipt = await channel.send(_message(row, attempt, rendered, unsubscribe_link))
-    except DeliveryError as exc:
-        error = str(exc)
-        status_code = exc.status_code
-        if not exc.retryable or attempt >= services.settings.delivery_max_attempts:
-            final = NotificationStatus.DEAD if exc.retryable else NotificationStatus.FAILED
-            await queries.record_attempt(
-                conn, **record, outcome="failed", status_code=status_code, error=error
-            )
-            await queries.set_status(conn, row["id"], final)
-            services.metrics.count_delivery(channel_label, str(final))
-            logger.warning(
-                "notification %s is %s after attempt %d: %s", row["id"], final, attempt, error
-            )
-            return None
-        await queries.record_attempt(
-            conn, **record, outcome="retry", status_code=status_code, error=error
-        )
-        delay = retry_delay(services.settings, attempt, exc.retry_after_seconds)
-        delay = retry_outside_quiet_hours(row, delay)
-        services.metrics.count_delivery(channel_label, "retry")
-        logger.info(
-            "notification %s attempt %d failed (%s); retry in %.1fs",
-            row["id"],
-            attempt,
-            error,
-            delay,
-        )
-        return RetryLater(error, delay_seconds=delay)
+        async with asyncio.TaskGroup() as group:
+            for index, attempt in enumerate(attempts):
+                group.create_task(send(index, attempt))
+    except ExceptionGroup as errors:
+        raise errors.exceptions[0] from None  # as one send on its own would have raised it
+    return results
 
-    await queries.record_attempt(
-        conn, **record, outcome="delivered", status_code=receipt.status_code, error=None
+
+def _span_for_batched(attempt: Attempt) -> contextlib.AbstractContextManager[Any]:
+    if not tracing_enabled():
+        return contextlib.nullcontext()
+    row = attempt.row
+    return tracer.start_as_current_span(
+        "deliver",
+        context=context_from_traceparent(row["traceparent"]),
+        kind=SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": "procrastinate",
+            "messaging.operation.type": "process",
+            "messaging.message.id": str(attempt.job_id),
+            "notifier.task": DELIVER_TASK,
+            "notifier.notification.id": str(row["id"]),
+            "notifier.batched": True,
+        },
     )
-    await queries.set_status(conn, row["id"], NotificationStatus.SENT)
-    lag = datetime.datetime.now(datetime.UTC) - row["send_at"]
-    services.metrics.count_delivery(channel_label, "delivered", lag.total_seconds())
-    logger.info("notification %s sent on attempt %d", row["id"], attempt)
-    return None
+
+
+def _outcome(
+    services: Services,
+    attempt: Attempt,
+    result: SendResult,
+    started_at: datetime.datetime,
+) -> tuple[queries.AttemptRecord, RetryLater | None]:
+    """What to record of the attempt, and when to try again (None: never); counted and logged."""
+    row = attempt.row
+    retry: RetryLater | None = None
+    status_code: int | None = None
+    error: str | None = None
+    if isinstance(attempt.message, str):
+        outcome, status, error = "failed", NotificationStatus.FAILED, attempt.message
+        services.metrics.count_delivery(attempt.channel_label, "failed")
+        logger.warning("notification %s failed permanently: %s", row["id"], error)
+    elif isinstance(result, DeliveryError):
+        status_code, error = result.status_code, str(result)
+        if not result.retryable or attempt.number >= services.settings.delivery_max_attempts:
+            outcome = "failed"
+            status = NotificationStatus.DEAD if result.retryable else NotificationStatus.FAILED
+            services.metrics.count_delivery(attempt.channel_label, str(status))
+            logger.warning(
+                "notification %s is %s after attempt %d: %s",
+                row["id"],
+                status,
+                attempt.number,
+                error,
+            )
+        else:
+            outcome, status = "retry", None
+            delay = retry_delay(services.settings, attempt.number, result.retry_after_seconds)
+            delay = retry_outside_quiet_hours(row, delay)
+            retry = RetryLater(error, delay_seconds=delay)
+            services.metrics.count_delivery(attempt.channel_label, "retry")
+            logger.info(
+                "notification %s attempt %d failed (%s); retry in %.1fs",
+                row["id"],
+                attempt.number,
+                error,
+                delay,
+            )
+    else:
+        assert result is not None, "a sendable message was sent"
+        outcome, status, status_code = "delivered", NotificationStatus.SENT, result.status_code
+        lag = datetime.datetime.now(datetime.UTC) - row["send_at"]
+        services.metrics.count_delivery(attempt.channel_label, "delivered", lag.total_seconds())
+        logger.info("notification %s sent on attempt %d", row["id"], attempt.number)
+    record = queries.AttemptRecord(
+        notification_id=row["id"],
+        attempt=attempt.number,
+        job_id=attempt.job_id,
+        channel=row["channel"],
+        outcome=outcome,
+        started_at=started_at,
+        status_code=status_code,
+        error=error,
+        status=status,
+    )
+    return record, retry
 
 
 def register(queue: procrastinate.App, retry: procrastinate.BaseRetryStrategy) -> None:

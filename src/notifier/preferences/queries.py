@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from notifier.db import Connection
 from notifier.pagination import Cursor
@@ -82,30 +83,37 @@ async def delete_opt_out(conn: Connection, tenant_id: str, opt_out_id: uuid.UUID
     return cursor.rowcount == 1
 
 
-async def covering_opt_out(
-    conn: Connection, *, tenant_id: str, recipient: str, channel: str, notification_type: str
-) -> OptOut | None:
-    """The oldest opt-out that covers this recipient, channel and type, if any."""
+async def covering_opt_outs(
+    conn: Connection, notifications: list[dict[str, Any]]
+) -> dict[uuid.UUID, OptOut]:
+    """For each notification row an opt-out covers, the oldest such opt-out, by the
+    notification's id; one query for all of them."""
     cursor = await conn.execute(
         """
-        SELECT * FROM notifier.recipient_preferences
-        WHERE tenant_id = %(tenant_id)s
-          AND lower(recipient) = lower(%(recipient)s)
-          AND (channel IS NULL OR channel = %(channel)s)
-          AND (notification_type IS NULL
-               OR notification_type = %(type)s
-               OR notification_type = '*'
-               OR (notification_type LIKE '%%.*'
-                   AND starts_with(%(type)s, rtrim(notification_type, '*'))))
-        ORDER BY created_at, id
-        LIMIT 1
+        SELECT wanted.notification_id, opt_out.*
+        FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[])
+            AS wanted (notification_id, tenant_id, recipient, channel, notification_type)
+        CROSS JOIN LATERAL (
+            SELECT * FROM notifier.recipient_preferences AS p
+            WHERE p.tenant_id = wanted.tenant_id
+              AND lower(p.recipient) = lower(wanted.recipient)
+              AND (p.channel IS NULL OR p.channel = wanted.channel)
+              AND (p.notification_type IS NULL
+                   OR p.notification_type = wanted.notification_type
+                   OR p.notification_type = '*'
+                   OR (p.notification_type LIKE '%%.*'
+                       AND starts_with(wanted.notification_type,
+                                       rtrim(p.notification_type, '*'))))
+            ORDER BY p.created_at, p.id
+            LIMIT 1
+        ) AS opt_out
         """,
-        {
-            "tenant_id": tenant_id,
-            "recipient": recipient,
-            "channel": channel,
-            "type": notification_type,
-        },
+        [
+            [n["id"] for n in notifications],
+            [n["tenant_id"] for n in notifications],
+            [n["recipient"] for n in notifications],
+            [n["channel"] for n in notifications],
+            [n["notification_type"] for n in notifications],
+        ],
     )
-    row = await cursor.fetchone()
-    return opt_out_from_row(row) if row else None
+    return {row["notification_id"]: opt_out_from_row(row) for row in await cursor.fetchall()}

@@ -1,28 +1,30 @@
-"""Whether a notification may still go to its recipient: the check the deliver task makes."""
+"""Whether notifications may still go to their recipients: the check the deliver task makes."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from notifier.db import Connection
-from notifier.preferences.queries import covering_opt_out
+from notifier.preferences.queries import covering_opt_outs
+from notifier.preferences.schemas import OptOut
 
 
-async def suppression_reason(conn: Connection, notification: dict[str, Any]) -> str | None:
-    """Why the (locked) ``notification`` must not be sent, or None if it may be.
+async def suppression_reasons(
+    conn: Connection, notifications: list[dict[str, Any]]
+) -> dict[uuid.UUID, str]:
+    """Why each (locked) notification that must not be sent must not, by its id.
 
-    Checked at delivery time, under the notification's row lock, so an opt-out recorded
-    after the notification was scheduled still stops it.
+    Checked at delivery time, under the notifications' row locks, so an opt-out recorded
+    after a notification was scheduled still stops it.
     """
-    opt_out = await covering_opt_out(
-        conn,
-        tenant_id=notification["tenant_id"],
-        recipient=notification["recipient"],
-        channel=notification["channel"],
-        notification_type=notification["notification_type"],
-    )
-    if opt_out is None:
-        return None
+    if not notifications:
+        return {}
+    opt_outs = await covering_opt_outs(conn, notifications)
+    return {notification_id: _reason(opt_out) for notification_id, opt_out in opt_outs.items()}
+
+
+def _reason(opt_out: OptOut) -> str:
     channel = f"channel {opt_out.channel}" if opt_out.channel else "every channel"
     types = f"type {opt_out.notification_type}" if opt_out.notification_type else "every type"
     return (

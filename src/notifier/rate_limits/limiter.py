@@ -25,34 +25,40 @@ def default_limit(settings: Settings, channel: str) -> Limit | None:
     return Limit(per_second, max(settings.rate_limit_burst, 1))
 
 
+def limit_for(settings: Settings, override: tuple[float, int] | None, channel: str) -> Limit | None:
+    """The limit a delivery through ``channel`` is under: the tenant's override
+    (per second, burst), else the channel's default, else none."""
+    if override is not None:
+        return Limit(*override)
+    return default_limit(settings, channel)
+
+
 async def take_send_slot(
-    services: Services, notification_id: uuid.UUID, job_id: int | None
+    services: Services,
+    notification_id: uuid.UUID,
+    job_id: int | None,
+    *,
+    tenant_id: str,
+    channel: str,
+    limit: Limit,
 ) -> bool:
     """Whether this notification may be sent now; if not, its delivery moves to a later job.
 
-    Runs in a transaction of its own, *before* the delivery transaction: the bucket row
-    every worker shares is locked for two short statements, never across a network send.
+    Runs in a transaction of its own, between the deliver task's look at the notification
+    and its delivery transaction: the bucket row every worker shares is locked for two
+    short statements, never across a network send.
 
     Without a free slot, a new deliver job is deferred for the time the bucket hands out and
     becomes the notification's job (for cancel), in the same transaction; this run then ends.
     Waiting for a slot is no delivery attempt, and a new job rather than a retry of this one
     keeps procrastinate's run count, which bounds unexpected failures, free of waits.
-    A slot taken for a notification that then turns out cancelled or suppressed is lost,
-    which errs on the side of the provider's quota.
+    A slot taken for a notification that is then cancelled is lost, which errs on the side
+    of the provider's quota.
     """
     async with transaction(services.pool) as conn:
-        scope = await queries.delivery_scope(conn, notification_id)
-        if scope is None or scope["status"] != "pending":
-            return True  # the deliver task sees why and sends nothing
-        if scope["per_second"] is not None:
-            limit: Limit | None = Limit(scope["per_second"], scope["burst"])
-        else:
-            limit = default_limit(services.settings, scope["channel"])
-        if limit is None:
-            return True
-        now, bucket = await queries.lock_bucket(conn, scope["tenant_id"], scope["channel"])
+        now, bucket = await queries.lock_bucket(conn, tenant_id, channel)
         decision = decide(now, bucket, limit)
-        await queries.save_bucket(conn, scope["tenant_id"], scope["channel"], decision.bucket)
+        await queries.save_bucket(conn, tenant_id, channel, decision.bucket)
         if decision.allowed:
             return True
         slot = now + datetime.timedelta(seconds=decision.wait_seconds)

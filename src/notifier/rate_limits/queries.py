@@ -10,20 +10,6 @@ from notifier.db import Connection
 from notifier.rate_limits.gcra import Bucket
 
 
-async def delivery_scope(conn: Connection, notification_id: uuid.UUID) -> dict[str, Any] | None:
-    """A notification's tenant, channel and status, with that tenant's override, unlocked."""
-    cursor = await conn.execute(
-        """
-        SELECT n.tenant_id, n.channel, n.status, l.per_second, l.burst
-        FROM notifier.notifications n
-        LEFT JOIN notifier.rate_limits l USING (tenant_id, channel)
-        WHERE n.id = %s
-        """,
-        [notification_id],
-    )
-    return await cursor.fetchone()
-
-
 async def hand_over_job(
     conn: Connection, notification_id: uuid.UUID, old_job_id: int | None, new_job_id: int
 ) -> None:

@@ -55,20 +55,20 @@ async def find_template(conn: Connection, tenant_id: str, name: str) -> Template
 async def template_for(
     conn: Connection, tenant_id: str, name: str | None, notification_type: str
 ) -> TemplateSource:
-    """The template a notification renders with.
+    """The template a notification renders with, found with one query.
 
     A named template must exist (the tenant's, or a built-in): sending some other text
     instead would be worse than failing visibly. Without a name, the template called
     after the notification type, else the one called ``generic`` (the tenant's or the
     built-in, in both cases).
     """
+    candidates = [name] if name is not None else [notification_type, GENERIC]
+    own = await queries.get_templates(conn, tenant_id, candidates)
+    for candidate in candidates:
+        if candidate in own:
+            return source_of(own[candidate])
+        if (builtin := builtin_templates().get(candidate)) is not None:
+            return builtin
     if name is not None:
-        found = await find_template(conn, tenant_id, name)
-        if found is None:
-            raise TemplateNotFound(f"template {name!r} does not exist")
-        return source_of(found)
-    found = await find_template(conn, tenant_id, notification_type)
-    if found is None:
-        found = await find_template(conn, tenant_id, GENERIC)
-    assert found is not None  # the built-in generic template always exists
-    return source_of(found)
+        raise TemplateNotFound(f"template {name!r} does not exist")
+    raise AssertionError("the built-in generic template always exists")

@@ -23,6 +23,15 @@ async def get_template(conn: Connection, tenant_id: str, name: str) -> Template 
     return template_from_row(row) if row else None
 
 
+async def get_templates(conn: Connection, tenant_id: str, names: list[str]) -> dict[str, Template]:
+    """Those of the tenant's templates called one of ``names``, by name."""
+    cursor = await conn.execute(
+        "SELECT * FROM notifier.templates WHERE tenant_id = %s AND name = ANY(%s)",
+        [tenant_id, names],
+    )
+    return {row["name"]: template_from_row(row) for row in await cursor.fetchall()}
+
+
 async def list_templates(conn: Connection, tenant_id: str) -> list[Template]:
     """The tenant's templates by name."""
     cursor = await conn.execute(
