@@ -252,10 +252,16 @@ def receiver() -> Iterator[WebhookReceiver]:
         yield state
 
 
+class _Server(ThreadingHTTPServer):
+    # A worker opens up to 32 connections at once (a batch); socketserver's default backlog
+    # of 5 would drop connection attempts, which the client retries only a second later.
+    request_queue_size = 128
+
+
 @contextlib.contextmanager
 def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
     """Serve ``handler`` on a free port of 127.0.0.1 in a thread; yields the port."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

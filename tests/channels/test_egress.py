@@ -14,7 +14,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 import httpx
 import psycopg
 import pytest
@@ -25,8 +24,8 @@ from litestar.testing import AsyncTestClient
 from notifier.app import create_app
 from notifier.channels.base import DeliveryError, OutgoingMessage
 from notifier.channels.egress import (
-    GuardedBackend,
-    QuickProbeStream,
+    BlockedAddressError,
+    GuardedResolver,
     address_problem,
     host_problem,
     numeric_host,
@@ -312,29 +311,23 @@ async def create_rule_and_notification(
     return rule, notification
 
 
-# --- the probe on pooled connections ----------------------------------------------------
+# --- the resolver ----------------------------------------------------------------------
 
 
-async def test_the_readable_probe_tells_an_idle_connection_from_one_the_server_closed() -> None:
-    accepted: list[socket.socket] = []
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        port = server.getsockname()[1]
-        stream = await GuardedBackend(LOOPBACK).connect_tcp("127.0.0.1", port)
-        accepted.append(server.accept()[0])
-        try:
-            assert isinstance(stream, QuickProbeStream)
-            assert stream.get_extra_info("is_readable") is False  # idle, still open
-            assert stream.get_extra_info("socket") is not None  # the rest passes through
-            accepted[0].close()  # the server drops the keep-alive connection
-            await anyio.sleep(0.05)
-            assert stream.get_extra_info("is_readable") is True  # httpcore will discard it
-        finally:
-            await stream.aclose()
+async def test_the_resolver_hands_out_only_vetted_addresses() -> None:
+    (found,) = await GuardedResolver(LOOPBACK).resolve("localhost", 8080)
+    assert (found["hostname"], found["host"], found["port"]) == ("localhost", "127.0.0.1", 8080)
+    assert found["flags"] == socket.AI_NUMERICHOST  # aiohttp connects to it as given
+
+    with pytest.raises(
+        BlockedAddressError, match=r"localhost resolves to 127\.0\.0\.1, a loopback"
+    ):
+        await GuardedResolver().resolve("localhost", 8080)
 
 
 async def test_a_keep_alive_connection_the_server_dropped_is_not_reused() -> None:
     """Each answer closes its connection without saying so: every send still succeeds,
-    because the probe finds the dropped connection before a request goes out on it."""
+    because the client notices the dropped connection before a request goes out on it."""
 
     async def answer_once_then_hang_up(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter

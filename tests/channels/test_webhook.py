@@ -354,7 +354,7 @@ async def test_unreachable_receiver_is_a_retryable_error(channel: WebhookChannel
         await channel.send(message("http://127.0.0.1:1/hooks"))
 
     assert caught.value.retryable is True
-    assert str(caught.value).startswith("request failed: ConnectError")
+    assert str(caught.value).startswith("request failed: ClientConnectorError: Cannot connect")
 
 
 async def test_redirects_are_not_followed(

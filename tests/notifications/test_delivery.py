@@ -350,7 +350,7 @@ async def test_poison_notification_does_not_block_the_queue(
 
     assert dead["attempts"] == 3
     assert dead["last_error"] is not None
-    assert dead["last_error"].startswith("request failed: ConnectError")
+    assert dead["last_error"].startswith("request failed: ClientConnectorError: Cannot connect")
     assert sorted(r.json()["data"]["entity_id"] for r in receiver.received()) == [
         f"good-{i}" for i in range(5)
     ]

@@ -3,25 +3,23 @@
 A webhook URL is chosen by whoever creates a rule or a notification, so without a guard it
 could make a worker POST to the cloud metadata service, to a database admin page on the
 private network, or to the worker's own loopback. Every connection the webhook channel opens
-goes through :class:`GuardedBackend`, which resolves the host name, vets **every** address it
-resolves to, and then connects to the vetted address itself: a DNS answer that changes
-between the check and the connect (DNS rebinding) cannot slip a private address in. TLS still
-verifies the certificate against the host name of the URL, and the ``Host`` header is that
-name too.
+goes through :class:`GuardedResolver`: it resolves the host name, vets **every** address it
+resolves to, and hands aiohttp the vetted addresses, which aiohttp then connects to: a DNS
+answer that changes between the check and the connect (DNS rebinding) cannot slip a private
+address in. Address literals, which aiohttp connects to without asking a resolver, are
+vetted by :func:`check_addresses` before the request. TLS still verifies the certificate
+against the host name of the URL, and the ``Host`` header is that name too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-import select
 import socket
-import ssl
-from collections.abc import Iterable, Sequence
-from typing import Any, TypeAlias
+from collections.abc import Sequence
+from typing import TypeAlias
 
-import anyio
-import httpcore
-import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -106,7 +104,7 @@ def numeric_host(host: str) -> IPAddress | None:
 def host_problem(host: str, allowed: Sequence[IPNetwork] = ()) -> str | None:
     """Why ``host`` is certainly not a permitted target, judged without DNS: an address
     literal that is not allowed, or a ``localhost`` name. Other names are judged when
-    :class:`GuardedBackend` resolves them."""
+    :class:`GuardedResolver` resolves them."""
     address = numeric_host(host)
     if address is None and (host == "localhost" or host.endswith(".localhost")):
         address = _LOOPBACK  # RFC 6761: such names always mean loopback
@@ -115,7 +113,7 @@ def host_problem(host: str, allowed: Sequence[IPNetwork] = ()) -> str | None:
 
 async def resolve(host: str, port: int) -> list[IPAddress]:
     """Every address ``host`` resolves to, in the resolver's order, without duplicates."""
-    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     addresses: list[IPAddress] = []
     for *_, sockaddr in infos:
         address = ipaddress.ip_address(sockaddr[0])
@@ -124,120 +122,41 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
     return addresses
 
 
-class QuickProbeStream(httpcore.AsyncNetworkStream):
-    """A connection's stream, answering httpcore's "is it readable?" probe cheaply.
+def check_addresses(
+    host: str, addresses: Sequence[IPAddress], allowed: Sequence[IPNetwork] = ()
+) -> None:
+    """Raise :class:`BlockedAddressError` unless every address of ``host`` may be reached.
 
-    httpcore asks that of every idle pooled connection whenever a request starts or ends.
-    Through anyio each answer builds the stream's whole attribute table, the peer's address
-    included (a system call): at a few hundred webhooks per second that was a sixth of a
-    worker's time. This answers from the socket with one zero-timeout poll, as httpcore does
-    once it has the socket.
+    One bad address is enough to refuse: which one a client picks is not ours to steer.
     """
-
-    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
-        self._stream = stream
-        self._socket: socket.socket | None = stream.get_extra_info("socket")
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
-        """As the wrapped stream."""
-        return await self._stream.read(max_bytes, timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        """As the wrapped stream."""
-        await self._stream.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        """As the wrapped stream."""
-        await self._stream.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-    ) -> httpcore.AsyncNetworkStream:
-        """As the wrapped stream; the TLS stream runs over the same socket."""
-        return QuickProbeStream(await self._stream.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        """As the wrapped stream, but "is_readable" straight from the socket."""
-        if info == "is_readable":
-            if self._socket is None or self._socket.fileno() < 0:
-                return True  # gone: the next read returns b"", as for a closed connection
-            probe = select.poll()
-            probe.register(self._socket, select.POLLIN)
-            return bool(probe.poll(0))
-        return self._stream.get_extra_info(info)
+    for address in addresses:
+        if (problem := address_problem(address, allowed)) is not None:
+            raise BlockedAddressError(f"{host} resolves to {problem}")
 
 
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """An httpcore network backend that connects only to vetted addresses."""
+class GuardedResolver(AbstractResolver):
+    """aiohttp's resolver for the webhook channel: only vetted addresses come out of it."""
 
     def __init__(self, allowed: Sequence[IPNetwork] = ()) -> None:
         self._allowed = tuple(allowed)
-        self._backend = httpcore.AnyIOBackend()
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """Resolve ``host``, refuse if any of its addresses is not allowed, connect to one."""
-        try:
-            with anyio.fail_after(timeout):
-                addresses = await resolve(host, port)
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from exc
-        except OSError as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        # One bad address is enough to refuse: which one a client picks is not ours to steer.
-        for address in addresses:
-            if (problem := address_problem(address, self._allowed)) is not None:
-                raise BlockedAddressError(f"{host} resolves to {problem}")
-        error: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
-        for address in addresses:
-            try:
-                stream = await self._backend.connect_tcp(
-                    str(address), port, timeout, local_address, socket_options
-                )
-                return QuickProbeStream(stream)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                error = exc
-        assert error is not None, "getaddrinfo returns at least one address or raises"
-        raise error
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        """Resolve ``host``; refuse if any of its addresses is not allowed."""
+        addresses = await resolve(host, port)
+        check_addresses(host, addresses, self._allowed)
+        return [
+            ResolveResult(
+                hostname=host,
+                host=str(address),
+                port=port,
+                family=socket.AF_INET6 if address.version == 6 else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+            for address in addresses
+        ]
 
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """Never: webhooks go over TCP."""
-        raise BlockedAddressError("unix sockets are not a webhook target")
-
-    async def sleep(self, seconds: float) -> None:
-        """As the default backend does."""
-        await self._backend.sleep(seconds)
-
-
-class GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport with its connection pool on a :class:`GuardedBackend`.
-
-    httpx does not pass a network backend through, so this builds the httpcore pool the
-    way httpx does, plus the backend. No proxy: a proxy would resolve the host itself,
-    out of the guard's sight.
-    """
-
-    def __init__(self, allowed: Sequence[IPNetwork] = ()) -> None:
-        super().__init__(trust_env=False)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            # The limits httpx.AsyncClient gives the transport it builds itself.
-            max_connections=100,
-            max_keepalive_connections=20,
-            keepalive_expiry=5.0,
-            network_backend=GuardedBackend(allowed),
-        )
+    async def close(self) -> None:
+        """Nothing to release."""

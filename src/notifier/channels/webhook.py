@@ -16,16 +16,23 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import aiohttp
 import httpx
 import msgspec
+import yarl
+from opentelemetry import propagate
+from opentelemetry.util.types import AttributeValue
 
 from notifier.channels.base import DeliveryError, DeliveryReceipt, OutgoingMessage
 from notifier.channels.egress import (
     BlockedAddressError,
-    GuardedTransport,
+    GuardedResolver,
     IPNetwork,
+    check_addresses,
     host_problem,
+    numeric_host,
 )
+from notifier.telemetry.tracing import client_span, redacted_url
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
 # Standard Webhooks: these ask the sender to slow down and may say when to come back.
@@ -102,18 +109,32 @@ class WebhookChannel:
         self._secret = decode_secret(secret) if secret else None
         self._allowed_networks = tuple(allowed_networks)
         self._timeout_seconds = timeout_seconds
-        # Requests beyond the connection pool's size would queue inside httpcore, which
-        # matches every queued request against every connection whenever one frees up.
+        self._user_agent = user_agent
+        # A process sends at most this many requests at once, whatever the batches hold.
         self._in_flight = asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
-        self._client = httpx.AsyncClient(
-            # Connects only to public addresses, or to those in allowed_networks.
-            transport=GuardedTransport(self._allowed_networks),
-            timeout=httpx.Timeout(timeout_seconds),
-            # A redirect could point anywhere; receivers must give their final URL. (Were
-            # redirects followed, each hop would still connect through the guard.)
-            follow_redirects=False,
-            headers={"user-agent": user_agent},
-        )
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        """The HTTP client, made on first use (it belongs to the running event loop)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                # Connects only to public addresses, or to those in allowed_networks.
+                connector=aiohttp.TCPConnector(
+                    resolver=GuardedResolver(self._allowed_networks),
+                    limit=MAX_REQUESTS_IN_FLIGHT,
+                    # Keep-alive connections are reused this long after their last answer.
+                    keepalive_timeout=5.0,
+                ),
+                timeout=aiohttp.ClientTimeout(total=self._timeout_seconds),
+                headers={"user-agent": self._user_agent},
+                # No proxies from the environment: a proxy would resolve the host itself,
+                # out of the guard's sight.
+                trust_env=False,
+                # Receivers get the bytes as signed; no cookies kept between receivers.
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._session
 
     def validate_recipient(self, recipient: str) -> str | None:
         """The recipient must be an absolute http(s) URL without credentials, whose host is
@@ -154,10 +175,10 @@ class WebhookChannel:
                 self._secret, headers["webhook-id"], int(headers["webhook-timestamp"]), body
             )
         try:
-            # httpx's timeout bounds each read, not the request: a receiver that trickles
-            # its answer a byte at a time would hold this worker slot for ever.
+            # One deadline for the whole request: a receiver that trickles its answer a byte
+            # at a time must not hold this worker slot for ever.
             async with self._in_flight, asyncio.timeout(self._timeout_seconds):
-                response = await self._client.post(message.recipient, content=body, headers=headers)
+                status, retry_after = await self._post(message.recipient, body, headers)
         except BlockedAddressError as exc:
             raise DeliveryError(
                 f"refused to connect: {exc} (NOTIFIER_WEBHOOK_ALLOWED_NETWORKS can allow it)",
@@ -167,15 +188,43 @@ class WebhookChannel:
             raise DeliveryError(
                 f"timed out: no complete answer within {self._timeout_seconds:g}s", retryable=True
             ) from exc
-        except httpx.TimeoutException as exc:
-            raise DeliveryError(f"timed out: {type(exc).__name__}", retryable=True) from exc
-        except httpx.HTTPError as exc:
-            raise DeliveryError(f"request failed: {exc!r}", retryable=True) from exc
-        return classify_response(response.status_code, response.headers.get("retry-after"))
+        except aiohttp.InvalidURL as exc:
+            raise DeliveryError(f"invalid URL: {exc}", retryable=False) from exc
+        except aiohttp.ClientError as exc:
+            raise DeliveryError(
+                f"request failed: {type(exc).__name__}: {exc}", retryable=True
+            ) from exc
+        return classify_response(status, retry_after)
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str | None]:
+        """POST ``body``; the answer's status and ``Retry-After``, its body read and dropped.
+
+        aiohttp connects to an address literal without asking the resolver, so a literal is
+        vetted here. The request is a CLIENT span carrying the trace context to the receiver.
+        """
+        target = yarl.URL(url)
+        host = target.host or ""
+        if (address := numeric_host(host)) is not None:
+            check_addresses(host, [address], self._allowed_networks)
+        attributes: dict[str, AttributeValue] = {
+            "http.request.method": "POST",
+            "url.full": redacted_url(url),
+            "server.address": host,
+            "server.port": target.port or 0,
+        }
+        with client_span("POST", attributes=attributes) as span:
+            propagate.inject(headers)
+            async with self._client().post(
+                target, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                await response.read()
+                span.set_attribute("http.response.status_code", response.status)
+                return response.status, response.headers.get("retry-after")
 
     async def aclose(self) -> None:
         """Close the HTTP client's connections."""
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
 def classify_response(status: int, retry_after: str | None) -> DeliveryReceipt:

@@ -137,15 +137,19 @@ def setup_tracing(service_name: str, environ: Mapping[str, str]) -> TracerProvid
 
 
 async def _redact_request_url(span: trace.Span, request: Any) -> None:
-    """Keep only the scheme, host and port of an outgoing URL.
+    """httpx's request hook: the span's URL as :func:`redacted_url` leaves it."""
+    span.set_attribute("url.full", redacted_url(str(request.url)))
+
+
+def redacted_url(url: str) -> str:
+    """Only the scheme, host and port of an outgoing URL.
 
     Webhook URLs often carry their credentials in the path or the query
     (``/services/T0/B0/<token>``, ``?sig=``), which must not reach a trace.
     """
-    url = httpx.URL(str(request.url))
-    origin = f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port else "")
-    redacted = origin + ("/REDACTED" if url.raw_path not in {b"", b"/"} else "/")
-    span.set_attribute("url.full", redacted)
+    parsed = httpx.URL(url)
+    origin = f"{parsed.scheme}://{parsed.host}" + (f":{parsed.port}" if parsed.port else "")
+    return origin + ("/REDACTED" if parsed.raw_path not in {b"", b"/"} else "/")
 
 
 def tracing_enabled() -> bool:
