@@ -1,4 +1,4 @@
-"""The pool checks a connection on checkout only when it sat idle: each check is a round trip."""
+"""The pool: connections checked on checkout only after idling, and one-statement use cases."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import asyncio
 
 import psycopg
 import pytest
+from psycopg.pq import TransactionStatus
 
-from notifier.db import create_pool
+from notifier.db import create_pool, single_statement
 from notifier.settings import Settings
 
 
@@ -43,5 +44,25 @@ async def test_a_connection_back_moments_ago_is_not_checked_an_idle_one_is(
         async with pool.connection() as conn:
             await conn.execute("SELECT 1")
             assert conn.info.backend_pid not in {first, second}
+    finally:
+        await pool.close()
+
+
+async def test_a_single_statement_commits_by_itself_and_the_connection_goes_back_as_it_was(
+    settings: Settings,
+) -> None:
+    pool = create_pool(settings.replace(database_pool_min_size=1, database_pool_max_size=1))
+    await pool.open(wait=True)
+    try:
+        async with single_statement(pool) as conn:
+            await conn.execute("INSERT INTO notifier.tenants (id) VALUES ('single')")
+            # No transaction left open: the row is already there for everyone.
+            assert conn.info.transaction_status == TransactionStatus.IDLE
+        async with await psycopg.AsyncConnection.connect(settings.database_url) as other:
+            cursor = await other.execute("SELECT id FROM notifier.tenants WHERE id = 'single'")
+            assert await cursor.fetchone() == ("single",)
+
+        async with pool.connection() as conn:
+            assert conn.autocommit is False  # the next use case gets its transaction
     finally:
         await pool.close()

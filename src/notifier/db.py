@@ -104,3 +104,18 @@ async def transaction(pool: Pool) -> AsyncIterator[Connection]:
     """One use case, one transaction: committed on normal exit, rolled back on error."""
     async with pool.connection() as conn, conn.transaction():
         yield conn
+
+
+@asynccontextmanager
+async def single_statement(pool: Pool) -> AsyncIterator[Connection]:
+    """For a use case that is one statement: a connection in autocommit mode.
+
+    The statement is its own transaction, committed when it returns: one round trip where
+    ``transaction`` takes three (BEGIN, the statement, COMMIT).
+    """
+    async with pool.connection() as conn:
+        await conn.set_autocommit(True)
+        try:
+            yield conn
+        finally:
+            await conn.set_autocommit(False)

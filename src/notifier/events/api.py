@@ -16,7 +16,7 @@ from litestar.params import FromPath
 from notifier import idempotency
 from notifier.api_types import TypeFilter, check_instant, check_payload_size, check_storable
 from notifier.auth.guard import BEARER_SECURITY, requires
-from notifier.db import transaction
+from notifier.db import single_statement, transaction
 from notifier.events import queries
 from notifier.events.cloudevents import (
     CLOUDEVENTS_BATCH_JSON,
@@ -126,6 +126,19 @@ class EventController(Controller):
             check_instant(f"{prefix}occurred_at", event.occurred_at)
         # Processing continues the producer's trace if the event names one, else this request's.
         traceparent = current_traceparent()
+        if idempotent is None and not is_batch:
+            # The common case is one statement (the event and its job), committed on its own.
+            async with single_statement(services.pool) as conn:
+                row, job_id = await queries.publish_event(
+                    conn,
+                    principal.tenant_id,
+                    msgspec.structs.replace(
+                        events[0], traceparent=events[0].traceparent or traceparent
+                    ),
+                )
+            if job_id is not None:
+                services.metrics.count_event(row.type, producer="api")
+            return Response(row, status_code=201 if job_id is not None else 200)
         async with transaction(services.pool) as conn:
             stored = await idempotency.claim(conn, idempotent)
             if stored is not None:
