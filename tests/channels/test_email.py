@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from notifier.channels.base import DeliveryError, OutgoingMessage
-from notifier.channels.email import EmailChannel, create_email_channel
+from notifier.channels.email import MAX_CONNECTIONS, EmailChannel, create_email_channel
 from notifier.settings import Settings, SettingsError
 from tests.conftest import SMTP_TEST_LOGIN
 from tests.support import SmtpServer
@@ -247,3 +247,50 @@ def test_settings_build_the_channel_only_when_a_host_is_set() -> None:
 def test_unusable_settings_are_refused_at_startup(changes: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError, match=named):
         create_email_channel(Settings(smtp_host="smtp.example.org").replace(**changes))
+
+
+async def test_concurrent_sends_hold_at_most_max_connections() -> None:
+    """A batch sends its emails at once; the relay sees at most MAX_CONNECTIONS of them."""
+    open_now, most = 0, 0
+
+    async def slow_relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now, most
+        open_now += 1
+        most = max(most, open_now)
+        try:
+            writer.write(b"220 relay ESMTP\r\n")
+            while line := await reader.readline():
+                command = line[:4].upper()
+                if command in {b"EHLO", b"HELO"}:
+                    writer.write(b"250 relay\r\n")
+                elif command == b"DATA":
+                    writer.write(b"354 go ahead\r\n")
+                    await writer.drain()
+                    while await reader.readline() != b".\r\n":
+                        pass
+                    await asyncio.sleep(0.1)  # the relay takes its time with each message
+                    writer.write(b"250 queued\r\n")
+                elif command == b"QUIT":
+                    writer.write(b"221 bye\r\n")
+                    await writer.drain()
+                    break
+                else:
+                    writer.write(b"250 OK\r\n")
+                await writer.drain()
+        finally:
+            open_now -= 1
+            writer.close()
+
+    server = await asyncio.start_server(slow_relay, "127.0.0.1", 0)
+    relay = SmtpServer(port=server.sockets[0].getsockname()[1])
+    channel = channel_for(relay)
+    try:
+        receipts = await asyncio.gather(
+            *(channel.send(message()) for _ in range(MAX_CONNECTIONS + 5))
+        )
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert [receipt.status_code for receipt in receipts] == [250] * (MAX_CONNECTIONS + 5)
+    assert most == MAX_CONNECTIONS

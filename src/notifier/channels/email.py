@@ -7,6 +7,7 @@ mail systems and people can recognise a resend after a crash or an ambiguous fai
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import re
 from email.headerregistry import Address
@@ -26,6 +27,9 @@ _ADDRESS = re.compile(
     r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$"
 )
 MAX_ADDRESS_LENGTH = 254
+# SMTP connections one process holds at once: a batch of deliveries sends concurrently, and
+# relays limit connections per client (providers commonly to 10-20).
+MAX_CONNECTIONS = 10
 
 
 def address_problem(address: str) -> str | None:
@@ -105,6 +109,7 @@ class EmailChannel:
         self._sender = sender
         self._reply_to = reply_to
         self._ca_file = ca_file
+        self._connections = asyncio.Semaphore(MAX_CONNECTIONS)
 
     def validate_recipient(self, recipient: str) -> str | None:
         """The recipient must be one plain email address."""
@@ -114,18 +119,19 @@ class EmailChannel:
         """Submit once and classify the server's answer (4xx retry, 5xx permanent)."""
         mail = build_email(message, sender=self._sender, reply_to=self._reply_to)
         try:
-            _, reply = await aiosmtplib.send(
-                mail,
-                hostname=self._host,
-                port=self._port,
-                username=self._username,
-                password=self._password,
-                use_tls=self._tls == "tls",
-                # True: refuse to send in clear text when the server offers no STARTTLS.
-                start_tls=self._tls == "starttls",
-                timeout=self._timeout,
-                cert_bundle=self._ca_file,
-            )
+            async with self._connections:
+                _, reply = await aiosmtplib.send(
+                    mail,
+                    hostname=self._host,
+                    port=self._port,
+                    username=self._username,
+                    password=self._password,
+                    use_tls=self._tls == "tls",
+                    # True: refuse to send in clear text when the server offers no STARTTLS.
+                    start_tls=self._tls == "starttls",
+                    timeout=self._timeout,
+                    cert_bundle=self._ca_file,
+                )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refusal = exc.recipients[0]
             raise smtp_error(refusal.code, refusal.message) from exc
