@@ -7,15 +7,21 @@ take the others; every job it takes along is settled in its transaction.
 from __future__ import annotations
 
 import datetime
+import uuid
 from typing import Any
 
 import psycopg
+import pytest
 from litestar.testing import AsyncTestClient
+from opentelemetry.trace import SpanKind
 
+from notifier.notifications import tasks
 from notifier.settings import Settings
+from notifier.telemetry.tracing import current_traceparent
 from tests.notifications.test_delivery import job_of, running_worker, schedule, webhook_id
 from tests.preferences.test_api import opt_out
 from tests.support import WebhookReceiver, eventually, wait_for_status
+from tests.telemetry.test_spans import recording_provider
 
 
 async def jobs_started(db: psycopg.AsyncConnection[Any]) -> int:
@@ -197,3 +203,39 @@ async def test_rate_limited_notifications_go_one_job_each(
     await deliver_all(client, settings, ids, batch_size=50)
 
     assert await jobs_started(db) == 4
+
+
+def test_a_notification_taken_along_is_traced_in_its_own_trace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its job never runs, so the batch starts its span, continuing the trace it was
+    created in (the job tracing middleware does that for the job's own notification)."""
+    provider, exporter = recording_provider()
+    monkeypatch.setattr(tasks, "tracer", provider.get_tracer("notifier"))
+    monkeypatch.setattr(tasks, "tracing_enabled", lambda: True)
+    with provider.get_tracer("tests").start_as_current_span(
+        "POST /api/v1/notifications/"
+    ) as origin:
+        traceparent = current_traceparent()
+    notification_id = uuid.uuid4()
+    taken_along = tasks.Attempt(
+        row={"id": notification_id, "traceparent": traceparent},
+        job_id=42,
+        number=1,
+        channel=None,
+        channel_label="webhook",
+        message="not sent in this test",
+    )
+
+    with tasks._span_for_batched(taken_along):
+        pass
+
+    (span,) = [span for span in exporter.get_finished_spans() if span.name == "deliver"]
+    assert span.kind is SpanKind.CONSUMER
+    assert span.context.trace_id == origin.get_span_context().trace_id
+    assert span.parent is not None
+    assert span.parent.span_id == origin.get_span_context().span_id
+    attributes = dict(span.attributes or {})
+    assert attributes["notifier.notification.id"] == str(notification_id)
+    assert attributes["messaging.message.id"] == "42"
+    assert attributes["notifier.batched"] is True
