@@ -39,7 +39,8 @@ SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
 THROTTLING_STATUSES = frozenset({429, 502, 503, 504})
 RETRYABLE_CLIENT_STATUSES = frozenset({408, 409, 425, 429})
 MAX_URL_LENGTH = 2048
-# Requests one process sends at once, below the connection pool's 100 (see WebhookChannel).
+# Requests one process sends at once, and connections it keeps; more bought no throughput
+# here (docs/performance.md) and would only press harder on slow receivers.
 MAX_REQUESTS_IN_FLIGHT = 32
 
 
@@ -130,7 +131,8 @@ class WebhookChannel:
                 # No proxies from the environment: a proxy would resolve the host itself,
                 # out of the guard's sight.
                 trust_env=False,
-                # Receivers get the bytes as signed; no cookies kept between receivers.
+                # Answers are read and dropped: nothing to decompress. No cookies are kept
+                # from one receiver to the next.
                 auto_decompress=False,
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
