@@ -16,13 +16,14 @@ from litestar.params import FromPath
 from notifier import idempotency
 from notifier.api_types import TypeFilter, check_instant, check_payload_size, check_storable
 from notifier.auth.guard import BEARER_SECURITY, requires
-from notifier.db import single_statement, transaction
+from notifier.db import Connection, single_statement, transaction
 from notifier.events import queries
 from notifier.events.cloudevents import (
     CLOUDEVENTS_BATCH_JSON,
     CLOUDEVENTS_JSON,
     MAX_BATCH_SIZE,
     CloudEvent,
+    NewEvent,
     parse_publish_request,
 )
 from notifier.events.schemas import Event, EventCreate, EventDetail
@@ -78,6 +79,33 @@ class _PublishOperation(Operation):
         self.request_body = _publish_request_body()
 
 
+async def _store(
+    conn: Connection, tenant_id: str, events: list[NewEvent], traceparent: str | None
+) -> tuple[list[Event], list[str]]:
+    """Store each event with its processing job: the stored events, and the types of the
+    new ones (an event stored before is returned as it is, with no new job)."""
+    published, new_types = [], []
+    for event in events:
+        row, job_id = await queries.publish_event(
+            conn,
+            tenant_id,
+            msgspec.structs.replace(event, traceparent=event.traceparent or traceparent),
+        )
+        if job_id is not None:
+            new_types.append(row.type)
+        published.append(row)
+    return published, new_types
+
+
+def _status(new_types: list[str]) -> int:
+    """201 if anything was new, 200 if every event was stored before."""
+    return 201 if new_types else 200
+
+
+def _body(published: list[Event], *, is_batch: bool) -> Event | list[Event]:
+    return published if is_batch else published[0]
+
+
 class EventController(Controller):
     """Publish and read events."""
 
@@ -129,39 +157,22 @@ class EventController(Controller):
         if idempotent is None and not is_batch:
             # The common case is one statement (the event and its job), committed on its own.
             async with single_statement(services.pool) as conn:
-                row, job_id = await queries.publish_event(
-                    conn,
-                    principal.tenant_id,
-                    msgspec.structs.replace(
-                        events[0], traceparent=events[0].traceparent or traceparent
-                    ),
+                published, new_types = await _store(conn, principal.tenant_id, events, traceparent)
+        else:
+            async with transaction(services.pool) as conn:
+                stored = await idempotency.claim(conn, idempotent)
+                if stored is not None:
+                    replay: Event | list[Event] = (
+                        stored.decode(list[Event]) if is_batch else stored.decode(Event)
+                    )
+                    return Response(replay, status_code=stored.status)
+                published, new_types = await _store(conn, principal.tenant_id, events, traceparent)
+                await idempotency.remember(
+                    conn, idempotent, _status(new_types), _body(published, is_batch=is_batch)
                 )
-            if job_id is not None:
-                services.metrics.count_event(row.type, producer="api")
-            return Response(row, status_code=201 if job_id is not None else 200)
-        async with transaction(services.pool) as conn:
-            stored = await idempotency.claim(conn, idempotent)
-            if stored is not None:
-                replay: Event | list[Event] = (
-                    stored.decode(list[Event]) if is_batch else stored.decode(Event)
-                )
-                return Response(replay, status_code=stored.status)
-            published, new_types = [], []
-            for event in events:
-                row, job_id = await queries.publish_event(
-                    conn,
-                    principal.tenant_id,
-                    msgspec.structs.replace(event, traceparent=event.traceparent or traceparent),
-                )
-                if job_id is not None:
-                    new_types.append(row.type)
-                published.append(row)
-            status = 201 if new_types else 200
-            body: Event | list[Event] = published if is_batch else published[0]
-            await idempotency.remember(conn, idempotent, status, body)
         for event_type in new_types:
             services.metrics.count_event(event_type, producer="api")
-        return Response(body, status_code=status)
+        return Response(_body(published, is_batch=is_batch), status_code=_status(new_types))
 
     @get(
         "/",
