@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -227,3 +228,12 @@ async def test_another_tenants_templates_are_invisible(
     assert "acme-only" not in names
     # The same name is free for this tenant.
     await create(client, name="acme-only")
+
+
+@pytest.mark.parametrize("name", ["'", "has space", "-leading", "x" * 101])
+async def test_names_in_the_path_are_checked(client: AsyncTestClient[Any], name: str) -> None:
+    body = {k: v for k, v in EXPIRY.items() if k != "name"}
+    response = await client.put(f"/api/v1/templates/{quote(name)}", json=body)
+
+    assert_problem(response, 422, "name")
+    assert response.json()["errors"][0]["source"] == "path"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
@@ -71,6 +72,23 @@ def render_preview(source: TemplateSource, request: PreviewRequest) -> Preview:
     return Preview(
         template=source.name, subject=rendered.subject, text=rendered.text, html=rendered.html
     )
+
+
+def check_storable_name(name: str) -> None:
+    """Refuse a name the path brought that no template may have (422, the ``name`` in the path).
+
+    Litestar does not apply ``TemplateName``'s pattern to path parameters. Reading or
+    deleting by such a name simply finds nothing (404); storing one must be refused here,
+    not by the table's CHECK (a 500).
+    """
+    try:
+        msgspec.convert(name, TemplateName)
+    except msgspec.ValidationError:
+        raise field_error(
+            "name",
+            "must be 1 to 100 letters, digits, '_', '.' or '-', starting with a letter or digit",
+            source="path",
+        ) from None
 
 
 class TemplateController(Controller):
@@ -165,6 +183,7 @@ class TemplateController(Controller):
         """201 if it was created, 200 if it replaced the tenant's template of that name.
         Notifications not yet sent render with the new version."""
         data = decode_strictly(await request.body(), TemplateReplace)
+        check_storable_name(name)
         checked_source(name, data)
         async with transaction(services.pool) as conn:
             template, created = await queries.upsert_template(conn, principal.tenant_id, name, data)
