@@ -5,13 +5,15 @@ from __future__ import annotations
 import datetime
 import uuid
 from typing import Any
+from unittest import mock
 
 import psycopg
 import pytest
 
-from notifier.db import transaction
+from notifier.db import Connection, transaction
 from notifier.events.cloudevents import NewEvent
-from notifier.events.queries import publish_event
+from notifier.events.queries import TenantEvent, publish_events
+from notifier.events.schemas import Event
 from notifier.notifications.scheduling import NotificationDraft, PlannedSend, create_notifications
 from notifier.notifications.schemas import NotificationStatus
 from notifier.queue import DELIVER_TASK, PROCESS_EVENT_TASK
@@ -55,14 +57,21 @@ def draft(status: NotificationStatus, send_at: datetime.datetime) -> Notificatio
 # --- events ----------------------------------------------------------------------------
 
 
+async def publish(conn: Connection, event: NewEvent) -> Event:
+    """Store one event of the default tenant with its job, as the API does."""
+    [published] = await publish_events(conn, [TenantEvent(DEFAULT_TENANT, event)])
+    assert published.is_new
+    return published.event
+
+
 async def publish_then_abort(services: Services, event_type: str) -> None:
     """Store an event and its job, see both inside the transaction, then roll it back."""
     async with transaction(services.pool) as conn:
-        event, job_id = await publish_event(
-            conn, DEFAULT_TENANT, NewEvent(type=event_type, payload={"a": 1})
+        event = await publish(conn, NewEvent(type=event_type, payload={"a": 1}))
+        cursor = await conn.execute(
+            "SELECT args FROM procrastinate_jobs WHERE task_name = %s", [PROCESS_EVENT_TASK]
         )
-        cursor = await conn.execute("SELECT id FROM procrastinate_jobs WHERE id = %s", [job_id])
-        assert await cursor.fetchone() == {"id": job_id}
+        assert await cursor.fetchall() == [{"args": {"event_id": str(event.id)}}]
         cursor = await conn.execute("SELECT id FROM notifier.events WHERE id = %s", [event.id])
         assert await cursor.fetchone() == {"id": event.id}
         raise Abort
@@ -83,16 +92,14 @@ async def test_committed_event_leaves_both_row_and_job(
     services: Services, db: psycopg.AsyncConnection[Any]
 ) -> None:
     async with transaction(services.pool) as conn:
-        event, job_id = await publish_event(
-            conn, DEFAULT_TENANT, NewEvent(type="user.signup", payload={"a": 1})
-        )
+        event = await publish(conn, NewEvent(type="user.signup", payload={"a": 1}))
 
     assert await rows(db, "SELECT id, type, payload FROM notifier.events") == [
         {"id": event.id, "type": "user.signup", "payload": {"a": 1}}
     ]
     assert await jobs(db, PROCESS_EVENT_TASK) == [
         {
-            "id": job_id,
+            "id": mock.ANY,
             "status": "todo",
             "args": {"event_id": str(event.id)},
             "scheduled_at": None,
@@ -111,7 +118,7 @@ async def test_only_the_committed_event_is_ever_processed(
     with pytest.raises(Abort):
         await publish_then_abort(services, "user.gone")
     async with transaction(services.pool) as conn:
-        committed, _ = await publish_event(conn, DEFAULT_TENANT, NewEvent(type="user.signup"))
+        committed = await publish(conn, NewEvent(type="user.signup"))
 
     # Once for process_event, once more for the deliver job it creates.
     for _ in range(2):
@@ -130,7 +137,7 @@ async def test_a_failing_statement_after_the_defer_rolls_back_the_job(
 ) -> None:
     async def publish_then_fail() -> None:
         async with transaction(services.pool) as conn:
-            await publish_event(conn, DEFAULT_TENANT, NewEvent(type="user.signup"))
+            await publish(conn, NewEvent(type="user.signup"))
             await conn.execute("INSERT INTO notifier.events (type) VALUES ('')")
 
     with pytest.raises(psycopg.errors.CheckViolation):

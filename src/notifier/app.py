@@ -19,6 +19,7 @@ from litestar.types import Message, Scope
 from notifier.auth.guard import BEARER_SCHEME, Authenticator, check_guarded
 from notifier.bootstrap import open_services
 from notifier.events.api import EventController
+from notifier.events.publisher import EventPublisher
 from notifier.health import health, liveness, readiness
 from notifier.idempotency import idempotent_request
 from notifier.migrate import schema_scripts
@@ -65,11 +66,13 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
             settings, name="notifier-api", metrics=metrics, runs_jobs=False
         ) as services:
             app.state.services = services
+            app.state.event_publisher = EventPublisher(services.pool, services.metrics)
             app.state.database_stats = DatabaseStats(settings, services.pool)
             services.metrics.registry.register(app.state.database_stats)
             try:
                 yield
             finally:
+                await app.state.event_publisher.close()
                 services.metrics.registry.unregister(app.state.database_stats)
 
     def provide_services() -> Services:
@@ -78,6 +81,10 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
 
     # Read once: the scripts do not change while the process runs.
     scripts = schema_scripts()
+
+    def provide_publisher() -> EventPublisher:
+        publisher: EventPublisher = app.state.event_publisher
+        return publisher
 
     def provide_database_stats() -> DatabaseStats:
         stats: DatabaseStats = app.state.database_stats
@@ -99,6 +106,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
         ],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
+            "publisher": Provide(provide_publisher, sync_to_thread=False),
             "database_stats": Provide(provide_database_stats, sync_to_thread=False),
             "schema": Provide(lambda: scripts, sync_to_thread=False),
             "idempotent": Provide(idempotent_request),

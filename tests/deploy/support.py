@@ -49,6 +49,7 @@ METRIC_FAMILIES: dict[str, MetricFamily] = {
     "notifier_events_received": MetricFamily("counter", frozenset({"type", "producer"}), PROCESS),
     "notifier_deliveries": MetricFamily("counter", frozenset({"channel", "outcome"}), PROCESS),
     "notifier_delivery_lag_seconds": MetricFamily("histogram", frozenset(), PROCESS),
+    "notifier_publish_batch_size": MetricFamily("histogram", frozenset(), PROCESS),
     "notifier_notifications": MetricFamily("gauge", frozenset({"status"}), DATABASE),
     "notifier_queue_depth": MetricFamily("gauge", frozenset({"queue"}), DATABASE),
     "notifier_queue_oldest_due_job_age_seconds": MetricFamily(

@@ -21,6 +21,7 @@ FAMILIES = {
     "notifier_notifications",
     "notifier_deliveries",
     "notifier_delivery_lag_seconds",
+    "notifier_publish_batch_size",
     "notifier_queue_depth",
     "notifier_queue_oldest_due_job_age_seconds",
     "notifier_workers_alive",

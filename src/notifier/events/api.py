@@ -16,16 +16,17 @@ from litestar.params import FromPath
 from notifier import idempotency
 from notifier.api_types import TypeFilter, check_instant, check_payload_size, check_storable
 from notifier.auth.guard import BEARER_SECURITY, requires
-from notifier.db import Connection, single_statement, transaction
+from notifier.db import transaction
 from notifier.events import queries
 from notifier.events.cloudevents import (
     CLOUDEVENTS_BATCH_JSON,
     CLOUDEVENTS_JSON,
     MAX_BATCH_SIZE,
     CloudEvent,
-    NewEvent,
     parse_publish_request,
 )
+from notifier.events.publisher import EventPublisher
+from notifier.events.queries import PublishedEvent, TenantEvent
 from notifier.events.schemas import Event, EventCreate, EventDetail
 from notifier.idempotency import IdempotentRequest
 from notifier.notifications.queries import list_notifications
@@ -79,22 +80,9 @@ class _PublishOperation(Operation):
         self.request_body = _publish_request_body()
 
 
-async def _store(
-    conn: Connection, tenant_id: str, events: list[NewEvent], traceparent: str | None
-) -> tuple[list[Event], list[str]]:
-    """Store each event with its processing job: the stored events, and the types of the
-    new ones (an event stored before is returned as it is, with no new job)."""
-    published, new_types = [], []
-    for event in events:
-        row, job_id = await queries.publish_event(
-            conn,
-            tenant_id,
-            msgspec.structs.replace(event, traceparent=event.traceparent or traceparent),
-        )
-        if job_id is not None:
-            new_types.append(row.type)
-        published.append(row)
-    return published, new_types
+def _stored(published: list[PublishedEvent]) -> tuple[list[Event], list[str]]:
+    """The events as stored, and the types of those this request stored (the new ones)."""
+    return [p.event for p in published], [p.event.type for p in published if p.is_new]
 
 
 def _status(new_types: list[str]) -> int:
@@ -132,6 +120,7 @@ class EventController(Controller):
         self,
         request: Request[Any, Any, Any],
         services: NamedDependency[Services],
+        publisher: NamedDependency[EventPublisher],
         principal: NamedDependency[Principal],
         idempotent: NamedDependency[IdempotentRequest | None],
     ) -> Response[Event | list[Event]]:
@@ -154,10 +143,16 @@ class EventController(Controller):
             check_instant(f"{prefix}occurred_at", event.occurred_at)
         # Processing continues the producer's trace if the event names one, else this request's.
         traceparent = current_traceparent()
+        items = [
+            TenantEvent(
+                principal.tenant_id,
+                msgspec.structs.replace(event, traceparent=event.traceparent or traceparent),
+            )
+            for event in events
+        ]
         if idempotent is None and not is_batch:
-            # The common case is one statement (the event and its job), committed on its own.
-            async with single_statement(services.pool) as conn:
-                published, new_types = await _store(conn, principal.tenant_id, events, traceparent)
+            # The common case: one statement, shared with the events of concurrent requests.
+            published, new_types = _stored([await publisher.publish(items[0])])
         else:
             async with transaction(services.pool) as conn:
                 stored = await idempotency.claim(conn, idempotent)
@@ -166,7 +161,7 @@ class EventController(Controller):
                         stored.decode(list[Event]) if is_batch else stored.decode(Event)
                     )
                     return Response(replay, status_code=stored.status)
-                published, new_types = await _store(conn, principal.tenant_id, events, traceparent)
+                published, new_types = _stored(await queries.publish_events(conn, items))
                 await idempotency.remember(
                     conn, idempotent, _status(new_types), _body(published, is_batch=is_batch)
                 )

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import NamedTuple
 
-import msgspec
 from psycopg.types.json import Jsonb
 
 from notifier.db import Connection
@@ -15,63 +15,95 @@ from notifier.pagination import Cursor
 from notifier.queue import EVENTS_QUEUE, PROCESS_EVENT_TASK
 
 
+class TenantEvent(NamedTuple):
+    """An event to store, and the tenant it belongs to."""
+
+    tenant_id: str
+    event: NewEvent
+
+
 class PublishedEvent(NamedTuple):
-    """An event as stored, and the id of its process_event job (None if already stored)."""
+    """An event as stored, and whether this publish stored it (else it was stored before)."""
 
     event: Event
-    job_id: int | None
+    is_new: bool
 
 
-async def publish_event(conn: Connection, tenant_id: str, event: NewEvent) -> PublishedEvent:
-    """Store a tenant's published event and defer its processing, in one statement.
+async def publish_events(conn: Connection, items: Sequence[TenantEvent]) -> list[PublishedEvent]:
+    """Store events and defer each new one's processing job, in one statement; in ``items`` order.
 
-    The job is deferred with procrastinate's own SQL function, as the outbox trigger does
-    (one round trip for both, inside the caller's transaction). An event whose ``source``
-    + ``external_id`` (CloudEvents ``id``) the tenant already stored is not stored again
+    The jobs are deferred with procrastinate's own SQL function, as the outbox trigger does,
+    inside the caller's transaction. An event whose ``source`` + ``external_id`` (CloudEvents
+    ``id``) its tenant already stored (or that comes twice in ``items``) is not stored again
     and gets no job: the stored one is returned.
     """
+    # The ids are chosen here (random, like the column's default) to match rows to items.
+    ids = [uuid.uuid4() for _ in items]
+    events = [item.event for item in items]
     cursor = await conn.execute(
         """
         WITH published AS (
             INSERT INTO notifier.events
-                (tenant_id, type, payload, occurred_at, source, external_id, traceparent)
-            VALUES (%(tenant_id)s, %(type)s, %(payload)s, %(occurred_at)s, %(source)s,
-                    %(external_id)s, %(traceparent)s)
+                (id, tenant_id, type, payload, occurred_at, source, external_id, traceparent)
+            SELECT * FROM unnest(
+                %(ids)s::uuid[], %(tenant_ids)s::text[], %(types)s::text[], %(payloads)s::jsonb[],
+                %(occurred_ats)s::timestamptz[], %(sources)s::text[], %(external_ids)s::text[],
+                %(traceparents)s::text[]
+            )
             ON CONFLICT (tenant_id, (coalesce(source, '')), external_id)
                 WHERE external_id IS NOT NULL DO NOTHING
             RETURNING *
-        )
-        SELECT published.*, job.ids[1] AS job_id
-        FROM published
-        CROSS JOIN LATERAL (
-            SELECT procrastinate_defer_jobs_v1(ARRAY[ROW(
+        ), deferred AS (
+            SELECT procrastinate_defer_jobs_v1(array_agg(ROW(
                 %(queue)s, %(task)s, 0, NULL, NULL,
                 jsonb_build_object('event_id', published.id::text), NULL
-            )::procrastinate_job_to_defer_v1]) AS ids
-        ) AS job
+            )::procrastinate_job_to_defer_v1)) AS job_ids
+            FROM published
+        )
+        -- Joined so that the defer runs: a CTE nobody reads is not evaluated.
+        SELECT published.* FROM published CROSS JOIN deferred
         """,
-        msgspec.structs.asdict(event)
-        | {
-            "payload": Jsonb(event.payload),
-            "tenant_id": tenant_id,
+        {
+            "ids": ids,
+            "tenant_ids": [item.tenant_id for item in items],
+            "types": [event.type for event in events],
+            "payloads": [Jsonb(event.payload) for event in events],
+            "occurred_ats": [event.occurred_at for event in events],
+            "sources": [event.source for event in events],
+            "external_ids": [event.external_id for event in events],
+            "traceparents": [event.traceparent for event in events],
             "queue": EVENTS_QUEUE,
             "task": PROCESS_EVENT_TASK,
         },
     )
-    row = await cursor.fetchone()
-    if row is not None:
-        return PublishedEvent(event_from_row(row), row["job_id"])
+    stored = {row["id"]: event_from_row(row) for row in await cursor.fetchall()}
+    published = []
+    for event_id, item in zip(ids, items, strict=True):
+        new = stored.get(event_id)
+        if new is not None:
+            published.append(PublishedEvent(new, is_new=True))
+        else:
+            published.append(PublishedEvent(await _stored_before(conn, item), is_new=False))
+    return published
+
+
+async def _stored_before(conn: Connection, item: TenantEvent) -> Event:
+    """The stored event that ``item`` (which has an ``external_id``) conflicted with."""
     cursor = await conn.execute(
         """
         SELECT * FROM notifier.events
         WHERE tenant_id = %(tenant_id)s
           AND coalesce(source, '') = coalesce(%(source)s, '') AND external_id = %(external_id)s
         """,
-        {"tenant_id": tenant_id, "source": event.source, "external_id": event.external_id},
+        {
+            "tenant_id": item.tenant_id,
+            "source": item.event.source,
+            "external_id": item.event.external_id,
+        },
     )
     existing = await cursor.fetchone()
     assert existing is not None, "the conflicting event is committed before ON CONFLICT returns"
-    return PublishedEvent(event_from_row(existing), None)
+    return event_from_row(existing)
 
 
 async def get_event(conn: Connection, tenant_id: str, event_id: uuid.UUID) -> Event | None:

@@ -29,6 +29,8 @@ MAX_EVENT_TYPE_LABELS = 100
 OTHER_EVENT_TYPE = "other"
 # From scheduled time to sent: seconds when all is well, hours when retries back off.
 DELIVERY_LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400)
+# Events per publish statement (notifier.events.publisher): 1 when requests come one by one.
+PUBLISH_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 100)
 
 
 class Metrics:
@@ -52,6 +54,12 @@ class Metrics:
             "notifier_delivery_lag_seconds",
             "From a notification's scheduled send time to a channel accepting it.",
             buckets=DELIVERY_LAG_BUCKETS,
+            registry=self.registry,
+        )
+        self.publish_batch_size = Histogram(
+            "notifier_publish_batch_size",
+            "Events stored per publish statement: concurrent API requests share one.",
+            buckets=PUBLISH_BATCH_BUCKETS,
             registry=self.registry,
         )
         self._event_types: set[str] = set()
