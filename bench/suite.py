@@ -45,17 +45,21 @@ SERVER = os.environ.get("NOTIFIER_BENCH_SERVER", "postgresql://postgres@127.0.0.
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
 PYTHON = sys.executable
 WORKLOADS = ("ingest", "delivery", "scheduling", "growth", "outbox")
-# What a publish executes (notifier.events.queries.publish_event: the insert and the defer
+# What a publish executes (notifier.events.queries.publish_events: the insert and the defer
 # in one statement, in autocommit: its own transaction) as a pgbench script: the same
-# statement, same indexes and triggers.
+# statement, same indexes and triggers, for one event. The API shares that statement among
+# the events of concurrent requests (notifier.events.publisher); pgbench gives each event
+# its own transaction, as a producer writing to the database itself would.
 PUBLISH_SQL = """\\set n random(1, 1000000000)
 WITH published AS (
-    INSERT INTO notifier.events (tenant_id, type, payload, occurred_at, source, external_id, traceparent)
-    VALUES ('default', 'bench.created', jsonb_build_object('user_id', :n, 'email', 'ada@example.com'), NULL, NULL, NULL, NULL)
+    INSERT INTO notifier.events (id, tenant_id, type, payload, occurred_at, source, external_id, traceparent)
+    SELECT * FROM unnest(ARRAY[gen_random_uuid()], ARRAY['default'], ARRAY['bench.created'], ARRAY[jsonb_build_object('user_id', :n, 'email', 'ada@example.com')], ARRAY[NULL]::timestamptz[], ARRAY[NULL]::text[], ARRAY[NULL]::text[], ARRAY[NULL]::text[])
     ON CONFLICT (tenant_id, (coalesce(source, '')), external_id) WHERE external_id IS NOT NULL DO NOTHING
     RETURNING *
+), deferred AS (
+    SELECT procrastinate_defer_jobs_v1(array_agg(ROW('events', 'notifier.process_event', 0, NULL, NULL, jsonb_build_object('event_id', published.id::text), NULL)::procrastinate_job_to_defer_v1)) AS job_ids FROM published
 )
-SELECT published.*, job.ids[1] AS job_id FROM published CROSS JOIN LATERAL (SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('events', 'notifier.process_event', 0, NULL, NULL, jsonb_build_object('event_id', published.id::text), NULL)::procrastinate_job_to_defer_v1]) AS ids) AS job;
+SELECT published.* FROM published CROSS JOIN deferred;
 """
 # The events the load generator publishes (user 42; pgbench's users are random).
 API_EVENTS_SQL = """
@@ -250,8 +254,10 @@ class Bench:
     procs: Processes
     url: str = ""
     receiver_url: str = ""
-    api_url: str = ""
-    api: subprocess.Popen[bytes] | None = None
+    # The API processes (--api-processes, default one): the load generator spreads its
+    # clients over them as a load balancer would.
+    api_urls: list[str] = field(default_factory=list)
+    apis: list[subprocess.Popen[bytes]] = field(default_factory=list)
     # An events:write key of the default tenant, limited far above what the load reaches.
     api_key: str = ""
 
@@ -279,20 +285,24 @@ class Bench:
         return stats
 
     def start_api(self) -> None:
-        port = free_port()
-        self.api = self.procs.start(
-            PYTHON,
-            "-m",
-            "notifier",
-            "--log-level",
-            "WARNING",
-            "api",
-            "--port",
-            str(port),
-            env={"NOTIFIER_DATABASE_URL": self.url},
-        )
-        self.api_url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _answers(self.api_url + "/health"), timeout=60, what="API")
+        """``--api-processes`` API processes, and an events:write key for the load generator."""
+        for _ in range(self.args.api_processes):
+            port = free_port()
+            api = self.procs.start(
+                PYTHON,
+                "-m",
+                "notifier",
+                "--log-level",
+                "WARNING",
+                "api",
+                "--port",
+                str(port),
+                env={"NOTIFIER_DATABASE_URL": self.url},
+            )
+            url = f"http://127.0.0.1:{port}"
+            wait_until(lambda: _answers(url + "/health"), timeout=60, what="API")  # noqa: B023
+            self.apis.append(api)
+            self.api_urls.append(url)
         created = subprocess.run(
             [
                 *(PYTHON, "-m", "notifier", "keys", "create", "--scope", "events:write"),
@@ -307,12 +317,25 @@ class Bench:
         )
         self.api_key = created.stdout.strip().splitlines()[-1]
 
-    def loadgen(self, url: str, clients: int, seconds: float, expect: int = 201) -> dict[str, Any]:
+    def publish(
+        self, clients: int, seconds: float, *, processes: int | None = None
+    ) -> dict[str, Any]:
+        """The load generator posting events to the first ``processes`` API processes (all)."""
+        urls = self.api_urls[:processes] if processes else self.api_urls
+        return self.loadgen([url + "/api/v1/events/" for url in urls], clients, seconds)
+
+    def api_rss_mb(self) -> float:
+        """The resident memory of the largest API process."""
+        return max(rss_mb(api.pid) for api in self.apis)
+
+    def loadgen(
+        self, urls: list[str], clients: int, seconds: float, expect: int = 201
+    ) -> dict[str, Any]:
         out = subprocess.run(
             [
                 PYTHON,
                 "bench/loadgen.py",
-                url,
+                *urls,
                 "--clients",
                 str(clients),
                 "--seconds",
@@ -422,7 +445,7 @@ class Bench:
         events_before = scalar(self.url, API_EVENTS_SQL)
         accepted = 0
         for clients in (1, 8, 32):
-            ours = self.loadgen(self.api_url + "/api/v1/events/", clients, seconds)
+            ours = self.publish(clients, seconds)
             base = self.pgbench(clients, seconds)
             self.report.raw[f"ingest_{clients}"] = {"notifier": ours, "pgbench": base}
             accepted += ours["ok"]
@@ -430,7 +453,8 @@ class Bench:
             name = f"ingest {clients:>2}c"
             self.report.add(
                 name,
-                "events/s (baseline: pgbench same SQL, tps)",
+                f"events/s, {len(self.apis)} API process{'es' if len(self.apis) > 1 else ''}"
+                " (baseline: pgbench same SQL, tps)",
                 f"{ours['per_second']:,.0f}",
                 f"{base['per_second']:,.0f}",
                 f"{ratio:.2f}",
@@ -455,17 +479,29 @@ class Bench:
                 "0 bad",
                 verdict(ours["errors"] == 0),
             )
+            if clients == 8 and len(self.apis) > 1:
+                # What one process does alone: the cost of a request, without the spread.
+                alone = self.publish(clients, seconds, processes=1)
+                self.report.raw["ingest_8_one_process"] = alone
+                accepted += alone["ok"]
+                self.report.add(
+                    name,
+                    "events/s, one API process; p50 / p99 ms; bad",
+                    f"{alone['per_second']:,.0f}; {alone['p50_ms']:.1f} / {alone['p99_ms']:.1f};"
+                    f" {alone['errors']}",
+                    f"{base['per_second']:,.0f}",
+                    f"{alone['per_second'] / base['per_second']:.2f}",
+                )
         # Every 201 means committed: each accepted event is stored.
         stored = scalar(self.url, API_EVENTS_SQL) - events_before
         assert stored == accepted, f"{accepted} events accepted, {stored} stored"
         self.report.raw["ingest_events_stored"] = stored
-        assert self.api is not None
-        self.report.raw["api_rss_after_ingest"] = rss_mb(self.api.pid)
+        self.report.raw["api_rss_after_ingest"] = self.api_rss_mb()
 
     def generator_ceiling(self) -> None:
         """The load generator against the bare receiver: far above the API, or it would be the bottleneck."""
         ceiling = self.loadgen(
-            self.receiver_url + "/hooks", 8, min(5.0, self.args.ingest_seconds), expect=200
+            [self.receiver_url + "/hooks"], 8, min(5.0, self.args.ingest_seconds), expect=200
         )
         self.report.add(
             "tools",
@@ -753,7 +789,7 @@ class Bench:
     def growth(self) -> None:
         empty_queue_and_notifications(self.url)
         seconds = min(5.0, self.args.ingest_seconds)
-        empty_ingest = self.loadgen(self.api_url + "/api/v1/events/", 8, seconds)
+        empty_ingest = self.publish(8, seconds)
         self.as_if_processed()
         empty_plan, empty_wall, empty_buffers = self.fetch_cost()
         rows = self.args.growth_rows
@@ -779,7 +815,7 @@ class Bench:
             )
         sql(self.url, "VACUUM ANALYZE procrastinate_jobs, notifier.notifications")
         self.report.raw["growth_load_seconds"] = time.perf_counter() - started
-        full_ingest = self.loadgen(self.api_url + "/api/v1/events/", 8, seconds)
+        full_ingest = self.publish(8, seconds)
         self.as_if_processed()
         full_plan, full_wall, full_buffers = self.fetch_cost()
         stock_plan, stock_wall, _ = self.fetch_cost("stock")
@@ -832,11 +868,10 @@ class Bench:
     # --- 5. memory ----------------------------------------------------------------------
 
     def memory(self) -> None:
-        assert self.api is not None
         if "api_rss_after_ingest" in self.report.raw:
             # Repeat the 8-client run: the API's memory must not grow.
-            self.loadgen(self.api_url + "/api/v1/events/", 8, self.args.ingest_seconds)
-            first, again = self.report.raw["api_rss_after_ingest"], rss_mb(self.api.pid)
+            self.publish(8, self.args.ingest_seconds)
+            first, again = self.report.raw["api_rss_after_ingest"], self.api_rss_mb()
             self.report.add(
                 "memory",
                 "API RSS MB, after ingest / after a repeat",
@@ -920,6 +955,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, for development")
+    parser.add_argument(
+        "--api-processes",
+        type=int,
+        default=1,
+        help="API processes, the load generator's clients spread over them",
+    )
     parser.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workloads")
     parser.add_argument("--ingest-seconds", type=float, default=10.0, help="per ingest run")
     parser.add_argument("--deliveries", type=int, default=20_000, help="notifications per drain")
