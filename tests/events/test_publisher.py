@@ -106,6 +106,20 @@ async def test_the_same_cloudevent_published_twice_at_once_is_stored_once(
     assert await jobs_by_event(db) == [str(first.event.id)]
 
 
+async def test_events_with_an_id_in_flight_do_not_hold_up_the_others(
+    services: Services, db: psycopg.AsyncConnection[Any]
+) -> None:
+    publisher = EventPublisher(services.pool, services.metrics)
+    with_ids = [event(n, source="billing", external_id=f"invoice-{n}") for n in range(3)]
+
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(publisher.publish(item) for item in [*with_ids, event(3)])), timeout=5
+    )
+
+    assert [answer.event.payload["n"] for answer in answers] == [0, 1, 2, 3]
+    assert len(await stored_events(db)) == 4
+
+
 async def test_a_caller_that_goes_away_does_not_cancel_the_others_statement(
     services: Services, db: psycopg.AsyncConnection[Any]
 ) -> None:

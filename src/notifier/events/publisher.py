@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 import psycopg
 from opentelemetry import trace
@@ -63,17 +64,21 @@ class EventPublisher:
         self._pool = pool
         self._metrics = metrics
         self._waiting: list[_Waiting] = []
-        self._flushing: set[asyncio.Task[None]] = set()
+        # Tasks storing whatever waits, until nothing does: counted by the tasks themselves,
+        # so that the count drops in the same step as the last look at ``_waiting``.
+        self._flushers = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def publish(self, item: TenantEvent) -> PublishedEvent:
         """Store the event and defer its processing; return once that is committed."""
         waiting = _Waiting(item)
         if item.event.external_id is not None:
-            self._start([waiting])
+            self._start(self._store([waiting]))
         else:
             self._waiting.append(waiting)
-            if len(self._flushing) < MAX_STATEMENTS_IN_FLIGHT:
-                self._start(None)
+            if self._flushers < MAX_STATEMENTS_IN_FLIGHT:
+                self._flushers += 1
+                self._start(self._flush_waiting())
         # Shielded: a caller that goes away (a client hanging up) must not cancel a
         # statement that other callers' events are part of.
         try:
@@ -85,27 +90,25 @@ class EventPublisher:
 
     async def close(self) -> None:
         """Wait until every statement in flight has finished."""
-        while self._flushing:
-            await asyncio.gather(*self._flushing, return_exceptions=True)
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _start(self, batch: list[_Waiting] | None) -> None:
-        """Run ``batch`` (or, None: whatever is waiting, until nothing is) in a task of its own.
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in a task of its own, from an empty context: it works for every
+        caller of its statements, not for the request that happened to start it."""
+        task = asyncio.create_task(work, context=contextvars.Context())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-        The task starts from an empty context: it works for every caller of the batch, not
-        for the request that happened to start it.
-        """
-        task = asyncio.create_task(self._flush(batch), context=contextvars.Context())
-        self._flushing.add(task)
-        task.add_done_callback(self._flushing.discard)
-
-    async def _flush(self, batch: list[_Waiting] | None) -> None:
-        if batch is not None:
-            await self._store(batch)
-            return
-        while self._waiting:
-            batch = self._waiting[:MAX_EVENTS_PER_STATEMENT]
-            del self._waiting[:MAX_EVENTS_PER_STATEMENT]
-            await self._store(batch)
+    async def _flush_waiting(self) -> None:
+        """Store what waits, a statement at a time, until nothing does."""
+        try:
+            while self._waiting:
+                batch = self._waiting[:MAX_EVENTS_PER_STATEMENT]
+                del self._waiting[:MAX_EVENTS_PER_STATEMENT]
+                await self._store(batch)
+        finally:
+            self._flushers -= 1
 
     async def _store(self, batch: list[_Waiting]) -> None:
         """Store ``batch`` and answer each of its callers, with its event or its error."""
