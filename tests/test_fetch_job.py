@@ -7,6 +7,7 @@ due scheduled jobs go earliest due first.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import psycopg
@@ -159,3 +160,40 @@ async def test_workers_fetch_through_notifiers_function(
     job = await services.queue.job_manager.fetch_job(queues=["deliveries"], worker_id=None)  # type: ignore[arg-type]
     assert job is not None
     assert job.task_name == "due an hour ago"
+
+
+async def index_scans_of_a_vacuum(db: psycopg.AsyncConnection[Any]) -> int:
+    """How many passes over procrastinate_jobs' indexes a VACUUM made (from its report)."""
+    reports: list[str] = []
+    db.add_notice_handler(lambda notice: reports.append(notice.message_primary or ""))
+    await db.execute("VACUUM (VERBOSE) procrastinate_jobs")
+    (report,) = [
+        r
+        for r in reports
+        if r.startswith("finished vacuuming") and 'public.procrastinate_jobs"' in r
+    ]
+    match = re.search(r"index scans: (\d+)", report)
+    assert match, report
+    return int(match.group(1))
+
+
+async def test_a_vacuum_cleans_the_fetchs_index_when_a_few_jobs_just_ran(
+    db: psycopg.AsyncConnection[Any],
+) -> None:
+    """Dead rows on so few pages that PostgreSQL would skip the indexes (migration 0010)."""
+    await add_future_jobs(db, FUTURE_JOBS)
+    await db.execute("VACUUM procrastinate_jobs")
+
+    async def run_a_few_jobs() -> None:
+        for _ in range(100):
+            await defer(db, "ran")
+        await db.execute(
+            "UPDATE procrastinate_jobs SET status = 'succeeded' WHERE task_name = 'ran'"
+        )
+
+    await run_a_few_jobs()
+    assert await index_scans_of_a_vacuum(db) == 1
+
+    await db.execute("ALTER TABLE procrastinate_jobs RESET (vacuum_index_cleanup)")
+    await run_a_few_jobs()
+    assert await index_scans_of_a_vacuum(db) == 0, "PostgreSQL's default would skip them"
