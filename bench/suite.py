@@ -102,6 +102,11 @@ WHERE NOT EXISTS (
 ORDER BY jobs.priority DESC, jobs.id ASC LIMIT 1
 FOR UPDATE OF jobs SKIP LOCKED
 """
+# The due job a fetch must find (removed after the measurement).
+DUE_JOB_SQL = """
+INSERT INTO procrastinate_jobs (queue_name, task_name, priority, args)
+VALUES ('deliveries', 'notifier.deliver', 0, '{"due": true}')
+"""
 # Fetch function and its candidate search: what workers run, and procrastinate's own.
 FETCHES = {
     "notifier": ("notifier.fetch_job", FETCH_CANDIDATE_SQL),
@@ -164,11 +169,15 @@ def free_port() -> int:
         return port
 
 
+def drop_database(name: str) -> None:
+    with psycopg.connect(make_conninfo(SERVER, dbname="postgres"), autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
+
+
 def fresh_database(name: str) -> str:
     """A new, migrated scratch database; its URL."""
     url = make_conninfo(SERVER, dbname=name)
-    with psycopg.connect(make_conninfo(SERVER, dbname="postgres"), autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    drop_database(name)
     migrate.create_database_if_missing(url)
     migrate.upgrade(url)
     return url
@@ -186,6 +195,12 @@ def scalar(url: str, statement: str, params: Any = None) -> Any:
 
 def empty_queue_and_notifications(url: str) -> None:
     sql(url, "TRUNCATE procrastinate_jobs, notifier.notifications CASCADE")
+
+
+def settle(url: str) -> None:
+    """Write out what the last steps dirtied before measuring, so that the checkpoint a bulk
+    load brings on (a million rows are gigabytes of WAL) does not land in the measurement."""
+    sql(url, "CHECKPOINT")
 
 
 def analyze(url: str) -> None:
@@ -287,35 +302,37 @@ class Bench:
     def start_api(self) -> None:
         """``--api-processes`` API processes, and an events:write key for the load generator."""
         for _ in range(self.args.api_processes):
-            port = free_port()
-            api = self.procs.start(
-                PYTHON,
-                "-m",
-                "notifier",
-                "--log-level",
-                "WARNING",
-                "api",
-                "--port",
-                str(port),
-                env={"NOTIFIER_DATABASE_URL": self.url},
-            )
-            url = f"http://127.0.0.1:{port}"
-            wait_until(lambda: _answers(url + "/health"), timeout=60, what="API")  # noqa: B023
+            api, url = self.start_api_process(self.url)
             self.apis.append(api)
             self.api_urls.append(url)
+        self.api_key = self.create_key(self.url)
+
+    def start_api_process(self, database_url: str) -> tuple[subprocess.Popen[bytes], str]:
+        """An API process on ``database_url``; its URL once it answers."""
+        port = free_port()
+        api = self.procs.start(
+            *(PYTHON, "-m", "notifier", "--log-level", "WARNING", "api", "--port", str(port)),
+            env={"NOTIFIER_DATABASE_URL": database_url},
+        )
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _answers(url + "/health"), timeout=60, what="API")
+        return api, url
+
+    def create_key(self, database_url: str) -> str:
+        """An events:write key of the default tenant, limited far above what the load reaches."""
         created = subprocess.run(
             [
                 *(PYTHON, "-m", "notifier", "keys", "create", "--scope", "events:write"),
                 *("--name", "bench", "--rate-limit", "1000000", "--burst", "1000000"),
             ],
             cwd=ROOT,
-            env={**os.environ, "NOTIFIER_DATABASE_URL": self.url},
+            env={**os.environ, "NOTIFIER_DATABASE_URL": database_url},
             check=True,
             capture_output=True,
             text=True,
             timeout=60,
         )
-        self.api_key = created.stdout.strip().splitlines()[-1]
+        return created.stdout.strip().splitlines()[-1]
 
     def publish(
         self, clients: int, seconds: float, *, processes: int | None = None
@@ -329,7 +346,12 @@ class Bench:
         return max(rss_mb(api.pid) for api in self.apis)
 
     def loadgen(
-        self, urls: list[str], clients: int, seconds: float, expect: int = 201
+        self,
+        urls: list[str],
+        clients: int,
+        seconds: float,
+        expect: int = 201,
+        key: str | None = None,
     ) -> dict[str, Any]:
         out = subprocess.run(
             [
@@ -343,7 +365,7 @@ class Bench:
                 "--expect",
                 str(expect),
                 "--key",
-                self.api_key,
+                key or self.api_key,
             ],
             cwd=ROOT,
             check=True,
@@ -730,48 +752,67 @@ class Bench:
 
     # --- 4. growth ----------------------------------------------------------------------
 
-    def fetch_cost(self, fetch: str = "notifier") -> tuple[float, float, float]:
-        """(EXPLAIN ANALYZE ms of the candidate search, median wall ms of a fetch, buffers
-        the search touches) with one due job.
+    def fetch_costs(
+        self, urls: dict[str, str], fetch: str = "notifier"
+    ) -> dict[str, tuple[float, float, float]]:
+        """For each database of ``urls`` with one due job added: (EXPLAIN ANALYZE ms of the
+        candidate search, median wall ms of a fetch, buffers the search touches).
 
-        ``fetch`` names the function (FETCHES): notifier's, which workers use, or
+        The databases are measured in turn, sample after sample, so that they see the
+        machine alike: sub-millisecond walls move by half with whatever else runs at that
+        second. ``fetch`` names the function (FETCHES): notifier's, which workers use, or
         procrastinate's own.
         """
         function, candidate_sql = FETCHES[fetch]
-        sql(
-            self.url,
-            "INSERT INTO procrastinate_jobs (queue_name, task_name, priority, args) "
-            "VALUES ('deliveries', 'notifier.deliver', 0, '{\"notification_id\": \"none\"}')",
-        )
-        with psycopg.connect(self.url) as conn, conn.transaction(force_rollback=True):
-            plans, walls, buffers = [], [], []
+        plans: dict[str, list[float]] = {name: [] for name in urls}
+        walls: dict[str, list[float]] = {name: [] for name in urls}
+        buffers: dict[str, list[float]] = {name: [] for name in urls}
+        with contextlib.ExitStack() as stack:
+            connections = {}
+            for name, url in urls.items():
+                sql(url, DUE_JOB_SQL)
+                stack.callback(
+                    sql, url, "DELETE FROM procrastinate_jobs WHERE args = '{\"due\": true}'"
+                )
+                connections[name] = stack.enter_context(psycopg.connect(url))
             for _ in range(25):
-                with conn.transaction(force_rollback=True):
-                    plan = conn.execute(
-                        b"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + candidate_sql.encode()
-                    ).fetchone()
-                    assert plan is not None
-                    plans.append(plan[0][0]["Execution Time"])
-                    top = plan[0][0]["Plan"]
-                    buffers.append(top["Shared Hit Blocks"] + top["Shared Read Blocks"])
+                for name, conn in connections.items():
+                    with conn.transaction(force_rollback=True):
+                        plan = conn.execute(
+                            b"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + candidate_sql.encode()
+                        ).fetchone()
+                        assert plan is not None
+                        plans[name].append(plan[0][0]["Execution Time"])
+                        top = plan[0][0]["Plan"]
+                        buffers[name].append(top["Shared Hit Blocks"] + top["Shared Read Blocks"])
             for _ in range(200):
+                for name, conn in connections.items():
+                    with conn.transaction(force_rollback=True):
+                        started = time.perf_counter()
+                        row = conn.execute(
+                            f"SELECT id FROM {function}(ARRAY['deliveries'], NULL)".encode()
+                        ).fetchone()
+                        walls[name].append((time.perf_counter() - started) * 1000)
+                        assert row is not None
+                        assert row[0] is not None, "the due job was not found"
+            for name, conn in connections.items():
                 with conn.transaction(force_rollback=True):
-                    started = time.perf_counter()
-                    row = conn.execute(
-                        f"SELECT id FROM {function}(ARRAY['deliveries'], NULL)".encode()
-                    ).fetchone()
-                    walls.append((time.perf_counter() - started) * 1000)
-                    assert row is not None
-                    assert row[0] is not None, "the due job was not found"
-            with conn.transaction(force_rollback=True):
-                plan_text = conn.execute(b"EXPLAIN ANALYZE " + candidate_sql.encode()).fetchall()
-            self.report.raw.setdefault("fetch_plans", []).append(
-                {fetch: [line[0] for line in plan_text]}
+                    plan_text = conn.execute(
+                        b"EXPLAIN ANALYZE " + candidate_sql.encode()
+                    ).fetchall()
+                self.report.raw.setdefault("fetch_plans", []).append(
+                    {f"{fetch}, {name}": [line[0] for line in plan_text]}
+                )
+        return {
+            name: (
+                statistics.median(plans[name]),
+                statistics.median(walls[name]),
+                statistics.median(buffers[name]),
             )
-        sql(self.url, "DELETE FROM procrastinate_jobs WHERE args->>'notification_id' = 'none'")
-        return statistics.median(plans), statistics.median(walls), statistics.median(buffers)
+            for name in urls
+        }
 
-    def as_if_processed(self) -> None:
+    def as_if_processed(self, url: str) -> None:
         """Mark the ingest's process_event jobs done, as running workers would have.
 
         Measuring ingest alone leaves them waiting; the fetch is measured in the steady
@@ -781,17 +822,20 @@ class Bench:
         front of the due one, for both the empty and the full case.
         """
         sql(
-            self.url,
+            url,
             "UPDATE procrastinate_jobs SET status = 'succeeded' WHERE queue_name = 'events' AND status = 'todo'",
         )
-        sql(self.url, "VACUUM ANALYZE procrastinate_jobs")
+        sql(url, "VACUUM ANALYZE procrastinate_jobs")
+        settle(url)
 
     def growth(self) -> None:
         empty_queue_and_notifications(self.url)
-        seconds = min(5.0, self.args.ingest_seconds)
-        empty_ingest = self.publish(8, seconds)
-        self.as_if_processed()
-        empty_plan, empty_wall, empty_buffers = self.fetch_cost()
+        # The empty case: a twin database with an API of its own, measured in turn with the
+        # full one so that both see the machine alike (sub-millisecond figures move by half
+        # with whatever else runs at that second).
+        empty_url = fresh_database("notifier_bench_empty")
+        twin_api, twin_url = self.start_api_process(empty_url)
+        twin_key = self.create_key(empty_url)
         rows = self.args.growth_rows
         started = time.perf_counter()
         with psycopg.connect(self.url, autocommit=True) as conn, conn.transaction():
@@ -814,11 +858,24 @@ class Bench:
                 """
             )
         sql(self.url, "VACUUM ANALYZE procrastinate_jobs, notifier.notifications")
+        settle(self.url)
         self.report.raw["growth_load_seconds"] = time.perf_counter() - started
-        full_ingest = self.publish(8, seconds)
-        self.as_if_processed()
-        full_plan, full_wall, full_buffers = self.fetch_cost()
-        stock_plan, stock_wall, _ = self.fetch_cost("stock")
+        empty_ingests, full_ingests = [], []
+        for _ in range(4):
+            empty_ingests.append(self.loadgen([twin_url + "/api/v1/events/"], 8, 2.0, key=twin_key))
+            full_ingests.append(self.publish(8, 2.0))
+        self.procs.stop(twin_api)
+        empty_ingest = {"p50_ms": statistics.median(r["p50_ms"] for r in empty_ingests)}
+        full_ingest = {"p50_ms": statistics.median(r["p50_ms"] for r in full_ingests)}
+        for url in (empty_url, self.url):
+            self.as_if_processed(url)
+        costs = self.fetch_costs({"empty": empty_url, "full": self.url})
+        (empty_plan, empty_wall, empty_buffers), (full_plan, full_wall, full_buffers) = (
+            costs["empty"],
+            costs["full"],
+        )
+        stock_plan, stock_wall, _ = self.fetch_costs({"full": self.url}, "stock")["full"]
+        drop_database("notifier_bench_empty")
         self.report.raw["growth"] = {
             "empty": {
                 "ingest": empty_ingest,
@@ -836,7 +893,7 @@ class Bench:
         }
         label = f"{rows:,} pending"
         for figure, full, empty in (
-            ("ingest p50 ms (8c)", full_ingest["p50_ms"], empty_ingest["p50_ms"]),
+            ("ingest p50 ms (8c, median of 4 runs)", full_ingest["p50_ms"], empty_ingest["p50_ms"]),
             ("fetch a due job: EXPLAIN ANALYZE ms", full_plan, empty_plan),
             ("fetch a due job: wall ms (median of 200)", full_wall, empty_wall),
         ):
