@@ -69,12 +69,13 @@ class ProblemError(Exception):
 
 
 _RESPONSE_DESCRIPTIONS = {
-    400: "Malformed request: the body is not JSON, or a cursor or header is unusable",
+    400: "Malformed request: the body is not UTF-8 JSON, or a cursor or header is unusable",
     401: "No API key, or one that is malformed, unknown, expired or revoked",
     403: "The API key lacks the scope this operation needs",
     404: "No such resource",
     409: "The resource's state does not allow this",
     413: "The body is larger than `NOTIFIER_API_MAX_BODY_BYTES`",
+    415: "The body's `Content-Type` is not one this operation accepts (see its request body)",
     422: "A value is invalid; `errors` names each field at fault",
     429: "The API key's rate limit is exhausted; retry after `Retry-After` seconds",
     503: "The database is unavailable; retry after `Retry-After` seconds",

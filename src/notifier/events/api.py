@@ -111,7 +111,7 @@ class EventController(Controller):
                 description="Every CloudEvent in the request was already stored: the stored ones",
                 generate_examples=False,
             ),
-            **problem_responses(400, 413, 422),
+            **problem_responses(400, 413, 415, 422),
         },
         operation_class=_PublishOperation,
         guards=[requires(Scope.EVENTS_WRITE)],

@@ -121,7 +121,7 @@ class NotificationController(Controller):
         "/",
         status_code=201,
         summary="Schedule a notification",
-        responses=problem_responses(400, 413, 422),
+        responses=problem_responses(400, 413, 415, 422),
         guards=[requires(Scope.NOTIFICATIONS_WRITE)],
     )
     async def create(

@@ -102,7 +102,7 @@ class TemplateController(Controller):
         "/",
         status_code=201,
         summary="Create a template",
-        responses=problem_responses(400, 409, 413, 422),
+        responses=problem_responses(400, 409, 413, 415, 422),
         guards=[requires(Scope.TEMPLATES_WRITE)],
     )
     async def create(
@@ -168,7 +168,7 @@ class TemplateController(Controller):
             201: ResponseSpec(
                 Template, description="The tenant had no such template", generate_examples=False
             ),
-            **problem_responses(400, 413, 422),
+            **problem_responses(400, 413, 415, 422),
         },
         guards=[requires(Scope.TEMPLATES_WRITE)],
     )
@@ -221,7 +221,7 @@ class TemplateController(Controller):
         "/{name:str}/preview",
         status_code=200,
         summary="Render a stored template without sending",
-        responses=problem_responses(400, 404, 413, 422),
+        responses=problem_responses(400, 404, 413, 415, 422),
         guards=[requires(Scope.TEMPLATES_READ)],
     )
     async def preview(
@@ -245,7 +245,7 @@ class TemplateController(Controller):
         "/preview",
         status_code=200,
         summary="Render a template given inline, without storing or sending it",
-        responses=problem_responses(400, 413, 422),
+        responses=problem_responses(400, 413, 415, 422),
         guards=[requires(Scope.TEMPLATES_READ)],
     )
     async def preview_inline(
