@@ -15,6 +15,8 @@ from typing import Any, get_type_hints
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from notifier.rate_limits.gcra import check_limit
+
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/notifier"
 ENV_PREFIX = "NOTIFIER_"
 
@@ -155,11 +157,20 @@ class Settings:
 
     def __post_init__(self) -> None:
         # Fail when the settings are read, not when the first request or webhook needs them.
-        if self.api_rate_limit_per_second <= 0 or self.api_rate_limit_burst < 1:
+        if problem := check_limit(self.api_rate_limit_per_second, self.api_rate_limit_burst):
             raise SettingsError(
-                "NOTIFIER_API_RATE_LIMIT_PER_SECOND must be above 0 and "
-                "NOTIFIER_API_RATE_LIMIT_BURST at least 1"
+                f"{ENV_PREFIX}API_RATE_LIMIT_PER_SECOND, {ENV_PREFIX}API_RATE_LIMIT_BURST: {problem}"
             )
+        for channel in ("email", "sms", "webhook"):
+            per_second = getattr(self, f"rate_limit_{channel}_per_second")
+            # Unset or not above 0 means unlimited; a burst below 1 is read as 1 (limiter.py).
+            if per_second is None or per_second <= 0:
+                continue
+            if problem := check_limit(per_second, max(self.rate_limit_burst, 1)):
+                raise SettingsError(
+                    f"{ENV_PREFIX}RATE_LIMIT_{channel.upper()}_PER_SECOND, "
+                    f"{ENV_PREFIX}RATE_LIMIT_BURST: {problem}"
+                )
         if self.delivery_batch_size < 1:
             raise SettingsError(f"{ENV_PREFIX}DELIVERY_BATCH_SIZE must be at least 1")
         try:
