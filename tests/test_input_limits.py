@@ -312,3 +312,63 @@ async def test_bodies_are_read_strictly_as_the_document_says(
     assert_problem(response, 422, field)
     assert await count_rows(db, "notifier.notifications") == 0
     assert await count_rows(db, "notifier.routing_rules") == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/api/v1/templates/", {"name": "a\n", "subject": "s", "text_body": "t"}, "name"),
+        ("PUT", "/api/v1/templates/a%0A", {"subject": "s", "text_body": "t"}, "name"),
+        ("GET", "/api/v1/templates/a%0A", None, "name"),
+        ("POST", "/api/v1/events/", {"type": "signup\n"}, "type"),
+        (
+            "POST",
+            "/api/v1/events/",
+            cloudevent(traceparent=f"00-{'0' * 32}-{'0' * 16}-00\n"),
+            "traceparent",
+        ),
+        (
+            "POST",
+            "/api/v1/notifications/",
+            notification(notification_type="t\n"),
+            "notification_type",
+        ),
+        ("POST", "/api/v1/rules/", rule(event_type="t\n"), "event_type"),
+        (
+            "POST",
+            "/api/v1/rules/",
+            rule(recipient=None, recipient_field="email\n"),
+            "recipient_field",
+        ),
+        ("POST", "/api/v1/rules/", rule(lead_times=["P1D\n"]), "lead_times[0]"),
+    ],
+    ids=[
+        "template",
+        "template-path",
+        "template-get",
+        "event",
+        "traceparent",
+        "notification",
+        "rule-type",
+        "rule-field",
+        "rule-lead-time",
+    ],
+)
+async def test_a_trailing_newline_is_refused_as_the_document_says(
+    client: AsyncTestClient[Any], method: str, path: str, body: Any, field: str
+) -> None:
+    """Python's ``$`` also matches before a final newline, ECMAScript's (the document's) does
+    not: these were stored, and the template name broke the table's CHECK (a 500)."""
+    response = await client.request(method, path, json=body)
+
+    assert_problem(response, 422, field)
+
+
+@pytest.mark.parametrize("character", ["\x1c", "\x1f", "\x85", "\ufeff", " ", "\u2028"])
+async def test_whitespace_in_either_regex_dialect_is_refused_in_types(
+    client: AsyncTestClient[Any], character: str
+) -> None:
+    """Python's and ECMAScript's ``\\s`` differ; a type holds no whitespace in either."""
+    response = await client.post("/api/v1/events/", json={"type": f"user{character}signup"})
+
+    assert_problem(response, 422, "type")

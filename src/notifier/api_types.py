@@ -12,12 +12,15 @@ from litestar.params import QueryParameter
 
 from notifier.channels.base import Channel
 from notifier.notifications.localtime import QuietHours, check_quiet_hours, zone_named
+from notifier.patterns import NO_WHITESPACE, whole
 from notifier.problems import field_error, msgspec_problem
 from notifier.services import Services
 
 # Timestamps must say which instant they mean: naive ones are rejected at the boundary.
 AwareDatetime = Annotated[datetime.datetime, msgspec.Meta(tz=True)]
-EventType = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^\S+$")]
+EventType = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=200, pattern=whole(f"{NO_WHITESPACE}+"))
+]
 Payload = dict[str, Any]
 # The examples name the built-in channels: the fuzz tests start from them and so get past
 # the channel check to the code behind it.

@@ -18,13 +18,14 @@ import msgspec
 
 from notifier.api_types import AwareDatetime, EventType, Payload
 from notifier.events.schemas import EventCreate
+from notifier.patterns import whole
 from notifier.problems import FieldProblem, ProblemError, msgspec_problem
 
 CLOUDEVENTS_JSON = "application/cloudevents+json"
 CLOUDEVENTS_BATCH_JSON = "application/cloudevents-batch+json"
 MAX_BATCH_SIZE = 1000
 TraceParent = Annotated[
-    str, msgspec.Meta(pattern=r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+    str, msgspec.Meta(pattern=whole(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}"))
 ]
 
 
