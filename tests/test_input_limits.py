@@ -372,3 +372,23 @@ async def test_whitespace_in_either_regex_dialect_is_refused_in_types(
     response = await client.post("/api/v1/events/", json={"type": f"user{character}signup"})
 
     assert_problem(response, 422, "type")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field", "value"),
+    [
+        ("POST", "/api/v1/notifications/", notification(lead_time_days=7.0), "lead_time_days", 7),
+        ("PUT", "/api/v1/rate-limits/log", {"per_second": 2, "burst": 3.0}, "burst", 3),
+    ],
+)
+async def test_a_whole_number_written_as_a_float_is_the_integer_the_document_asks_for(
+    client: AsyncTestClient[Any], method: str, path: str, body: Any, field: str, value: int
+) -> None:
+    """JSON Schema has one kind of number, so ``7.0`` is a valid ``integer``; strict msgspec
+    refused it (found by schemathesis: a schema-valid request rejected)."""
+    accepted = await client.request(method, path, json=body)
+    fraction = await client.request(method, path, json=body | {field: value + 0.5})
+
+    assert accepted.status_code in {200, 201}, accepted.text
+    assert accepted.json()[field] == value
+    assert_problem(fraction, 422, field)

@@ -100,7 +100,7 @@ def test_a_batch_of_cloudevents_round_trips_in_order(
     ]
 
 
-# Each is not UTF-8 (see tests/test_request_bodies.py); the API refuses such bodies before
+# Each is not UTF-8 (see tests/test_request_checks.py); the API refuses such bodies before
 # parsing, and the parser refuses them too, wherever in the document they sit.
 NOT_UTF8 = [b"\x80", b"\xc3\x28", b"\xed\xa0\x80", b"\xc0\xaf", b"\xff", b"\xe2\x82"]
 MARK = "\N{SNOWMAN}"

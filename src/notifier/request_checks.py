@@ -1,19 +1,24 @@
-"""Request bodies: the OpenAPI document says what each operation accepts, and the API
-accepts exactly that.
+"""Requests are what each operation's OpenAPI document declares, and the document says what
+the server checks.
 
 Two halves, so that neither can drift from the other:
 
 - :class:`ClosedStructSchemaPlugin` makes the document say ``additionalProperties: false``
   for every msgspec Struct that refuses unknown fields, as decoding does (Litestar's own
   schema of a Struct leaves that out, so clients and fuzzers took closed objects for open).
-- :class:`RequestBodyCheck`, the app's ``before_request`` hook, runs after the guards and
-  before a handler reads its body. An operation whose document declares a request body
-  accepts only the media types listed there (415 otherwise) and, JSON being UTF-8 (RFC 8259
-  section 8.1), only a body that is UTF-8 (400 otherwise). The media types are read from the
-  document itself, so a route states them once, in its OpenAPI description.
+- :class:`RequestChecks`, the app's ``before_request`` hook, runs after the guards and before
+  a handler or dependency reads the request. It holds each operation to its document:
+  - a query parameter the operation does not define is a 422 naming it (a misspelt filter,
+    ``?stauts=sent``, would otherwise return everything unfiltered);
+  - an operation whose document declares a request body accepts only the media types listed
+    there (415 otherwise) and, JSON being UTF-8 (RFC 8259 section 8.1), only a body that is
+    UTF-8 (400 otherwise).
+  Both are read from the document itself, so a route states its inputs once, in its
+  signature and OpenAPI description.
 
 Operations that declare no body (GET, DELETE, ``POST .../retry``, the one-click unsubscribe)
 ignore whatever body they are sent, as before; so does any request that carries no body.
+Routes outside the document (the document's own pages) are not checked.
 """
 
 from __future__ import annotations
@@ -23,12 +28,12 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 # Litestar exports no public name for its Struct schema plugin; a move breaks the import
-# loudly, and tests/test_openapi.py checks the closed schemas in the document.
+# loudly, and tests/test_app.py checks the closed schemas in the document.
 from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
-from litestar.openapi.spec import OpenAPI, RequestBody
+from litestar.openapi.spec import OpenAPI, Parameter, RequestBody
 from litestar.routes import HTTPRoute
 
-from notifier.problems import FieldProblem, ProblemError
+from notifier.problems import FieldProblem, ProblemError, field_error
 
 if TYPE_CHECKING:
     from litestar import Litestar, Request
@@ -57,6 +62,38 @@ class ClosedStructSchemaPlugin(StructSchemaPlugin):
         return schema
 
 
+class DeclaredInputs(msgspec.Struct, frozen=True):
+    """What one operation's document declares it reads."""
+
+    query: frozenset[str]
+    # None: the operation takes no body.
+    media_types: tuple[str, ...] | None
+
+
+def declared_inputs(app: Litestar) -> dict[tuple[int, str], DeclaredInputs]:
+    """(id of the route handler, method) -> its declared inputs, for every documented one."""
+    openapi: OpenAPI = app.openapi_schema
+    paths = openapi.paths or {}
+    declared: dict[tuple[int, str], DeclaredInputs] = {}
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute) or (item := paths.get(route.path_format)) is None:
+            continue
+        for method, (handler, _) in route.route_handler_map.items():
+            if (operation := getattr(item, method.lower(), None)) is None:
+                continue
+            query = frozenset(
+                p.name
+                for p in operation.parameters or []
+                if isinstance(p, Parameter) and p.param_in == "query"
+            )
+            media_types = None
+            if isinstance(body := operation.request_body, RequestBody):
+                # Litestar's own keys are RequestEncodingType members: str, but not in f-strings.
+                media_types = tuple(str(getattr(key, "value", key)) for key in body.content)
+            declared[(id(handler), method)] = DeclaredInputs(query, media_types)
+    return declared
+
+
 def media_type_of(content_type: str) -> tuple[str, dict[str, str]]:
     """``("application/json", {"charset": "utf-8"})`` from a ``Content-Type`` value."""
     media_type, *parameters = content_type.split(";")
@@ -74,55 +111,50 @@ def is_json(media_type: str) -> bool:
     )
 
 
-def declared_request_media_types(app: Litestar) -> dict[tuple[int, str], tuple[str, ...]]:
-    """(id of the route handler, method) -> the media types its document accepts as a body,
-    for every operation whose document declares a request body."""
-    openapi: OpenAPI = app.openapi_schema
-    paths = openapi.paths or {}
-    declared: dict[tuple[int, str], tuple[str, ...]] = {}
-    for route in app.routes:
-        if not isinstance(route, HTTPRoute) or (item := paths.get(route.path_format)) is None:
-            continue
-        for method, (handler, _) in route.route_handler_map.items():
-            operation = getattr(item, method.lower(), None)
-            body = getattr(operation, "request_body", None)
-            if isinstance(body, RequestBody):
-                # Litestar's own keys are RequestEncodingType members: str, but not in f-strings.
-                media_types = (str(getattr(key, "value", key)) for key in body.content)
-                declared[(id(handler), method)] = tuple(media_types)
-    return declared
-
-
 def _has_body(request: Request[Any, Any, Any]) -> bool:
     """Whether the request carries a body, judged from its framing (the body is not read)."""
     headers = request.headers
     return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
 
 
-class RequestBodyCheck:
-    """The ``before_request`` hook: a body in a media type the operation's document does
-    not list is a 415; a JSON body that is not UTF-8 is a 400. Both name the input at fault.
+class RequestChecks:
+    """The ``before_request`` hook: an undeclared query parameter is a 422, a body in a media
+    type the operation's document does not list a 415, a JSON body that is not UTF-8 a 400.
+    Each names the input at fault.
 
-    The document is read the first time a request with a body needs it (Litestar builds it
-    on demand: about 50 ms, once per process).
+    The document is read the first time a request needs it (Litestar builds it on demand:
+    about 50 ms, once per process).
     """
 
     def __init__(self) -> None:
-        self._declared: dict[tuple[int, str], tuple[str, ...]] | None = None
+        self._declared: dict[tuple[int, str], DeclaredInputs] | None = None
 
     async def __call__(self, request: Request[Any, Any, Any]) -> None:
-        if not _has_body(request):
-            return
         if self._declared is None:
-            self._declared = declared_request_media_types(request.app)
+            self._declared = declared_inputs(request.app)
         handler: HTTPRouteHandler = request.route_handler
-        accepted = self._declared.get((id(handler), request.method))
-        if accepted is None:
+        declared = self._declared.get((id(handler), request.method))
+        if declared is None:
+            return
+        if request.scope["query_string"]:
+            _check_query(request, declared.query)
+        if declared.media_types is None or not _has_body(request):
             return
         media_type, params = media_type_of(request.headers.get("content-type", ""))
-        _check_media_type(request.method, media_type, params, accepted)
+        _check_media_type(request.method, media_type, params, declared.media_types)
         if is_json(media_type):
             _check_utf8(await request.body())
+
+
+def _check_query(request: Request[Any, Any, Any], declared: frozenset[str]) -> None:
+    for name in request.query_params:
+        if name not in declared:
+            known = ", ".join(sorted(declared)) or "none"
+            raise field_error(
+                name or "query",
+                f"is not a query parameter of this operation (it has: {known})",
+                source="query",
+            )
 
 
 def _check_media_type(
@@ -133,7 +165,7 @@ def _check_media_type(
     elif media_type not in accepted:
         message = f"must be {_one_of(accepted)}"
     elif is_json(media_type) and params.get("charset", "utf-8") not in _UTF8:
-        message = f"charset must be utf-8 (JSON is UTF-8), not {params['charset']}"
+        message = "charset must be utf-8 (JSON is UTF-8)"
     else:
         return
     header = _ACCEPT_HEADERS.get(method)

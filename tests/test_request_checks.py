@@ -1,6 +1,6 @@
-"""Request bodies are what each operation's OpenAPI document declares: JSON in the media
-types it lists, encoded as UTF-8. Anything else is a 4xx problem document, never a 500, and
-operations that take no body are unaffected by one."""
+"""Requests are what each operation's OpenAPI document declares: the query parameters it
+lists, and bodies in JSON of the media types it lists, encoded as UTF-8. Anything else is a
+4xx problem document, never a 500, and operations that take no body are unaffected by one."""
 
 from __future__ import annotations
 
@@ -185,3 +185,41 @@ async def test_operations_that_take_no_body_ignore_one(client: AsyncTestClient[A
     )
 
     assert_problem(response, 404)
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "field"),
+    [
+        ("/api/v1/notifications/", "stauts=sent", "stauts"),
+        ("/api/v1/events/", "limit=5&typ=user.signup", "typ"),
+        ("/api/v1/rules/", "limit=5", "limit"),
+        ("/health", "verbose=1", "verbose"),
+        ("/api/v1/events/", "=x", "query"),
+    ],
+)
+async def test_a_query_parameter_the_operation_does_not_define_is_a_422_naming_it(
+    client: AsyncTestClient[Any], path: str, query: str, field: str
+) -> None:
+    """A misspelt filter returned everything unfiltered; schemathesis calls an undeclared
+    parameter invalid, and the server accepted it."""
+    response = await client.get(f"{path}?{query}")
+
+    assert_problem(response, 422, field)
+    assert response.json()["errors"][0]["source"] == "query"
+
+
+async def test_the_declared_query_parameters_are_accepted(client: AsyncTestClient[Any]) -> None:
+    first = await client.get("/api/v1/events/?limit=1&type=t")
+    listed = await client.get(
+        "/api/v1/notifications/?status=pending&type=t&entity_id=e&limit=5"
+        "&created_after=2020-01-01T00:00:00Z&created_before=2030-01-01T00:00:00Z"
+    )
+
+    assert first.status_code == 200, first.text
+    assert listed.status_code == 200, listed.text
+    # The Link of the next page carries only declared parameters.
+    for n in range(2):
+        await client.post("/api/v1/events/", json={"type": "t", "payload": {"n": n}})
+    page = await client.get("/api/v1/events/?limit=1&type=t")
+    following = await client.get(page.headers["link"].partition("<")[2].partition(">")[0])
+    assert following.status_code == 200, following.text
