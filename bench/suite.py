@@ -40,7 +40,7 @@ import psutil
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from bench import bulk, code_sql
+from bench import bulk, code_sql, wrk
 from bench.cpu import CpuWatch, postmaster_pid
 from bench.loadgen import EVENT
 from notifier import migrate
@@ -595,31 +595,6 @@ class Bench:
         result["stored"] = stored
         return result
 
-    def wrk(self, url: str, clients: int, seconds: float) -> dict[str, Any]:
-        """wrk POSTing the load generator's event to ``url`` with ``clients`` connections."""
-        binary = shutil.which("wrk")
-        assert binary is not None
-        with tempfile.TemporaryDirectory() as tmp:
-            script = Path(tmp, "post.lua")
-            script.write_text(
-                'wrk.method = "POST"\n'
-                f"wrk.body = [[{json.dumps(EVENT)}]]\n"
-                'wrk.headers["Content-Type"] = "application/json"\n'
-                f'wrk.headers["Authorization"] = "Bearer {self.api_key}"\n'
-            )
-            out = subprocess.run(
-                [
-                    *(binary, "--threads", str(min(2, clients)), "--connections", str(clients)),
-                    *("--duration", f"{math.ceil(seconds)}s", "--latency", "--script", str(script)),
-                    url,
-                ],
-                check=True,
-                capture_output=True,
-                text=True,
-                timeout=seconds + 120,
-            )
-        return parse_wrk(out.stdout, clients)
-
     def ingest(self) -> None:
         seconds = self.args.ingest_seconds
         for clients in (1, 8, 32):
@@ -681,13 +656,25 @@ class Bench:
         costs the API and the server, by either generator."""
         name = f"ingest {clients:>2}c"
         theirs: dict[str, Any] | None = None
-        if shutil.which("wrk") is None:
+        if not wrk.available():
             self.report.skip(name, "wrk not installed (Debian: apt-get install wrk)")
         elif len(self.apis) > 1:
             self.report.skip(name, "wrk posts to one URL: run it with --api-processes 1")
         else:
             url = self.api_urls[0] + "/api/v1/events/"
-            theirs = self.measured(lambda: self.wrk(url, clients, seconds), "ok")
+            theirs = self.measured(
+                lambda: wrk.run(
+                    url,
+                    clients,
+                    seconds,
+                    body=json.dumps(EVENT),
+                    headers={
+                        "Content-Type": "application/json",
+                        "Authorization": f"Bearer {self.api_key}",
+                    },
+                ),
+                "ok",
+            )
             self.report.raw[f"ingest_{clients}"]["wrk"] = theirs
             ratio = theirs["per_second"] / base["per_second"]
             self.report.add(
@@ -747,23 +734,16 @@ class Bench:
             "load generator -> bare receiver, req/s (8c)",
             f"{ceiling['per_second']:,.0f}",
         )
-        if shutil.which("wrk") is not None:
-            wrk = parse_wrk(
-                subprocess.run(
-                    [
-                        *("wrk", "--threads", "2", "--connections", "8"),
-                        *("--duration", f"{math.ceil(min(5.0, self.args.ingest_seconds))}s"),
-                        *("--latency", self.receiver_url + "/hooks"),
-                    ],
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                    timeout=180,
-                ).stdout,
+        if wrk.available():
+            theirs = wrk.run(
+                self.receiver_url + "/hooks",
                 8,
+                min(5.0, self.args.ingest_seconds),
+                body=json.dumps(EVENT),
+                headers={"Content-Type": "application/json"},
             )
             self.report.add(
-                "tools", "wrk -> bare receiver, req/s (8c)", f"{wrk['per_second']:,.0f}"
+                "tools", "wrk -> bare receiver, req/s (8c)", f"{theirs['per_second']:,.0f}"
             )
         self.reset_receiver()
 
@@ -1460,40 +1440,6 @@ def url_for_node(conninfo: str) -> str:
     return f"postgresql://{user}{password}@{host}:{port}/{info['dbname']}"
 
 
-def parse_wrk(output: str, clients: int) -> dict[str, Any]:
-    """wrk's summary (with --latency) as the load generator reports its own."""
-
-    def milliseconds(text: str) -> float:
-        match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-        assert match, f"wrk printed a latency of {text!r}"
-        return float(match.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[match.group(2)]
-
-    done = re.search(r"(\d+) requests in ([\d.]+)(\w+),", output)
-    assert done, output
-    requests = int(done.group(1))
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    assert rate, output
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.MULTILINE))
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    sockets = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
-    )
-    errors = (int(non_2xx.group(1)) if non_2xx else 0) + (
-        sum(int(n) for n in sockets.groups()) if sockets else 0
-    )
-    return {
-        "requests": requests,
-        "ok": requests - errors,
-        "errors": errors,
-        "per_second": float(rate.group(1)),
-        "p50_ms": milliseconds(latency["50"]),
-        "p99_ms": milliseconds(latency["99"]),
-        # Requests in flight when wrk stopped: not counted, possibly stored.
-        "cut_off": clients,
-        "output": output,
-    }
-
-
 def _answers(url: str) -> bool:
     try:
         http_get(url, timeout=2)
@@ -1525,10 +1471,10 @@ def machine() -> str:
         if node
         else "absent"
     )
-    wrk = "present" if shutil.which("wrk") else "absent"
+    wrk_state = "present" if wrk.available() else "absent"
     return (
         f"{os.cpu_count()} CPUs ({cpu}), {memory:.0f} GiB, PostgreSQL {version} ({settings}), "
-        f"Python {platform.python_version()}, Node {node_version}, wrk {wrk}, "
+        f"Python {platform.python_version()}, Node {node_version}, wrk {wrk_state}, "
         f"load average before: {load}"
     )
 
