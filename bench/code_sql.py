@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, LiteralString, cast
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
@@ -71,7 +71,7 @@ def publish_script(url: str, event_type: str, payload: dict[str, Any]) -> str:
     query = query.replace(placeholder, "ARRAY[gen_random_uuid()]")
     del params["ids"]
     with psycopg.connect(url) as conn:
-        statement = psycopg.ClientCursor(conn).mogrify(cast(LiteralString, query), params)
+        statement = psycopg.ClientCursor(conn).mogrify(query, params)
     return statement.strip() + ";\n"
 
 
