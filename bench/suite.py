@@ -1168,7 +1168,7 @@ class Bench:
         }
         target = 0.5 if count <= 1_000 else 1.5
         self.report.add(
-            "burst",
+            "schedule",
             f"lag of {count:,} due in one second (made through the API), p50/p99/max s",
             f"{p50:.2f}/{p99:.2f}/{worst:.2f}",
             "",
