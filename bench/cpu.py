@@ -250,11 +250,20 @@ class CpuWatch:
         )
 
 
+class ServerElsewhere(RuntimeError):
+    """The PostgreSQL server's processes are not this machine's to read (another host, or
+    a container with its own process ids)."""
+
+
 def postmaster_pid(url: str) -> int:
     """The PostgreSQL server's main process, found as the parent of a backend of ours."""
     with psycopg.connect(url, autocommit=True) as conn:
-        backend = conn.info.backend_pid
+        backend, database = conn.info.backend_pid, conn.info.dbname
         stat = read_stat(backend)
-    if stat is None:
-        raise RuntimeError(f"no process {backend} here: is PostgreSQL on this machine?")
+        backend_title = title(backend)
+    if stat is None or database_of(backend_title) != database:
+        raise ServerElsewhere(
+            f"process {backend} here is not our backend on {database!r} ({backend_title!r}):"
+            " CPU figures need the PostgreSQL server on this machine, in its process namespace"
+        )
     return stat[2]

@@ -22,7 +22,7 @@ import psutil
 import psycopg
 import pytest
 from bench import bulk, code_sql, wrk
-from bench.cpu import CpuWatch, database_of, postmaster_pid
+from bench.cpu import CpuWatch, ServerElsewhere, database_of, postmaster_pid
 from litestar.testing import AsyncTestClient
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -152,13 +152,17 @@ def test_cpu_watch_counts_its_processes_and_its_database_s_backends_only(
 ) -> None:
     database = str(conninfo_to_dict(database_url)["dbname"])
     other_url = make_conninfo(database_url, dbname="postgres")
+    try:
+        postmaster = postmaster_pid(database_url)
+    except ServerElsewhere as exc:  # CI's PostgreSQL runs in a container
+        pytest.skip(str(exc))
     with (
         psycopg.connect(database_url, autocommit=True) as watched,
         psycopg.connect(database_url, autocommit=True) as excluded,
         psycopg.connect(other_url, autocommit=True) as other,
     ):
         watch = CpuWatch(
-            postmaster_pid(database_url),
+            postmaster,
             [database],
             exclude=[excluded.info.backend_pid],
             interval=0.05,
