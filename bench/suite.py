@@ -139,7 +139,7 @@ def free_port() -> int:
 
 
 def drop_database(name: str) -> None:
-    with psycopg.connect(make_conninfo(SERVER, dbname="postgres"), autocommit=True) as admin:
+    with connect(make_conninfo(SERVER, dbname="postgres")) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
 
 
@@ -151,13 +151,26 @@ def fresh_database(name: str, *, migrated: bool = True) -> str:
         migrate.create_database_if_missing(url)
         migrate.upgrade(url)
     else:
-        with psycopg.connect(make_conninfo(SERVER, dbname="postgres"), autocommit=True) as admin:
+        with connect(make_conninfo(SERVER, dbname="postgres")) as admin:
             admin.execute(f"CREATE DATABASE {name}".encode())
     return url
 
 
+def connect(url: str, *, patience: float = 60.0) -> psycopg.Connection[Any]:
+    """An autocommit connection, waiting up to ``patience`` seconds for a free slot: on a
+    shared server other clients may hold every connection for a moment."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return psycopg.connect(url, autocommit=True)
+        except psycopg.OperationalError as exc:
+            if "too many clients" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
 def sql(url: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url, autocommit=True) as conn:
+    with connect(url) as conn:
         cursor = conn.execute(statement.encode() if params is None else statement, params)
         return cursor.fetchall() if cursor.description else []
 
@@ -346,7 +359,7 @@ class Bench:
 
     def monitor(self, url: str) -> psycopg.Connection[Any]:
         if url not in self.monitors:
-            self.monitors[url] = psycopg.connect(url, autocommit=True)
+            self.monitors[url] = connect(url)
         return self.monitors[url]
 
     def count(self, url: str, query: str, params: Any = None) -> int:
@@ -468,7 +481,7 @@ class Bench:
 
     def seed_due(self, count: int, *, at: str = "now()", jobs: bool = True) -> None:
         """``count`` pending webhook notifications due ``at``, and (``jobs``) their deliver jobs."""
-        with psycopg.connect(self.url, autocommit=True) as conn, conn.transaction():
+        with connect(self.url) as conn, conn.transaction():
             conn.execute(
                 f"""
                 INSERT INTO notifier.notifications
