@@ -22,6 +22,7 @@ from notifier.app import create_app
 from notifier.auth import admin
 from notifier.auth import commands as key_commands
 from notifier.bootstrap import open_services
+from notifier.db import connect_options
 from notifier.queue import ALL_QUEUES
 from notifier.settings import Settings, SettingsError
 from notifier.telemetry import setup_telemetry
@@ -195,7 +196,9 @@ def manage_producer(settings: Settings, args: argparse.Namespace) -> int:
     """``notifier producer create|drop NAME``."""
     try:
         if args.producer_command == "drop":
-            outbox.drop_producer(settings.database_url, args.name)
+            outbox.drop_producer(
+                settings.database_url, args.name, connect=connect_options(settings)
+            )
             logger.info("dropped producer role %s", args.name)
             return 0
         given = os.environ.get(args.password_env) if args.password_env else None
@@ -203,7 +206,11 @@ def manage_producer(settings: Settings, args: argparse.Namespace) -> int:
             print(f"notifier: {args.password_env} is not set", file=sys.stderr)  # noqa: T201
             return 2
         password = outbox.create_producer(
-            settings.database_url, args.name, given, tenant_id=args.tenant
+            settings.database_url,
+            args.name,
+            given,
+            tenant_id=args.tenant,
+            connect=connect_options(settings),
         )
     except ValueError as exc:
         print(f"notifier: {exc}", file=sys.stderr)  # noqa: T201 - CLI error message
@@ -221,7 +228,7 @@ def manage_producer(settings: Settings, args: argparse.Namespace) -> int:
 def check_migrations(settings: Settings) -> int:
     """``notifier migrate --check``: for init containers and deploy scripts that must wait."""
     try:
-        pending = migrations.pending_revisions(settings.database_url)
+        pending = migrations.pending_revisions(settings.database_url, connect_options(settings))
     except psycopg.OperationalError as exc:
         logger.error("cannot read the schema version: %s", exc)
         return 3
