@@ -24,6 +24,26 @@ RECONNECT_MAX_SECONDS = 2.0
 DATABASE_LOST = (ConnectorException, psycopg.Error)
 
 
+def describe_error(exc: BaseException) -> str:
+    """``exc`` with the errors that caused it: procrastinate's own says only "Database error."
+
+    ``Database error. <- AdminShutdown: terminating connection due to administrator command``
+    """
+    parts = [str(exc) or type(exc).__name__]
+    cause = _cause_of(exc)
+    while cause is not None and len(parts) < 5:
+        message = str(cause).strip().partition("\n")[0]
+        parts.append(f"{type(cause).__name__}: {message}" if message else type(cause).__name__)
+        cause = _cause_of(cause)
+    return " <- ".join(parts)
+
+
+def _cause_of(exc: BaseException) -> BaseException | None:
+    if exc.__cause__ is not None or exc.__suppress_context__:
+        return exc.__cause__
+    return exc.__context__
+
+
 def stalled_check_interval(stalled_worker_seconds: float) -> float:
     """How often each worker looks for jobs of dead workers.
 
@@ -103,7 +123,7 @@ async def run_worker(
                 try:
                     await run_once()
                 except DATABASE_LOST as exc:
-                    logger.warning("worker lost the database: %s", exc)
+                    logger.warning("worker lost the database: %s", describe_error(exc))
                 if stop_requested.is_set():
                     return
                 # procrastinate stops on its own when a side task (heartbeat, LISTEN)
@@ -160,7 +180,7 @@ async def _recover_stalled_jobs(services: Services) -> None:
         try:
             requeued = await maintenance.requeue_stalled_jobs(services, manager)
         except DATABASE_LOST as exc:
-            logger.warning("could not look for stalled jobs: %s", exc)
+            logger.warning("could not look for stalled jobs: %s", describe_error(exc))
         else:
             if requeued:
                 logger.warning("requeued %d jobs of dead workers", requeued)

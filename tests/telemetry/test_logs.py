@@ -5,14 +5,19 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from notifier.settings import Settings, SettingsError
 from notifier.telemetry import setup_telemetry
 from notifier.telemetry.logs import JsonFormatter, TraceContextFilter, configure_logging
+from tests.support import eventually
 
 
 @pytest.fixture
@@ -130,3 +135,32 @@ def test_setup_without_an_otlp_endpoint_traces_nothing() -> None:
         for handler in handlers:
             root.addHandler(handler)
         root.setLevel(level)
+
+
+async def test_a_worker_that_loses_the_database_logs_why(
+    worker: None, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """procrastinate's error says only "Database error."; the line names what was behind it."""
+    caplog.set_level(logging.INFO, logger="notifier.worker")
+    name = conninfo_to_dict(database_url)["dbname"]
+    database = sql.Identifier(str(name))
+    admin_url = make_conninfo(database_url, dbname="postgres")
+    async with await psycopg.AsyncConnection.connect(admin_url, autocommit=True) as admin:
+        await admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(database))
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name]
+            )
+
+            async def lost() -> bool:
+                return any("worker lost the database" in r.getMessage() for r in caplog.records)
+
+            await eventually(lost)
+        finally:
+            await admin.execute(
+                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(database)
+            )
+
+    (line,) = [r.getMessage() for r in caplog.records if "lost the database" in r.getMessage()]
+    # e.g. "Database error. <- AdminShutdown: terminating connection due to administrator command"
+    assert re.search(r" <- (\w+\.)*[A-Z]\w+: \S", line), line
