@@ -122,6 +122,9 @@ class Settings:
     # commands, json for `notifier api` and `notifier worker`.
     log_format: str | None = None
     log_level: str = "INFO"
+    # uvicorn's access lines of /health, /health/* and /metrics: probes and scrapes every few
+    # seconds would outnumber every other line.
+    access_log_probes: bool = False
     # Workers serve their own counters on this port at /metrics; 0 turns it off.
     worker_metrics_port: Port = 0
     worker_metrics_host: str = "127.0.0.1"

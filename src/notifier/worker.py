@@ -14,6 +14,7 @@ from procrastinate.exceptions import ConnectorException
 from notifier import maintenance
 from notifier.queue import ALL_QUEUES
 from notifier.services import SERVICES_CONTEXT_KEY, Services
+from notifier.telemetry.logs import describe_error
 from notifier.telemetry.tracing import job_tracing_middleware
 
 logger = logging.getLogger("notifier.worker")
@@ -22,26 +23,6 @@ logger = logging.getLogger("notifier.worker")
 RECONNECT_MAX_SECONDS = 2.0
 # Errors that mean "the database went away", after which the worker starts over.
 DATABASE_LOST = (ConnectorException, psycopg.Error)
-
-
-def describe_error(exc: BaseException) -> str:
-    """``exc`` with the errors that caused it: procrastinate's own says only "Database error."
-
-    ``Database error. <- AdminShutdown: terminating connection due to administrator command``
-    """
-    parts = [str(exc) or type(exc).__name__]
-    cause = _cause_of(exc)
-    while cause is not None and len(parts) < 5:
-        message = str(cause).strip().partition("\n")[0]
-        parts.append(f"{type(cause).__name__}: {message}" if message else type(cause).__name__)
-        cause = _cause_of(cause)
-    return " <- ".join(parts)
-
-
-def _cause_of(exc: BaseException) -> BaseException | None:
-    if exc.__cause__ is not None or exc.__suppress_context__:
-        return exc.__cause__
-    return exc.__context__
 
 
 def stalled_check_interval(stalled_worker_seconds: float) -> float:
