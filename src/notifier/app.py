@@ -31,7 +31,7 @@ from notifier.rules.api import RuleController
 from notifier.services import Services
 from notifier.settings import Settings
 from notifier.telemetry.api import metrics_endpoint
-from notifier.telemetry.metrics import Metrics
+from notifier.telemetry.metrics import Metrics, request_metrics_middleware
 from notifier.telemetry.stats import DatabaseStats
 from notifier.telemetry.tracing import litestar_middleware, tracing_enabled
 from notifier.templates.api import TemplateController
@@ -66,6 +66,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
             settings, name="notifier-api", metrics=metrics, runs_jobs=False
         ) as services:
             app.state.services = services
+            services.metrics.count_http_requests()
             app.state.event_publisher = EventPublisher(services.pool, services.metrics)
             app.state.database_stats = DatabaseStats(settings, services.pool)
             services.metrics.registry.register(app.state.database_stats)
@@ -115,7 +116,10 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         # Server spans only when tracing is on: no per-request cost otherwise.
-        middleware=[litestar_middleware()] if tracing_enabled() else [],
+        middleware=[
+            *([litestar_middleware()] if tracing_enabled() else []),
+            request_metrics_middleware,
+        ],
         # The process's entry point configures logging (notifier.telemetry); Litestar's
         # default would replace the root handler with its own text format.
         logging_config=None,

@@ -88,6 +88,9 @@ async def open_services(
         fetch_pool = create_fetch_pool(settings, name=name)
         assert isinstance(queue.connector, QueueConnector)
         queue.connector.fetch_pool = fetch_pool
+    metrics = metrics or Metrics()
+    if runs_jobs:  # the API delivers nothing: its deliveries series would be zeros forever
+        metrics.expect_channels(channels)
     await pool.open()
     try:
         if fetch_pool is not None:
@@ -98,7 +101,7 @@ async def open_services(
                 pool=pool,
                 queue=queue,
                 channels=channels,
-                metrics=metrics or Metrics(),
+                metrics=metrics,
             )
     finally:
         for channel in channels.values():
