@@ -10,7 +10,6 @@ from litestar.datastructures import MutableScopeHeaders, State
 from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.routes import HTTPRoute
 from litestar.status_codes import HTTP_204_NO_CONTENT
@@ -18,6 +17,7 @@ from litestar.types import Message, Scope
 
 from notifier.auth.guard import BEARER_SCHEME, Authenticator, check_guarded
 from notifier.bootstrap import open_services
+from notifier.docs_ui import DOCS_PATH, docs_router, swagger_ui_plugin
 from notifier.events.api import EventController
 from notifier.events.publisher import EventPublisher
 from notifier.health import health, liveness, readiness
@@ -131,8 +131,10 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
             title="notifier",
             version="0.1.0",
             description="Transactional outbox for event-driven and scheduled notifications.",
-            path="/schema",
-            render_plugins=[ScalarRenderPlugin()],
+            path=DOCS_PATH,
+            # Swagger UI from an installed package: no CDN, so the docs work offline.
+            render_plugins=[swagger_ui_plugin()],
+            openapi_router=docs_router(),
             components=Components(
                 security_schemes={
                     BEARER_SCHEME: SecurityScheme(
