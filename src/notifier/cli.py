@@ -8,6 +8,7 @@ import contextlib
 import gc
 import logging
 import os
+import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -174,6 +175,29 @@ async def develop(settings: Settings) -> None:
             await asyncio.gather(worker, return_exceptions=True)
 
 
+def develop_locally(settings: Settings, args: argparse.Namespace) -> None:
+    """``notifier dev``: a database (the configured one, or an embedded one), migrated, then
+    API and worker in one process until Ctrl-C or SIGTERM."""
+    from notifier.devserver import local_database  # noqa: PLC0415 - dev-only dependency
+
+    # SIGTERM stops it like Ctrl-C, so that the embedded PostgreSQL is stopped too. uvicorn
+    # handles both while it serves, then raises the signal again: SIGTERM's default action
+    # would end the process there, before any cleanup.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with contextlib.suppress(KeyboardInterrupt), local_database(settings, args.data_dir) as dev:
+        migrations.migrate(dev)
+        key = dev_key(dev, Path(args.key_file))
+        # stdout, not the log: it is what the developer copies (and nothing else is there).
+        print(f"NOTIFIER_KEY={key}", flush=True)  # noqa: T201
+        logger.info(
+            "the default tenant's admin key is printed above and kept in %s; send it as "
+            "'Authorization: Bearer $NOTIFIER_KEY'",
+            args.key_file,
+        )
+        logger.info("API on http://%s:%d (docs at /schema)", dev.api_host, dev.api_port)
+        run_loop(develop(dev))
+
+
 def dev_key(settings: Settings, key_file: Path) -> str:
     """The dev API key of the default tenant, kept in ``key_file`` (owner-only) across restarts."""
     previous = key_file.read_text().strip() if key_file.is_file() else None
@@ -293,24 +317,5 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
     elif args.command == "worker":
         run_loop(work(settings, args.queues or ALL_QUEUES, args.concurrency))
     elif args.command == "dev":
-        from notifier.devserver import local_database  # noqa: PLC0415 - dev-only dependency
-
-        with local_database(settings, args.data_dir) as dev_settings:
-            migrations.migrate(dev_settings)
-            key = dev_key(dev_settings, Path(args.key_file))
-            # stdout, not the log: it is what the developer copies (and nothing else is there).
-            print(f"NOTIFIER_KEY={key}", flush=True)  # noqa: T201
-            logger.info(
-                "the default tenant's admin key is printed above and kept in %s; send it as "
-                "'Authorization: Bearer $NOTIFIER_KEY'",
-                args.key_file,
-            )
-            logger.info(
-                "API on http://%s:%d (docs at /schema)",
-                dev_settings.api_host,
-                dev_settings.api_port,
-            )
-            # uvicorn re-raises the Ctrl-C it handled once it has shut down cleanly.
-            with contextlib.suppress(KeyboardInterrupt):
-                run_loop(develop(dev_settings))
+        develop_locally(settings, args)
     return 0
