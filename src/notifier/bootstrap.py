@@ -16,7 +16,7 @@ from notifier.channels.email import create_email_channel
 from notifier.channels.log import LogChannel
 from notifier.channels.sms import create_sms_channel
 from notifier.channels.webhook import WebhookChannel
-from notifier.db import create_fetch_pool, create_pool
+from notifier.db import connect_options, create_fetch_pool, create_pool
 from notifier.events import tasks as event_tasks
 from notifier.notifications import tasks as notification_tasks
 from notifier.queue import NotifierRetryStrategy, QueueConnector
@@ -29,7 +29,11 @@ UNEXPECTED_FAILURES = 10
 
 def create_queue_app(settings: Settings) -> procrastinate.App:
     """The procrastinate app with every notifier task registered. Connects nothing yet."""
-    queue = procrastinate.App(connector=QueueConnector(conninfo=settings.database_url))
+    # Its own pool's options matter only where procrastinate opens one (its CLI); everywhere
+    # else it shares the process's pool.
+    queue = procrastinate.App(
+        connector=QueueConnector(conninfo=settings.database_url, kwargs=connect_options(settings))
+    )
     event_tasks.register(queue, NotifierRetryStrategy(max_attempts=UNEXPECTED_FAILURES))
     # deliver's runs include the attempts it reschedules itself: room for those, plus as many
     # unexpected failures as any other task gets.
@@ -84,6 +88,9 @@ async def open_services(
         fetch_pool = create_fetch_pool(settings, name=name)
         assert isinstance(queue.connector, QueueConnector)
         queue.connector.fetch_pool = fetch_pool
+    metrics = metrics or Metrics()
+    if runs_jobs:  # the API delivers nothing: its deliveries series would be zeros forever
+        metrics.expect_channels(channels)
     await pool.open()
     try:
         if fetch_pool is not None:
@@ -94,7 +101,7 @@ async def open_services(
                 pool=pool,
                 queue=queue,
                 channels=channels,
-                metrics=metrics or Metrics(),
+                metrics=metrics,
             )
     finally:
         for channel in channels.values():
