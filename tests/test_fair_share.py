@@ -97,8 +97,8 @@ async def test_tenants_with_due_work_take_turns(db: psycopg.AsyncConnection[Any]
     fetched = await fetch_all(db, 9)
 
     # Every tenant once, then every tenant still waiting once, and so on.
-    assert sorted(fetched[:3]) == ["job of a", "job of b", "job of c"]
-    assert sorted(fetched[3:5]) == ["job of a", "job of b"]
+    assert set(fetched[:3]) == {"job of a", "job of b", "job of c"}
+    assert set(fetched[3:5]) == {"job of a", "job of b"}
     assert fetched[5:] == ["job of b", "job of b", "job of b", None]
 
 
