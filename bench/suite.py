@@ -65,25 +65,36 @@ SELECT published.* FROM published CROSS JOIN deferred;
 API_EVENTS_SQL = """
 SELECT count(*) FROM notifier.events WHERE payload @> '{"user_id": 42}' AND type = 'bench.created'
 """
-# The candidate search inside notifier.fetch_job (migration 0009), for EXPLAIN.
+# The candidate search inside notifier.fetch_job (migration 0011), for EXPLAIN: the group
+# first in line (the highest priority, then the one served longest ago), then its head.
 FETCH_CANDIDATE_SQL = """
-WITH run_now AS (
-    SELECT jobs.id, jobs.priority FROM procrastinate_jobs AS jobs
+WITH candidate AS MATERIALIZED (
+    SELECT groups.queue_name, groups.tenant_id, groups.priority
+    FROM notifier.job_groups AS groups
+    WHERE groups.due_at <= now() AND groups.queue_name = ANY(ARRAY['deliveries'])
+    ORDER BY groups.priority DESC, groups.turn, groups.due_at, groups.queue_name, groups.tenant_id
+    LIMIT 1
+), run_now AS (
+    SELECT jobs.id FROM procrastinate_jobs AS jobs
     WHERE jobs.status = 'todo' AND jobs.scheduled_at IS NULL
-      AND jobs.queue_name = ANY(ARRAY['deliveries'])
+      AND jobs.queue_name = (SELECT queue_name FROM candidate)
+      AND coalesce(jobs.args->>'tenant_id', '') = (SELECT tenant_id FROM candidate)
+      AND jobs.priority = (SELECT priority FROM candidate)
       AND NOT notifier.job_waits_for_lock(jobs.lock, jobs.priority, jobs.id)
-    ORDER BY jobs.priority DESC, jobs.id LIMIT 1
+    ORDER BY jobs.id LIMIT 1
     FOR UPDATE OF jobs SKIP LOCKED
 ), scheduled_and_due AS (
-    SELECT jobs.id, jobs.priority FROM procrastinate_jobs AS jobs
+    SELECT jobs.id FROM procrastinate_jobs AS jobs
     WHERE jobs.status = 'todo' AND jobs.scheduled_at IS NOT NULL AND jobs.scheduled_at <= now()
-      AND jobs.queue_name = ANY(ARRAY['deliveries'])
+      AND jobs.queue_name = (SELECT queue_name FROM candidate)
+      AND coalesce(jobs.args->>'tenant_id', '') = (SELECT tenant_id FROM candidate)
+      AND jobs.priority = (SELECT priority FROM candidate)
       AND NOT notifier.job_waits_for_lock(jobs.lock, jobs.priority, jobs.id)
     ORDER BY jobs.scheduled_at, jobs.id LIMIT 1
     FOR UPDATE OF jobs SKIP LOCKED
 )
-SELECT id FROM (SELECT * FROM run_now UNION ALL SELECT * FROM scheduled_and_due) AS candidates
-ORDER BY priority DESC, id LIMIT 1
+SELECT id FROM (SELECT id FROM run_now UNION ALL SELECT id FROM scheduled_and_due) AS heads
+ORDER BY id LIMIT 1
 """
 # The candidate search inside procrastinate_fetch_job_v2 (procrastinate 3.10), which
 # workers used before migration 0009: the lever's baseline.
@@ -375,34 +386,42 @@ class Bench:
         result: dict[str, Any] = json.loads(out.stdout)
         return result
 
-    def seed_due(self, count: int, *, at: str = "now()", jobs: bool = True) -> None:
-        """``count`` pending webhook notifications due ``at``, and (``jobs``) their deliver jobs."""
+    def seed_due(
+        self, count: int, *, at: str = "now()", jobs: bool = True, tenant: str = "default"
+    ) -> None:
+        """``count`` pending webhook notifications of ``tenant`` (which must exist) due ``at``,
+        and (``jobs``) their deliver jobs."""
         with psycopg.connect(self.url, autocommit=True) as conn, conn.transaction():
             conn.execute(
                 f"""
                 INSERT INTO notifier.notifications
-                    (notification_type, channel, recipient, context, send_at, status)
-                SELECT 'bench.delivery', 'webhook', %s, jsonb_build_object('n', n), {at}, 'pending'
+                    (tenant_id, notification_type, channel, recipient, context, send_at, status)
+                SELECT %s, 'bench.delivery', 'webhook', %s, jsonb_build_object('n', n), {at},
+                       'pending'
                 FROM generate_series(1, %s) AS n
                 """.encode(),
-                [self.receiver_url + "/hooks", count],
+                [tenant, self.receiver_url + "/hooks", count],
             )
             if jobs:
-                # Each job becomes its notification's job, as the service records it.
+                # Each job becomes its notification's job, naming its tenant, as the
+                # service defers it.
                 conn.execute(
                     f"""
                     WITH deferred AS (
                         INSERT INTO procrastinate_jobs
                             (queue_name, task_name, priority, args, scheduled_at)
                         SELECT 'deliveries', 'notifier.deliver', 0,
-                               jsonb_build_object('notification_id', id::text),
+                               jsonb_build_object('notification_id', id::text,
+                                                  'tenant_id', tenant_id),
                                CASE WHEN {at} > now() THEN {at} END
-                        FROM notifier.notifications WHERE status = 'pending'
+                        FROM notifier.notifications
+                        WHERE status = 'pending' AND job_id IS NULL AND tenant_id = %s
                         RETURNING id, (args->>'notification_id')::uuid AS notification_id
                     )
                     UPDATE notifier.notifications AS n SET job_id = deferred.id
                     FROM deferred WHERE n.id = deferred.notification_id
-                    """.encode()
+                    """.encode(),
+                    [tenant],
                 )
         analyze(self.url)
 
@@ -771,6 +790,8 @@ class Bench:
             connections = {}
             for name, url in urls.items():
                 sql(url, DUE_JOB_SQL)
+                # Its group learns of it, as the fetches between a defer and the next do.
+                sql(url, "SELECT notifier.take_job_group_arrivals()")
                 stack.callback(
                     sql, url, "DELETE FROM procrastinate_jobs WHERE args = '{\"due\": true}'"
                 )

@@ -86,6 +86,8 @@ CREATE TABLE notifier.job_group_arrivals (
     priority   integer NOT NULL,
     due_at     timestamptz NOT NULL
 );
+CREATE INDEX job_group_arrivals_group_idx
+    ON notifier.job_group_arrivals (queue_name, tenant_id, priority, due_at);
 
 -- Both tables are tiny and rewritten all the time.
 ALTER TABLE notifier.job_groups SET (
@@ -104,25 +106,32 @@ FROM procrastinate_jobs
 WHERE status = 'todo'
 GROUP BY 1, 2, 3;
 
--- A group received waiting jobs, the earliest due at `p_due_at` ('-infinity': now).
--- Called by the triggers below, in the writing transaction.
+-- A group received waiting jobs, the earliest due at `p_due_at` ('-infinity': now), in the
+-- calling transaction. The KEY SHARE lock on its row lasts until that transaction ends: a
+-- fetch cannot raise due_at past these jobs before it can see them. An arrival is needed
+-- only when the group has no row or a later due_at, and none is noted yet (by this
+-- transaction or one committed) for that time or earlier: that one lowers it as far.
+-- (PL/pgSQL, not SQL, for its plans are kept for the session: a SQL function's are made
+-- again at every call.)
 CREATE FUNCTION notifier.job_group_note_arrival(
     p_queue_name text, p_tenant_id text, p_priority integer, p_due_at timestamptz
 ) RETURNS void
     LANGUAGE plpgsql
 AS $$
-DECLARE
-    group_due_at timestamptz;
 BEGIN
-    -- Held until this transaction ends: a fetch cannot raise due_at past these jobs
-    -- before it can see them.
-    SELECT due_at INTO group_due_at FROM notifier.job_groups
-    WHERE queue_name = p_queue_name AND tenant_id = p_tenant_id AND priority = p_priority
-    FOR KEY SHARE;
-    IF NOT FOUND OR group_due_at > p_due_at THEN
-        INSERT INTO notifier.job_group_arrivals (queue_name, tenant_id, priority, due_at)
-        VALUES (p_queue_name, p_tenant_id, p_priority, p_due_at);
-    END IF;
+    WITH known AS MATERIALIZED (
+        SELECT due_at FROM notifier.job_groups
+        WHERE queue_name = p_queue_name AND tenant_id = p_tenant_id AND priority = p_priority
+        FOR KEY SHARE
+    )
+    INSERT INTO notifier.job_group_arrivals (queue_name, tenant_id, priority, due_at)
+    SELECT p_queue_name, p_tenant_id, p_priority, p_due_at
+    WHERE NOT EXISTS (SELECT 1 FROM known WHERE known.due_at <= p_due_at)
+      AND NOT EXISTS (
+          SELECT 1 FROM notifier.job_group_arrivals AS noted
+          WHERE noted.queue_name = p_queue_name AND noted.tenant_id = p_tenant_id
+            AND noted.priority = p_priority AND noted.due_at <= p_due_at
+      );
 END;
 $$;
 
@@ -132,15 +141,13 @@ AS $$
 DECLARE
     arrived record;
 BEGIN
-    -- One look per group however many rows the statement inserted; in key order, so
-    -- that two statements lock the same rows in the same order.
+    -- One look per group, however many rows the statement inserted.
     FOR arrived IN
         SELECT queue_name, coalesce(args->>'tenant_id', '') AS tenant_id, priority,
                min(coalesce(scheduled_at, '-infinity')) AS due_at
         FROM inserted_jobs
         WHERE status = 'todo'
         GROUP BY 1, 2, 3
-        ORDER BY 1, 2, 3
     LOOP
         PERFORM notifier.job_group_note_arrival(
             arrived.queue_name, arrived.tenant_id, arrived.priority, arrived.due_at
@@ -175,17 +182,12 @@ CREATE TRIGGER notifier_job_groups_after_update
     FOR EACH ROW WHEN (NEW.status = 'todo')
     EXECUTE FUNCTION notifier.job_groups_after_update();
 
-CREATE OR REPLACE FUNCTION notifier.fetch_job(target_queue_names varchar[], p_worker_id bigint)
-    RETURNS procrastinate_jobs
+-- Committed arrivals lower their groups' due_at (in key order: lock order). Every fetch
+-- starts with this.
+CREATE FUNCTION notifier.take_job_group_arrivals() RETURNS void
     LANGUAGE plpgsql
 AS $$
-DECLARE
-    candidate record;
-    chosen_id bigint;
-    earliest timestamptz;
-    found_job procrastinate_jobs;
 BEGIN
-    -- Committed arrivals lower their groups' due_at (in key order: lock order).
     WITH taken AS (
         DELETE FROM notifier.job_group_arrivals
         WHERE id IN (SELECT id FROM notifier.job_group_arrivals FOR UPDATE SKIP LOCKED)
@@ -197,11 +199,27 @@ BEGIN
     ORDER BY 1, 2, 3
     ON CONFLICT (queue_name, tenant_id, priority) DO UPDATE
         SET due_at = least(groups.due_at, excluded.due_at);
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION notifier.fetch_job(target_queue_names varchar[], p_worker_id bigint)
+    RETURNS procrastinate_jobs
+    LANGUAGE plpgsql
+AS $$
+DECLARE
+    candidate record;
+    chosen_id bigint;
+    earliest timestamptz;
+    found_job procrastinate_jobs;
+BEGIN
+    IF EXISTS (SELECT 1 FROM notifier.job_group_arrivals) THEN
+        PERFORM notifier.take_job_group_arrivals();
+    END IF;
 
     -- Groups with due work: the highest priority, then the one served longest ago.
     FOR candidate IN
         SELECT groups.queue_name, groups.tenant_id, groups.priority,
-               count(*) OVER (PARTITION BY groups.priority) AS rivals
+               count(*) OVER () AS due_groups
         FROM notifier.job_groups AS groups
         WHERE groups.due_at <= now()
           AND (target_queue_names IS NULL OR groups.queue_name = ANY(target_queue_names))
@@ -245,8 +263,9 @@ BEGIN
                 SET status = 'doing', worker_id = p_worker_id
                 WHERE id = chosen_id
                 RETURNING * INTO found_job;
-            IF candidate.rivals > 1 THEN
-                -- To the back of the line. A row another fetch holds keeps its place.
+            -- To the back of the line, if there is one: alone, a group need not write
+            -- its turn at every fetch. A row another fetch holds keeps its place.
+            IF candidate.due_groups > 1 THEN
                 UPDATE notifier.job_groups AS groups
                     SET turn = nextval('notifier.job_group_turns')
                     WHERE (groups.queue_name, groups.tenant_id, groups.priority) IN (
@@ -430,6 +449,7 @@ $$;
 
 DROP TRIGGER notifier_job_groups_after_update ON procrastinate_jobs;
 DROP TRIGGER notifier_job_groups_after_insert ON procrastinate_jobs;
+DROP FUNCTION notifier.take_job_group_arrivals();
 DROP FUNCTION notifier.job_groups_after_update();
 DROP FUNCTION notifier.job_groups_after_insert();
 DROP FUNCTION notifier.job_group_note_arrival(text, text, integer, timestamptz);
