@@ -426,3 +426,22 @@ async def test_events_published_over_rest_and_their_notifications_name_the_tenan
         "WHERE task_name = 'notifier.process_event'"
     )
     assert await cursor.fetchall() == [{"tenant_id": "acme"}]
+
+
+async def test_deliver_jobs_that_name_no_tenant_still_deliver_in_one_batch(
+    services: Services,
+    settings: Settings,
+    db: psycopg.AsyncConnection[Any],
+    receiver: WebhookReceiver,
+) -> None:
+    """As jobs deferred before migration 0011 do."""
+    await add_tenants(db, "tenant-a")
+    due = datetime.datetime.now(UTC) - datetime.timedelta(seconds=1)
+    ids = await create_due_webhooks(services, "tenant-a", receiver.url, 3, due)
+    await db.execute("UPDATE procrastinate_jobs SET args = args - 'tenant_id'")
+
+    async with running_worker(settings, worker_concurrency=1, delivery_batch_size=50):
+        await eventually(lambda: sent(db, ids), timeout=20)
+
+    assert await jobs_started(db) == 1
+    assert len(receiver.received()) == 3
