@@ -20,17 +20,24 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import math
+import re
 import signal
+import statistics
 import sys
 import time
 from pathlib import Path
+
+import psycopg
 
 # Run as a script: the checkout's root makes bench/suite.py importable as bench.suite.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.suite import (
+    DUE_JOB_SQL,
     PYTHON,
+    ROOT,
     Bench,
     Processes,
     Report,
@@ -155,6 +162,66 @@ def ready(url: str) -> None:
     settle(url)
 
 
+# Before migration 0011: migration 0009's fetch (oldest due first, all tenants alike), with
+# its indexes, installed beside the fair one in the full database for the lever's baseline.
+OLDEST_FIRST = "notifier.fetch_job_oldest_first"
+OLDEST_FIRST_INDEXES = """
+CREATE INDEX bench_jobs_run_now_idx ON procrastinate_jobs (priority DESC, id)
+    WHERE status = 'todo' AND scheduled_at IS NULL;
+CREATE INDEX bench_jobs_scheduled_idx ON procrastinate_jobs (scheduled_at, id)
+    WHERE status = 'todo' AND scheduled_at IS NOT NULL;
+"""
+
+
+def oldest_first_fetch_sql() -> str:
+    """Migration 0009's notifier.fetch_job, as migration 0011's downgrade restores it."""
+    path = ROOT / "migrations" / "versions" / "0011_fair_share_between_tenants.py"
+    spec = importlib.util.spec_from_file_location("revision_0011", path)
+    assert spec is not None
+    assert spec.loader is not None
+    revision = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(revision)
+    match = re.search(
+        r"CREATE OR REPLACE FUNCTION notifier\.fetch_job\(.*?\n\$\$;", revision.DOWNGRADE, re.S
+    )
+    assert match is not None
+    return match.group(0).replace("notifier.fetch_job(", f"{OLDEST_FIRST}(")
+
+
+def fetch_walls(url: str, functions: list[str], rounds: int = 10, each: int = 50) -> list[float]:
+    """Median wall ms of a fetch (rolled back) by each of ``functions`` on ``url``, the
+    functions taking turns, ``each`` fetches at a time, so that the machine's drift hits all."""
+    walls: dict[str, list[float]] = {function: [] for function in functions}
+    with psycopg.connect(url) as conn:
+        for _ in range(rounds):
+            for function in functions:
+                for _ in range(each):
+                    with conn.transaction(force_rollback=True):
+                        started = time.perf_counter()
+                        row = conn.execute(
+                            f"SELECT id FROM {function}(ARRAY['deliveries'], NULL)".encode()
+                        ).fetchone()
+                        walls[function].append((time.perf_counter() - started) * 1000)
+                        assert row is not None
+                        assert row[0] is not None, "no due job found"
+    return [statistics.median(walls[function]) for function in functions]
+
+
+def oldest_first_lever(bench: Bench, url: str, label: str) -> None:
+    """The fair fetch against the oldest-first one, on the same database and due job."""
+    sql(url, DUE_JOB_SQL)
+    sql(url, "SELECT notifier.take_job_group_arrivals()")
+    fair, oldest = fetch_walls(url, ["notifier.fetch_job", OLDEST_FIRST])
+    sql(url, "DELETE FROM procrastinate_jobs WHERE args = '{\"due\": true}'")
+    bench.report.add(
+        "lever",
+        f"fetch wall ms, {label}: fair vs oldest first (0009)",
+        f"{fair:.2f}",
+        f"{oldest:.2f}",
+        f"{fair / oldest:.2f}",
+    )
+
+
 def fetch_growth(bench: Bench) -> None:
     args = bench.args
     empty = fresh_database(EMPTY_DATABASE)
@@ -186,6 +253,10 @@ def fetch_growth(bench: Bench) -> None:
         f"{empty_buffers:.0f}",
         f"{full_buffers / empty_buffers:.2f}",
     )
+    sql(full, oldest_first_fetch_sql())
+    sql(full, OLDEST_FIRST_INDEXES)
+    ready(full)
+    oldest_first_lever(bench, full, f"{label}, 1 due")
     # The same with every one of those tenants having due work: the fetch reads one row of
     # notifier.job_groups per tenant with due work, and still one group's jobs.
     sql(
@@ -215,6 +286,7 @@ def fetch_growth(bench: Bench) -> None:
         f"EXPLAIN ANALYZE ms / buffers, {args.tenants} tenants with due work",
         f"{busy_plan:.2f} / {busy_buffers:.0f}",
     )
+    oldest_first_lever(bench, full, f"{label}, all with due work")
     drop_database(FULL_DATABASE)
     drop_database(EMPTY_DATABASE)
 

@@ -208,7 +208,6 @@ CREATE OR REPLACE FUNCTION notifier.fetch_job(target_queue_names varchar[], p_wo
 AS $$
 DECLARE
     candidate record;
-    chosen_id bigint;
     earliest timestamptz;
     found_job procrastinate_jobs;
 BEGIN
@@ -249,20 +248,23 @@ BEGIN
             ORDER BY jobs.scheduled_at, jobs.id
             LIMIT 1
             FOR UPDATE OF jobs SKIP LOCKED
-        )
+        ),
         -- The same priority: the older job. The other stays locked until this fetch
         -- commits, a moment later; other workers skip it meanwhile.
-        SELECT heads.id INTO chosen_id FROM (
-            SELECT id FROM run_now UNION ALL SELECT id FROM scheduled_and_due
-        ) AS heads
-        ORDER BY heads.id
-        LIMIT 1;
+        chosen AS (
+            SELECT id FROM (
+                SELECT id FROM run_now UNION ALL SELECT id FROM scheduled_and_due
+            ) AS heads
+            ORDER BY id
+            LIMIT 1
+        )
+        UPDATE procrastinate_jobs
+            SET status = 'doing', worker_id = p_worker_id
+            FROM chosen
+            WHERE procrastinate_jobs.id = chosen.id
+            RETURNING procrastinate_jobs.* INTO found_job;
 
-        IF chosen_id IS NOT NULL THEN
-            UPDATE procrastinate_jobs
-                SET status = 'doing', worker_id = p_worker_id
-                WHERE id = chosen_id
-                RETURNING * INTO found_job;
+        IF found_job.id IS NOT NULL THEN
             -- To the back of the line, if there is one: alone, a group need not write
             -- its turn at every fetch. A row another fetch holds keeps its place.
             IF candidate.due_groups > 1 THEN
