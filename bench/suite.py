@@ -479,34 +479,42 @@ class Bench:
         result: dict[str, Any] = json.loads(out.stdout)
         return result
 
-    def seed_due(self, count: int, *, at: str = "now()", jobs: bool = True) -> None:
-        """``count`` pending webhook notifications due ``at``, and (``jobs``) their deliver jobs."""
+    def seed_due(
+        self, count: int, *, at: str = "now()", jobs: bool = True, tenant: str = "default"
+    ) -> None:
+        """``count`` pending webhook notifications of ``tenant`` (which must exist) due ``at``,
+        and (``jobs``) their deliver jobs."""
         with connect(self.url) as conn, conn.transaction():
             conn.execute(
                 f"""
                 INSERT INTO notifier.notifications
-                    (notification_type, channel, recipient, context, send_at, status)
-                SELECT 'bench.delivery', 'webhook', %s, jsonb_build_object('n', n), {at}, 'pending'
+                    (tenant_id, notification_type, channel, recipient, context, send_at, status)
+                SELECT %s, 'bench.delivery', 'webhook', %s, jsonb_build_object('n', n), {at},
+                       'pending'
                 FROM generate_series(1, %s) AS n
                 """.encode(),
-                [self.receiver_url + "/hooks", count],
+                [tenant, self.receiver_url + "/hooks", count],
             )
             if jobs:
-                # Each job becomes its notification's job, as the service records it.
+                # Each job becomes its notification's job, naming its tenant, as the
+                # service defers it.
                 conn.execute(
                     f"""
                     WITH deferred AS (
                         INSERT INTO procrastinate_jobs
                             (queue_name, task_name, priority, args, scheduled_at)
                         SELECT 'deliveries', 'notifier.deliver', 0,
-                               jsonb_build_object('notification_id', id::text),
+                               jsonb_build_object('notification_id', id::text,
+                                                  'tenant_id', tenant_id),
                                CASE WHEN {at} > now() THEN {at} END
-                        FROM notifier.notifications WHERE status = 'pending'
+                        FROM notifier.notifications
+                        WHERE status = 'pending' AND job_id IS NULL AND tenant_id = %s
                         RETURNING id, (args->>'notification_id')::uuid AS notification_id
                     )
                     UPDATE notifier.notifications AS n SET job_id = deferred.id
                     FROM deferred WHERE n.id = deferred.notification_id
-                    """.encode()
+                    """.encode(),
+                    [tenant],
                 )
         analyze(self.url)
 
@@ -1214,6 +1222,8 @@ class Bench:
             connections = {}
             for name, url in urls.items():
                 sql(url, DUE_JOB_SQL)
+                # Its group learns of it, as the fetches between a defer and the next do.
+                sql(url, "SELECT notifier.take_job_group_arrivals()")
                 stack.callback(
                     sql, url, "DELETE FROM procrastinate_jobs WHERE args = '{\"due\": true}'"
                 )

@@ -15,6 +15,7 @@ from notifier.notifications.schemas import (
     notification_from_row,
 )
 from notifier.pagination import Cursor
+from notifier.queue import DELIVERIES_QUEUE
 
 
 async def insert_notification(conn: Connection, values: dict[str, Any]) -> Notification:
@@ -181,16 +182,26 @@ async def lock_for_delivery(conn: Connection, notification_id: uuid.UUID) -> dic
 
 
 async def lock_due_deliveries(
-    conn: Connection, *, task_name: str, channel: str, limit: int
+    conn: Connection,
+    *,
+    task_name: str,
+    channel: str,
+    tenant_id: str | None,
+    priority: int,
+    limit: int,
 ) -> list[dict[str, Any]]:
     """Up to ``limit`` pending notifications of ``channel`` whose deliver jobs are due and
-    waiting, each locked with its job (rows other workers hold are skipped).
+    waiting in the group of ``tenant_id`` (None: jobs that name no tenant) and ``priority``,
+    each locked with its job (rows other workers hold are skipped).
 
-    Notifications whose tenant has a rate limit on the channel are left to their own jobs.
-    Each row carries its job's id as ``batch_job_id``.
+    A batch takes only its own group's jobs: the fetch shares out turns by group
+    (migration 0011), and a batch is one turn. Notifications whose tenant has a rate limit
+    on the channel are left to their own jobs. Each row carries its job's id as
+    ``batch_job_id``.
     """
-    # One branch per job index (migration 0009), each read in order and locked row by row:
-    # LIMIT ends the walk, and the locking, after the first rows that qualify.
+    # One branch per job index of the group (migration 0011), each read in order and
+    # locked row by row: LIMIT ends the walk, and the locking, after the first rows that
+    # qualify. The group's key is written as in those indexes.
     cursor = await conn.execute(
         """
         SELECT * FROM (
@@ -198,13 +209,16 @@ async def lock_due_deliveries(
             FROM procrastinate_jobs AS jobs
             JOIN notifier.notifications AS n ON n.job_id = jobs.id AND n.status = 'pending'
             WHERE jobs.status = 'todo' AND jobs.scheduled_at IS NULL
+              AND jobs.queue_name = %(queue)s
+              AND coalesce(jobs.args->>'tenant_id', '') = coalesce(%(tenant)s::text, '')
+              AND jobs.priority = %(priority)s
               AND jobs.task_name = %(task)s AND jobs.lock IS NULL
               AND n.channel = %(channel)s
               AND NOT EXISTS (
                   SELECT 1 FROM notifier.rate_limits AS limits
                   WHERE limits.tenant_id = n.tenant_id AND limits.channel = n.channel
               )
-            ORDER BY jobs.priority DESC, jobs.id
+            ORDER BY jobs.id
             FOR UPDATE OF jobs, n SKIP LOCKED
         ) AS run_now
         UNION ALL
@@ -214,6 +228,9 @@ async def lock_due_deliveries(
             JOIN notifier.notifications AS n ON n.job_id = jobs.id AND n.status = 'pending'
             WHERE jobs.status = 'todo' AND jobs.scheduled_at IS NOT NULL
               AND jobs.scheduled_at <= now()
+              AND jobs.queue_name = %(queue)s
+              AND coalesce(jobs.args->>'tenant_id', '') = coalesce(%(tenant)s::text, '')
+              AND jobs.priority = %(priority)s
               AND jobs.task_name = %(task)s AND jobs.lock IS NULL
               AND n.channel = %(channel)s
               AND NOT EXISTS (
@@ -225,7 +242,14 @@ async def lock_due_deliveries(
         ) AS scheduled_and_due
         LIMIT %(limit)s
         """,
-        {"task": task_name, "channel": channel, "limit": limit},
+        {
+            "queue": DELIVERIES_QUEUE,
+            "tenant": tenant_id,
+            "priority": priority,
+            "task": task_name,
+            "channel": channel,
+            "limit": limit,
+        },
     )
     return await cursor.fetchall()
 

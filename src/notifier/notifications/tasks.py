@@ -128,6 +128,14 @@ def _too_late(row: dict[str, Any], now: datetime.datetime) -> bool:
     return target_date is not None and lead_time > datetime.timedelta(0) and target_date <= now
 
 
+class JobGroup(NamedTuple):
+    """The jobs a deliver job's batch is taken from: its tenant's (None: jobs deferred
+    before migration 0011) at its priority, as the fetch groups them."""
+
+    tenant_id: str | None
+    priority: int
+
+
 class SlotNeeded(NamedTuple):
     """The notification may be sent once its channel's rate limit hands out a slot."""
 
@@ -153,8 +161,11 @@ class Attempt(NamedTuple):
 SendResult = DeliveryReceipt | DeliveryError | None
 
 
-async def deliver(context: procrastinate.JobContext, notification_id: str) -> None:
-    """Send a pending notification through its channel, with other due ones of its channel.
+async def deliver(
+    context: procrastinate.JobContext, notification_id: str, tenant_id: str | None = None
+) -> None:
+    """Send a pending notification through its channel, with other due ones of its channel
+    and of its job's tenant (``tenant_id``; None in jobs deferred before migration 0011).
 
     The rows stay locked for the whole attempt: a concurrent cancel waits and then sees
     the outcome, so nothing is both reported cancelled and sent. A crash mid-send rolls
@@ -164,8 +175,9 @@ async def deliver(context: procrastinate.JobContext, notification_id: str) -> No
     services = services_from_context(context)
     notification = uuid.UUID(notification_id)
     job_id = context.job.id
+    group = JobGroup(tenant_id, context.job.priority)
     try:
-        outcome = await _deliver_once(services, notification, job_id, slot_taken=False)
+        outcome = await _deliver_once(services, notification, job_id, group, slot_taken=False)
         if isinstance(outcome, SlotNeeded):
             # The slot is taken in a short transaction of its own, so that the bucket row
             # every worker shares is never locked across a send. Without a free slot a
@@ -179,7 +191,7 @@ async def deliver(context: procrastinate.JobContext, notification_id: str) -> No
                 limit=outcome.limit,
             ):
                 return
-            outcome = await _deliver_once(services, notification, job_id, slot_taken=True)
+            outcome = await _deliver_once(services, notification, job_id, group, slot_taken=True)
     except Exception as exc:
         await _note_unexpected_error(services, notification, exc)
         raise
@@ -189,10 +201,16 @@ async def deliver(context: procrastinate.JobContext, notification_id: str) -> No
 
 
 async def _deliver_once(
-    services: Services, notification_id: uuid.UUID, job_id: int | None, *, slot_taken: bool
+    services: Services,
+    notification_id: uuid.UUID,
+    job_id: int | None,
+    group: JobGroup,
+    *,
+    slot_taken: bool,
 ) -> RetryLater | SlotNeeded | None:
     """One delivery transaction: this job's notification and, unless its channel is rate
-    limited, a batch of other due ones whose jobs wait (``NOTIFIER_DELIVERY_BATCH_SIZE``).
+    limited, a batch of other due ones whose jobs wait in the job's ``group``
+    (``NOTIFIER_DELIVERY_BATCH_SIZE``): a batch is one tenant's turn.
 
     Taking them along saves each its own fetch, transaction and finish; their sends run
     concurrently. Their jobs are settled in the same transaction: succeeded, or due again
@@ -221,6 +239,8 @@ async def _deliver_once(
                 conn,
                 task_name=DELIVER_TASK,
                 channel=row["channel"],
+                tenant_id=group.tenant_id,
+                priority=group.priority,
                 limit=settings.delivery_batch_size - 1,
             )
             still_due = await _still_to_send(conn, taken_along, now)
