@@ -108,6 +108,15 @@ class Settings:
     # An event whose rules would make more notifications than this makes none, and says so.
     max_notifications_per_event: int = 100
 
+    # Tenants' templates compile and render in child processes (notifier.templates.pool):
+    # at most this many per API or worker process, started when first needed.
+    template_renderers: int = 2
+    # CPU time one render may take; compiling a part may take ten times as much. Longer
+    # is a template error (422, or a failed notification); the child is killed if need be.
+    template_render_timeout_ms: int = 100
+    # Address space each renderer process may use (Python itself takes about 40 MB).
+    template_memory_mb: int = 256
+
     # Email over SMTP. The channel exists only when smtp_host is set.
     smtp_host: str | None = None
     smtp_port: int = 587
@@ -162,6 +171,12 @@ class Settings:
             )
         if self.delivery_batch_size < 1:
             raise SettingsError(f"{ENV_PREFIX}DELIVERY_BATCH_SIZE must be at least 1")
+        if self.template_renderers < 1:
+            raise SettingsError(f"{ENV_PREFIX}TEMPLATE_RENDERERS must be at least 1")
+        if self.template_render_timeout_ms < 1:
+            raise SettingsError(f"{ENV_PREFIX}TEMPLATE_RENDER_TIMEOUT_MS must be at least 1")
+        if self.template_memory_mb < 64:
+            raise SettingsError(f"{ENV_PREFIX}TEMPLATE_MEMORY_MB must be at least 64")
         try:
             parse_networks(self.webhook_allowed_networks)
         except ValueError as exc:
