@@ -206,8 +206,9 @@ class RenderPool:
         self._runners: set[asyncio.Task[None]] = set()
         self._children: set[_Child] = set()
         self._closed = False
-        # Children started, for tests and metrics: a kill shows as one more.
+        # Children started and requests sent, for tests: a kill shows as one more child.
         self.started = 0
+        self.requests_sent = 0
 
     def child_pids(self) -> list[int]:
         """The process ids of the children running now."""
@@ -396,6 +397,7 @@ class RenderPool:
         done = 0
         try:
             since = time.monotonic()
+            self.requests_sent += 1
             try:
                 await asyncio.wait_for(child.send(body), START_TIMEOUT_SECONDS)
             except (ConnectionError, TimeoutError):
