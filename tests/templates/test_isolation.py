@@ -51,7 +51,7 @@ async def test_a_nested_loop_preview_is_422_while_the_api_stays_live(
             )
             for _ in range(4)
         ]
-        probes = []
+        probes: list[float] = []
         while not all(preview.done() for preview in previews) or len(probes) < 5:
             started = time.monotonic()
             live = await http.get("/health/live")
