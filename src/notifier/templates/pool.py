@@ -34,12 +34,13 @@ import collections
 import contextlib
 import logging
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import msgspec
 
@@ -108,75 +109,137 @@ class _Job:
     failures: int = 0
 
 
-@dataclass(eq=False)
-class _Child:
-    """One sandbox process, its pipes and its progress block."""
+class _Timeout:
+    """What :meth:`_Child.next_reply` returns when no reply came in time."""
 
-    process: asyncio.subprocess.Process
-    progress: protocol.ProgressBlock
-    replies: asyncio.Queue[protocol.Reply | None] = field(default_factory=asyncio.Queue)
-    reader: asyncio.Task[None] | None = None
-    stopped: bool = False
 
-    def start_reading(self) -> None:
-        self.reader = asyncio.get_running_loop().create_task(self._read())
+TIMED_OUT = _Timeout()
 
-    async def _read(self) -> None:
-        """Decode replies as they come; None once the child is gone or talks nonsense."""
-        stdout = self.process.stdout
-        assert stdout is not None
-        try:
-            while True:
-                (length,) = protocol.HEADER.unpack(await stdout.readexactly(protocol.HEADER.size))
-                if length > protocol.MAX_MESSAGE_BYTES:
-                    logger.warning("template sandbox %d sent %d bytes", self.process.pid, length)
-                    return
-                body = await stdout.readexactly(length)
-                self.replies.put_nowait(protocol.reply_decoder.decode(body))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        except msgspec.MsgspecError:
-            logger.warning("template sandbox %d sent a malformed reply", self.process.pid)
-        finally:
-            self.replies.put_nowait(None)
 
-    async def send(self, body: bytes) -> None:
-        stdin = self.process.stdin
-        assert stdin is not None
-        stdin.write(protocol.frame(body))
-        await stdin.drain()
+class _Child(asyncio.SubprocessProtocol):
+    """One sandbox process: its pipes (replies decoded as they arrive, no reader task) and
+    its progress block."""
+
+    def __init__(self, progress: protocol.ProgressBlock) -> None:
+        loop = asyncio.get_running_loop()
+        self.progress = progress
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.pid = 0
+        self._buffer = bytearray()
+        # Decoded replies not yet taken; None at the end (stdout closed, or nonsense).
+        self._replies: collections.deque[protocol.Reply | None] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._ended = False
+        self._exited: asyncio.Future[None] = loop.create_future()
+        self._stopped = False
+
+    # --- asyncio.SubprocessProtocol ----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transport has the methods without being an asyncio subclass.
+        self.transport = cast(asyncio.SubprocessTransport, transport)
+        self.pid = self.transport.get_pid()
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        if fd != 1 or self._ended:
+            return
+        assert isinstance(data, bytes)
+        self._buffer += data
+        header = protocol.HEADER.size
+        while len(self._buffer) >= header:
+            (length,) = protocol.HEADER.unpack_from(self._buffer)
+            if length > protocol.MAX_MESSAGE_BYTES:
+                logger.warning("template sandbox %d sent %d bytes", self.pid, length)
+                self._end()
+                return
+            if len(self._buffer) < header + length:
+                break
+            try:
+                reply = protocol.reply_decoder.decode(self._buffer[header : header + length])
+            except msgspec.MsgspecError:
+                logger.warning("template sandbox %d sent a malformed reply", self.pid)
+                self._end()
+                return
+            del self._buffer[: header + length]
+            self._replies.append(reply)
+        self._wake()
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1:
+            self._end()
+
+    def process_exited(self) -> None:
+        if not self._exited.done():
+            self._exited.set_result(None)
+
+    # --- the parent's side -------------------------------------------------------------
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._replies.append(None)
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next_reply(self, within_seconds: float) -> protocol.Reply | _Timeout | None:
+        """The next reply, :data:`TIMED_OUT` if none comes within that long, None once gone."""
+        if not self._replies:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(within_seconds):
+                    await self._waiter
+            except TimeoutError:
+                if not self._replies:  # it may have come in the very turn the time ran out
+                    return TIMED_OUT
+            finally:
+                self._waiter = None
+        return self._replies.popleft()
+
+    def send(self, body: bytes) -> None:
+        """Write a request. A dead child's pipe is closed: the reply then reads as None."""
+        assert self.transport is not None
+        stdin = self.transport.get_pipe_transport(0)
+        if stdin is not None and not stdin.is_closing():
+            cast(asyncio.WriteTransport, stdin).write(protocol.frame(body))
+
+    def gone(self) -> bool:
+        """Whether the child has closed its end (died, or was killed from outside)."""
+        return self._ended or self._exited.done()
+
+    def returncode(self) -> int | None:
+        return None if self.transport is None else self.transport.get_returncode()
 
     def cpu_seconds(self) -> float | None:
         """The child's CPU time so far, from /proc (None where there is no /proc)."""
         try:
-            stat = Path(f"/proc/{self.process.pid}/stat").read_bytes()
+            stat = Path(f"/proc/{self.pid}/stat").read_bytes()
         except OSError:
             return None
         # Fields after the command name (which may hold spaces): state is field 3, utime 14.
         fields = stat.rpartition(b")")[2].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def gone(self) -> bool:
-        """Whether the child has closed its end (died, or was killed from outside)."""
-        return self.reader is None or self.reader.done()
-
     async def stop(self, *, kill: bool) -> None:
         """End the process (closing stdin lets an idle child exit by itself) and reap it."""
-        if self.stopped:
+        if self._stopped:
             return
-        self.stopped = True
-        stdin = self.process.stdin
+        self._stopped = True
+        assert self.transport is not None
+        stdin = self.transport.get_pipe_transport(0)
         if stdin is not None:
             stdin.close()
         if not kill:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT_SECONDS)
-        if self.process.returncode is None:
+                async with asyncio.timeout(STOP_TIMEOUT_SECONDS):
+                    await asyncio.shield(self._exited)
+        if self.transport.get_returncode() is None:
             with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
-        await self.process.wait()
-        if self.reader is not None:
-            await self.reader
+                self.transport.kill()
+        await asyncio.shield(self._exited)
+        self.transport.close()
         self.progress.close()
 
 
@@ -212,7 +275,7 @@ class RenderPool:
 
     def child_pids(self) -> list[int]:
         """The process ids of the children running now."""
-        return [child.process.pid for child in self._children]
+        return [child.pid for child in self._children]
 
     # --- the API ---------------------------------------------------------------------
 
@@ -327,9 +390,10 @@ class RenderPool:
                 if child is None:
                     try:
                         child = await self._start_child()
-                    except (OSError, RendererUnavailable) as exc:
-                        logger.error("could not start a template sandbox: %s", exc)
-                        self._fail(job.items, RendererUnavailable(str(exc)))
+                    except Exception as exc:
+                        # Callers must not wait for ever; they may retry (a 503, a job retry).
+                        logger.exception("could not start a template sandbox")
+                        self._fail(job.items, RendererUnavailable(f"cannot start: {exc!r}"))
                         continue
                 try:
                     usable = await self._serve(child, job)
@@ -347,16 +411,19 @@ class RenderPool:
 
     async def _start_child(self) -> _Child:
         progress = protocol.ProgressBlock.create()
+        child = _Child(progress)
         try:
-            process = await asyncio.create_subprocess_exec(
+            await asyncio.get_running_loop().subprocess_exec(
+                lambda: child,
                 *(sys.executable, "-m", "notifier.templates.sandbox"),
                 *("--render-ms", str(self.render_seconds * 1000)),
                 *("--compile-ms", str(self.compile_seconds * 1000)),
                 *("--slice-ms", str(self.render_seconds * 1000)),
                 *("--memory-mb", str(self.memory_mb)),
                 *("--progress-fd", str(progress.fd)),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=None,
                 pass_fds=(progress.fd,),
                 # Its own session: a terminal's Ctrl-C goes to the parent only, which
                 # stops its children itself.
@@ -366,18 +433,13 @@ class RenderPool:
         except BaseException:
             progress.close()
             raise
-        child = _Child(process, progress)
-        child.start_reading()
         self._children.add(child)
         self.started += 1
-        try:
-            ready = await asyncio.wait_for(child.replies.get(), START_TIMEOUT_SECONDS)
-        except TimeoutError:
-            ready = None
+        ready = await child.next_reply(START_TIMEOUT_SECONDS)
         if not isinstance(ready, protocol.Ready):
             await self._stop_child(child, kill=True)
             raise RendererUnavailable(
-                f"the template sandbox did not start (exit status {process.returncode})"
+                f"the template sandbox did not start (exit status {child.returncode()})"
             )
         return child
 
@@ -398,15 +460,11 @@ class RenderPool:
         try:
             since = time.monotonic()
             self.requests_sent += 1
-            try:
-                await asyncio.wait_for(child.send(body), START_TIMEOUT_SECONDS)
-            except (ConnectionError, TimeoutError):
-                await self._child_died(child, job, done, overran=False)
-                return False
+            child.send(body)
             while True:
                 reply = await self._next_reply(child, since)
                 if not isinstance(reply, protocol.Results):
-                    await self._child_died(child, job, done, overran=reply == "overran")
+                    await self._child_died(child, job, done, overran=reply is TIMED_OUT)
                     return False
                 for offset, outcome in enumerate(reply.outcomes):
                     self._resolve(items[reply.first + offset], outcome)
@@ -423,10 +481,9 @@ class RenderPool:
             self._enqueue(_Job(job.tenant_id, job.kind, items[done:]), front=True)
         return True
 
-    async def _next_reply(
-        self, child: _Child, since: float
-    ) -> protocol.Reply | Literal["overran"] | None:
-        """The child's next reply, "overran" when it missed its deadline, None if it died.
+    async def _next_reply(self, child: _Child, since: float) -> protocol.Reply | _Timeout | None:
+        """The child's next reply, :data:`TIMED_OUT` when it missed its deadline, None if it
+        died.
 
         The deadline is the one the child published, plus a grace. Past it, a child that
         has not yet used its CPU budget (read from /proc) was slowed down by a busy machine,
@@ -449,14 +506,16 @@ class RenderPool:
             if timeout <= 0:
                 # A last look, in case this event loop was late rather than the child: the
                 # reply may be waiting in the pipe, read within a few loop turns.
-                with contextlib.suppress(TimeoutError):
-                    return await asyncio.wait_for(child.replies.get(), LAST_LOOK_SECONDS)
+                reply = await child.next_reply(LAST_LOOK_SECONDS)
+                if reply is not TIMED_OUT:
+                    return reply
                 starved = self._starved_for(child, progress, deadline)
                 if starved is None:
-                    return "overran"
+                    return TIMED_OUT
                 timeout = starved
-            with contextlib.suppress(TimeoutError):
-                return await asyncio.wait_for(child.replies.get(), timeout)
+            reply = await child.next_reply(timeout)
+            if reply is not TIMED_OUT:
+                return reply
             # The deadline may have moved since (a compile ended): look again.
 
     @staticmethod
@@ -477,13 +536,13 @@ class RenderPool:
         progress = child.progress.read()
         cpu = child.cpu_seconds() if overran else None
         await self._stop_child(child, kill=True)
-        status = child.process.returncode
+        status = child.returncode()
         items = job.items
         rest = items[done:]
         if progress.phase == protocol.IDLE or not done <= progress.item < len(items):
             # It died before taking an item, or between two: nothing to blame.
             job.failures += 1
-            logger.warning("template sandbox %d died (status %s)", child.process.pid, status)
+            logger.warning("template sandbox %d died (status %s)", child.pid, status)
             if job.failures >= 2:
                 self._fail(rest, RendererUnavailable("the template renderer keeps failing"))
             elif rest:
@@ -497,7 +556,7 @@ class RenderPool:
             used_budget = cpu is None or cpu + CPU_MARGIN_SECONDS >= progress.cpu_limit
             logger.warning(
                 "template sandbox %d killed: %s of a template overran its deadline (%s)",
-                child.process.pid,
+                child.pid,
                 progress.part,
                 "CPU budget used" if used_budget else "starved of CPU",
             )
@@ -513,7 +572,7 @@ class RenderPool:
         else:
             logger.warning(
                 "template sandbox %d died (status %s) on %s",
-                child.process.pid,
+                child.pid,
                 status,
                 progress.part,
             )
