@@ -72,7 +72,10 @@ START_TIMEOUT_SECONDS = 30.0
 # A child asked to stop (stdin closed) has this long to exit before it is killed.
 STOP_TIMEOUT_SECONDS = 1.0
 # Environment variables a child inherits: what Python and the C library need, no secrets.
-_INHERITED = ("PATH", "PYTHONPATH", "PYTHONHOME", "LANG", "LANGUAGE", "TZ", "SYSTEMROOT")
+_INHERITED = (
+    *("PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX"),
+    *("LANG", "LANGUAGE", "TZ", "SYSTEMROOT"),
+)
 
 
 class RendererUnavailable(Exception):
