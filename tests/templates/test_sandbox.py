@@ -12,7 +12,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -51,6 +51,20 @@ async def pool() -> AsyncIterator[RenderPool]:
     renderers = RenderPool(size=2, render_timeout_seconds=0.1, memory_mb=256)
     yield renderers
     await renderers.close()
+
+
+def sandboxes_of_this_process() -> list[int]:
+    """Children of this process running the sandbox, zombies included (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            parent = int((entry / "stat").read_bytes().rpartition(b")")[2].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if parent == os.getpid() and b"notifier.templates.sandbox" in command:
+            found.append(int(entry.name))
+    return found
 
 
 def alive(pid: int) -> bool:
@@ -278,5 +292,26 @@ async def test_closing_fails_waiting_work_and_leaves_no_process() -> None:
         with pytest.raises(RendererUnavailable):
             await render
     assert not alive(pid)
+    assert sandboxes_of_this_process() == []
     with pytest.raises(RendererUnavailable):
         await pool.render("tenant-a", text("too late"), {}, FIELDS)
+
+
+async def test_closing_while_a_child_starts_leaves_no_process() -> None:
+    pool = RenderPool(size=2, render_timeout_seconds=0.1, memory_mb=256)
+    renders = [asyncio.ensure_future(pool.render(tenant, text("t"), {}, FIELDS)) for tenant in "ab"]
+    await eventually_true(lambda: len(sandboxes_of_this_process()) == 2)
+
+    await pool.close()
+
+    for render in renders:
+        with pytest.raises(RendererUnavailable):
+            await render
+    assert sandboxes_of_this_process() == []
+
+
+async def eventually_true(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the time"
+        await asyncio.sleep(0.001)

@@ -330,6 +330,8 @@ class RenderPool:
         for runner in list(self._runners):
             runner.cancel()
         await asyncio.gather(*self._runners, return_exceptions=True)
+        for child in list(self._children):  # none should be left; no process outlives us
+            await self._stop_child(child, kill=True)
 
     # --- the fair queue ----------------------------------------------------------------
 
@@ -386,31 +388,41 @@ class RenderPool:
                     finally:
                         self._idle -= 1
                     continue
-                if child is not None and child.gone():
-                    # Killed from outside while idle: replace it before it is asked anything.
-                    await self._stop_child(child, kill=True)
-                    child = None
-                if child is None:
-                    try:
-                        child = await self._start_child()
-                    except Exception as exc:
-                        # Callers must not wait for ever; they may retry (a 503, a job retry).
-                        logger.exception("could not start a template sandbox")
-                        self._fail(job.items, RendererUnavailable(f"cannot start: {exc!r}"))
-                        continue
                 try:
-                    usable = await self._serve(child, job)
-                except Exception as exc:
-                    # A defect here must not leave callers waiting for ever.
-                    logger.exception("template sandbox runner failed")
-                    self._fail(job.items, RendererUnavailable(f"template renderer: {exc!r}"))
-                    usable = False
-                if not usable:
-                    await self._stop_child(child, kill=True)
-                    child = None
+                    child = await self._serve_on(child, job)
+                except asyncio.CancelledError:
+                    self._fail(job.items, RendererUnavailable("the template renderer is closing"))
+                    raise
         finally:
             if child is not None:
                 await self._stop_child(child, kill=False)
+
+    async def _serve_on(self, child: _Child | None, job: _Job) -> _Child | None:
+        """Serve ``job`` on ``child``, started or replaced first if need be; the child to
+        use next (None: start one when next needed)."""
+        if child is not None and child.gone():
+            # Killed from outside while idle: replace it before it is asked anything.
+            await self._stop_child(child, kill=True)
+            child = None
+        if child is None:
+            try:
+                child = await self._start_child()
+            except Exception as exc:
+                # Callers must not wait for ever; they may retry (a 503, a job retry).
+                logger.exception("could not start a template sandbox")
+                self._fail(job.items, RendererUnavailable(f"cannot start: {exc!r}"))
+                return None
+        try:
+            usable = await self._serve(child, job)
+        except Exception as exc:
+            # A defect here must not leave callers waiting for ever.
+            logger.exception("template sandbox runner failed")
+            self._fail(job.items, RendererUnavailable(f"template renderer: {exc!r}"))
+            usable = False
+        if usable:
+            return child
+        await self._stop_child(child, kill=True)
+        return None
 
     async def _start_child(self) -> _Child:
         progress = protocol.ProgressBlock.create()
@@ -438,7 +450,11 @@ class RenderPool:
             raise
         self._children.add(child)
         self.started += 1
-        ready = await child.next_reply(START_TIMEOUT_SECONDS)
+        try:
+            ready = await child.next_reply(START_TIMEOUT_SECONDS)
+        except asyncio.CancelledError:
+            await self._stop_child(child, kill=True)
+            raise
         if not isinstance(ready, protocol.Ready):
             await self._stop_child(child, kill=True)
             raise RendererUnavailable(
