@@ -21,6 +21,7 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
+from notifier.services import Services
 from notifier.settings import Settings
 from tests.conftest import CreateApiKey
 from tests.support import (
@@ -140,6 +141,37 @@ async def test_a_stored_over_budget_template_fails_its_notification_not_another_
     # Tenant A's own report.ready has no template of tenant B's: the built-in generic one.
     (delivered,) = receiver.received()
     assert delivered.json()["data"]["notification_id"] == fine
+
+
+async def test_a_renderer_that_cannot_answer_leaves_the_notification_pending(
+    client: AsyncTestClient[Any], services: Services, worker: None, receiver: WebhookReceiver
+) -> None:
+    # As when the worker is shutting down: nothing the template did.
+    await services.renderer.close()
+    target = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=7)).isoformat()
+    created = await client.post(
+        "/api/v1/notifications/",
+        json={
+            "notification_type": "report.ready",
+            "entity_id": "report-1",
+            "target_date": target,
+            "channel": "webhook",
+            "recipient": receiver.url,
+        },
+    )
+    assert created.status_code == 201, created.text
+
+    async def noted() -> dict[str, Any] | None:
+        response = await client.get(f"/api/v1/notifications/{created.json()['id']}")
+        notification: dict[str, Any] = response.json()
+        return notification if notification["last_error"] else None
+
+    notification = await eventually(noted, timeout=30)
+
+    assert notification["status"] == "pending"
+    assert "RendererUnavailable" in notification["last_error"]
+    assert notification["attempts"] == 0
+    assert receiver.received() == []
 
 
 def _children_of(pid: int) -> list[int]:
