@@ -67,6 +67,10 @@ def sandboxes_of_this_process() -> list[int]:
     return found
 
 
+def proc_file(pid: int, name: str) -> bytes:
+    return Path(f"/proc/{pid}/{name}").read_bytes()
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` is a process that has not exited (a zombie counts as exited)."""
     try:
@@ -109,6 +113,27 @@ async def test_a_render_stuck_in_one_c_call_is_killed_and_its_child_replaced() -
         assert pool.started == 2
     finally:
         await pool.close()
+
+
+async def test_children_limit_themselves_and_go_first_when_memory_runs_out(
+    pool: RenderPool,
+) -> None:
+    await pool.render("tenant-a", text("warm"), {}, FIELDS)
+    (pid,) = pool.child_pids()
+
+    limits = {
+        line[:26].strip(): line[26:].split()[:2]
+        for line in proc_file(pid, "limits").decode().splitlines()[1:]
+    }
+    assert limits["Max address space"] == [str(256 * 1024 * 1024)] * 2
+    assert limits["Max core file size"] == ["0", "0"]
+    assert limits["Max processes"] == ["0", "0"]
+    # Raised before each request just enough for it: a second or so, not unlimited.
+    assert limits["Max cpu time"][0] != "unlimited"
+    assert proc_file(pid, "oom_score_adj").strip() == b"1000"
+    # No secrets in its environment: only what Python and the C library need.
+    environment = proc_file(pid, "environ").split(b"\0")
+    assert not [entry for entry in environment if entry.startswith(b"NOTIFIER_")]
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ another. Nothing here is trusted by the parent beyond its answers' shape.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import resource
@@ -243,11 +244,15 @@ def _read_frame(stream: BinaryIO) -> bytes | None:
 
 
 def limit_resources(memory_bytes: int) -> None:
-    """Limits the process cannot raise again: memory, no core files, no new processes."""
+    """Limits the process cannot raise again: memory, no core files, no new processes; and
+    first in line for the kernel's OOM killer, so that a container out of memory loses a
+    renderer (replaced) rather than the API or worker it serves."""
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
     sys.setrecursionlimit(RECURSION_LIMIT)
+    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as adjust:
+        adjust.write("1000")
 
 
 def main(argv: list[str] | None = None) -> int:
