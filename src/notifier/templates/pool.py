@@ -22,9 +22,11 @@ first needed and kept for the process's life. The bounds:
   behind the other tenants' work. A tenant flooding previews or slow templates delays
   another tenant's render by at most about one slice per busy tenant.
 
-Errors not caused by the template (the pool closing, a child that died twice on the same
-item for no reason of the template's, a child starved of CPU) raise
-:class:`RendererUnavailable`: callers retry later instead of failing anything.
+A child that dies on an item it was not killed for (an external SIGKILL, a crash) is
+replaced and the item tried once more; dying on it again blames the template. Errors not
+caused by the template (the pool closing, children dying twice on a job before taking an
+item, a child starved of CPU twice) raise :class:`RendererUnavailable`: callers retry later
+instead of failing anything.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ COMPILE_BUDGET_FACTOR = 10
 # How long past the deadline a child published the parent waits before killing it: room
 # for the reply to travel and for the parent's own event loop to be late.
 KILL_GRACE_SECONDS = 0.05
+# Then one more short wait for a reply already on its way, before deciding anything.
 LAST_LOOK_SECONDS = 0.01
 # /proc reports CPU time in ticks of 10 ms.
 CPU_MARGIN_SECONDS = 0.02
@@ -541,8 +544,12 @@ class RenderPool:
     def _starved_for(child: _Child, progress: protocol.Progress, deadline: float) -> float | None:
         """How much longer to wait for a child past its deadline that has not used its CPU
         budget yet; None to kill it now."""
-        if progress.phase == protocol.IDLE or time.monotonic() > deadline + STARVED_WAIT_SECONDS:
+        if time.monotonic() > deadline + STARVED_WAIT_SECONDS:
             return None
+        if progress.phase == protocol.IDLE:
+            # Decoding a request or writing replies, bounded in size and no template's code:
+            # only a saturated machine makes it late. Look again shortly.
+            return 5 * LAST_LOOK_SECONDS
         cpu = child.cpu_seconds()
         if cpu is None or cpu >= progress.cpu_limit + CPU_MARGIN_SECONDS:
             return None
