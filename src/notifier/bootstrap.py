@@ -23,6 +23,7 @@ from notifier.queue import NotifierRetryStrategy, QueueConnector
 from notifier.services import Services
 from notifier.settings import Settings, parse_networks
 from notifier.telemetry.metrics import Metrics
+from notifier.templates.pool import RenderPool
 
 UNEXPECTED_FAILURES = 10
 
@@ -65,6 +66,15 @@ def create_channels(settings: Settings) -> dict[str, Channel]:
     return {channel.name: channel for channel in channels}
 
 
+def create_renderer(settings: Settings) -> RenderPool:
+    """The process's template sandboxes (none runs until a template needs one)."""
+    return RenderPool(
+        size=settings.template_renderers,
+        render_timeout_seconds=settings.template_render_timeout_ms / 1000,
+        memory_mb=settings.template_memory_mb,
+    )
+
+
 @asynccontextmanager
 async def open_services(
     settings: Settings,
@@ -75,6 +85,8 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     """Open the pool and share it with the queue; close everything on exit.
 
+    The template renderers (child processes) start when first needed and stop here.
+
     ``metrics`` lets two parts of one process (``notifier dev``) count into one registry.
     A process that runs jobs (``runs_jobs``) also gets, with ``worker_fetch_async_commit``,
     the one asynchronous-commit connection it fetches jobs on. The API only defers jobs,
@@ -82,6 +94,7 @@ async def open_services(
     """
     channels = create_channels(settings)
     queue = create_queue_app(settings)
+    renderer = create_renderer(settings)
     pool = create_pool(settings, name=name)
     fetch_pool = None
     if runs_jobs and settings.worker_fetch_async_commit:
@@ -101,9 +114,11 @@ async def open_services(
                 pool=pool,
                 queue=queue,
                 channels=channels,
+                renderer=renderer,
                 metrics=metrics,
             )
     finally:
+        await renderer.close()
         for channel in channels.values():
             await channel.aclose()
         if fetch_pool is not None:

@@ -142,6 +142,15 @@ class Settings:
     # An event whose rules would make more notifications than this makes none, and says so.
     max_notifications_per_event: PositiveInt = 100
 
+    # Tenants' templates compile and render in child processes (notifier.templates.pool):
+    # at most this many per API or worker process, started when first needed.
+    template_renderers: PositiveInt = 2
+    # CPU time one render may take; compiling a part may take ten times as much. Longer
+    # is a template error (422, or a failed notification); the child is killed if need be.
+    template_render_timeout_ms: PositiveInt = 100
+    # Address space each renderer process may use (Python itself takes about 40 MB).
+    template_memory_mb: Annotated[int, Meta(ge=64)] = 256
+
     # Email over SMTP. The channel exists only when smtp_host is set.
     smtp_host: str | None = None
     smtp_port: Port = 587

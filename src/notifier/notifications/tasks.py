@@ -27,11 +27,12 @@ from notifier.services import Services, services_from_context
 from notifier.settings import Settings
 from notifier.telemetry.tracing import context_from_traceparent, tracer, tracing_enabled
 from notifier.templates import catalog
+from notifier.templates.pool import ToRender
 from notifier.templates.rendering import (
+    MessageFields,
     RenderedMessage,
     TemplateProblem,
     TemplateSource,
-    template_context,
 )
 
 logger = logging.getLogger("notifier.delivery")
@@ -72,14 +73,14 @@ def _message(
 TemplateCache = dict[tuple[str, str | None, str], TemplateSource | str]
 
 
-async def _render(
+async def _to_render(
     conn: Connection, row: dict[str, Any], unsubscribe_link: str | None, sources: TemplateCache
-) -> RenderedMessage | str:
-    """The notification's rendered template, or why it cannot render.
+) -> ToRender | str:
+    """What the notification's template renders from, or why there is no template.
 
-    A template that is missing, does not compile or uses a variable the payload lacks
-    fails the same way on every attempt: the caller fails the notification permanently.
-    ``sources`` keeps the templates found for the batch, looked up once each.
+    A missing template fails the same way on every attempt: the caller fails the
+    notification permanently. ``sources`` keeps the templates found for the batch,
+    looked up once each.
     """
     key = (row["tenant_id"], row["template"], row["notification_type"])
     if key not in sources:
@@ -90,8 +91,7 @@ async def _render(
     source = sources[key]
     if isinstance(source, str):
         return source
-    context = template_context(
-        row["context"],
+    fields = MessageFields(
         notification_id=str(row["id"]),
         notification_type=row["notification_type"],
         recipient=row["recipient"],
@@ -101,10 +101,7 @@ async def _render(
         channel=row["channel"],
         unsubscribe_url=unsubscribe_link,
     )
-    try:
-        return catalog.renderer().render(source, context)
-    except TemplateProblem as exc:
-        return f"template {source.name!r}: {exc}"
+    return ToRender(row["tenant_id"], source, row["context"], fields)
 
 
 def retry_delay(settings: Settings, attempt: int, retry_after: float | None) -> float:
@@ -142,6 +139,19 @@ class SlotNeeded(NamedTuple):
     tenant_id: str
     channel: str
     limit: Limit
+
+
+class Draft(NamedTuple):
+    """One notification of a batch before its template is rendered."""
+
+    row: dict[str, Any]
+    job_id: int | None
+    number: int
+    channel: Channel | None
+    channel_label: str
+    # What its template renders from, or why this notification can never be sent.
+    content: ToRender | str
+    unsubscribe_link: str | None
 
 
 class Attempt(NamedTuple):
@@ -246,8 +256,8 @@ async def _deliver_once(
             still_due = await _still_to_send(conn, taken_along, now)
             batch += [(other, other["batch_job_id"]) for other in still_due]
         sources: TemplateCache = {}
-        attempts = [await _prepare(services, conn, row, job_id, sources) for row, job_id in batch]
-        results = await _send_all(attempts)
+        drafts = [await _prepare(services, conn, row, job_id, sources) for row, job_id in batch]
+        attempts, results = await _render_and_send_all(services, drafts)
         outcomes = [
             _outcome(services, attempt, result, now)
             for attempt, result in zip(attempts, results, strict=True)
@@ -328,35 +338,42 @@ async def _prepare(
     row: dict[str, Any],
     job_id: int | None,
     sources: TemplateCache,
-) -> Attempt:
-    """The rendered message for ``row``, or why it cannot be sent."""
+) -> Draft:
+    """What ``row``'s message renders from, or why it cannot be sent."""
     attempt = row["attempts"] + 1
     channel = services.channel(row["channel"])
     label = row["channel"] if channel is not None else "unconfigured"
     if channel is None:
-        return Attempt(
-            row, job_id, attempt, None, label, f"channel {row['channel']!r} is not configured"
-        )
+        unconfigured = f"channel {row['channel']!r} is not configured"
+        return Draft(row, job_id, attempt, None, label, unconfigured, None)
     if (problem := channel.validate_recipient(row["recipient"])) is not None:
-        return Attempt(row, job_id, attempt, channel, label, f"recipient {problem}")
+        return Draft(row, job_id, attempt, channel, label, f"recipient {problem}", None)
     # The same link goes to the template (to show) and the channel (email headers).
     unsubscribe_link = _unsubscribe_link(row, services.settings)
-    rendered = await _render(conn, row, unsubscribe_link, sources)
-    if isinstance(rendered, str):
-        return Attempt(row, job_id, attempt, channel, label, rendered)
-    message = _message(row, attempt, rendered, unsubscribe_link)
-    return Attempt(row, job_id, attempt, channel, label, message)
+    content = await _to_render(conn, row, unsubscribe_link, sources)
+    return Draft(row, job_id, attempt, channel, label, content, unsubscribe_link)
 
 
-async def _send_all(attempts: list[Attempt]) -> list[SendResult]:
-    """Send every sendable message of the batch concurrently.
+async def _render_and_send_all(
+    services: Services, drafts: list[Draft]
+) -> tuple[list[Attempt], list[SendResult]]:
+    """Render every message of the batch in the template sandboxes (one request per
+    tenant) and send each as soon as its own render is done, concurrently.
 
-    The first is this job's own, already in the job's span; the others get a span each that
-    continues the trace their notification was created in.
+    A slow template of another tenant taken along in the batch does not hold this one's
+    message back. The first is this job's own, already in the job's span; the others get
+    a span each that continues the trace their notification was created in.
     """
-    results: list[SendResult] = [None] * len(attempts)
+    to_render = [draft.content for draft in drafts if isinstance(draft.content, ToRender)]
+    renders = iter(services.renderer.render_many(to_render))
+    pending = [next(renders) if isinstance(d.content, ToRender) else None for d in drafts]
+    attempts: list[Attempt | None] = [None] * len(drafts)
+    results: list[SendResult] = [None] * len(drafts)
 
-    async def send(index: int, attempt: Attempt) -> None:
+    async def send(
+        index: int, draft: Draft, render: asyncio.Future[RenderedMessage] | None
+    ) -> None:
+        attempt = attempts[index] = await _attempt(draft, render)
         if attempt.channel is None or isinstance(attempt.message, str):
             return
         with _span_for_batched(attempt) if index else contextlib.nullcontext():
@@ -365,15 +382,48 @@ async def _send_all(attempts: list[Attempt]) -> list[SendResult]:
             except DeliveryError as exc:
                 results[index] = exc
 
-    # Anything but a DeliveryError is unexpected: the group cancels the other sends and the
-    # transaction rolls back, as when a worker crashes mid-send.
+    # Anything but a DeliveryError or a template problem is unexpected (the sandbox
+    # unavailable included): the group cancels the other sends and the transaction rolls
+    # back, as when a worker crashes mid-send; the job is retried.
     try:
         async with asyncio.TaskGroup() as group:
-            for index, attempt in enumerate(attempts):
-                group.create_task(send(index, attempt))
+            for index, draft in enumerate(drafts):
+                group.create_task(send(index, draft, pending[index]))
     except ExceptionGroup as errors:
         raise errors.exceptions[0] from None  # as one send on its own would have raised it
-    return results
+    finally:
+        for render in pending:
+            _abandon(render)
+    done = [attempt for attempt in attempts if attempt is not None]
+    assert len(done) == len(drafts), "every send task made its attempt"
+    return done, results
+
+
+async def _attempt(draft: Draft, render: asyncio.Future[RenderedMessage] | None) -> Attempt:
+    """The draft with its rendered message, or with why it cannot be sent."""
+    row, job_id, number, channel, label, content, link = draft
+    if render is None:
+        assert isinstance(content, str)
+        return Attempt(row, job_id, number, channel, label, content)
+    assert isinstance(content, ToRender)
+    try:
+        rendered = await render
+    except TemplateProblem as exc:
+        # Fails the same way on every attempt (syntax, a missing variable, over budget).
+        problem = f"template {content.source.name!r}: {exc}"
+        return Attempt(row, job_id, number, channel, label, problem)
+    return Attempt(row, job_id, number, channel, label, _message(row, number, rendered, link))
+
+
+def _abandon(render: asyncio.Future[RenderedMessage] | None) -> None:
+    """Let the sandbox skip a render nobody waits for any more, and mark an error nobody
+    will read as read (asyncio would log it)."""
+    if render is None:
+        return
+    if not render.done():
+        render.cancel()
+    elif not render.cancelled():
+        render.exception()
 
 
 def _span_for_batched(attempt: Attempt) -> contextlib.AbstractContextManager[Any]:
