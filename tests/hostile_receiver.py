@@ -53,6 +53,7 @@ class HostileReceiver:
     lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
     _released: asyncio.Event | None = None
+    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
     def snapshot(self) -> list[Arrival]:
         with self.lock:
@@ -79,12 +80,14 @@ class HostileReceiver:
             self.open_requests -= 1
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         try:
             while await self._one_request(reader, writer):
                 pass
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
+            self._writers.discard(writer)
             writer.close()
 
     async def _one_request(
@@ -166,11 +169,13 @@ def hostile_receiver() -> Iterator[HostileReceiver]:
         started.set()
         await stopping.wait()
         server.close()
-        # Handlers still running (held, hanging, trickling) are cut off.
+        # Handlers still running (held, hanging, trickling) end once their connection does.
+        state._released.set()
+        for writer in list(state._writers):
+            writer.transport.abort()
         handlers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        for task in handlers:
-            task.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
+        if handlers:
+            await asyncio.wait(handlers, timeout=5)
         await server.wait_closed()
 
     thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)

@@ -70,6 +70,10 @@ class Settings:
     # Comma-separated CIDRs webhooks may reach although they are not public (loopback,
     # private, link-local...). Empty: public addresses only.
     webhook_allowed_networks: str = ""
+    # Webhook requests in flight to one host (scheme, host, port) at once, across every
+    # worker process; a delivery that finds them all taken waits without spending an
+    # attempt (notifier.notifications.host_slots). 0: no cap.
+    webhook_max_in_flight_per_host: int = 8
 
     # Requests with a larger body are refused with 413 before they are read.
     api_max_body_bytes: int = 1024 * 1024
@@ -162,6 +166,8 @@ class Settings:
             )
         if self.delivery_batch_size < 1:
             raise SettingsError(f"{ENV_PREFIX}DELIVERY_BATCH_SIZE must be at least 1")
+        if self.webhook_max_in_flight_per_host < 0:
+            raise SettingsError(f"{ENV_PREFIX}WEBHOOK_MAX_IN_FLIGHT_PER_HOST must be 0 or more")
         try:
             parse_networks(self.webhook_allowed_networks)
         except ValueError as exc:
