@@ -57,6 +57,8 @@ class Metrics:
             ["channel"],
             registry=self.registry,
         )
+        # The one channel with a per-host cap, shown from zero so that rate() sees the first.
+        self.host_slot_waits.labels(channel="webhook")
         self.delivery_lag = Histogram(
             "notifier_delivery_lag_seconds",
             "From a notification's scheduled send time to a channel accepting it.",
