@@ -6,6 +6,8 @@ request open until the test releases it, ``/hang`` until the client gives up.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import time
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from notifier.bootstrap import open_services
 from notifier.channels.egress import origin_of
 from notifier.db import transaction
 from notifier.notifications import queries
@@ -22,6 +25,7 @@ from notifier.notifications.schemas import NotificationStatus
 from notifier.services import Services
 from notifier.settings import Settings
 from notifier.tenancy import DEFAULT_TENANT
+from notifier.worker import run_worker
 from tests.hostile_receiver import hostile_receiver
 from tests.notifications.test_delivery import running_worker, webhook_id
 from tests.support import eventually
@@ -67,11 +71,12 @@ async def state(db: psycopg.AsyncConnection[Any], notification_id: str) -> dict[
 
 
 async def advisory_locks(db: psycopg.AsyncConnection[Any]) -> int:
-    """Advisory locks anyone holds in this database."""
+    """Host slots anyone holds in this database: advisory locks of the two-key form (the
+    maintenance task's lock, taken now and then, has one key)."""
     cursor = await db.execute(
         """
         SELECT count(*) AS held FROM pg_locks
-        WHERE locktype = 'advisory'
+        WHERE locktype = 'advisory' AND objsubid = 2
           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
         """
     )
@@ -205,6 +210,36 @@ async def test_a_batch_hanging_on_one_host_gives_the_other_hosts_slots_back_at_o
         assert await advisory_locks(db) == 0
 
 
+async def test_a_batch_cut_off_mid_send_gives_its_slots_back_before_its_connection_does(
+    settings: Settings, db: psycopg.AsyncConnection[Any]
+) -> None:
+    # A worker stopping with a send to a hanging host under way cancels the job: the batch
+    # rolls back, and its slot is given back on the way out, while its connection goes back
+    # to the pool, still open (a connection that kept it would keep it from every worker).
+    stopping = settings.replace(
+        webhook_timeout_seconds=30,
+        worker_shutdown_timeout_seconds=0.2,
+        webhook_max_in_flight_per_host=2,
+    )
+    with hostile_receiver() as hanging:
+        async with open_services(stopping, name="notifier-test-stopping") as services:
+            (stuck,) = await due_now(services, hanging.url + "/hang")
+            worker = asyncio.create_task(
+                run_worker(services, install_signal_handlers=False, name="stopping-worker")
+            )
+            await wait_for(lambda: _true(webhook_id(stuck) in hanging.ids()))
+            assert await advisory_locks(db) == 1
+
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(worker, timeout=10)
+
+            assert await advisory_locks(db) == 0
+            assert services.pool.get_stats()["pool_size"] >= 1  # its connections live on
+            after = await state(db, stuck)
+            assert (after["status"], after["attempts"], after["recorded"]) == ("pending", 0, 0)
+
+
 async def test_slots_are_shared_by_every_connection_and_tried_only_as_far_as_needed(
     services: Services,
 ) -> None:
@@ -254,6 +289,7 @@ def test_one_host_is_one_origin_however_its_urls_are_written() -> None:
     assert origin_of("https://[0:0::1]/") == "https://[::1]:443"
     assert origin_of("https://bücher.example/") == "https://xn--bcher-kva.example:443"
     assert origin_of("https://example.com/") != origin_of("http://example.com/")
+    assert origin_of("http://\u2100.com/") == "http://\u2100.com/"  # unparsable: its own
 
 
 async def _true(value: bool) -> bool:

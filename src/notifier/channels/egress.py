@@ -106,8 +106,11 @@ def origin_of(url: str) -> str:
     """``scheme://host:port`` of an http(s) URL, as connections see it: one string for every
     spelling of one endpoint (case, IDNA, a trailing dot, an implicit default port, ``127.1``
     for ``127.0.0.1``), so that a per-host limit cannot be escaped by writing the URL
-    differently."""
-    target = yarl.URL(url)
+    differently. A URL that cannot be parsed is its own origin (its send fails anyway)."""
+    try:
+        target = yarl.URL(url)
+    except ValueError:
+        return url
     host = (target.raw_host or "").rstrip(".").lower()
     address = numeric_host(host)
     if address is not None:
