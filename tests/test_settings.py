@@ -46,6 +46,8 @@ def test_values_are_read_from_prefixed_variables_and_typed() -> None:
         ("NOTIFIER_WORKER_LISTEN_NOTIFY", "maybe"),
         ("NOTIFIER_API_RATE_LIMIT_PER_SECOND", "0"),
         ("NOTIFIER_API_RATE_LIMIT_BURST", "0"),
+        ("NOTIFIER_WEBHOOK_MAX_IN_FLIGHT_PER_HOST", "-1"),
+        ("NOTIFIER_WEBHOOK_MAX_IN_FLIGHT_PER_HOST", "four"),
     ],
 )
 def test_a_malformed_value_names_the_variable(name: str, value: str) -> None:

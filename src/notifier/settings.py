@@ -101,6 +101,10 @@ class Settings:
     # Comma-separated CIDRs webhooks may reach although they are not public (loopback,
     # private, link-local...). Empty: public addresses only.
     webhook_allowed_networks: str = ""
+    # Webhook requests in flight to one host (scheme, host, port) at once, across every
+    # worker process; a delivery that finds them all taken waits without spending an
+    # attempt (notifier.notifications.host_slots). 0: no cap.
+    webhook_max_in_flight_per_host: NonNegativeInt = 8
 
     # Requests with a larger body are refused with 413 before they are read.
     api_max_body_bytes: PositiveInt = 1024 * 1024

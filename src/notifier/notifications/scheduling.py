@@ -152,17 +152,22 @@ async def defer_delivery(
     scheduled_at: datetime.datetime | None = None,
     *,
     tenant_id: str,
+    slot_waits: int = 0,
 ) -> int:
     """Enqueue the deliver job on ``conn``, inside the caller's transaction.
 
     The job names the notification's tenant: workers share out due jobs by tenant
-    (migration 0011), and a job's batch is its tenant's.
+    (migration 0011), and a job's batch is its tenant's. ``slot_waits``: how often the
+    delivery has waited for a host slot already (:mod:`notifier.notifications.host_slots`).
     """
     # procrastinate's option is ``schedule_at``; unknown options are silently ignored.
     deferrer = queue.configure_task(
         DELIVER_TASK, connection=conn, schedule_at=scheduled_at, allow_unknown=False
     )
-    return await deferrer.defer_async(notification_id=str(notification_id), tenant_id=tenant_id)
+    waits = {"slot_waits": slot_waits} if slot_waits else {}
+    return await deferrer.defer_async(
+        notification_id=str(notification_id), tenant_id=tenant_id, **waits
+    )
 
 
 async def create_notifications(

@@ -71,6 +71,15 @@ class Metrics:
             ["channel", "outcome"],
             registry=self.registry,
         )
+        self.host_slot_waits = Counter(
+            "notifier_host_slot_waits",
+            "Deliveries put off, without an attempt, because every request slot of their "
+            "host was taken (NOTIFIER_WEBHOOK_MAX_IN_FLIGHT_PER_HOST), by channel.",
+            ["channel"],
+            registry=self.registry,
+        )
+        # The one channel with a per-host cap, shown from zero so that rate() sees the first.
+        self.host_slot_waits.labels(channel="webhook")
         self.delivery_lag = Histogram(
             "notifier_delivery_lag_seconds",
             "From a notification's scheduled send time to a channel accepting it.",
