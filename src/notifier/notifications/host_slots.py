@@ -346,7 +346,12 @@ async def put_off(
         if wait.own:
             notification_id = wait.row["id"]
             new_job = await defer_delivery(
-                services.queue, conn, notification_id, at, slot_waits=before + 1
+                services.queue,
+                conn,
+                notification_id,
+                at,
+                tenant_id=wait.row["tenant_id"],
+                slot_waits=before + 1,
             )
             await hand_over_job(conn, notification_id, wait.job_id, new_job)
         elif wait.job_id is not None:
