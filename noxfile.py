@@ -105,4 +105,4 @@ def bench(session: nox.Session) -> None:
         "bench",
         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
     )
-    session.run("python", "bench/suite.py", *session.posargs)
+    session.run("python", "-m", "bench.suite", *session.posargs)

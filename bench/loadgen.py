@@ -13,6 +13,7 @@ uvloop, and answers go through httptools (the C parser uvicorn uses) rather than
 library; aiohttp cost about 270 us per request here (docs/performance.md).
 
     python bench/loadgen.py URL [URL ...] --clients 8 --seconds 10 [--expect 201] [--body JSON]
+        [--requests N]   # stop after N requests in all (or at the deadline, if earlier)
 """
 
 from __future__ import annotations
@@ -82,13 +83,14 @@ class Client(asyncio.Protocol):
         now = time.perf_counter()
         self.run.record(now - self.started, self.parser.get_status_code(), bytes(self.body))
         self.body.clear()
-        if now < self.run.deadline and self.parser.should_keep_alive():
+        if now < self.run.deadline and self.run.left != 0 and self.parser.should_keep_alive():
             self.send()
         else:
             self.stop()
 
     def send(self) -> None:
         assert self.transport is not None
+        self.run.left -= 1
         self.started = time.perf_counter()
         self.transport.write(self.request)
 
@@ -101,9 +103,11 @@ class Client(asyncio.Protocol):
 class Run:
     """What all clients share: the deadline, and what came back."""
 
-    def __init__(self, expect: int, deadline: float) -> None:
+    def __init__(self, expect: int, deadline: float, requests: int = -1) -> None:
         self.expect = expect
         self.deadline = deadline
+        # Requests still to send; negative: no limit but the deadline.
+        self.left = requests
         self.latencies: list[float] = []
         self.errors: list[str] = []
         self.ok = 0
@@ -129,10 +133,18 @@ async def connect(state: Run, url: str, body: bytes, key: str) -> Client:
 
 
 async def run(
-    urls: list[str], clients: int, seconds: float, expect: int, body: bytes, key: str
+    urls: list[str],
+    clients: int,
+    seconds: float,
+    expect: int,
+    body: bytes,
+    key: str,
+    requests: int = -1,
 ) -> dict[str, object]:
     started = time.perf_counter()
-    state = Run(expect, started + seconds)
+    state = Run(expect, started + seconds, requests)
+    if requests >= 0:
+        clients = min(clients, requests)
     connected = await asyncio.gather(
         *(connect(state, urls[n % len(urls)], body, key) for n in range(clients))
     )
@@ -163,9 +175,18 @@ def main() -> None:
     parser.add_argument("--expect", type=int, default=201)
     parser.add_argument("--body", default=json.dumps(EVENT))
     parser.add_argument("--key", default="", help="API key sent as a bearer token")
+    parser.add_argument("--requests", type=int, default=-1, help="stop after this many in all")
     args = parser.parse_args()
     result = uvloop.run(
-        run(args.urls, args.clients, args.seconds, args.expect, args.body.encode(), args.key)
+        run(
+            args.urls,
+            args.clients,
+            args.seconds,
+            args.expect,
+            args.body.encode(),
+            args.key,
+            args.requests,
+        )
     )
     print(json.dumps(result))
 

@@ -2,7 +2,9 @@
 
 Records when each notification arrived (``time.time()``, keyed by ``data.notification_id``
 of the Standard Webhooks body, or the ``x-notification-id`` header the Celery baseline
-sends). ``GET /stats`` returns ``{"count": n, "arrivals": {id: t}}``; ``GET /reset`` clears.
+sends). ``GET /stats`` returns ``{"count": n, "bytes": body bytes, "arrivals": {id: t}}``;
+``GET /sample`` the first POST since the last reset (``{"headers": {...}, "body": "..."}``),
+which the pg-boss peer sends again with its own ids; ``GET /reset`` clears.
 
     python bench/receiver.py PORT
 """
@@ -17,6 +19,8 @@ import time
 
 arrivals: dict[str, float] = {}
 received = 0
+body_bytes = 0
+sample: dict[str, object] = {}
 
 
 def notification_id(headers: dict[bytes, bytes], body: bytes) -> str:
@@ -31,7 +35,7 @@ def notification_id(headers: dict[bytes, bytes], body: bytes) -> str:
 
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    global received  # noqa: PLW0603 - one process, one counter
+    global received, body_bytes  # noqa: PLW0603 - one process, one set of counters
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -47,12 +51,21 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             payload = b""
             if method == b"POST":
                 received += 1
+                body_bytes += len(body)
                 arrivals.setdefault(notification_id(headers, body), now)
+                if not sample:
+                    sample["headers"] = {k.decode(): v.decode() for k, v in headers.items()}
+                    sample["body"] = body.decode()
             elif path.startswith(b"/stats"):
-                payload = json.dumps({"count": received, "arrivals": arrivals}).encode()
+                payload = json.dumps(
+                    {"count": received, "bytes": body_bytes, "arrivals": arrivals}
+                ).encode()
+            elif path.startswith(b"/sample"):
+                payload = json.dumps(sample).encode()
             elif path.startswith(b"/reset"):
                 arrivals.clear()
-                received = 0
+                sample.clear()
+                received = body_bytes = 0
             writer.write(
                 b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
                 + str(len(payload)).encode()

@@ -6,16 +6,21 @@ import psycopg
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+from notifier.db import connect_options
 from notifier.settings import Settings
 
 
 def run_migrations() -> None:
     # `notifier migrate` and the tests pass the URL in; the bare alembic CLI reads the env.
-    database_url = context.config.attributes.get("database_url") or Settings.from_env().database_url
+    database_url = context.config.attributes.get("database_url")
+    options = context.config.attributes.get("connect_options", {})
+    if not database_url:
+        settings = Settings.from_env()
+        database_url, options = settings.database_url, connect_options(settings)
     # psycopg parses the URL (or key=value conninfo) itself, exactly as the service does.
     engine = create_engine(
         "postgresql+psycopg://",
-        creator=lambda: psycopg.connect(database_url),
+        creator=lambda: psycopg.connect(database_url, **options),
         poolclass=pool.NullPool,
     )
     with engine.connect() as connection:

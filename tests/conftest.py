@@ -38,6 +38,7 @@ from notifier.services import Services
 from notifier.settings import Settings
 from notifier.tenancy import DEFAULT_TENANT, Scope
 from notifier.worker import run_worker
+from tests.hostile_receiver import HostileReceiver, hostile_receiver
 from tests.support import (
     LOOPBACK_NETWORKS,
     WEBHOOK_SECRET,
@@ -364,3 +365,10 @@ def sms_provider() -> Iterator[FakeSmsProvider]:
     with _serving(Handler) as port:
         state.url = f"http://127.0.0.1:{port}"
         yield state
+
+
+@pytest.fixture
+def hostile() -> Iterator[HostileReceiver]:
+    """A receiver on 127.0.0.1 that misbehaves by path (tests/hostile_receiver.py)."""
+    with hostile_receiver() as running:
+        yield running

@@ -70,10 +70,19 @@ async def test_procrastinate_shell_lists_cancels_and_retries_notifier_jobs(
     assert await job_status(db, 2) == "todo"
 
 
-def test_dev_starts_an_embedded_postgresql_when_none_answers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_dev_starts_an_embedded_postgresql_when_none_answers(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
     port = free_port()
     unreachable = f"postgresql://postgres@127.0.0.1:{free_port()}/notifier"
     key_file = tmp_path / "api-key"
+    data_dir = tmp_path / "pgdata"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")},
+        "NOTIFIER_DATABASE_URL": unreachable,
+        "XDG_RUNTIME_DIR": str(tmp_path),
+    }
     process = subprocess.Popen(
         [
             sys.executable,
@@ -83,11 +92,11 @@ def test_dev_starts_an_embedded_postgresql_when_none_answers(tmp_path: Path) -> 
             "--port",
             str(port),
             "--data-dir",
-            str(tmp_path / "pgdata"),
+            str(data_dir),
             "--key-file",
             str(key_file),
         ],
-        env={**os.environ, "NOTIFIER_DATABASE_URL": unreachable, "XDG_RUNTIME_DIR": str(tmp_path)},
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -97,15 +106,21 @@ def test_dev_starts_an_embedded_postgresql_when_none_answers(tmp_path: Path) -> 
     lines: list[str] = []
     drain = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
     try:
-        # The key is printed before the server starts; then keep the pipe drained.
+        # The database's URL and the key are printed before the server starts; then keep
+        # the pipe drained.
+        printed: dict[str, str] = {}
         for line in process.stdout:
             lines.append(line)
-            if line.startswith("NOTIFIER_KEY="):
+            name, _, value = line.strip().partition("=")
+            if name in {"NOTIFIER_DATABASE_URL", "NOTIFIER_KEY"}:
+                printed[name] = value
+            if name == "NOTIFIER_KEY":
                 break
-        key = lines[-1].strip().removeprefix("NOTIFIER_KEY=")
+        key = printed["NOTIFIER_KEY"]
         assert key.startswith("ntf_"), "".join(lines)
         drain.start()
         headers = {"Authorization": f"Bearer {key}"}
+        postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
 
         deadline = time.monotonic() + 90
         while True:
@@ -117,6 +132,18 @@ def test_dev_starts_an_embedded_postgresql_when_none_answers(tmp_path: Path) -> 
                 pass
             assert time.monotonic() < deadline, "notifier dev did not become healthy"
             time.sleep(0.3)
+
+        # The printed URL is how the other commands reach the embedded database.
+        tenants = subprocess.run(
+            [sys.executable, "-m", "notifier", "tenants", "list"],
+            env={**env, "NOTIFIER_DATABASE_URL": printed["NOTIFIER_DATABASE_URL"]},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert tenants.returncode == 0, tenants.stderr
+        assert tenants.stdout.startswith("default\t")
 
         assert httpx.get(f"{base}/api/v1/rules/").status_code == 401
         rule = httpx.post(
@@ -139,7 +166,7 @@ def test_dev_starts_an_embedded_postgresql_when_none_answers(tmp_path: Path) -> 
             assert time.monotonic() < deadline, detail
             time.sleep(0.2)
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         process.wait(timeout=60)
         if drain.is_alive():
             drain.join(timeout=10)
@@ -148,8 +175,40 @@ def test_dev_starts_an_embedded_postgresql_when_none_answers(tmp_path: Path) -> 
 
     assert process.returncode == 0, output
     assert "starting an embedded one" in output
+    assert "stopped the embedded PostgreSQL" in output, output
+    assert not (data_dir / "postmaster.pid").exists()
+    deadline = time.monotonic() + 15
+    while running(postmaster):  # pg_ctl stop waited; its exit may still be on its way
+        assert time.monotonic() < deadline, "the embedded PostgreSQL still runs"
+        time.sleep(0.1)
+    assert str(process.pid) not in (data_dir / ".handle_pids.json").read_text()
+    assert ("running as root" in output) == (os.geteuid() == 0), "root is told about the user"
     assert key_file.read_text().strip() == key
     assert key_file.stat().st_mode & 0o077 == 0, "only its owner may read the key file"
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_admin_commands_name_the_unreachable_database_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NOTIFIER_DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/x")
+    monkeypatch.setenv("NOTIFIER_DATABASE_TIMEOUT_SECONDS", "0.5")
+
+    assert main(["tenants", "list"]) == 1
+
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("notifier: cannot reach the database at NOTIFIER_DATABASE_URL: ")
+    assert "Connection refused" in err
+    assert "notifier dev" in err
 
 
 def test_migrate_check_exits_zero_only_at_head(

@@ -152,6 +152,35 @@ def test_api_answers_every_generated_request_as_documented(
     )
 
 
+# Templates beyond the sandbox's bounds (time to render, time to compile, memory), through
+# each operation that compiles or renders one: answered as documented, a 422, never a 5xx.
+NESTED_LOOPS = "{% for i in range(30000) %}{% for j in range(30000) %}{% endfor %}{% endfor %}"
+OVER_BUDGET_TEMPLATES = [
+    ("/api/v1/templates/preview", None, {"subject": "s", "text_body": NESTED_LOOPS}),
+    ("/api/v1/templates/preview", None, {"subject": "{{ 'x' * 10**9 }}", "text_body": "t"}),
+    ("/api/v1/templates/{name}", "slow", {"subject": "s", "text_body": "{{ 10 ** (10 ** 8) }}"}),
+]
+
+
+@pytest.mark.parametrize(("path", "name", "body"), OVER_BUDGET_TEMPLATES)
+def test_over_budget_templates_are_refused_as_documented(
+    path: str, name: str | None, body: dict[str, Any], live_api: str, api_headers: dict[str, str]
+) -> None:
+    (operation,) = (op for op in schema[path].values() if op.method.upper() in {"POST", "PUT"})
+    case = operation.Case(
+        path_parameters={"name": name} if name else None, body=body, media_type="application/json"
+    )
+    response = case.call(base_url=live_api, headers=api_headers)
+    SENT[(case.operation.label, response.status_code)] += 1
+
+    case.validate_response(
+        response,
+        headers=api_headers,
+        excluded_checks=[schemathesis.checks.positive_data_acceptance],
+    )
+    assert response.status_code == 422, response.text
+
+
 # --- byte-level junk ----------------------------------------------------------------------
 
 # Placeholders for path parameters: the junk goes in the body, the query and the headers.

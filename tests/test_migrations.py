@@ -147,9 +147,9 @@ def test_pending_revisions_refuses_a_revision_it_does_not_know(database_url: str
 def test_rate_limits_stored_outside_the_bounds_are_clamped_and_their_buckets_restarted(
     database_url: str,
 ) -> None:
-    """Before revision 0011 the API stored a limit of 1e-300 per second, which made every
+    """Before revision 0012 the API stored a limit of 1e-300 per second, which made every
     delivery of the channel fail; the revision brings such rows within the bounds."""
-    migrate.downgrade(database_url, "0010")
+    migrate.downgrade(database_url, "0011")
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO notifier.rate_limits (tenant_id, channel, per_second, burst) VALUES"

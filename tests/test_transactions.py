@@ -71,7 +71,9 @@ async def publish_then_abort(services: Services, event_type: str) -> None:
         cursor = await conn.execute(
             "SELECT args FROM procrastinate_jobs WHERE task_name = %s", [PROCESS_EVENT_TASK]
         )
-        assert await cursor.fetchall() == [{"args": {"event_id": str(event.id)}}]
+        assert await cursor.fetchall() == [
+            {"args": {"event_id": str(event.id), "tenant_id": DEFAULT_TENANT}}
+        ]
         cursor = await conn.execute("SELECT id FROM notifier.events WHERE id = %s", [event.id])
         assert await cursor.fetchone() == {"id": event.id}
         raise Abort
@@ -101,7 +103,7 @@ async def test_committed_event_leaves_both_row_and_job(
         {
             "id": mock.ANY,
             "status": "todo",
-            "args": {"event_id": str(event.id)},
+            "args": {"event_id": str(event.id), "tenant_id": DEFAULT_TENANT},
             "scheduled_at": None,
             "queue_name": "events",
         }
@@ -215,7 +217,7 @@ async def test_committed_notifications_leave_rows_and_jobs_for_the_pending_ones(
     assert job == {
         "id": job["id"],
         "status": "todo",
-        "args": {"notification_id": str(pending.id)},
+        "args": {"notification_id": str(pending.id), "tenant_id": DEFAULT_TENANT},
         "scheduled_at": send_at,
         "queue_name": "deliveries",
     }

@@ -10,7 +10,6 @@ from litestar.datastructures import MutableScopeHeaders, State
 from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.routes import HTTPRoute
 from litestar.status_codes import HTTP_204_NO_CONTENT
@@ -18,6 +17,7 @@ from litestar.types import Message, Scope
 
 from notifier.auth.guard import BEARER_SCHEME, Authenticator, check_guarded
 from notifier.bootstrap import open_services
+from notifier.docs_ui import DOCS_PATH, docs_router, swagger_ui_plugin
 from notifier.events.api import EventController
 from notifier.events.publisher import EventPublisher
 from notifier.health import health, liveness, readiness
@@ -32,7 +32,7 @@ from notifier.rules.api import RuleController
 from notifier.services import Services
 from notifier.settings import Settings
 from notifier.telemetry.api import metrics_endpoint
-from notifier.telemetry.metrics import Metrics
+from notifier.telemetry.metrics import Metrics, request_metrics_middleware
 from notifier.telemetry.stats import DatabaseStats
 from notifier.telemetry.tracing import litestar_middleware, tracing_enabled
 from notifier.templates.api import TemplateController
@@ -67,6 +67,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
             settings, name="notifier-api", metrics=metrics, runs_jobs=False
         ) as services:
             app.state.services = services
+            services.metrics.count_http_requests()
             app.state.event_publisher = EventPublisher(services.pool, services.metrics)
             app.state.database_stats = DatabaseStats(settings, services.pool)
             services.metrics.registry.register(app.state.database_stats)
@@ -116,7 +117,10 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         # Server spans only when tracing is on: no per-request cost otherwise.
-        middleware=[litestar_middleware()] if tracing_enabled() else [],
+        middleware=[
+            *([litestar_middleware()] if tracing_enabled() else []),
+            request_metrics_middleware,
+        ],
         # The process's entry point configures logging (notifier.telemetry); Litestar's
         # default would replace the root handler with its own text format.
         logging_config=None,
@@ -133,8 +137,10 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
             title="notifier",
             version="0.1.0",
             description="Transactional outbox for event-driven and scheduled notifications.",
-            path="/schema",
-            render_plugins=[ScalarRenderPlugin()],
+            path=DOCS_PATH,
+            # Swagger UI from an installed package: no CDN, so the docs work offline.
+            render_plugins=[swagger_ui_plugin()],
+            openapi_router=docs_router(),
             components=Components(
                 security_schemes={
                     BEARER_SCHEME: SecurityScheme(

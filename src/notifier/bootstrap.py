@@ -16,20 +16,25 @@ from notifier.channels.email import create_email_channel
 from notifier.channels.log import LogChannel
 from notifier.channels.sms import create_sms_channel
 from notifier.channels.webhook import WebhookChannel
-from notifier.db import create_fetch_pool, create_pool
+from notifier.db import connect_options, create_fetch_pool, create_pool
 from notifier.events import tasks as event_tasks
 from notifier.notifications import tasks as notification_tasks
 from notifier.queue import NotifierRetryStrategy, QueueConnector
 from notifier.services import Services
 from notifier.settings import Settings, parse_networks
 from notifier.telemetry.metrics import Metrics
+from notifier.templates.pool import RenderPool
 
 UNEXPECTED_FAILURES = 10
 
 
 def create_queue_app(settings: Settings) -> procrastinate.App:
     """The procrastinate app with every notifier task registered. Connects nothing yet."""
-    queue = procrastinate.App(connector=QueueConnector(conninfo=settings.database_url))
+    # Its own pool's options matter only where procrastinate opens one (its CLI); everywhere
+    # else it shares the process's pool.
+    queue = procrastinate.App(
+        connector=QueueConnector(conninfo=settings.database_url, kwargs=connect_options(settings))
+    )
     event_tasks.register(queue, NotifierRetryStrategy(max_attempts=UNEXPECTED_FAILURES))
     # deliver's runs include the attempts it reschedules itself: room for those, plus as many
     # unexpected failures as any other task gets.
@@ -61,6 +66,15 @@ def create_channels(settings: Settings) -> dict[str, Channel]:
     return {channel.name: channel for channel in channels}
 
 
+def create_renderer(settings: Settings) -> RenderPool:
+    """The process's template sandboxes (none runs until a template needs one)."""
+    return RenderPool(
+        size=settings.template_renderers,
+        render_timeout_seconds=settings.template_render_timeout_ms / 1000,
+        memory_mb=settings.template_memory_mb,
+    )
+
+
 @asynccontextmanager
 async def open_services(
     settings: Settings,
@@ -71,6 +85,8 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     """Open the pool and share it with the queue; close everything on exit.
 
+    The template renderers (child processes) start when first needed and stop here.
+
     ``metrics`` lets two parts of one process (``notifier dev``) count into one registry.
     A process that runs jobs (``runs_jobs``) also gets, with ``worker_fetch_async_commit``,
     the one asynchronous-commit connection it fetches jobs on. The API only defers jobs,
@@ -78,12 +94,16 @@ async def open_services(
     """
     channels = create_channels(settings)
     queue = create_queue_app(settings)
+    renderer = create_renderer(settings)
     pool = create_pool(settings, name=name)
     fetch_pool = None
     if runs_jobs and settings.worker_fetch_async_commit:
         fetch_pool = create_fetch_pool(settings, name=name)
         assert isinstance(queue.connector, QueueConnector)
         queue.connector.fetch_pool = fetch_pool
+    metrics = metrics or Metrics()
+    if runs_jobs:  # the API delivers nothing: its deliveries series would be zeros forever
+        metrics.expect_channels(channels)
     await pool.open()
     try:
         if fetch_pool is not None:
@@ -94,9 +114,11 @@ async def open_services(
                 pool=pool,
                 queue=queue,
                 channels=channels,
-                metrics=metrics or Metrics(),
+                renderer=renderer,
+                metrics=metrics,
             )
     finally:
+        await renderer.close()
         for channel in channels.values():
             await channel.aclose()
         if fetch_pool is not None:

@@ -8,6 +8,7 @@ import contextlib
 import gc
 import logging
 import os
+import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from notifier.app import create_app
 from notifier.auth import admin
 from notifier.auth import commands as key_commands
 from notifier.bootstrap import open_services
+from notifier.db import connect_options
 from notifier.queue import ALL_QUEUES
 from notifier.settings import Settings, SettingsError
 from notifier.telemetry import setup_telemetry
@@ -173,6 +175,29 @@ async def develop(settings: Settings) -> None:
             await asyncio.gather(worker, return_exceptions=True)
 
 
+def develop_locally(settings: Settings, args: argparse.Namespace) -> None:
+    """``notifier dev``: a database (the configured one, or an embedded one), migrated, then
+    API and worker in one process until Ctrl-C or SIGTERM."""
+    from notifier.devserver import local_database  # noqa: PLC0415 - dev-only dependency
+
+    # SIGTERM stops it like Ctrl-C, so that the embedded PostgreSQL is stopped too. uvicorn
+    # handles both while it serves, then raises the signal again: SIGTERM's default action
+    # would end the process there, before any cleanup.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with contextlib.suppress(KeyboardInterrupt), local_database(settings, args.data_dir) as dev:
+        migrations.migrate(dev)
+        key = dev_key(dev, Path(args.key_file))
+        # stdout, not the log: it is what the developer copies (and nothing else is there).
+        print(f"NOTIFIER_KEY={key}", flush=True)  # noqa: T201
+        logger.info(
+            "the default tenant's admin key is printed above and kept in %s; send it as "
+            "'Authorization: Bearer $NOTIFIER_KEY'",
+            args.key_file,
+        )
+        logger.info("API on http://%s:%d (docs at /schema)", dev.api_host, dev.api_port)
+        run_loop(develop(dev))
+
+
 def dev_key(settings: Settings, key_file: Path) -> str:
     """The dev API key of the default tenant, kept in ``key_file`` (owner-only) across restarts."""
     previous = key_file.read_text().strip() if key_file.is_file() else None
@@ -195,7 +220,9 @@ def manage_producer(settings: Settings, args: argparse.Namespace) -> int:
     """``notifier producer create|drop NAME``."""
     try:
         if args.producer_command == "drop":
-            outbox.drop_producer(settings.database_url, args.name)
+            outbox.drop_producer(
+                settings.database_url, args.name, connect=connect_options(settings)
+            )
             logger.info("dropped producer role %s", args.name)
             return 0
         given = os.environ.get(args.password_env) if args.password_env else None
@@ -203,7 +230,11 @@ def manage_producer(settings: Settings, args: argparse.Namespace) -> int:
             print(f"notifier: {args.password_env} is not set", file=sys.stderr)  # noqa: T201
             return 2
         password = outbox.create_producer(
-            settings.database_url, args.name, given, tenant_id=args.tenant
+            settings.database_url,
+            args.name,
+            given,
+            tenant_id=args.tenant,
+            connect=connect_options(settings),
         )
     except ValueError as exc:
         print(f"notifier: {exc}", file=sys.stderr)  # noqa: T201 - CLI error message
@@ -221,7 +252,7 @@ def manage_producer(settings: Settings, args: argparse.Namespace) -> int:
 def check_migrations(settings: Settings) -> int:
     """``notifier migrate --check``: for init containers and deploy scripts that must wait."""
     try:
-        pending = migrations.pending_revisions(settings.database_url)
+        pending = migrations.pending_revisions(settings.database_url, connect_options(settings))
     except psycopg.OperationalError as exc:
         logger.error("cannot read the schema version: %s", exc)
         return 3
@@ -286,24 +317,5 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
     elif args.command == "worker":
         run_loop(work(settings, args.queues or ALL_QUEUES, args.concurrency))
     elif args.command == "dev":
-        from notifier.devserver import local_database  # noqa: PLC0415 - dev-only dependency
-
-        with local_database(settings, args.data_dir) as dev_settings:
-            migrations.migrate(dev_settings)
-            key = dev_key(dev_settings, Path(args.key_file))
-            # stdout, not the log: it is what the developer copies (and nothing else is there).
-            print(f"NOTIFIER_KEY={key}", flush=True)  # noqa: T201
-            logger.info(
-                "the default tenant's admin key is printed above and kept in %s; send it as "
-                "'Authorization: Bearer $NOTIFIER_KEY'",
-                args.key_file,
-            )
-            logger.info(
-                "API on http://%s:%d (docs at /schema)",
-                dev_settings.api_host,
-                dev_settings.api_port,
-            )
-            # uvicorn re-raises the Ctrl-C it handled once it has shut down cleanly.
-            with contextlib.suppress(KeyboardInterrupt):
-                run_loop(develop(dev_settings))
+        develop_locally(settings, args)
     return 0

@@ -6,7 +6,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from psycopg import AsyncConnection
@@ -19,13 +19,24 @@ Connection: TypeAlias = AsyncConnection[DictRow]
 Pool: TypeAlias = AsyncConnectionPool[Connection]
 
 
+def connect_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments of every psycopg connection notifier opens (pools, CLI, migrations).
+
+    With ``database_prepared_statements`` off, psycopg never prepares a statement: through
+    a transaction pooler, one prepared on a shared server connection would collide with
+    another client's (``DuplicatePreparedStatement "_pg3_0"``) or be missing for the next
+    transaction (``InvalidSqlStatementName``).
+    """
+    return {} if settings.database_prepared_statements else {"prepare_threshold": None}
+
+
 def create_pool(settings: Settings, *, name: str = "notifier") -> Pool:
     """Build (but do not open) the process's connection pool."""
     checker = IdleConnectionCheck()
     return AsyncConnectionPool(
         settings.database_url,
         connection_class=AsyncConnection[DictRow],
-        kwargs={"row_factory": dict_row, "application_name": name},
+        kwargs={"row_factory": dict_row, "application_name": name, **connect_options(settings)},
         min_size=settings.database_pool_min_size,
         max_size=settings.database_pool_max_size,
         timeout=settings.database_timeout_seconds,
@@ -89,7 +100,12 @@ def create_fetch_pool(settings: Settings, *, name: str = "notifier") -> Pool:
     return AsyncConnectionPool(
         settings.database_url,
         connection_class=AsyncConnection[DictRow],
-        kwargs={"row_factory": dict_row, "application_name": f"{name}-fetch", "autocommit": True},
+        kwargs={
+            "row_factory": dict_row,
+            "application_name": f"{name}-fetch",
+            "autocommit": True,
+            **connect_options(settings),
+        },
         configure=_asynchronous_commit,
         min_size=1,
         max_size=1,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from alembic import command
@@ -16,6 +18,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy import create_engine, exc, pool
 
+from notifier.db import connect_options
 from notifier.settings import Settings
 
 
@@ -27,30 +30,52 @@ def migrations_dir() -> Path:
     return Path(str(resources.files("notifier") / "_migrations"))
 
 
-def alembic_config(database_url: str) -> Config:
-    """An Alembic config aimed at ``database_url`` (no alembic.ini needed)."""
+def alembic_config(database_url: str, connect: Mapping[str, Any] | None = None) -> Config:
+    """An Alembic config aimed at ``database_url`` (no alembic.ini needed).
+
+    ``connect``: keyword arguments of the connection (:func:`notifier.db.connect_options`).
+    """
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     config.attributes["database_url"] = database_url
+    config.attributes["connect_options"] = dict(connect or {})
     return config
 
 
-def create_database_if_missing(database_url: str) -> bool:
-    """Create the database named in ``database_url`` unless it exists. True if created."""
+def create_database_if_missing(database_url: str, connect: Mapping[str, Any] | None = None) -> bool:
+    """Create the database named in ``database_url`` unless it exists. True if created.
+
+    The database itself is tried first: a pooler such as PgBouncer often exposes only it,
+    not the ``postgres`` database that creating one needs. Only when it does not answer is
+    ``postgres`` asked; if that fails too, the first error is the one that explains.
+    """
+    options = dict(connect or {})
+    try:
+        with psycopg.connect(database_url, **options):
+            return False
+    except psycopg.OperationalError as unreachable:
+        target_error = unreachable
     params = conninfo_to_dict(database_url)
     dbname = str(params.get("dbname") or params.get("user") or "postgres")
     maintenance_url = make_conninfo(database_url, dbname="postgres")
-    with psycopg.connect(maintenance_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [dbname]).fetchone()
-        if exists:
-            return False
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-        return True
+    try:
+        with psycopg.connect(maintenance_url, autocommit=True, **options) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", [dbname]
+            ).fetchone()
+            if exists:
+                return False
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+            return True
+    except psycopg.OperationalError:
+        raise target_error from None
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
+def upgrade(
+    database_url: str, revision: str = "head", connect: Mapping[str, Any] | None = None
+) -> None:
     """Upgrade the schema to ``revision``."""
-    command.upgrade(alembic_config(database_url), revision)
+    command.upgrade(alembic_config(database_url, connect), revision)
 
 
 def downgrade(database_url: str, revision: str) -> None:
@@ -62,16 +87,17 @@ class UnknownRevisionError(LookupError):
     """The database is at a revision these migrations do not contain (a newer release's)."""
 
 
-def pending_revisions(database_url: str) -> list[str]:
+def pending_revisions(database_url: str, connect: Mapping[str, Any] | None = None) -> list[str]:
     """Revisions not yet applied to the database, oldest first; empty when it is at head.
 
     Only reads. A database that is missing or unreachable raises ``psycopg.OperationalError``;
     one migrated by a newer release raises :class:`UnknownRevisionError`.
     """
     script = ScriptDirectory.from_config(alembic_config(database_url))
+    options = dict(connect or {})
     engine = create_engine(
         "postgresql+psycopg://",
-        creator=lambda: psycopg.connect(database_url),
+        creator=lambda: psycopg.connect(database_url, **options),
         poolclass=pool.NullPool,
     )
     try:
@@ -92,8 +118,9 @@ def pending_revisions(database_url: str) -> list[str]:
 
 def migrate(settings: Settings) -> bool:
     """Create the database if needed and upgrade it to head. True if it was created."""
-    created = create_database_if_missing(settings.database_url)
-    upgrade(settings.database_url)
+    options = connect_options(settings)
+    created = create_database_if_missing(settings.database_url, options)
+    upgrade(settings.database_url, connect=options)
     return created
 
 

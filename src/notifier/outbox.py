@@ -8,6 +8,8 @@ tenant each one publishes for (``notifier.producer_tenants``, read by the outbox
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -18,14 +20,20 @@ PRODUCER_GROUP = "notifier_producer"
 
 
 def create_producer(
-    database_url: str, name: str, password: str | None = None, *, tenant_id: str = DEFAULT_TENANT
+    database_url: str,
+    name: str,
+    password: str | None = None,
+    *,
+    tenant_id: str = DEFAULT_TENANT,
+    connect: Mapping[str, Any] | None = None,
 ) -> str:
     """Create login role ``name`` in the producer group, publishing for ``tenant_id``.
 
     Returns its password (generated if None). Role and mapping are one transaction.
+    ``connect``: the connection's options (:func:`notifier.db.connect_options`).
     """
     password = password or secrets.token_urlsafe(24)
-    with psycopg.connect(database_url) as conn, conn.transaction():
+    with psycopg.connect(database_url, **dict(connect or {})) as conn, conn.transaction():
         if (
             conn.execute("SELECT 1 FROM notifier.tenants WHERE id = %s", [tenant_id]).fetchone()
             is None
@@ -43,9 +51,11 @@ def create_producer(
     return password
 
 
-def drop_producer(database_url: str, name: str) -> None:
+def drop_producer(
+    database_url: str, name: str, *, connect: Mapping[str, Any] | None = None
+) -> None:
     """Remove a producer's login role, revoking what it was granted in this database."""
-    with psycopg.connect(database_url) as conn, conn.transaction():
+    with psycopg.connect(database_url, **dict(connect or {})) as conn, conn.transaction():
         is_producer = conn.execute(
             """
             SELECT 1 FROM pg_auth_members m

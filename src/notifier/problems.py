@@ -255,6 +255,10 @@ def _handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Respons
 
 def _handle_database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     logger.warning("database unavailable: %r", exc)
+    return _unavailable(request)
+
+
+def _unavailable(request: Request[Any, Any, Any]) -> Response[Problem]:
     return problem_response(
         request,
         ProblemError(
@@ -266,12 +270,34 @@ def _handle_database_down(request: Request[Any, Any, Any], exc: Exception) -> Re
     )
 
 
+# A statement psycopg prepared is missing, or its name taken, on the server connection: a
+# transaction pooler (PgBouncer) gave this transaction another client's server connection.
+# The request is fine and a retry lands elsewhere; the operator must turn preparing off.
+POOLER_STATEMENT_ERRORS = (
+    psycopg.errors.InvalidSqlStatementName,
+    psycopg.errors.DuplicatePreparedStatement,
+)
+
+
+def _handle_pooler_statement_error(
+    request: Request[Any, Any, Any], exc: psycopg.Error
+) -> Response[Problem]:
+    logger.error(
+        "%r: a transaction pooler shares server connections between clients; set "
+        "NOTIFIER_DATABASE_PREPARED_STATEMENTS=false (docs/operations.md, PgBouncer)",
+        exc,
+    )
+    return _unavailable(request)
+
+
 def _handle_queue_error(
     request: Request[Any, Any, Any], exc: ConnectorException
 ) -> Response[Problem]:
     """procrastinate wraps the database errors of a defer: a lost connection is still a 503."""
     if isinstance(exc.__cause__, psycopg.OperationalError):
         return _handle_database_down(request, exc.__cause__)
+    if isinstance(exc.__cause__, POOLER_STATEMENT_ERRORS):
+        return _handle_pooler_statement_error(request, exc.__cause__)
     return _handle_unexpected(request, exc)
 
 
@@ -314,6 +340,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     ValidationException: _handle_validation,
     HTTPException: _handle_http,
     psycopg.OperationalError: _handle_database_down,
+    **dict.fromkeys(POOLER_STATEMENT_ERRORS, _handle_pooler_statement_error),
     ConnectorException: _handle_queue_error,
     psycopg.DataError: _handle_unstorable,
     RecursionError: _handle_too_deep,

@@ -11,18 +11,20 @@ from notifier.channels.base import Channel
 from notifier.db import Pool
 from notifier.settings import Settings
 from notifier.telemetry.metrics import Metrics
+from notifier.templates.pool import RenderPool
 
 SERVICES_CONTEXT_KEY = "services"
 
 
 @dataclass(frozen=True, slots=True)
 class Services:
-    """The process's settings, pool, queue, channels and metrics."""
+    """The process's settings, pool, queue, channels, template renderers and metrics."""
 
     settings: Settings
     pool: Pool
     queue: procrastinate.App
     channels: dict[str, Channel]
+    renderer: RenderPool
     metrics: Metrics = field(default_factory=Metrics)
 
     def channel(self, name: str) -> Channel | None:

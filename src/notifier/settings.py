@@ -6,19 +6,45 @@ Everything else receives a :class:`Settings` instance; nothing reads the environ
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, get_type_hints
+from typing import Annotated, Any, get_type_hints
 
+import msgspec
 import psycopg
+from msgspec import Meta
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from notifier.rate_limits.gcra import check_limit
+from notifier.rate_limits.gcra import MAX_BURST, MAX_PER_SECOND, MIN_PER_SECOND, check_limit
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/notifier"
 ENV_PREFIX = "NOTIFIER_"
+# NOTIFIER_* variables that are not settings, and so are not refused as misspelt ones: the
+# key `notifier dev` prints for clients to export, and the test and benchmark suites' knobs.
+NOT_SETTINGS = ("NOTIFIER_KEY",)
+NOT_SETTINGS_PREFIXES = (
+    "NOTIFIER_TEST_",
+    "NOTIFIER_FUZZ_",
+    "NOTIFIER_FAULTS_",
+    "NOTIFIER_SOAK_",
+    "NOTIFIER_BENCH_",
+)
+
+# Constraints a field's annotation carries; checked on every Settings built, whether from the
+# environment, by replace() or directly. A new setting with a constraint is one line:
+#     template_render_timeout_seconds: PositiveFloat = 2.0
+PositiveInt = Annotated[int, Meta(ge=1)]
+NonNegativeInt = Annotated[int, Meta(ge=0)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+NonNegativeFloat = Annotated[float, Meta(ge=0)]
+Port = Annotated[int, Meta(ge=0, le=65535)]  # 0: the system picks one (tests)
+# Every rate limit's bounds (rate_limits/gcra.py); a send rate of 0 means unlimited.
+RequestRate = Annotated[float, Meta(ge=MIN_PER_SECOND, le=MAX_PER_SECOND)]
+Burst = Annotated[int, Meta(ge=1, le=MAX_BURST)]
 
 
 class SettingsError(ValueError):
@@ -27,54 +53,66 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Every knob notifier has. Field ``foo_bar`` is read from ``NOTIFIER_FOO_BAR``."""
+    """Every knob notifier has. Field ``foo_bar`` is read from ``NOTIFIER_FOO_BAR``.
+
+    A field's annotation carries its constraints (``PositiveInt``...): every instance is
+    checked, and a bad value is a :class:`SettingsError` naming the variable.
+    """
 
     database_url: str = DEFAULT_DATABASE_URL
     # Connections per process. A worker holds one per delivery in flight (the row lock
     # lives as long as the send), plus the queue's own: keep it above worker concurrency.
-    database_pool_min_size: int = 2
-    database_pool_max_size: int = 20
+    database_pool_min_size: NonNegativeInt = 2
+    database_pool_max_size: PositiveInt = 20
     # How long a request waits for a connection before answering 503.
-    database_timeout_seconds: float = 5.0
+    database_timeout_seconds: PositiveFloat = 5.0
+    # psycopg prepares a statement once it has run it a few times on a connection. Behind a
+    # transaction pooler (PgBouncer before 1.21, or without max_prepared_statements) the
+    # statement lands on a server connection other clients share: turn it off there.
+    database_prepared_statements: bool = True
 
     api_host: str = "127.0.0.1"
-    api_port: int = 8000
+    api_port: Port = 8000
 
-    worker_concurrency: int = 10
+    worker_concurrency: PositiveInt = 10
     # Scheduled jobs are found by polling; LISTEN/NOTIFY only wakes workers for jobs due now.
-    worker_poll_interval_seconds: float = 0.5
+    worker_poll_interval_seconds: PositiveFloat = 0.5
     # Turn off behind PgBouncer in transaction mode, which cannot carry LISTEN.
     worker_listen_notify: bool = True
-    worker_shutdown_timeout_seconds: float = 30.0
+    worker_shutdown_timeout_seconds: NonNegativeFloat = 30.0
     # A worker that has not heartbeated for this long is considered dead and its jobs re-run.
-    stalled_worker_seconds: float = 60.0
+    stalled_worker_seconds: PositiveFloat = 60.0
     # Workers fetch jobs on a connection of their own that commits without waiting for the
     # WAL flush; business writes and finishing a job stay durable. A lost fetch only puts
     # the job back in the queue (docs/performance.md).
     worker_fetch_async_commit: bool = True
     # Succeeded/cancelled jobs older than this are pruned; failed ones are kept for admins.
-    prune_jobs_after_hours: int = 72
-    idempotency_ttl_hours: int = 24
+    prune_jobs_after_hours: NonNegativeInt = 72
+    idempotency_ttl_hours: PositiveInt = 24
 
-    delivery_max_attempts: int = 8
+    delivery_max_attempts: PositiveInt = 8
     # A deliver job also sends up to this many other due notifications of its channel at once
     # (none under a rate limit), in its transaction; 1 sends each in its own job only.
-    delivery_batch_size: int = 50
-    retry_base_seconds: float = 5.0
-    retry_max_seconds: float = 6 * 3600.0
+    delivery_batch_size: PositiveInt = 50
+    retry_base_seconds: PositiveFloat = 5.0
+    retry_max_seconds: PositiveFloat = 6 * 3600.0
 
     # Channel for notifications created over REST without an explicit one.
     default_channel: str = "log"
-    webhook_timeout_seconds: float = 10.0
+    webhook_timeout_seconds: PositiveFloat = 10.0
     # Standard Webhooks secret ("whsec_" + base64). Unset: webhooks are sent unsigned.
     webhook_secret: str | None = None
     webhook_user_agent: str = "notifier-webhooks/0.1"
     # Comma-separated CIDRs webhooks may reach although they are not public (loopback,
     # private, link-local...). Empty: public addresses only.
     webhook_allowed_networks: str = ""
+    # Webhook requests in flight to one host (scheme, host, port) at once, across every
+    # worker process; a delivery that finds them all taken waits without spending an
+    # attempt (notifier.notifications.host_slots). 0: no cap.
+    webhook_max_in_flight_per_host: NonNegativeInt = 8
 
     # Requests with a larger body are refused with 413 before they are read.
-    api_max_body_bytes: int = 1024 * 1024
+    api_max_body_bytes: PositiveInt = 1024 * 1024
 
     # Signs unsubscribe links (any long random string). Unset: emails carry no such links.
     unsubscribe_secret: str | None = None
@@ -82,37 +120,49 @@ class Settings:
     public_base_url: str | None = None
     # Sends per second per tenant on each channel, across all workers; unset is unlimited.
     # Per-tenant overrides live in notifier.rate_limits (PUT /api/v1/rate-limits/{channel}).
-    rate_limit_email_per_second: float | None = None
-    rate_limit_sms_per_second: float | None = None
-    rate_limit_webhook_per_second: float | None = None
+    rate_limit_email_per_second: NonNegativeFloat | None = None
+    rate_limit_sms_per_second: NonNegativeFloat | None = None
+    rate_limit_webhook_per_second: NonNegativeFloat | None = None
     # How many sends may go out back to back before the rate applies (1: evenly spaced).
-    rate_limit_burst: int = 1
+    rate_limit_burst: Burst = 1
 
     # Operations. Tracing is configured by the standard OTEL_* variables, not here.
     # "json" (one object per line) or "text"; unset: text for `notifier dev` and the admin
     # commands, json for `notifier api` and `notifier worker`.
     log_format: str | None = None
     log_level: str = "INFO"
+    # uvicorn's access lines of /health, /health/* and /metrics: probes and scrapes every few
+    # seconds would outnumber every other line.
+    access_log_probes: bool = False
     # Workers serve their own counters on this port at /metrics; 0 turns it off.
-    worker_metrics_port: int = 0
+    worker_metrics_port: Port = 0
     worker_metrics_host: str = "127.0.0.1"
     # Gauges read from PostgreSQL (queues, workers, notifications) are reused this long.
-    metrics_cache_seconds: float = 5.0
+    metrics_cache_seconds: NonNegativeFloat = 5.0
     # A job still waiting this long after it was due counts as overdue in /health/ready.
-    overdue_job_seconds: float = 60.0
+    overdue_job_seconds: PositiveFloat = 60.0
 
     # API keys are read from the database at most this often per key and API process: a
     # revoked key keeps working for up to this long.
-    api_key_cache_seconds: float = 5.0
+    api_key_cache_seconds: NonNegativeFloat = 5.0
     # Per key and per API process (see docs/security.md); a key's own limit overrides them.
-    api_rate_limit_per_second: float = 100.0
-    api_rate_limit_burst: int = 200
+    api_rate_limit_per_second: RequestRate = 100.0
+    api_rate_limit_burst: Burst = 200
     # An event whose rules would make more notifications than this makes none, and says so.
-    max_notifications_per_event: int = 100
+    max_notifications_per_event: PositiveInt = 100
+
+    # Tenants' templates compile and render in child processes (notifier.templates.pool):
+    # at most this many per API or worker process, started when first needed.
+    template_renderers: PositiveInt = 2
+    # CPU time one render may take; compiling a part may take ten times as much. Longer
+    # is a template error (422, or a failed notification); the child is killed if need be.
+    template_render_timeout_ms: PositiveInt = 100
+    # Address space each renderer process may use (Python itself takes about 40 MB).
+    template_memory_mb: Annotated[int, Meta(ge=64)] = 256
 
     # Email over SMTP. The channel exists only when smtp_host is set.
     smtp_host: str | None = None
-    smtp_port: int = 587
+    smtp_port: Port = 587
     # "starttls" (upgrade a plain connection, usually port 587), "tls" (implicit TLS,
     # usually 465) or "none" (plain text: local relays and tests only).
     smtp_tls: str = "starttls"
@@ -121,7 +171,7 @@ class Settings:
     smtp_password: str | None = dataclasses.field(default=None, repr=False)
     # A PEM bundle of CAs to trust instead of the system's (a relay with a private CA).
     smtp_ca_file: str | None = None
-    smtp_timeout_seconds: float = 10.0
+    smtp_timeout_seconds: PositiveFloat = 10.0
     email_from: str = "notifier@localhost"
     email_reply_to: str | None = None
 
@@ -135,44 +185,59 @@ class Settings:
     sms_auth_token: str | None = dataclasses.field(default=None, repr=False)
     # The sending number (E.164) or alphanumeric sender id.
     sms_from: str | None = None
-    sms_timeout_seconds: float = 10.0
+    sms_timeout_seconds: PositiveFloat = 10.0
     # Longer texts are cut to this many segments (with "...") or, if sms_truncate is
     # false, fail permanently.
-    sms_max_segments: int = 3
+    sms_max_segments: PositiveInt = 3
     sms_truncate: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from ``environ`` (default: the process environment)."""
+        """Build settings from ``environ`` (default: the process environment).
+
+        A ``NOTIFIER_*`` variable that is no setting (a misspelt one would otherwise be
+        ignored without a word) and a value out of its setting's range are refused with a
+        :class:`SettingsError` naming the variable.
+        """
         env = os.environ if environ is None else environ
-        hints = get_type_hints(cls)
+        names = {ENV_PREFIX + field.name.upper(): field.name for field in fields(cls)}
+        unknown = sorted(
+            name
+            for name in env
+            if name.startswith(ENV_PREFIX)
+            and name not in names
+            and name not in NOT_SETTINGS
+            and not name.startswith(NOT_SETTINGS_PREFIXES)
+        )
+        if unknown:
+            raise SettingsError("; ".join(_unknown_message(name, names) for name in unknown))
+        hints = _field_types()
         values: dict[str, Any] = {}
-        for field in fields(cls):
-            name = ENV_PREFIX + field.name.upper()
-            raw = env.get(name)
+        for variable, name in names.items():
+            raw = env.get(variable)
             if raw is None or raw == "":
                 continue
-            values[field.name] = _parse(name, raw, hints[field.name])
+            values[name] = _convert(name, raw, hints[name])
         return cls(**values)
 
     def __post_init__(self) -> None:
         # Fail when the settings are read, not when the first request or webhook needs them.
-        if problem := check_limit(self.api_rate_limit_per_second, self.api_rate_limit_burst):
+        hints = _field_types()
+        for field in fields(self):
+            _convert(field.name, getattr(self, field.name), hints[field.name])
+        if self.database_pool_min_size > self.database_pool_max_size:
             raise SettingsError(
-                f"{ENV_PREFIX}API_RATE_LIMIT_PER_SECOND, {ENV_PREFIX}API_RATE_LIMIT_BURST: {problem}"
+                f"{ENV_PREFIX}DATABASE_POOL_MIN_SIZE ({self.database_pool_min_size}) must not "
+                f"exceed {ENV_PREFIX}DATABASE_POOL_MAX_SIZE ({self.database_pool_max_size})"
             )
         for channel in ("email", "sms", "webhook"):
             per_second = getattr(self, f"rate_limit_{channel}_per_second")
-            # Unset or not above 0 means unlimited; a burst below 1 is read as 1 (limiter.py).
-            if per_second is None or per_second <= 0:
-                continue
-            if problem := check_limit(per_second, max(self.rate_limit_burst, 1)):
+            # Unset or 0 means unlimited; any other rate lies within every limit's bounds.
+            if per_second and (problem := check_limit(per_second, self.rate_limit_burst)):
                 raise SettingsError(
                     f"{ENV_PREFIX}RATE_LIMIT_{channel.upper()}_PER_SECOND, "
                     f"{ENV_PREFIX}RATE_LIMIT_BURST: {problem}"
                 )
-        if self.delivery_batch_size < 1:
-            raise SettingsError(f"{ENV_PREFIX}DELIVERY_BATCH_SIZE must be at least 1")
         try:
             parse_networks(self.webhook_allowed_networks)
         except ValueError as exc:
@@ -232,24 +297,40 @@ def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
     return tuple(networks)
 
 
-def _parse(name: str, raw: str, annotation: Any) -> Any:
-    target = annotation
-    if target == str | None:
-        return raw
-    if target == float | None:
-        target = float
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    """Each setting's annotation, constraints (``Annotated[..., Meta(...)]``) included."""
+    return get_type_hints(Settings, include_extras=True)
+
+
+# Spellings of a boolean that msgspec does not read itself ("true", "false", "1", "0").
+_BOOLEAN_WORDS = {"yes": "true", "on": "true", "no": "false", "off": "false"}
+
+
+def _convert(name: str, value: Any, annotation: Any) -> Any:
+    """``value`` (a variable's text, or a typed value) as ``annotation``, constraints checked.
+
+    Raises :class:`SettingsError` naming the variable; a secret's value is never shown.
+    """
+    if isinstance(value, str) and _is_bool(annotation):
+        value = _BOOLEAN_WORDS.get(value.strip().lower(), value.strip())
     try:
-        if target is bool:
-            lowered = raw.strip().lower()
-            if lowered in {"1", "true", "yes", "on"}:
-                return True
-            if lowered in {"0", "false", "no", "off"}:
-                return False
-            raise ValueError(raw)
-        if target is int:
-            return int(raw)
-        if target is float:
-            return float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a valid {target.__name__}") from None
-    return raw
+        return msgspec.convert(value, annotation, strict=False)
+    except msgspec.ValidationError as exc:
+        shown = MASK if _is_secret(name) else value
+        reason = str(exc)
+        reason = reason[:1].lower() + reason[1:]
+        raise SettingsError(f"{ENV_PREFIX}{name.upper()}={shown!r}: {reason}") from None
+
+
+def _is_bool(annotation: Any) -> bool:
+    return annotation is bool or annotation == bool | None
+
+
+def _unknown_message(variable: str, names: Mapping[str, str]) -> str:
+    """Why ``variable`` is refused, with the setting it most likely meant."""
+    message = f"{variable} is not a notifier setting"
+    close = difflib.get_close_matches(variable, list(names), n=1, cutoff=0.8)
+    if close:
+        return f"{message}; did you mean {close[0]}?"
+    return f"{message} (the README's Configuration table lists them all)"

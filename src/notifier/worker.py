@@ -14,6 +14,7 @@ from procrastinate.exceptions import ConnectorException
 from notifier import maintenance
 from notifier.queue import ALL_QUEUES
 from notifier.services import SERVICES_CONTEXT_KEY, Services
+from notifier.telemetry.logs import describe_error
 from notifier.telemetry.tracing import job_tracing_middleware
 
 logger = logging.getLogger("notifier.worker")
@@ -103,7 +104,7 @@ async def run_worker(
                 try:
                     await run_once()
                 except DATABASE_LOST as exc:
-                    logger.warning("worker lost the database: %s", exc)
+                    logger.warning("worker lost the database: %s", describe_error(exc))
                 if stop_requested.is_set():
                     return
                 # procrastinate stops on its own when a side task (heartbeat, LISTEN)
@@ -160,7 +161,7 @@ async def _recover_stalled_jobs(services: Services) -> None:
         try:
             requeued = await maintenance.requeue_stalled_jobs(services, manager)
         except DATABASE_LOST as exc:
-            logger.warning("could not look for stalled jobs: %s", exc)
+            logger.warning("could not look for stalled jobs: %s", describe_error(exc))
         else:
             if requeued:
                 logger.warning("requeued %d jobs of dead workers", requeued)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
-from notifier.channels.base import DeliveryError, OutgoingMessage
+from notifier.channels.base import ANSWER_EXCERPT_CHARS, DeliveryError, OutgoingMessage
 from notifier.channels.sms import (
     JsonSmsProvider,
     SmsChannel,
@@ -21,7 +24,8 @@ from notifier.channels.sms import (
     segment,
 )
 from notifier.settings import Settings, SettingsError
-from tests.support import FakeSmsProvider
+from tests.hostile_receiver import HostileReceiver, allocation_peak
+from tests.support import FakeSmsProvider, eventually
 
 NOTIFICATION_ID = uuid.UUID("0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b")
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
@@ -265,3 +269,77 @@ def test_settings_build_the_channel_only_when_a_provider_is_set() -> None:
 def test_unusable_settings_are_refused_at_startup(changes: dict[str, object], named: str) -> None:
     with pytest.raises(SettingsError, match=named):
         create_sms_channel(Settings().replace(**changes))
+
+
+# --- answers that try to exhaust the worker ---------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def json_gateway(url: str, timeout_seconds: float = 2.0) -> AsyncIterator[SmsChannel]:
+    provider = JsonSmsProvider(url=url, token=None, sender=None, timeout_seconds=timeout_seconds)
+    channel = SmsChannel(provider, max_segments=3, truncate=True)
+    try:
+        yield channel
+    finally:
+        await channel.aclose()
+
+
+async def test_a_1_gib_answer_is_read_to_64_kib_and_the_connection_closed(
+    hostile: HostileReceiver,
+) -> None:
+    started = time.monotonic()
+    async with json_gateway(hostile.url + "/huge") as channel:
+        with allocation_peak() as peak:
+            receipt = await channel.send(message())
+
+    assert receipt.status_code == 200
+    assert receipt.detail is None  # the 64 KiB kept are no JSON document
+    assert time.monotonic() - started < 1.5
+    assert peak[0] < 4 * 1024 * 1024, peak
+    await eventually(lambda: asyncio.sleep(0, bool(hostile.body_bytes_sent)))
+    assert hostile.body_bytes_sent[0] < 64 * 1024 * 1024
+
+
+async def test_an_error_answer_that_is_not_json_is_quoted_from_its_first_bytes(
+    hostile: HostileReceiver,
+) -> None:
+    async with json_gateway(hostile.url + "/huge-error") as channel:
+        with allocation_peak() as peak, pytest.raises(DeliveryError) as failure:
+            await channel.send(message())
+
+    assert (failure.value.retryable, failure.value.status_code) == (True, 500)
+    error = str(failure.value)
+    assert error.startswith("SMS provider answered 500: upstream exploded at line 1 !!!"), error
+    assert len(error) <= len("SMS provider answered 500: ") + ANSWER_EXCERPT_CHARS
+    assert peak[0] < 4 * 1024 * 1024, peak
+
+
+@pytest.mark.parametrize("kind", ["long-header", "many-headers"])
+async def test_an_oversized_answer_head_fails_the_attempt_retryably(
+    hostile: HostileReceiver, kind: str
+) -> None:
+    async with json_gateway(f"{hostile.url}/{kind}") as channel:
+        with allocation_peak() as peak, pytest.raises(DeliveryError) as failure:
+            await channel.send(message())
+
+    assert failure.value.retryable is True
+    assert failure.value.status_code is None
+    assert str(failure.value).startswith("SMS provider request failed: RemoteProtocolError")
+    assert peak[0] < 4 * 1024 * 1024, peak
+
+
+async def test_a_body_trickling_forever_is_cut_by_the_total_timeout(
+    hostile: HostileReceiver,
+) -> None:
+    # httpx's own timeout is per read: a byte every 50 ms would never trip it.
+    started = time.monotonic()
+    async with json_gateway(hostile.url + "/trickle-body", timeout_seconds=0.5) as channel:
+        with pytest.raises(DeliveryError) as failure:
+            async with asyncio.timeout(10):  # without the fix: about 14 hours
+                await channel.send(message())
+
+    assert failure.value.retryable is True
+    assert str(failure.value).startswith(
+        "SMS provider timed out: no complete answer within 0.5s"
+    ), str(failure.value)
+    assert time.monotonic() - started < 3

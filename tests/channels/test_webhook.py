@@ -15,7 +15,12 @@ from collections.abc import AsyncIterator
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from notifier.channels.base import DeliveryError, DeliveryReceipt, OutgoingMessage
+from notifier.channels.base import (
+    ANSWER_EXCERPT_CHARS,
+    DeliveryError,
+    DeliveryReceipt,
+    OutgoingMessage,
+)
 from notifier.channels.webhook import (
     WebhookChannel,
     classify_response,
@@ -25,7 +30,8 @@ from notifier.channels.webhook import (
     webhook_body,
 )
 from notifier.settings import parse_networks
-from tests.support import LOOPBACK_NETWORKS, WEBHOOK_SECRET, WebhookReceiver
+from tests.hostile_receiver import HostileReceiver, allocation_peak
+from tests.support import LOOPBACK_NETWORKS, WEBHOOK_SECRET, WebhookReceiver, eventually
 
 UTC = datetime.UTC
 NOTIFICATION_ID = uuid.UUID("5f0c6a8e-8a44-4c44-9d6c-1f1d8c9f0b42")
@@ -367,3 +373,78 @@ async def test_redirects_are_not_followed(
 
     assert (caught.value.retryable, caught.value.status_code) == (False, 307)
     assert len(receiver.received()) == 1
+
+
+# --- answers that try to exhaust the worker ---------------------------------------------
+
+
+async def test_a_1_gib_answer_is_read_to_64_kib_and_the_connection_closed(
+    channel: WebhookChannel, hostile: HostileReceiver
+) -> None:
+    started = time.monotonic()
+    with allocation_peak() as peak:
+        receipt = await channel.send(message(hostile.url + "/huge"))
+
+    # The status decides, as before; the body is no concern of the outcome.
+    assert receipt == DeliveryReceipt(status_code=200)
+    assert time.monotonic() - started < 1.5  # closed, not drained (nor timed out)
+    assert peak[0] < 4 * 1024 * 1024, peak
+    # The receiver got out no more than the 64 KiB read and what socket buffers took.
+    await eventually(lambda: asyncio.sleep(0, bool(hostile.body_bytes_sent)))
+    assert hostile.body_bytes_sent[0] < 64 * 1024 * 1024
+
+
+async def test_an_error_answer_is_quoted_from_its_first_bytes(
+    channel: WebhookChannel, hostile: HostileReceiver
+) -> None:
+    with allocation_peak() as peak, pytest.raises(DeliveryError) as caught:
+        await channel.send(message(hostile.url + "/huge-error"))
+
+    assert (caught.value.retryable, caught.value.status_code) == (True, 500)
+    error = str(caught.value)
+    assert error.startswith("receiver answered 500: upstream exploded at line 1 !!!"), error
+    assert error.endswith("...")
+    assert len(error) <= len("receiver answered 500: ") + ANSWER_EXCERPT_CHARS
+    assert peak[0] < 4 * 1024 * 1024, peak
+
+
+def test_an_answer_is_quoted_printable_and_short() -> None:
+    with pytest.raises(DeliveryError) as caught:
+        classify_response(503, None, b"\x1b[31mbusy\x00\n\n try  later\xff")
+    assert str(caught.value) == "receiver answered 503: [31mbusy try later\ufffd"
+    with pytest.raises(DeliveryError) as empty:
+        classify_response(503, None, b" \r\n")
+    assert str(empty.value) == "receiver answered 503"
+
+
+@pytest.mark.parametrize("kind", ["long-header", "many-headers"])
+async def test_an_oversized_answer_head_fails_the_attempt_retryably(
+    channel: WebhookChannel, hostile: HostileReceiver, kind: str
+) -> None:
+    started = time.monotonic()
+    with allocation_peak() as peak, pytest.raises(DeliveryError) as caught:
+        await channel.send(message(f"{hostile.url}/{kind}"))
+
+    assert caught.value.retryable is True
+    assert caught.value.status_code is None
+    assert str(caught.value).startswith("invalid answer: "), str(caught.value)
+    assert hostile.url.removeprefix("http://") not in str(caught.value)
+    assert time.monotonic() - started < 1.5
+    assert peak[0] < 4 * 1024 * 1024, peak
+
+
+async def test_a_body_trickling_forever_is_cut_by_the_total_timeout(
+    hostile: HostileReceiver,
+) -> None:
+    impatient = WebhookChannel(
+        secret=None, timeout_seconds=0.5, user_agent="t", allowed_networks=LOOPBACK
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            await impatient.send(message(hostile.url + "/trickle-body"))
+    finally:
+        await impatient.aclose()
+
+    assert str(caught.value) == "timed out: no complete answer within 0.5s"
+    assert time.monotonic() - started < 3

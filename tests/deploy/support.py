@@ -32,6 +32,7 @@ CONTAINERFILE = ROOT / "Containerfile"
 # Where a family comes from, which decides how a query may aggregate it across pods.
 DATABASE = "database"  # a gauge the API reads from PostgreSQL: every API pod reports the same
 PROCESS = "process"  # counted by the process that did the work: each pod its own, summed
+API = "api"  # counted by each API process only (its requests): summed over API pods
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class MetricFamily:
 METRIC_FAMILIES: dict[str, MetricFamily] = {
     "notifier_events_received": MetricFamily("counter", frozenset({"type", "producer"}), PROCESS),
     "notifier_deliveries": MetricFamily("counter", frozenset({"channel", "outcome"}), PROCESS),
+    "notifier_host_slot_waits": MetricFamily("counter", frozenset({"channel"}), PROCESS),
     "notifier_delivery_lag_seconds": MetricFamily("histogram", frozenset(), PROCESS),
     "notifier_publish_batch_size": MetricFamily("histogram", frozenset(), PROCESS),
     "notifier_notifications": MetricFamily("gauge", frozenset({"status"}), DATABASE),
@@ -57,6 +59,15 @@ METRIC_FAMILIES: dict[str, MetricFamily] = {
     ),
     "notifier_workers_alive": MetricFamily("gauge", frozenset(), DATABASE),
     "notifier_metrics_database_up": MetricFamily("gauge", frozenset(), DATABASE),
+    "notifier_http_requests": MetricFamily(
+        "counter", frozenset({"method", "route", "status"}), API
+    ),
+    "notifier_http_request_duration_seconds": MetricFamily(
+        "histogram", frozenset({"method", "route", "status"}), API
+    ),
+    # prometheus_client's process collector, in every process's registry.
+    "process_resident_memory_bytes": MetricFamily("gauge", frozenset(), PROCESS),
+    "process_cpu_seconds": MetricFamily("counter", frozenset(), PROCESS),
 }
 # The samples each kind of family writes, by suffix, and the labels they add.
 SAMPLE_SUFFIXES: dict[str, dict[str, frozenset[str]]] = {

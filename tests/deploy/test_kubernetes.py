@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import os
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -18,6 +20,7 @@ from notifier.services import Services
 from notifier.settings import Settings
 from tests.deploy.support import (
     OPS,
+    ROOT,
     assert_known_settings,
     assert_served,
     env_names,
@@ -314,3 +317,57 @@ def test_kustomize_renders_every_object_with_the_release_image() -> None:
         if obj["kind"] in {"Deployment", "Job"}:
             for container in all_containers(obj["spec"]["template"]["spec"]):
                 assert container["image"] == "registry.example.com/notifier:0.1.0"
+
+
+KUBECTL = shutil.which("kubectl")
+RELEASE_OVERLAY_MARKER = "<!-- release-overlay: tests/deploy/test_kubernetes.py renders this -->"
+MONITORING_GROUP = "monitoring.coreos.com/"
+
+
+def kustomize(path: Path) -> list[dict[str, Any]]:
+    assert KUBECTL is not None
+    rendered = subprocess.run(
+        [KUBECTL, "kustomize", str(path)], capture_output=True, text=True, check=True
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+def documented_yaml(marker: str) -> str:
+    """The YAML block right after ``marker`` in docs/operations.md."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    after = text.split(marker, 1)[1]
+    return after.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+def test_monitors_and_rules_carry_the_release_label_kube_prometheus_stack_selects_on() -> None:
+    objects = kustomize(OPS)
+    monitoring = [o for o in objects if o["apiVersion"].startswith(MONITORING_GROUP)]
+    assert sorted(o["kind"] for o in monitoring) == [
+        "PodMonitor",
+        "PrometheusRule",
+        "ServiceMonitor",
+    ]
+    for obj in objects:
+        labels = obj["metadata"]["labels"]
+        if obj in monitoring:
+            assert labels["release"] == "kube-prometheus-stack", obj["kind"]
+        else:
+            assert "release" not in labels, f"{obj['kind']} needs no release label"
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+def test_the_documented_overlay_names_another_release(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    text = documented_yaml(RELEASE_OVERLAY_MARKER)
+    assert "- ../ops" in text
+    relative = os.path.relpath(OPS, overlay)
+    (overlay / "kustomization.yaml").write_text(text.replace("- ../ops", f"- {relative}"))
+
+    objects = kustomize(overlay)
+
+    monitoring = [o for o in objects if o["apiVersion"].startswith(MONITORING_GROUP)]
+    assert len(monitoring) == 3
+    assert {o["metadata"]["labels"]["release"] for o in monitoring} == {"prometheus"}
+    assert len(objects) == len(kustomize(OPS))

@@ -65,7 +65,11 @@ async def test_publish_stores_the_event_and_its_processing_job(
     assert uuid.UUID(event["id"])
     assert datetime.datetime.fromisoformat(event["created_at"]).tzinfo is not None
     assert await jobs(db, "notifier.process_event") == [
-        {"id": 1, "status": "todo", "args": {"event_id": event["id"]}}
+        {
+            "id": 1,
+            "status": "todo",
+            "args": {"event_id": event["id"], "tenant_id": "default"},
+        }
     ]
 
 

@@ -137,7 +137,7 @@ async def test_create_stores_the_notification_and_its_deliver_job_together(
     (job,) = await deliver_jobs(db, notification["id"])
     assert job["queue_name"] == "deliveries"
     assert job["status"] == "todo"
-    assert job["args"] == {"notification_id": notification["id"]}
+    assert job["args"] == {"notification_id": notification["id"], "tenant_id": "default"}
     cursor = await db.execute(
         "SELECT status, job_id FROM notifier.notifications WHERE id = %s", [notification["id"]]
     )
@@ -603,7 +603,7 @@ async def test_retry_makes_a_dead_or_failed_notification_pending_with_a_new_job(
     new_job = (await deliver_jobs(db, notification["id"]))[-1]
     assert new_job["id"] != old_job["id"]
     assert new_job["status"] == "todo"
-    assert new_job["args"] == {"notification_id": notification["id"]}
+    assert new_job["args"] == {"notification_id": notification["id"], "tenant_id": "default"}
     cursor = await db.execute(
         "SELECT job_id FROM notifier.notifications WHERE id = %s", [notification["id"]]
     )

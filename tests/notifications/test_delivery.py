@@ -397,7 +397,7 @@ async def test_scheduled_notification_is_not_sent_before_its_send_time(
     send_at = parse_time(notification["send_at"])
     job = await job_of(db, notification["id"])
     assert job["scheduled_at"] == send_at
-    assert job["args"] == {"notification_id": notification["id"]}
+    assert job["args"] == {"notification_id": notification["id"], "tenant_id": "default"}
 
     sent = await wait_for_status(client, notification["id"], "sent")
 

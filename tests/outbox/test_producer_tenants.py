@@ -135,3 +135,18 @@ async def test_producer_create_for_an_unknown_tenant_creates_nothing(
     assert "no tenant 'nope'" in capsys.readouterr().err
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [name]).fetchone() is None
+
+
+async def test_a_producers_events_are_processed_by_jobs_naming_its_tenant(
+    db: psycopg.AsyncConnection[Any], acme_producer_url: str
+) -> None:
+    """Workers share out due jobs by tenant (migration 0011)."""
+    async with await psycopg.AsyncConnection.connect(acme_producer_url) as producer:
+        await producer.execute("INSERT INTO notifier.outbox (type) VALUES ('a.one'), ('b.two')")
+        await producer.commit()
+
+    cursor = await db.execute(
+        "SELECT args->>'tenant_id' AS tenant_id FROM procrastinate_jobs "
+        "WHERE task_name = 'notifier.process_event'"
+    )
+    assert await cursor.fetchall() == [{"tenant_id": "acme"}, {"tenant_id": "acme"}]

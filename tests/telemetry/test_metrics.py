@@ -177,3 +177,53 @@ def test_event_type_labels_are_bounded() -> None:
     assert len(samples) == MAX_EVENT_TYPE_LABELS + 1
     assert samples["other"] == 5
     assert samples["type.0"] == 2
+
+
+async def test_every_delivery_outcome_of_each_channel_is_a_series_from_the_start(
+    api: AsyncTestClient[Any], services: Services
+) -> None:
+    """Born at zero, so that increase() sees a process's first dead delivery (the alert)."""
+    samples = await scrape(api)
+
+    for channel in services.channels:
+        for outcome in ("delivered", "retry", "failed", "dead"):
+            key = (
+                "notifier_deliveries_total",
+                frozenset({"channel": channel, "outcome": outcome}.items()),
+            )
+            assert samples.get(key) == 0, key
+
+
+async def test_requests_are_counted_by_route_template_and_status(
+    api: AsyncTestClient[Any],
+) -> None:
+    unknown = "0191d2c4-9b1e-7c1a-8f00-000000000001"
+    assert (await api.get(f"/api/v1/events/{unknown}")).status_code == 404
+    assert (await api.post("/api/v1/events/", json={"type": ""})).status_code == 422
+    published = await api.post("/api/v1/events/", json={"type": "user.signup", "payload": {}})
+    assert published.status_code == 201
+
+    samples = await scrape(api)
+    by_route = {
+        (dict(labels)["route"], dict(labels)["status"]): sample
+        for (name, labels), sample in samples.items()
+        if name == "notifier_http_requests_total"
+    }
+    assert by_route[("/api/v1/events/{event_id}", "404")] == 1
+    assert by_route[("/api/v1/events", "422")] == 1
+    assert by_route[("/api/v1/events", "201")] == 1
+    assert not [route for route, _ in by_route if unknown in route], "templates, not paths"
+    durations = {
+        dict(labels)["route"]
+        for (name, labels), _ in samples.items()
+        if name == "notifier_http_request_duration_seconds_count"
+    }
+    assert "/api/v1/events/{event_id}" in durations
+
+
+async def test_process_metrics_are_exposed(api: AsyncTestClient[Any]) -> None:
+    samples = await scrape(api)
+
+    assert value(samples, "process_resident_memory_bytes") > 0
+    assert value(samples, "process_cpu_seconds_total") > 0
+    assert value(samples, "process_start_time_seconds") > 0

@@ -8,6 +8,8 @@ import logging
 import sys
 from typing import Any
 
+import psycopg
+
 from notifier.auth import admin
 from notifier.auth.queries import ApiKey
 from notifier.settings import Settings
@@ -53,6 +55,24 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     except admin.AdminError as exc:
         print(f"notifier: {exc}", file=sys.stderr)  # noqa: T201 - CLI error message
         return 2
+    except psycopg.OperationalError as exc:
+        print(  # noqa: T201 - CLI error message
+            f"notifier: cannot reach the database at NOTIFIER_DATABASE_URL: {_why(settings, exc)}"
+            " (`notifier dev` prints the URL of the embedded database it starts)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _why(settings: Settings, timeout: psycopg.OperationalError) -> str:
+    """The pool only says that it gave up waiting; one direct attempt says what failed."""
+    error: psycopg.Error = timeout
+    try:
+        with psycopg.connect(settings.database_url, connect_timeout=3):
+            pass
+    except psycopg.Error as direct:
+        error = direct
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:

@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 import datetime
+import re
 import uuid
 from typing import Any, Protocol
 
 import msgspec
+
+# A receiver's answer (webhook or SMS provider) is read this far and no further: enough for
+# any status document or error message, so a receiver answering gigabytes costs a worker no
+# more memory than this. The rest is never read: the connection is closed instead.
+MAX_ANSWER_BYTES = 64 * 1024
+# Characters of an answer kept in an error message, which the attempt records.
+ANSWER_EXCERPT_CHARS = 200
+_UNPRINTABLE = re.compile(r"[\x00-\x20\x7f-\x9f]+")
+
+
+def answer_excerpt(body: bytes) -> str:
+    """The start of a receiver's answer, fit for an error message: decoded leniently, with
+    control characters and whitespace runs folded to one space, at most
+    :data:`ANSWER_EXCERPT_CHARS` characters (ending in "..." when cut)."""
+    # Four bytes per character at most (UTF-8): the excerpt never decodes the whole answer.
+    head = body[: ANSWER_EXCERPT_CHARS * 4]
+    text = _UNPRINTABLE.sub(" ", head.decode(errors="replace")).strip()
+    if len(text) > ANSWER_EXCERPT_CHARS or (len(head) < len(body) and text):
+        return text[: ANSWER_EXCERPT_CHARS - 3].rstrip() + "..."
+    return text
 
 
 class OutgoingMessage(msgspec.Struct, frozen=True, kw_only=True):

@@ -19,6 +19,7 @@ import socket
 from collections.abc import Sequence
 from typing import TypeAlias
 
+import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -99,6 +100,22 @@ def numeric_host(host: str) -> IPAddress | None:
     except (OSError, UnicodeError, ValueError):
         return None
     return ipaddress.ip_address(infos[0][4][0])
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host:port`` of an http(s) URL, as connections see it: one string for every
+    spelling of one endpoint (case, IDNA, a trailing dot, an implicit default port, ``127.1``
+    for ``127.0.0.1``), so that a per-host limit cannot be escaped by writing the URL
+    differently. A URL that cannot be parsed is its own origin (its send fails anyway)."""
+    try:
+        target = yarl.URL(url)
+    except ValueError:
+        return url
+    host = (target.raw_host or "").rstrip(".").lower()
+    address = numeric_host(host)
+    if address is not None:
+        host = f"[{address}]" if address.version == 6 else str(address)
+    return f"{target.scheme}://{host}:{target.port}"
 
 
 def host_problem(host: str, allowed: Sequence[IPNetwork] = ()) -> str | None:

@@ -7,13 +7,20 @@ gateways fronted by a small webhook). Adding one is a class with ``send`` and ``
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any, Protocol
 
 import httpx
 import msgspec
 
-from notifier.channels.base import DeliveryError, DeliveryReceipt, OutgoingMessage
+from notifier.channels.base import (
+    MAX_ANSWER_BYTES,
+    DeliveryError,
+    DeliveryReceipt,
+    OutgoingMessage,
+    answer_excerpt,
+)
 from notifier.channels.webhook import parse_retry_after
 from notifier.settings import Settings, SettingsError
 
@@ -33,6 +40,9 @@ GSM7_EXTENSION = frozenset("^{}\\[~]|€\f")
 GSM7_SINGLE, GSM7_PART = 160, 153
 UCS2_SINGLE, UCS2_PART = 70, 67
 TRUNCATION_MARK = "..."
+# Answers are read as sent, up to MAX_ANSWER_BYTES: ask for them uncompressed, so that the
+# limit counts what is kept (a compressed answer could inflate a thousandfold).
+ANSWER_ENCODING = {"accept-encoding": "identity"}
 
 
 class SmsEncoding(msgspec.Struct, frozen=True):
@@ -119,41 +129,44 @@ class SmsProvider(Protocol):
         """Release connections."""
 
 
-def classify(response: httpx.Response) -> DeliveryReceipt:
-    """A provider's answer: 2xx success; 408/409/425/429 and 5xx retry (honouring
-    ``Retry-After``); any other 4xx is permanent (a bad number, a blocked recipient)."""
-    status = response.status_code
+def classify(status: int, headers: httpx.Headers, answer: bytes) -> DeliveryReceipt:
+    """A provider's answer (its status, headers and the start of its body): 2xx success;
+    408/409/425/429 and 5xx retry (honouring ``Retry-After``); any other 4xx is permanent
+    (a bad number, a blocked recipient)."""
     if 200 <= status < 300:
-        return DeliveryReceipt(status_code=status, detail=_provider_reference(response))
+        return DeliveryReceipt(status_code=status, detail=_provider_reference(answer))
     retryable = status >= 500 or status in RETRYABLE_STATUSES
     raise DeliveryError(
-        f"SMS provider answered {status}{_provider_error(response)}",
+        f"SMS provider answered {status}{_provider_error(answer)}",
         retryable=retryable,
         status_code=status,
-        retry_after_seconds=parse_retry_after(response.headers.get("retry-after"))
-        if retryable
-        else None,
+        retry_after_seconds=parse_retry_after(headers.get("retry-after")) if retryable else None,
     )
 
 
-def _json(response: httpx.Response) -> dict[str, Any]:
+def _json(answer: bytes) -> dict[str, Any] | None:
+    """The answer as a JSON object; None if it is not one (or was cut at the read limit)."""
     try:
-        document = response.json()
-    except ValueError:
-        return {}
-    return document if isinstance(document, dict) else {}
+        document = msgspec.json.decode(answer)
+    except msgspec.DecodeError:
+        return None
+    return document if isinstance(document, dict) else None
 
 
-def _provider_reference(response: httpx.Response) -> str | None:
+def _provider_reference(answer: bytes) -> str | None:
     """The provider's id for the accepted message (Twilio's ``sid``, or ``id``)."""
-    document = _json(response)
+    document = _json(answer) or {}
     reference = document.get("sid") or document.get("id")
     return str(reference)[:200] if reference is not None else None
 
 
-def _provider_error(response: httpx.Response) -> str:
-    """The provider's own explanation, when its error body has one."""
-    document = _json(response)
+def _provider_error(answer: bytes) -> str:
+    """The provider's own explanation: its error document's message, or the start of an
+    answer that is not JSON."""
+    document = _json(answer)
+    if document is None:
+        excerpt = answer_excerpt(answer)
+        return f": {excerpt}" if excerpt else ""
     message = document.get("message") or document.get("error")
     code = document.get("code")
     if not message:
@@ -162,16 +175,47 @@ def _provider_error(response: httpx.Response) -> str:
     return f": {str(message)[:500]}{suffix}"
 
 
-async def _post(client: httpx.AsyncClient, url: str, **kwargs: Any) -> DeliveryReceipt:
+async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
+    """The first ``limit`` bytes of the answer's body, as sent. Leaving the stream before
+    its end closes the connection (httpcore does not reuse one mid-answer): the rest is
+    never read."""
+    chunks: list[bytes] = []
+    size = 0
+    stream = response.aiter_raw()
     try:
-        response = await client.post(url, **kwargs)
-    except httpx.TimeoutException as exc:
+        async for chunk in stream:
+            chunks.append(chunk[: limit - size])
+            size += len(chunks[-1])
+            if size >= limit:
+                break
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+    return b"".join(chunks)
+
+
+async def _post(
+    client: httpx.AsyncClient, url: str, *, timeout_seconds: float, **kwargs: Any
+) -> DeliveryReceipt:
+    """POST to the provider and classify its answer, of which at most
+    :data:`~notifier.channels.base.MAX_ANSWER_BYTES` are read.
+
+    httpx's timeout bounds each network operation; the deadline bounds the whole request,
+    so a provider trickling its answer cannot hold the worker longer. httpcore bounds the
+    answer's head (status line and headers) at 100 KiB.
+    """
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            async with client.stream("POST", url, **kwargs) as response:
+                answer = await _read_at_most(response, MAX_ANSWER_BYTES)
+    except (TimeoutError, httpx.TimeoutException) as exc:
         raise DeliveryError(
-            f"SMS provider timed out: {type(exc).__name__}", retryable=True
+            f"SMS provider timed out: no complete answer within {timeout_seconds:g}s "
+            f"({type(exc).__name__})",
+            retryable=True,
         ) from exc
     except httpx.HTTPError as exc:
         raise DeliveryError(f"SMS provider request failed: {exc!r}", retryable=True) from exc
-    return classify(response)
+    return classify(response.status_code, response.headers, answer)
 
 
 class TwilioProvider:
@@ -190,10 +234,12 @@ class TwilioProvider:
     ) -> None:
         self._url = f"{base_url.rstrip('/')}/2010-04-01/Accounts/{account_sid}/Messages.json"
         self._sender = sender
+        self._timeout_seconds = timeout_seconds
         self._client = httpx.AsyncClient(
             auth=httpx.BasicAuth(account_sid, auth_token),
             timeout=httpx.Timeout(timeout_seconds),
             follow_redirects=False,
+            headers=ANSWER_ENCODING,
         )
 
     async def send(self, *, to: str, body: str, idempotency_key: str) -> DeliveryReceipt:
@@ -201,6 +247,7 @@ class TwilioProvider:
         return await _post(
             self._client,
             self._url,
+            timeout_seconds=self._timeout_seconds,
             data={"To": to, "From": self._sender, "Body": body},
             # Twilio ignores it; proxies and look-alike providers may deduplicate on it.
             headers={"idempotency-key": idempotency_key},
@@ -222,9 +269,12 @@ class JsonSmsProvider:
     ) -> None:
         self._url = url
         self._sender = sender
+        self._timeout_seconds = timeout_seconds
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_seconds), follow_redirects=False, headers=headers
+            timeout=httpx.Timeout(timeout_seconds),
+            follow_redirects=False,
+            headers=headers | ANSWER_ENCODING,
         )
 
     async def send(self, *, to: str, body: str, idempotency_key: str) -> DeliveryReceipt:
@@ -238,6 +288,7 @@ class JsonSmsProvider:
         return await _post(
             self._client,
             self._url,
+            timeout_seconds=self._timeout_seconds,
             content=msgspec.json.encode(document),
             headers={"content-type": "application/json", "idempotency-key": idempotency_key},
         )

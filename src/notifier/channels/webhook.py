@@ -23,7 +23,13 @@ import yarl
 from opentelemetry import propagate
 from opentelemetry.util.types import AttributeValue
 
-from notifier.channels.base import DeliveryError, DeliveryReceipt, OutgoingMessage
+from notifier.channels.base import (
+    MAX_ANSWER_BYTES,
+    DeliveryError,
+    DeliveryReceipt,
+    OutgoingMessage,
+    answer_excerpt,
+)
 from notifier.channels.egress import (
     BlockedAddressError,
     GuardedResolver,
@@ -42,6 +48,11 @@ MAX_URL_LENGTH = 2048
 # Requests one process sends at once, and connections it keeps; more bought no throughput
 # here (docs/performance.md) and would only press harder on slow receivers.
 MAX_REQUESTS_IN_FLIGHT = 32
+# Bounds on an answer's head, which aiohttp reads whole before anything else: a status or
+# header line of at most 8 KiB, at most 64 header fields. Beyond them the attempt fails
+# (retryably) instead of the worker buffering whatever a receiver sends.
+MAX_HEADER_LINE_BYTES = 8190
+MAX_HEADER_FIELDS = 64
 
 
 def decode_secret(secret: str) -> bytes:
@@ -127,7 +138,8 @@ class WebhookChannel:
                     keepalive_timeout=5.0,
                 ),
                 timeout=aiohttp.ClientTimeout(total=self._timeout_seconds),
-                headers={"user-agent": self._user_agent},
+                # Answers are kept only for error messages: ask for them uncompressed.
+                headers={"user-agent": self._user_agent, "accept-encoding": "identity"},
                 # No proxies from the environment: a proxy would resolve the host itself,
                 # out of the guard's sight.
                 trust_env=False,
@@ -135,6 +147,12 @@ class WebhookChannel:
                 # from one receiver to the next.
                 auto_decompress=False,
                 cookie_jar=aiohttp.DummyCookieJar(),
+                # What one answer may make the worker hold: the head within these bounds,
+                # and of the body MAX_ANSWER_BYTES (see _post) plus one read buffer.
+                read_bufsize=MAX_ANSWER_BYTES,
+                max_line_size=MAX_HEADER_LINE_BYTES,
+                max_field_size=MAX_HEADER_LINE_BYTES,
+                max_headers=MAX_HEADER_FIELDS,
             )
         return self._session
 
@@ -180,7 +198,7 @@ class WebhookChannel:
             # One deadline for the whole request: a receiver that trickles its answer a byte
             # at a time must not hold this worker slot for ever.
             async with self._in_flight, asyncio.timeout(self._timeout_seconds):
-                status, retry_after = await self._post(message.recipient, body, headers)
+                status, retry_after, answer = await self._post(message.recipient, body, headers)
         except BlockedAddressError as exc:
             raise DeliveryError(
                 f"refused to connect: {exc} (NOTIFIER_WEBHOOK_ALLOWED_NETWORKS can allow it)",
@@ -192,14 +210,21 @@ class WebhookChannel:
             ) from exc
         except aiohttp.InvalidURL as exc:
             raise DeliveryError(f"invalid URL: {exc}", retryable=False) from exc
+        except aiohttp.ClientResponseError as exc:
+            # An answer aiohttp could not parse, or whose head is over the bounds; its text
+            # names the limit (its str() would add the URL, which may carry a token).
+            raise DeliveryError(f"invalid answer: {exc.message}", retryable=True) from exc
         except aiohttp.ClientError as exc:
             raise DeliveryError(
                 f"request failed: {type(exc).__name__}: {exc}", retryable=True
             ) from exc
-        return classify_response(status, retry_after)
+        return classify_response(status, retry_after, answer)
 
-    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str | None]:
-        """POST ``body``; the answer's status and ``Retry-After``, its body read and dropped.
+    async def _post(
+        self, url: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, str | None, bytes]:
+        """POST ``body``; the answer's status, ``Retry-After`` and first
+        :data:`~notifier.channels.base.MAX_ANSWER_BYTES` bytes.
 
         aiohttp connects to an address literal without asking the resolver, so a literal is
         vetted here. The request is a CLIENT span carrying the trace context to the receiver.
@@ -219,9 +244,9 @@ class WebhookChannel:
             async with self._client().post(
                 target, data=body, headers=headers, allow_redirects=False
             ) as response:
-                await response.read()
                 span.set_attribute("http.response.status_code", response.status)
-                return response.status, response.headers.get("retry-after")
+                answer = await read_at_most(response, MAX_ANSWER_BYTES)
+                return response.status, response.headers.get("retry-after"), answer
 
     async def aclose(self) -> None:
         """Close the HTTP client's connections."""
@@ -229,18 +254,38 @@ class WebhookChannel:
             await self._session.close()
 
 
-def classify_response(status: int, retry_after: str | None) -> DeliveryReceipt:
-    """Map an HTTP status to success, or raise a retryable or permanent DeliveryError."""
+async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The first ``limit`` bytes of the answer's body. If more follows, the connection is
+    closed rather than drained: a receiver answering without end costs ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await response.content.read(limit - size)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+    if not response.content.at_eof():
+        response.close()
+    return b"".join(chunks)
+
+
+def classify_response(status: int, retry_after: str | None, answer: bytes = b"") -> DeliveryReceipt:
+    """Map an HTTP status to success, or raise a retryable or permanent DeliveryError whose
+    message quotes the start of the answer's body, if any."""
     if 200 <= status < 300:
         return DeliveryReceipt(status_code=status)
+    said = f": {excerpt}" if (excerpt := answer_excerpt(answer)) else ""
     if status == 410:
-        raise DeliveryError("receiver answered 410 Gone", retryable=False, status_code=status)
+        raise DeliveryError(
+            f"receiver answered 410 Gone{said}", retryable=False, status_code=status
+        )
     if status >= 500 or status in RETRYABLE_CLIENT_STATUSES:
         wait = parse_retry_after(retry_after) if status in THROTTLING_STATUSES else None
         raise DeliveryError(
-            f"receiver answered {status}",
+            f"receiver answered {status}{said}",
             retryable=True,
             status_code=status,
             retry_after_seconds=wait,
         )
-    raise DeliveryError(f"receiver answered {status}", retryable=False, status_code=status)
+    raise DeliveryError(f"receiver answered {status}{said}", retryable=False, status_code=status)

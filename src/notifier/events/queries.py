@@ -33,7 +33,8 @@ async def publish_events(conn: Connection, items: Sequence[TenantEvent]) -> list
     """Store events and defer each new one's processing job, in one statement; in ``items`` order.
 
     The jobs are deferred with procrastinate's own SQL function, as the outbox trigger does,
-    inside the caller's transaction. An event whose ``source`` + ``external_id`` (CloudEvents
+    inside the caller's transaction, each naming its event's tenant (workers share out due
+    jobs by tenant, migration 0011). An event whose ``source`` + ``external_id`` (CloudEvents
     ``id``) its tenant already stored (or that comes twice in ``items``) is not stored again
     and gets no job: the stored one is returned.
     """
@@ -56,7 +57,9 @@ async def publish_events(conn: Connection, items: Sequence[TenantEvent]) -> list
         ), deferred AS (
             SELECT procrastinate_defer_jobs_v1(array_agg(ROW(
                 %(queue)s, %(task)s, 0, NULL, NULL,
-                jsonb_build_object('event_id', published.id::text), NULL
+                jsonb_build_object(
+                    'event_id', published.id::text, 'tenant_id', published.tenant_id
+                ), NULL
             )::procrastinate_job_to_defer_v1)) AS job_ids
             FROM published
         )

@@ -19,8 +19,14 @@ from notifier.services import services_from_context
 logger = logging.getLogger("notifier.events")
 
 
-async def process_event(context: procrastinate.JobContext, event_id: str) -> None:
-    """Apply the routing rules to one event, in one transaction."""
+async def process_event(
+    context: procrastinate.JobContext, event_id: str, tenant_id: str | None = None
+) -> None:
+    """Apply the routing rules to one event, in one transaction.
+
+    ``tenant_id`` is there for the fetch, which shares out due jobs by tenant (migration
+    0011); the event row says the same. Jobs deferred before that revision have none.
+    """
     services = services_from_context(context)
     limit = services.settings.max_notifications_per_event
     async with transaction(services.pool) as conn:

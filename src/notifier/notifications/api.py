@@ -277,7 +277,9 @@ class NotificationController(Controller):
                     "Conflict",
                     f"only failed or dead notifications can be replayed; this one is {status}",
                 )
-            job_id = await defer_delivery(services.queue, conn, notification_id)
+            job_id = await defer_delivery(
+                services.queue, conn, notification_id, tenant_id=principal.tenant_id
+            )
             notification = await queries.start_new_round(
                 conn, notification_id, job_id, current_traceparent()
             )

@@ -6,6 +6,8 @@ import datetime
 import uuid
 from typing import Any, TypedDict
 
+import psycopg
+
 from notifier.db import Connection
 from notifier.notifications.schemas import (
     DeliveryAttempt,
@@ -15,6 +17,7 @@ from notifier.notifications.schemas import (
     notification_from_row,
 )
 from notifier.pagination import Cursor
+from notifier.queue import DELIVERIES_QUEUE
 
 
 async def insert_notification(conn: Connection, values: dict[str, Any]) -> Notification:
@@ -181,16 +184,26 @@ async def lock_for_delivery(conn: Connection, notification_id: uuid.UUID) -> dic
 
 
 async def lock_due_deliveries(
-    conn: Connection, *, task_name: str, channel: str, limit: int
+    conn: Connection,
+    *,
+    task_name: str,
+    channel: str,
+    tenant_id: str | None,
+    priority: int,
+    limit: int,
 ) -> list[dict[str, Any]]:
     """Up to ``limit`` pending notifications of ``channel`` whose deliver jobs are due and
-    waiting, each locked with its job (rows other workers hold are skipped).
+    waiting in the group of ``tenant_id`` (None: jobs that name no tenant) and ``priority``,
+    each locked with its job (rows other workers hold are skipped).
 
-    Notifications whose tenant has a rate limit on the channel are left to their own jobs.
-    Each row carries its job's id as ``batch_job_id``.
+    A batch takes only its own group's jobs: the fetch shares out turns by group
+    (migration 0011), and a batch is one turn. Notifications whose tenant has a rate limit
+    on the channel are left to their own jobs. Each row carries its job's id as
+    ``batch_job_id``.
     """
-    # One branch per job index (migration 0009), each read in order and locked row by row:
-    # LIMIT ends the walk, and the locking, after the first rows that qualify.
+    # One branch per job index of the group (migration 0011), each read in order and
+    # locked row by row: LIMIT ends the walk, and the locking, after the first rows that
+    # qualify. The group's key is written as in those indexes.
     cursor = await conn.execute(
         """
         SELECT * FROM (
@@ -198,13 +211,16 @@ async def lock_due_deliveries(
             FROM procrastinate_jobs AS jobs
             JOIN notifier.notifications AS n ON n.job_id = jobs.id AND n.status = 'pending'
             WHERE jobs.status = 'todo' AND jobs.scheduled_at IS NULL
+              AND jobs.queue_name = %(queue)s
+              AND coalesce(jobs.args->>'tenant_id', '') = coalesce(%(tenant)s::text, '')
+              AND jobs.priority = %(priority)s
               AND jobs.task_name = %(task)s AND jobs.lock IS NULL
               AND n.channel = %(channel)s
               AND NOT EXISTS (
                   SELECT 1 FROM notifier.rate_limits AS limits
                   WHERE limits.tenant_id = n.tenant_id AND limits.channel = n.channel
               )
-            ORDER BY jobs.priority DESC, jobs.id
+            ORDER BY jobs.id
             FOR UPDATE OF jobs, n SKIP LOCKED
         ) AS run_now
         UNION ALL
@@ -214,6 +230,9 @@ async def lock_due_deliveries(
             JOIN notifier.notifications AS n ON n.job_id = jobs.id AND n.status = 'pending'
             WHERE jobs.status = 'todo' AND jobs.scheduled_at IS NOT NULL
               AND jobs.scheduled_at <= now()
+              AND jobs.queue_name = %(queue)s
+              AND coalesce(jobs.args->>'tenant_id', '') = coalesce(%(tenant)s::text, '')
+              AND jobs.priority = %(priority)s
               AND jobs.task_name = %(task)s AND jobs.lock IS NULL
               AND n.channel = %(channel)s
               AND NOT EXISTS (
@@ -225,7 +244,14 @@ async def lock_due_deliveries(
         ) AS scheduled_and_due
         LIMIT %(limit)s
         """,
-        {"task": task_name, "channel": channel, "limit": limit},
+        {
+            "queue": DELIVERIES_QUEUE,
+            "tenant": tenant_id,
+            "priority": priority,
+            "task": task_name,
+            "channel": channel,
+            "limit": limit,
+        },
     )
     return await cursor.fetchall()
 
@@ -332,3 +358,101 @@ async def note_error(conn: Connection, notification_id: uuid.UUID, error: str) -
         """,
         [error, notification_id],
     )
+
+
+async def take_host_slots(
+    conn: Connection, wanted: dict[str, int], *, cap: int
+) -> list[tuple[str, int]]:
+    """Take up to ``wanted[origin]`` of the ``cap`` request slots of each origin; the slots
+    taken, as ``(origin, slot)``.
+
+    A slot is a session-level advisory lock on ``(hashtext(origin), slot)`` (the two-key
+    form, a space of its own), tried without waiting. LIMIT ends the tries of an origin once
+    it has its share, so no slot is taken only to be given back. The caller gives every
+    slot back with :func:`give_back_host_slots` before its transaction ends, and never asks
+    for an origin it holds slots of: a session's advisory locks stack, so it would get
+    its own slots again.
+    """
+    cursor = await conn.execute(
+        """
+        SELECT w.origin, s.slot
+        FROM unnest(%(origins)s::text[], %(wanted)s::int[]) AS w (origin, wanted)
+        CROSS JOIN LATERAL (
+            SELECT slot FROM generate_series(0, %(cap)s - 1) AS slot
+            WHERE pg_try_advisory_lock(hashtext(w.origin), slot)
+            LIMIT w.wanted
+        ) AS s
+        """,
+        {"origins": list(wanted), "wanted": list(wanted.values()), "cap": cap},
+    )
+    return [(row["origin"], row["slot"]) for row in await cursor.fetchall()]
+
+
+async def wait_for_host_slot(conn: Connection, origin: str, slot: int, *, seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``slot`` of ``origin`` (taken as by
+    :func:`take_host_slots`); whether it came.
+
+    PostgreSQL wakes the waiter the moment the slot is given back, whichever process held
+    it. The wait runs in a savepoint that is always rolled back: that undoes the
+    ``lock_timeout`` it sets, and after a timeout leaves the transaction usable, while a
+    session-level lock taken stays taken.
+    """
+    try:
+        async with conn.transaction(force_rollback=True):
+            await conn.execute(
+                """
+                SELECT set_config('lock_timeout', %(wait)s, true),
+                       pg_advisory_lock(hashtext(%(origin)s), %(slot)s)
+                """,
+                {"wait": f"{max(1, round(seconds * 1000))}ms", "origin": origin, "slot": slot},
+            )
+    except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+        return False
+    return True
+
+
+async def give_back_host_slots(conn: Connection, slots: list[tuple[str, int]]) -> None:
+    """Release request slots taken by :func:`take_host_slots` on this connection."""
+    if slots:
+        await conn.execute(
+            """
+            SELECT pg_advisory_unlock(hashtext(origin), slot)
+            FROM unnest(%s::text[], %s::int[]) AS given (origin, slot)
+            """,
+            [[origin for origin, _ in slots], [slot for _, slot in slots]],
+        )
+
+
+async def host_slot_waits(conn: Connection, job_ids: list[int]) -> dict[int, int]:
+    """How often each (locked, waiting) deliver job has waited for a host slot already."""
+    cursor = await conn.execute(
+        """
+        SELECT id, coalesce((args->>'slot_waits')::int, 0) AS waits
+        FROM procrastinate_jobs WHERE id = ANY(%s)
+        """,
+        [job_ids],
+    )
+    return {row["id"]: row["waits"] for row in await cursor.fetchall()}
+
+
+async def postpone_batch_jobs(
+    conn: Connection, postponed: dict[int, tuple[datetime.datetime, int]]
+) -> None:
+    """Make the (locked, waiting) deliver jobs of notifications a batch took along but could
+    not send due again at the given time, counting the wait in their ``slot_waits``
+    argument. Their runs and their notifications' attempts stay as they were."""
+    if postponed:
+        await conn.execute(
+            """
+            UPDATE procrastinate_jobs AS jobs
+            SET scheduled_at = later.at,
+                args = jobs.args || jsonb_build_object('slot_waits', later.waits)
+            FROM unnest(%s::bigint[], %s::timestamptz[], %s::int[]) AS later (id, at, waits)
+            WHERE jobs.id = later.id AND jobs.status = 'todo'
+            """,
+            [
+                list(postponed),
+                [at for at, _ in postponed.values()],
+                [waits for _, waits in postponed.values()],
+            ],
+        )

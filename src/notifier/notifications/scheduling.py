@@ -150,13 +150,24 @@ async def defer_delivery(
     conn: Connection,
     notification_id: uuid.UUID,
     scheduled_at: datetime.datetime | None = None,
+    *,
+    tenant_id: str,
+    slot_waits: int = 0,
 ) -> int:
-    """Enqueue the deliver job on ``conn``, inside the caller's transaction."""
+    """Enqueue the deliver job on ``conn``, inside the caller's transaction.
+
+    The job names the notification's tenant: workers share out due jobs by tenant
+    (migration 0011), and a job's batch is its tenant's. ``slot_waits``: how often the
+    delivery has waited for a host slot already (:mod:`notifier.notifications.host_slots`).
+    """
     # procrastinate's option is ``schedule_at``; unknown options are silently ignored.
     deferrer = queue.configure_task(
         DELIVER_TASK, connection=conn, schedule_at=scheduled_at, allow_unknown=False
     )
-    return await deferrer.defer_async(notification_id=str(notification_id))
+    waits = {"slot_waits": slot_waits} if slot_waits else {}
+    return await deferrer.defer_async(
+        notification_id=str(notification_id), tenant_id=tenant_id, **waits
+    )
 
 
 async def create_notifications(
@@ -172,7 +183,9 @@ async def create_notifications(
         status = NotificationStatus.FAILED if draft.error else draft.send.status
         job_id = None
         if status is NotificationStatus.PENDING:
-            job_id = await defer_delivery(queue, conn, notification_id, draft.send.send_at)
+            job_id = await defer_delivery(
+                queue, conn, notification_id, draft.send.send_at, tenant_id=tenant_id
+            )
         values = msgspec.structs.asdict(draft)
         send = values.pop("send")
         values.update(

@@ -14,8 +14,11 @@ import psycopg
 from opentelemetry.trace import SpanKind
 
 from notifier.channels.base import Channel, DeliveryError, DeliveryReceipt, OutgoingMessage
+from notifier.channels.egress import origin_of
+from notifier.channels.webhook import WebhookChannel
 from notifier.db import Connection, transaction
-from notifier.notifications import queries
+from notifier.notifications import host_slots, queries
+from notifier.notifications.host_slots import HostBusy
 from notifier.notifications.scheduling import retry_outside_quiet_hours
 from notifier.notifications.schemas import NotificationStatus
 from notifier.preferences.links import unsubscribe_url
@@ -27,11 +30,12 @@ from notifier.services import Services, services_from_context
 from notifier.settings import Settings
 from notifier.telemetry.tracing import context_from_traceparent, tracer, tracing_enabled
 from notifier.templates import catalog
+from notifier.templates.pool import ToRender
 from notifier.templates.rendering import (
+    MessageFields,
     RenderedMessage,
     TemplateProblem,
     TemplateSource,
-    template_context,
 )
 
 logger = logging.getLogger("notifier.delivery")
@@ -72,14 +76,14 @@ def _message(
 TemplateCache = dict[tuple[str, str | None, str], TemplateSource | str]
 
 
-async def _render(
+async def _to_render(
     conn: Connection, row: dict[str, Any], unsubscribe_link: str | None, sources: TemplateCache
-) -> RenderedMessage | str:
-    """The notification's rendered template, or why it cannot render.
+) -> ToRender | str:
+    """What the notification's template renders from, or why there is no template.
 
-    A template that is missing, does not compile or uses a variable the payload lacks
-    fails the same way on every attempt: the caller fails the notification permanently.
-    ``sources`` keeps the templates found for the batch, looked up once each.
+    A missing template fails the same way on every attempt: the caller fails the
+    notification permanently. ``sources`` keeps the templates found for the batch,
+    looked up once each.
     """
     key = (row["tenant_id"], row["template"], row["notification_type"])
     if key not in sources:
@@ -90,8 +94,7 @@ async def _render(
     source = sources[key]
     if isinstance(source, str):
         return source
-    context = template_context(
-        row["context"],
+    fields = MessageFields(
         notification_id=str(row["id"]),
         notification_type=row["notification_type"],
         recipient=row["recipient"],
@@ -101,10 +104,7 @@ async def _render(
         channel=row["channel"],
         unsubscribe_url=unsubscribe_link,
     )
-    try:
-        return catalog.renderer().render(source, context)
-    except TemplateProblem as exc:
-        return f"template {source.name!r}: {exc}"
+    return ToRender(row["tenant_id"], source, row["context"], fields)
 
 
 def retry_delay(settings: Settings, attempt: int, retry_after: float | None) -> float:
@@ -128,12 +128,33 @@ def _too_late(row: dict[str, Any], now: datetime.datetime) -> bool:
     return target_date is not None and lead_time > datetime.timedelta(0) and target_date <= now
 
 
+class JobGroup(NamedTuple):
+    """The jobs a deliver job's batch is taken from: its tenant's (None: jobs deferred
+    before migration 0011) at its priority, as the fetch groups them."""
+
+    tenant_id: str | None
+    priority: int
+
+
 class SlotNeeded(NamedTuple):
     """The notification may be sent once its channel's rate limit hands out a slot."""
 
     tenant_id: str
     channel: str
     limit: Limit
+
+
+class Draft(NamedTuple):
+    """One notification of a batch before its template is rendered."""
+
+    row: dict[str, Any]
+    job_id: int | None
+    number: int
+    channel: Channel | None
+    channel_label: str
+    # What its template renders from, or why this notification can never be sent.
+    content: ToRender | str
+    unsubscribe_link: str | None
 
 
 class Attempt(NamedTuple):
@@ -149,23 +170,36 @@ class Attempt(NamedTuple):
     message: OutgoingMessage | str
 
 
-# The result of one send: a receipt, the channel's error, or None when nothing was sent.
-SendResult = DeliveryReceipt | DeliveryError | None
+# The result of one send: a receipt, the channel's error, None when nothing was sent, or
+# HostBusy when it waits for a slot of its host (no attempt).
+SendResult = DeliveryReceipt | DeliveryError | HostBusy | None
 
 
-async def deliver(context: procrastinate.JobContext, notification_id: str) -> None:
-    """Send a pending notification through its channel, with other due ones of its channel.
+async def deliver(
+    context: procrastinate.JobContext,
+    notification_id: str,
+    tenant_id: str | None = None,
+    slot_waits: int = 0,
+) -> None:
+    """Send a pending notification through its channel, with other due ones of its channel
+    and of its job's tenant (``tenant_id``; None in jobs deferred before migration 0011).
+    ``slot_waits`` counts the times the delivery already waited for a host slot.
 
     The rows stay locked for the whole attempt: a concurrent cancel waits and then sees
     the outcome, so nothing is both reported cancelled and sent. A crash mid-send rolls
     the transaction back; the stalled job is retried and resends with the same
     idempotency key (at-least-once), and the jobs of the batch it took along run again.
+    ``slot_waits``: how often this delivery waited for a host slot before
+    (:mod:`notifier.notifications.host_slots`).
     """
     services = services_from_context(context)
     notification = uuid.UUID(notification_id)
     job_id = context.job.id
+    group = JobGroup(tenant_id, context.job.priority)
     try:
-        outcome = await _deliver_once(services, notification, job_id, slot_taken=False)
+        outcome = await _deliver_once(
+            services, notification, job_id, group, slot_taken=False, slot_waits=slot_waits
+        )
         if isinstance(outcome, SlotNeeded):
             # The slot is taken in a short transaction of its own, so that the bucket row
             # every worker shares is never locked across a send. Without a free slot a
@@ -179,7 +213,9 @@ async def deliver(context: procrastinate.JobContext, notification_id: str) -> No
                 limit=outcome.limit,
             ):
                 return
-            outcome = await _deliver_once(services, notification, job_id, slot_taken=True)
+            outcome = await _deliver_once(
+                services, notification, job_id, group, slot_taken=True, slot_waits=slot_waits
+            )
     except Exception as exc:
         await _note_unexpected_error(services, notification, exc)
         raise
@@ -189,14 +225,22 @@ async def deliver(context: procrastinate.JobContext, notification_id: str) -> No
 
 
 async def _deliver_once(
-    services: Services, notification_id: uuid.UUID, job_id: int | None, *, slot_taken: bool
+    services: Services,
+    notification_id: uuid.UUID,
+    job_id: int | None,
+    group: JobGroup,
+    *,
+    slot_taken: bool,
+    slot_waits: int,
 ) -> RetryLater | SlotNeeded | None:
     """One delivery transaction: this job's notification and, unless its channel is rate
-    limited, a batch of other due ones whose jobs wait (``NOTIFIER_DELIVERY_BATCH_SIZE``).
+    limited, a batch of other due ones whose jobs wait in the job's ``group``
+    (``NOTIFIER_DELIVERY_BATCH_SIZE``): a batch is one tenant's turn.
 
     Taking them along saves each its own fetch, transaction and finish; their sends run
     concurrently. Their jobs are settled in the same transaction: succeeded, or due again
-    at their retry time. Returns what becomes of this job.
+    at their retry time; those that waited for a host slot are handed back untouched.
+    Returns what becomes of this job.
     """
     settings = services.settings
     async with transaction(services.pool) as conn:
@@ -221,38 +265,55 @@ async def _deliver_once(
                 conn,
                 task_name=DELIVER_TASK,
                 channel=row["channel"],
+                tenant_id=group.tenant_id,
+                priority=group.priority,
                 limit=settings.delivery_batch_size - 1,
             )
             still_due = await _still_to_send(conn, taken_along, now)
             batch += [(other, other["batch_job_id"]) for other in still_due]
         sources: TemplateCache = {}
-        attempts = [await _prepare(services, conn, row, job_id, sources) for row, job_id in batch]
-        results = await _send_all(attempts)
+        drafts = [await _prepare(services, conn, row, job_id, sources) for row, job_id in batch]
+        attempts, results = await _render_and_send_all(services, conn, drafts)
         outcomes = [
-            _outcome(services, attempt, result, now)
+            None if isinstance(result, HostBusy) else _outcome(services, attempt, result, now)
             for attempt, result in zip(attempts, results, strict=True)
         ]
-        await queries.record_attempts(conn, [record for record, _ in outcomes])
+        await queries.record_attempts(conn, [outcome[0] for outcome in outcomes if outcome])
+        waiting = [
+            host_slots.Waiting(attempt.row, attempt.job_id, result.origin, own=index == 0)
+            for index, (attempt, result) in enumerate(zip(attempts, results, strict=True))
+            if isinstance(result, HostBusy)
+        ]
+        if waiting:
+            await host_slots.put_off(services, conn, waiting, own_waits=slot_waits)
         if taken_along:
             await _settle_jobs_taken_along(conn, taken_along, attempts[1:], outcomes[1:])
-        return outcomes[0][1]
+        return outcomes[0][1] if outcomes[0] else None
 
 
 async def _settle_jobs_taken_along(
     conn: Connection,
     taken_along: list[dict[str, Any]],
     attempts: list[Attempt],
-    outcomes: list[tuple[queries.AttemptRecord, RetryLater | None]],
+    outcomes: list[tuple[queries.AttemptRecord, RetryLater | None] | None],
 ) -> None:
     """Finish the jobs of the notifications a batch took along, but for those to retry:
-    those become due again after their backoff, as a job of their own would have."""
+    those become due again after their backoff, as a job of their own would have. Those
+    without an outcome waited for a host slot: their jobs were put off already."""
     now = datetime.datetime.now(datetime.UTC)
     retry_at = {
-        attempt.job_id: now + datetime.timedelta(seconds=retry.delay_seconds)
-        for attempt, (_, retry) in zip(attempts, outcomes, strict=True)
-        if retry is not None and attempt.job_id is not None
+        attempt.job_id: now + datetime.timedelta(seconds=outcome[1].delay_seconds)
+        for attempt, outcome in zip(attempts, outcomes, strict=True)
+        if outcome is not None and outcome[1] is not None and attempt.job_id is not None
     }
-    finished = [row["batch_job_id"] for row in taken_along if row["batch_job_id"] not in retry_at]
+    waited = {
+        attempt.job_id for attempt, outcome in zip(attempts, outcomes, strict=True) if not outcome
+    }
+    finished = [
+        row["batch_job_id"]
+        for row in taken_along
+        if row["batch_job_id"] not in retry_at and row["batch_job_id"] not in waited
+    ]
     await queries.settle_batch_jobs(conn, finished=finished, retry_at=retry_at)
 
 
@@ -308,35 +369,45 @@ async def _prepare(
     row: dict[str, Any],
     job_id: int | None,
     sources: TemplateCache,
-) -> Attempt:
-    """The rendered message for ``row``, or why it cannot be sent."""
+) -> Draft:
+    """What ``row``'s message renders from, or why it cannot be sent."""
     attempt = row["attempts"] + 1
     channel = services.channel(row["channel"])
     label = row["channel"] if channel is not None else "unconfigured"
     if channel is None:
-        return Attempt(
-            row, job_id, attempt, None, label, f"channel {row['channel']!r} is not configured"
-        )
+        unconfigured = f"channel {row['channel']!r} is not configured"
+        return Draft(row, job_id, attempt, None, label, unconfigured, None)
     if (problem := channel.validate_recipient(row["recipient"])) is not None:
-        return Attempt(row, job_id, attempt, channel, label, f"recipient {problem}")
+        return Draft(row, job_id, attempt, channel, label, f"recipient {problem}", None)
     # The same link goes to the template (to show) and the channel (email headers).
     unsubscribe_link = _unsubscribe_link(row, services.settings)
-    rendered = await _render(conn, row, unsubscribe_link, sources)
-    if isinstance(rendered, str):
-        return Attempt(row, job_id, attempt, channel, label, rendered)
-    message = _message(row, attempt, rendered, unsubscribe_link)
-    return Attempt(row, job_id, attempt, channel, label, message)
+    content = await _to_render(conn, row, unsubscribe_link, sources)
+    return Draft(row, job_id, attempt, channel, label, content, unsubscribe_link)
 
 
-async def _send_all(attempts: list[Attempt]) -> list[SendResult]:
-    """Send every sendable message of the batch concurrently.
+async def _render_and_send_all(
+    services: Services, conn: Connection, drafts: list[Draft]
+) -> tuple[list[Attempt], list[SendResult]]:
+    """Render every message of the batch in the template sandboxes (one request per
+    tenant) and send each as soon as its own render is done, concurrently; webhooks within
+    the cap of requests in flight to their host (:mod:`notifier.notifications.host_slots`).
 
-    The first is this job's own, already in the job's span; the others get a span each that
-    continues the trace their notification was created in.
+    A slow template of another tenant taken along in the batch does not hold this one's
+    message back. The first is this job's own, already in the job's span; the others get
+    a span each that continues the trace their notification was created in.
     """
-    results: list[SendResult] = [None] * len(attempts)
+    to_render = [draft.content for draft in drafts if isinstance(draft.content, ToRender)]
+    renders = iter(services.renderer.render_many(to_render))
+    pending = [next(renders) if isinstance(d.content, ToRender) else None for d in drafts]
+    attempts: list[Attempt | None] = [None] * len(drafts)
+    results: list[SendResult] = [None] * len(drafts)
 
-    async def send(index: int, attempt: Attempt) -> None:
+    async def prepare(index: int) -> None:
+        attempts[index] = await _attempt(drafts[index], pending[index])
+
+    async def send(index: int) -> None:
+        attempt = attempts[index]
+        assert attempt is not None, "prepared before it is sent"
         if attempt.channel is None or isinstance(attempt.message, str):
             return
         with _span_for_batched(attempt) if index else contextlib.nullcontext():
@@ -345,15 +416,84 @@ async def _send_all(attempts: list[Attempt]) -> list[SendResult]:
             except DeliveryError as exc:
                 results[index] = exc
 
-    # Anything but a DeliveryError is unexpected: the group cancels the other sends and the
-    # transaction rolls back, as when a worker crashes mid-send.
+    settings = services.settings
+    # Webhooks whose host is capped; a draft that already failed needs no slot.
+    capped = {
+        index: origin_of(draft.row["recipient"])
+        for index, draft in enumerate(drafts)
+        if settings.webhook_max_in_flight_per_host
+        and draft.channel is not None
+        and draft.channel.name == WebhookChannel.name
+        and not isinstance(draft.content, str)
+    }
+
+    async def prepare_and_send(index: int) -> None:
+        await prepare(index)
+        await send(index)
+
+    async def send_capped() -> None:
+        # Rendered first, so that a host slot is held only while sending.
+        await asyncio.gather(*(prepare(index) for index in capped))
+        sendable = {}
+        for index, origin in capped.items():
+            attempt = attempts[index]
+            if attempt is not None and not isinstance(attempt.message, str):
+                sendable[index] = origin
+        unsent = await host_slots.send_within_host_caps(
+            conn,
+            sendable,
+            send,
+            cap=settings.webhook_max_in_flight_per_host,
+            budget_seconds=settings.webhook_timeout_seconds,
+        )
+        for index, origin in unsent.items():
+            results[index] = HostBusy(origin)
+
+    # Anything but a DeliveryError or a template problem is unexpected (the sandbox
+    # unavailable included): the group cancels the other sends and the transaction rolls
+    # back, as when a worker crashes mid-send; the job is retried.
     try:
         async with asyncio.TaskGroup() as group:
-            for index, attempt in enumerate(attempts):
-                group.create_task(send(index, attempt))
+            for index in range(len(drafts)):
+                if index not in capped:
+                    group.create_task(prepare_and_send(index))
+            if capped:
+                group.create_task(send_capped())
     except ExceptionGroup as errors:
         raise errors.exceptions[0] from None  # as one send on its own would have raised it
-    return results
+    finally:
+        for render in pending:
+            _abandon(render)
+    done = [attempt for attempt in attempts if attempt is not None]
+    assert len(done) == len(drafts), "every send task made its attempt"
+    return done, results
+
+
+async def _attempt(draft: Draft, render: asyncio.Future[RenderedMessage] | None) -> Attempt:
+    """The draft with its rendered message, or with why it cannot be sent."""
+    row, job_id, number, channel, label, content, link = draft
+    if render is None:
+        assert isinstance(content, str)
+        return Attempt(row, job_id, number, channel, label, content)
+    assert isinstance(content, ToRender)
+    try:
+        rendered = await render
+    except TemplateProblem as exc:
+        # Fails the same way on every attempt (syntax, a missing variable, over budget).
+        problem = f"template {content.source.name!r}: {exc}"
+        return Attempt(row, job_id, number, channel, label, problem)
+    return Attempt(row, job_id, number, channel, label, _message(row, number, rendered, link))
+
+
+def _abandon(render: asyncio.Future[RenderedMessage] | None) -> None:
+    """Let the sandbox skip a render nobody waits for any more, and mark an error nobody
+    will read as read (asyncio would log it)."""
+    if render is None:
+        return
+    if not render.done():
+        render.cancel()
+    elif not render.cancelled():
+        render.exception()
 
 
 def _span_for_batched(attempt: Attempt) -> contextlib.AbstractContextManager[Any]:
@@ -378,7 +518,7 @@ def _span_for_batched(attempt: Attempt) -> contextlib.AbstractContextManager[Any
 def _outcome(
     services: Services,
     attempt: Attempt,
-    result: SendResult,
+    result: DeliveryReceipt | DeliveryError | None,
     started_at: datetime.datetime,
 ) -> tuple[queries.AttemptRecord, RetryLater | None]:
     """What to record of the attempt, and when to try again (None: never); counted and logged."""

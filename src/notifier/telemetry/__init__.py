@@ -39,6 +39,10 @@ def setup_telemetry(
     ``log_format`` is this kind of process's default, used unless ``NOTIFIER_LOG_FORMAT``
     says otherwise. Raises :class:`~notifier.settings.SettingsError` on unusable values.
     """
-    configure_logging(settings.log_format or log_format, settings.log_level)
+    configure_logging(
+        settings.log_format or log_format,
+        settings.log_level,
+        access_log_probes=settings.access_log_probes,
+    )
     provider = setup_tracing(service_name, os.environ if environ is None else environ)
     return Telemetry(tracer_provider=provider)

@@ -15,6 +15,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from notifier.queue import RetryLater
 from notifier.settings import SettingsError
 
 LOG_FORMATS = ("json", "text")
@@ -37,6 +38,105 @@ class TraceContextFilter(logging.Filter):
             record.trace_id = format(context.trace_id, "032x")
             record.span_id = format(context.span_id, "016x")
         return True
+
+
+def describe_error(exc: BaseException) -> str:
+    """``exc`` with the errors that caused it: procrastinate's own says only "Database error."
+
+    ``Database error. <- AdminShutdown: terminating connection due to administrator command``
+    """
+    parts = [_first_line(exc) or type(exc).__name__]
+    cause = _cause_of(exc)
+    while cause is not None and len(parts) < 5:
+        message = _first_line(cause)
+        parts.append(f"{type(cause).__name__}: {message}" if message else type(cause).__name__)
+        cause = _cause_of(cause)
+    return " <- ".join(parts)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().partition("\n")[0].strip()
+
+
+def _cause_of(exc: BaseException) -> BaseException | None:
+    if exc.__cause__ is not None or exc.__suppress_context__:
+        return exc.__cause__
+    return exc.__context__
+
+
+# procrastinate's lines about a job's routine life: notifier's tasks log each attempt and
+# its outcome themselves, so at INFO these only doubled every line (DEBUG keeps them).
+_ROUTINE_JOB_ACTIONS = frozenset(
+    {"jobs_deferred", "periodic_task_deferred", "start_job", "job_success"}
+)
+# Of the job (procrastinate's ``job`` and ``worker`` fields, 800-900 bytes a line), only this.
+_JOB_FIELDS = ("id", "task_name", "queue", "attempts")
+
+
+class JobLogFilter(logging.Filter):
+    """procrastinate's job lines, made fit for notifier's logs.
+
+    - A job's start and success, and a retry a task asked for (:class:`RetryLater`, which
+      the task logged with its reason), are DEBUG lines, without a traceback.
+    - Each line keeps the job's id, task, queue and attempts and the worker's name instead
+      of the whole job and worker (a deferral: the jobs' ids), and the duration instead of
+      both timestamps.
+    - A side task's failure (the heartbeat, say, losing the database) names its causes.
+    Unexpected errors keep their level and their traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("procrastinate"):
+            return True
+        action = getattr(record, "action", None)
+        expected_retry = action == "job_error_retry" and isinstance(
+            record.exc_info[1] if record.exc_info else None, RetryLater
+        )
+        if expected_retry:
+            record.exc_info = None
+            record.exc_text = None
+        if action == "side_task_failed" and record.exc_info and record.exc_info[1]:
+            # "... failed with exception: Database error." says nothing of the cause.
+            task = getattr(record, "task_name", "?")
+            record.msg = f"side task {task} failed, stopping the worker: %s"
+            record.args = (describe_error(record.exc_info[1]),)
+        if (action in _ROUTINE_JOB_ACTIONS or expected_retry) and record.levelno > logging.DEBUG:
+            if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+                return False
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        fields = vars(record)
+        job = fields.pop("job", None)
+        if isinstance(job, dict):
+            fields.update({_job_field(key): job.get(key) for key in _JOB_FIELDS})
+        jobs = fields.pop("jobs", None)
+        if isinstance(jobs, list):
+            fields["job_ids"] = [job.get("id") for job in jobs if isinstance(job, dict)]
+        worker = fields.get("worker")
+        if isinstance(worker, dict):
+            fields["worker"] = worker.get("name")
+        for key in ("start_timestamp", "end_timestamp", "result"):
+            fields.pop(key, None)
+        return True
+
+
+def _job_field(key: str) -> str:
+    return "job_id" if key == "id" else key
+
+
+# Requests of probes and scrapers: every few seconds from each, they drowned the access log.
+_PROBE_PATHS = ("/health", "/metrics")
+
+
+class ProbeAccessFilter(logging.Filter):
+    """Leave uvicorn's access lines of ``/health``, ``/health/*`` and ``/metrics`` out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "uvicorn.access" or not isinstance(record.args, tuple):
+            return True
+        if len(record.args) != 5:
+            return True
+        path = str(record.args[2]).partition("?")[0]
+        return not any(path == probe or path.startswith(probe + "/") for probe in _PROBE_PATHS)
 
 
 class JsonFormatter(logging.Formatter):
@@ -69,8 +169,11 @@ def _access_fields(args: tuple[Any, ...]) -> dict[str, Any]:
     return fields
 
 
-def configure_logging(log_format: str, level: str) -> None:
-    """Send every logger (uvicorn's and procrastinate's included) to stderr in ``log_format``."""
+def configure_logging(log_format: str, level: str, *, access_log_probes: bool = False) -> None:
+    """Send every logger (uvicorn's and procrastinate's included) to stderr in ``log_format``.
+
+    ``access_log_probes``: keep uvicorn's access lines of health probes and metric scrapes.
+    """
     if log_format not in LOG_FORMATS:
         raise SettingsError(f"NOTIFIER_LOG_FORMAT={log_format!r} is not one of {LOG_FORMATS}")
     numeric_level = logging.getLevelName(level.upper())
@@ -78,6 +181,9 @@ def configure_logging(log_format: str, level: str) -> None:
         raise SettingsError(f"NOTIFIER_LOG_LEVEL={level!r} is not a logging level")
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(TraceContextFilter())
+    handler.addFilter(JobLogFilter())
+    if not access_log_probes:
+        handler.addFilter(ProbeAccessFilter())
     handler.setFormatter(
         JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )

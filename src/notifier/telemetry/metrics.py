@@ -16,9 +16,20 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 logger = logging.getLogger("notifier.metrics")
 
@@ -31,6 +42,12 @@ OTHER_EVENT_TYPE = "other"
 DELIVERY_LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400)
 # Events per publish statement (notifier.events.publisher): 1 when requests come one by one.
 PUBLISH_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 100)
+# Every outcome a delivery attempt has; each configured channel's series start at zero.
+DELIVERY_OUTCOMES = ("delivered", "retry", "failed", "dead")
+# API requests, from the first byte in to the last byte out.
+REQUEST_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Methods that get a label of their own; anything else a client sends is "other".
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class Metrics:
@@ -38,6 +55,10 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # The process's CPU, memory, open files and start time; Python's version and GC.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self.events_received = Counter(
             "notifier_events_received",
             "Events accepted, by type and producer (api: REST, sql: the outbox table).",
@@ -50,6 +71,15 @@ class Metrics:
             ["channel", "outcome"],
             registry=self.registry,
         )
+        self.host_slot_waits = Counter(
+            "notifier_host_slot_waits",
+            "Deliveries put off, without an attempt, because every request slot of their "
+            "host was taken (NOTIFIER_WEBHOOK_MAX_IN_FLIGHT_PER_HOST), by channel.",
+            ["channel"],
+            registry=self.registry,
+        )
+        # The one channel with a per-host cap, shown from zero so that rate() sees the first.
+        self.host_slot_waits.labels(channel="webhook")
         self.delivery_lag = Histogram(
             "notifier_delivery_lag_seconds",
             "From a notification's scheduled send time to a channel accepting it.",
@@ -64,6 +94,49 @@ class Metrics:
         )
         self._event_types: set[str] = set()
         self._lock = threading.Lock()
+        self.http_requests: Counter | None = None
+        self.http_request_duration: Histogram | None = None
+
+    def expect_channels(self, channels: Iterable[str]) -> None:
+        """Create every outcome's series of these channels at zero.
+
+        A series born at its first increment starts at 1, which rate() and increase() cannot
+        tell from a series that was always 1: the first dead delivery of a process would
+        never fire an alert on ``increase(notifier_deliveries_total{outcome="dead"}[...])``.
+        """
+        for channel in channels:
+            for outcome in DELIVERY_OUTCOMES:
+                self.deliveries.labels(channel=channel, outcome=outcome)
+
+    def count_http_requests(self) -> None:
+        """Add the API's request counter and latency histogram (only the API serves HTTP)."""
+        if self.http_requests is not None:
+            return
+        self.http_requests = Counter(
+            "notifier_http_requests",
+            "API requests by method, route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.http_request_duration = Histogram(
+            "notifier_http_request_duration_seconds",
+            "API request durations by method, route template and status.",
+            ["method", "route", "status"],
+            buckets=REQUEST_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+
+    def count_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one answered API request."""
+        assert self.http_requests is not None, "count_http_requests() first"
+        assert self.http_request_duration is not None
+        labels = {
+            "method": method if method in HTTP_METHODS else "other",
+            "route": route,
+            "status": str(status),
+        }
+        self.http_requests.labels(**labels).inc()
+        self.http_request_duration.labels(**labels).observe(seconds)
 
     def count_event(self, event_type: str, producer: str) -> None:
         """Count one accepted event."""
@@ -84,6 +157,36 @@ class Metrics:
     def render(self) -> bytes:
         """The registry in Prometheus' text format."""
         return generate_latest(self.registry)
+
+
+def request_metrics_middleware(app: ASGIApp) -> ASGIApp:
+    """Litestar middleware counting each request by its route's template, not its path.
+
+    Runs inside routing, so a request that matches no route (a 404 for an unknown path, a
+    405) is not counted. The process's :class:`Metrics` is ``app.state.services.metrics``.
+    """
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # unless an answer starts: the server answers 500 to an escaped error
+
+        async def send_counting(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_counting)
+        finally:
+            metrics: Metrics = scope["app"].state.services.metrics
+            route = scope.get("path_template") or "unmatched"
+            metrics.count_request(scope["method"], route, status, time.perf_counter() - started)
+
+    return middleware
 
 
 def serve_worker_metrics(metrics: Metrics, host: str, port: int) -> Callable[[], None]:

@@ -20,7 +20,8 @@ from notifier.problems import ProblemError, field_error, not_found, problem_resp
 from notifier.services import Services
 from notifier.templates import catalog, queries
 from notifier.templates.builtin import builtin_templates
-from notifier.templates.rendering import TemplateProblem, TemplateSource, template_context
+from notifier.templates.pool import RendererUnavailable
+from notifier.templates.rendering import MessageFields, TemplateProblem, TemplateSource
 from notifier.templates.schemas import (
     InlinePreviewRequest,
     Preview,
@@ -39,24 +40,42 @@ def template_error(problem: TemplateProblem) -> ProblemError:
     return field_error(problem.part, where + problem.message)
 
 
-def checked_source(name: str, data: TemplateReplace | InlinePreviewRequest) -> TemplateSource:
+def renderer_unavailable(exc: RendererUnavailable) -> ProblemError:
+    """A 503: the sandbox could not answer, through no fault of the template."""
+    return ProblemError(
+        503,
+        "Service Unavailable",
+        f"templates cannot be rendered right now ({exc}); retry later",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def checked_source(
+    services: Services,
+    principal: Principal,
+    name: str,
+    data: TemplateReplace | InlinePreviewRequest,
+) -> TemplateSource:
     """The template in a request, compiled once in the sandbox; a 422 if it does not."""
     check_storable(data)
     source = TemplateSource(
         name=name, subject=data.subject, text_body=data.text_body, html_body=data.html_body
     )
     try:
-        catalog.renderer().check(source)
+        await services.renderer.check(principal.tenant_id, source)
     except TemplateProblem as exc:
         raise template_error(exc) from None
+    except RendererUnavailable as exc:
+        raise renderer_unavailable(exc) from None
     return source
 
 
-def render_preview(source: TemplateSource, request: PreviewRequest) -> Preview:
+async def render_preview(
+    services: Services, principal: Principal, source: TemplateSource, request: PreviewRequest
+) -> Preview:
     """Render ``source`` as a notification with the request's fields would; sends nothing."""
     check_storable(request.payload, source="body")
-    context = template_context(
-        request.payload,
+    fields = MessageFields(
         notification_type=request.notification_type or source.name,
         recipient=request.recipient,
         entity_id=request.entity_id,
@@ -65,9 +84,13 @@ def render_preview(source: TemplateSource, request: PreviewRequest) -> Preview:
         channel=request.channel,
     )
     try:
-        rendered = catalog.renderer().render(source, context)
+        rendered = await services.renderer.render(
+            principal.tenant_id, source, request.payload, fields
+        )
     except TemplateProblem as exc:
         raise template_error(exc) from None
+    except RendererUnavailable as exc:
+        raise renderer_unavailable(exc) from None
     return Preview(
         template=source.name, subject=rendered.subject, text=rendered.text, html=rendered.html
     )
@@ -97,7 +120,7 @@ class TemplateController(Controller):
         """Stored after it compiles in the sandbox; a 422 names the part and line at fault.
         A template named like a built-in (``password.expiring``) overrides it."""
         data = decode_strictly(await request.body(), TemplateCreate)
-        checked_source(data.name, data)
+        await checked_source(services, principal, data.name, data)
         async with transaction(services.pool) as conn:
             template = await queries.insert_template(conn, principal.tenant_id, data.name, data)
         if template is None:
@@ -165,7 +188,7 @@ class TemplateController(Controller):
         """201 if it was created, 200 if it replaced the tenant's template of that name.
         Notifications not yet sent render with the new version."""
         data = decode_strictly(await request.body(), TemplateReplace)
-        checked_source(name, data)
+        await checked_source(services, principal, name, data)
         async with transaction(services.pool) as conn:
             template, created = await queries.upsert_template(conn, principal.tenant_id, name, data)
         return Response(template, status_code=201 if created else 200)
@@ -220,7 +243,7 @@ class TemplateController(Controller):
             template = await catalog.find_template(conn, principal.tenant_id, name)
         if template is None:
             raise not_found("template", name)
-        return render_preview(catalog.source_of(template), data)
+        return await render_preview(services, principal, catalog.source_of(template), data)
 
     @post(
         "/preview",
@@ -230,8 +253,13 @@ class TemplateController(Controller):
         guards=[requires(Scope.TEMPLATES_READ)],
     )
     async def preview_inline(
-        self, request: Request[Any, Any, Any], data: JSONBody[InlinePreviewRequest]
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[InlinePreviewRequest],
+        services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
     ) -> Preview:
         """For editors: try a template before saving it."""
         data = decode_strictly(await request.body(), InlinePreviewRequest)
-        return render_preview(checked_source("preview", data), data)
+        source = await checked_source(services, principal, "preview", data)
+        return await render_preview(services, principal, source, data)

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from functools import cache
-
 from notifier.db import Connection
 from notifier.templates import queries
 from notifier.templates.builtin import GENERIC, builtin_templates
-from notifier.templates.rendering import Renderer, TemplateSource
+from notifier.templates.rendering import TemplateSource
 from notifier.templates.schemas import Template
 
 
 class TemplateNotFound(LookupError):
     """A notification or rule names a template that neither the tenant nor the built-ins have."""
-
-
-@cache
-def renderer() -> Renderer:
-    """The process's renderer (two sandboxed environments, built on first use)."""
-    return Renderer()
 
 
 def builtin_resource(source: TemplateSource) -> Template:

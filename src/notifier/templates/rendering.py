@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import datetime
 import functools
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 import jinja2
 import msgspec
@@ -39,6 +40,34 @@ class RenderedMessage(msgspec.Struct, frozen=True, kw_only=True):
     subject: str
     text: str
     html: str | None = None
+
+
+class MessageFields(msgspec.Struct, frozen=True, kw_only=True):
+    """The notification's own fields a template sees (see :func:`template_context`)."""
+
+    notification_type: str
+    recipient: str
+    notification_id: str | None = None
+    entity_id: str | None = None
+    target_date: datetime.datetime | None = None
+    lead_time: datetime.timedelta = datetime.timedelta(0)
+    channel: str | None = None
+    unsubscribe_url: str | None = None
+
+
+class RenderInterrupted(BaseException):
+    """Raised into a compile or render from outside (the sandbox's CPU timer).
+
+    A BaseException, so that nothing between the timer and the renderer (Jinja2 catches
+    ``Exception`` in places) can swallow it; the renderer turns it into a
+    :class:`TemplateProblem` naming the part it interrupted. Its text says why.
+    """
+
+
+# What the renderer is about to do, for whoever watches it (the sandbox): compile a part
+# that is not cached yet, be done compiling it, or render it.
+Phase = Literal["compile", "compiled", "render"]
+PhaseHook = Callable[[Phase, str], None]
 
 
 class TemplateProblem(Exception):
@@ -99,11 +128,18 @@ def _environment(*, autoescape: bool) -> SandboxedEnvironment:
 
 
 class Renderer:
-    """Compiles and renders templates; one per process (see ``catalog.renderer``)."""
+    """Compiles and renders templates. Runs in the sandbox processes only
+    (:mod:`notifier.templates.sandbox`); the API and workers ask them through
+    :class:`notifier.templates.pool.RenderPool`.
 
-    def __init__(self, *, cache_size: int = 512) -> None:
+    ``on_phase`` is told before each part is compiled (only when not cached) or rendered,
+    and after a compile: the sandbox keeps its timer and its progress report by it.
+    """
+
+    def __init__(self, *, cache_size: int = 512, on_phase: PhaseHook | None = None) -> None:
         self._text = _environment(autoescape=False)
         self._html = _environment(autoescape=True)
+        self._on_phase = on_phase
         # Compiling costs far more than rendering, and the same few templates render for
         # every notification. Keyed by the source itself, so an edited template recompiles.
         self._compile = functools.lru_cache(maxsize=cache_size)(self._compile_uncached)
@@ -112,10 +148,24 @@ class Renderer:
         return self._html if part == "html_body" else self._text
 
     def _compile_uncached(self, part: str, body: str) -> jinja2.Template:
+        if self._on_phase is not None:
+            self._on_phase("compile", part)
         try:
             return self._env(part).from_string(body)
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateProblem(part, exc.message or "syntax error", exc.lineno) from None
+        except (ValueError, TypeError, ArithmeticError, LookupError) as exc:
+            # Raised while folding constants ({{ 10 ** 5000 }} cannot become source text).
+            raise TemplateProblem(part, str(exc) or type(exc).__name__) from None
+        except RecursionError:
+            raise TemplateProblem(part, "is nested too deeply") from None
+        except MemoryError:
+            raise TemplateProblem(part, "needs more memory to compile than allowed") from None
+        except RenderInterrupted as exc:
+            raise TemplateProblem(part, str(exc)) from None
+        finally:
+            if self._on_phase is not None:
+                self._on_phase("compiled", part)
 
     def check(self, source: TemplateSource) -> None:
         """Raise :class:`TemplateProblem` naming the first part that does not compile."""
@@ -138,13 +188,22 @@ class Renderer:
 
     def _render_part(self, part: str, body: str, context: dict[str, Any]) -> str:
         template = self._compile(part, body)
+        if self._on_phase is not None:
+            self._on_phase("render", part)
         try:
             text = template.render(context)
         except jinja2.TemplateError as exc:
             raise TemplateProblem(part, exc.message or type(exc).__name__, _line(exc)) from None
+        except RecursionError as exc:
+            # A macro calling itself: caught before the interpreter's own stack runs out.
+            raise TemplateProblem(part, "recurses too deeply", _line(exc)) from None
         except (ValueError, TypeError, ArithmeticError, LookupError) as exc:
             # Raised by filters and operators on the payload's values (a bad date, 1/0).
             raise TemplateProblem(part, str(exc) or type(exc).__name__, _line(exc)) from None
+        except MemoryError:
+            raise TemplateProblem(part, "needs more memory to render than allowed") from None
+        except RenderInterrupted as exc:
+            raise TemplateProblem(part, str(exc)) from None
         if len(text) > MAX_RENDERED_CHARS:
             raise TemplateProblem(part, f"renders to more than {MAX_RENDERED_CHARS} characters")
         return text

@@ -8,8 +8,8 @@ tenants' limits and API keys' alike. Stored limits outside them are clamped to t
 bound, and the bucket of a limit that was too slow is started afresh: its next send time
 may have been pushed out by as many years as one interval lasted.
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-07
 """
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0011"
-down_revision = "0010"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

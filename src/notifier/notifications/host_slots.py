@@ -1,0 +1,371 @@
+"""At most ``NOTIFIER_WEBHOOK_MAX_IN_FLIGHT_PER_HOST`` webhook requests in flight to one host,
+across every worker process.
+
+Without a cap, a host that never answers holds a delivery slot for the whole timeout per
+attempt, and with enough notifications it holds every slot of every worker: other tenants'
+deliveries wait behind it (docs/reliability.md, section 6). With the cap it holds at most
+``cap`` requests, whatever its backlog.
+
+**Slots.** Slot ``i`` of a host (its origin: scheme, host and port, however the URL spells
+them, :func:`notifier.channels.egress.origin_of`) is the advisory lock
+``(hashtext(origin), i)``, tried without waiting on the delivery's own connection, inside
+the transaction that holds the notifications' row locks. They are session-level locks, given
+back the moment the batch is done with that host: a batch that waits on one hanging host
+must not keep another host's slots until it commits, as transaction-level locks would. They
+never outlive the transaction either (transaction pooling in PgBouncer allows nothing else):
+every way out of :func:`send_within_host_caps` gives them back, and a connection that cannot
+is closed, which ends its session and its locks, as a crash does.
+
+**Lanes.** Through each slot it holds, a batch sends its notifications to that host one
+after the other, while each send takes under :data:`LANE_QUICK_SECONDS` and the batch has
+been sending for less than the channel's timeout: a healthy host takes a whole batch
+through ``cap`` connections in milliseconds, while a hanging one costs one timeout per slot,
+not one per notification.
+
+**Waiting.** A batch that got no slot of a host asks again, every :data:`RETRY_SECONDS`,
+while its other sends are in flight. Once nothing else is in flight, it waits for a slot
+only where waiting pays. While this process's sends to that host keep ending quickly, it
+asks again each time a batch here gives slots back: the batches of a worker queue for a
+busy healthy host, whose slots turn over in milliseconds, instead of going round the queue.
+If the slots are all held by other processes, it waits in PostgreSQL (which hands a slot
+over the moment it is given back) for at most :data:`ELSEWHERE_PATIENCE_SECONDS`, as those
+may be sending to a hanging host. A host whose sends here are slow is not waited for. What
+is still unsent then is handed back untouched by :func:`put_off`: no attempt is recorded or
+counted; its job is due again later, after a wait that doubles with each wait of that
+delivery, from :data:`FIRST_WAIT_SECONDS` up to the channel's timeout (by then every slot
+taken before has come free at least once). Waiting never holds a slot: a batch waits only
+once all its lanes have ended, so two batches never wait on each other's slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import random
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any, NamedTuple
+
+from notifier.db import Connection
+from notifier.notifications import queries
+from notifier.notifications.scheduling import defer_delivery
+from notifier.queue import backoff_seconds
+from notifier.rate_limits.queries import hand_over_job
+from notifier.services import Services
+
+logger = logging.getLogger("notifier.delivery")
+
+LANE_QUICK_SECONDS = 1.0
+RETRY_SECONDS = 0.25
+ELSEWHERE_PATIENCE_SECONDS = 0.2
+FIRST_WAIT_SECONDS = 0.5
+
+
+class HostBusy(NamedTuple):
+    """Not sent, no attempt made: ``origin`` had no free slot (or was too slow to go on)."""
+
+    origin: str
+
+
+class Waiting(NamedTuple):
+    """A notification of a batch handed back to wait for a slot of ``origin``."""
+
+    row: dict[str, Any]
+    job_id: int | None
+    origin: str
+    # This job's own notification (its job is running), not one taken along.
+    own: bool
+
+
+def wait_seconds(waits: int, timeout_seconds: float) -> float:
+    """How long a delivery that has waited ``waits`` times already waits this time."""
+    return backoff_seconds(
+        waits + 1, base=FIRST_WAIT_SECONDS, cap=max(FIRST_WAIT_SECONDS, timeout_seconds)
+    )
+
+
+async def send_within_host_caps(
+    conn: Connection,
+    origins: dict[int, str],
+    send: Callable[[int], Coroutine[Any, Any, None]],
+    *,
+    cap: int,
+    budget_seconds: float,
+) -> dict[int, str]:
+    """Run ``send(index)`` for the indexes of ``origins`` (index -> its host's origin), each
+    host's sends through the slots of it this batch gets; the indexes left unsent, with
+    their host. Indexes go through their host's lanes in the order given.
+
+    No send starts once the batch has been sending for ``budget_seconds``.
+    """
+    return await _Lanes(conn, origins, send, cap=cap, budget_seconds=budget_seconds).run()
+
+
+class _Traffic:
+    """This process's sends to capped hosts (in one event loop): those under way, when
+    each host last answered a send quickly, and a signal each time a batch gives slots
+    back."""
+
+    def __init__(self) -> None:
+        # Per host with sends under way here: those sends (when each started), and when
+        # one of its sends last ended quickly. Hosts leave when their last send ends.
+        self.sends: dict[str, dict[asyncio.Task[None], float]] = {}
+        self.quick_end: dict[str, float] = {}
+        self.given_back = asyncio.Event()
+
+    def begin(self, origin: str, send: asyncio.Task[None], started: float) -> None:
+        self.sends.setdefault(origin, {})[send] = started
+
+    def end(self, origin: str, send: asyncio.Task[None]) -> None:
+        sends = self.sends.get(origin, {})
+        started = sends.pop(send, None)
+        now = time.monotonic()
+        if started is not None and now - started < LANE_QUICK_SECONDS:
+            self.quick_end[origin] = now
+        if not sends:
+            self.sends.pop(origin, None)
+            self.quick_end.pop(origin, None)
+
+    def here(self, origin: str) -> bool:
+        """Whether batches of this process send to ``origin`` now."""
+        return origin in self.sends
+
+    def turning_over(self, origin: str) -> bool:
+        """Whether this process sends to ``origin`` and its sends keep ending quickly: a
+        slot of it is likely to come free in a moment."""
+        ended = self.quick_end.get(origin)
+        return ended is not None and time.monotonic() - ended < RETRY_SECONDS
+
+    def note_given_back(self) -> None:
+        self.given_back.set()
+        self.given_back = asyncio.Event()
+
+
+_TRAFFIC: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Traffic] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _traffic() -> _Traffic:
+    """The running event loop's :class:`_Traffic` (one per worker process)."""
+    loop = asyncio.get_running_loop()
+    if loop not in _TRAFFIC:
+        _TRAFFIC[loop] = _Traffic()
+    return _TRAFFIC[loop]
+
+
+class _Lanes:
+    """One batch's sends to capped hosts, and the slots it holds for them."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        origins: dict[int, str],
+        send: Callable[[int], Coroutine[Any, Any, None]],
+        *,
+        cap: int,
+        budget_seconds: float,
+    ) -> None:
+        self.conn = conn
+        self.send = send
+        self.cap = cap
+        self.budget_seconds = budget_seconds
+        self.pending: dict[str, deque[int]] = {}
+        for index, origin in origins.items():
+            self.pending.setdefault(origin, deque()).append(index)
+        self.held: set[tuple[str, int]] = set()
+        # Each send in flight: its host, the slot it uses, when it started.
+        self.running: dict[asyncio.Task[None], tuple[str, int, float]] = {}
+        # Hosts this batch sends no more to: their sends took LANE_QUICK_SECONDS or more, or
+        # no slot came within the patience.
+        self.done_with: set[str] = set()
+        self.started = time.monotonic()
+        self.traffic = _traffic()
+        # What this batch may still spend waiting for slots other processes hold.
+        self.patience_elsewhere = ELSEWHERE_PATIENCE_SECONDS
+
+    async def run(self) -> dict[int, str]:
+        try:
+            await self._take(list(self.pending))
+            while True:
+                await self._send_while_slots_turn_over()
+                if not (starved := self._starved()):
+                    break
+                await self._wait_for_a_slot(starved[0])
+        finally:
+            await self._stop()
+        return {index: origin for origin, queue in self.pending.items() for index in queue}
+
+    async def _send_while_slots_turn_over(self) -> None:
+        """Run the lanes until none is left, asking again for slots of starved hosts."""
+        while self.running:
+            retry = bool(self._starved())
+            done, _ = await asyncio.wait(
+                self.running,
+                timeout=RETRY_SECONDS if retry else None,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            lanes_ended = []
+            for task in done:
+                origin, slot, began = self.running.pop(task)
+                self.traffic.end(origin, task)
+                task.result()  # anything but a DeliveryError ends the batch
+                if time.monotonic() - began >= LANE_QUICK_SECONDS:
+                    self.done_with.add(origin)
+                if not self._start(origin, slot):
+                    lanes_ended.append((origin, slot))
+            await self._give_back(lanes_ended)
+            if starved := self._starved():
+                await self._take(starved)
+
+    async def _wait_for_a_slot(self, origin: str) -> None:
+        """Nothing else in flight: wait for a slot of ``origin`` where waiting pays (see the
+        module's documentation), and start its lane; or be done with it."""
+        if not self.traffic.here(origin) and self.patience_elsewhere > 0:
+            await self._wait_in_database(origin)
+        while (
+            not self.running
+            and self.traffic.turning_over(origin)
+            and self._sending_for() < self.budget_seconds
+        ):
+            given_back = self.traffic.given_back
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RETRY_SECONDS):
+                    await given_back.wait()
+            await self._take([origin])
+        if not self.running:
+            self.done_with.add(origin)
+
+    async def _wait_in_database(self, origin: str) -> None:
+        # Waiters spread over the slots; whichever is given back first, one of them wakes.
+        slot = random.randrange(self.cap)  # noqa: S311 - spreading, not secrecy
+        began = time.monotonic()
+        try:
+            got = await queries.wait_for_host_slot(
+                self.conn, origin, slot, seconds=self.patience_elsewhere
+            )
+        except BaseException:
+            self._maybe_held([(origin, slot)])
+            raise
+        self.patience_elsewhere -= time.monotonic() - began
+        if got:
+            self.held.add((origin, slot))
+            if not self._start(origin, slot):
+                await self._give_back([(origin, slot)])
+
+    def _sending_for(self) -> float:
+        return time.monotonic() - self.started
+
+    def _start(self, origin: str, slot: int) -> bool:
+        """Send ``origin``'s next notification through ``slot``; False if its lane ends."""
+        queue = self.pending[origin]
+        if not queue or origin in self.done_with or self._sending_for() >= self.budget_seconds:
+            return False
+        task = asyncio.create_task(self.send(queue.popleft()))
+        now = time.monotonic()
+        self.running[task] = (origin, slot, now)
+        self.traffic.begin(origin, task, now)
+        return True
+
+    def _starved(self) -> list[str]:
+        """Hosts with notifications left and no slot held, worth asking for one again."""
+        if self._sending_for() >= self.budget_seconds:
+            return []
+        holding = {origin for origin, _ in self.held}
+        return [
+            origin
+            for origin, queue in self.pending.items()
+            if queue and origin not in holding and origin not in self.done_with
+        ]
+
+    async def _take(self, origins: list[str]) -> None:
+        wanted = {origin: min(self.cap, len(self.pending[origin])) for origin in origins}
+        try:
+            taken = await queries.take_host_slots(self.conn, wanted, cap=self.cap)
+        except BaseException:
+            self._maybe_held([(origin, slot) for origin in wanted for slot in range(self.cap)])
+            raise
+        self.held.update(taken)
+        await self._give_back([slot for slot in taken if not self._start(*slot)])
+
+    def _maybe_held(self, slots: list[tuple[str, int]]) -> None:
+        """A take or wait cut off (cancelled, or the connection failed) may have got these
+        slots all the same: count them held, so that they are given back. Giving back a
+        slot this session does not hold only makes PostgreSQL warn."""
+        self.held.update(slots)
+
+    async def _give_back(self, slots: list[tuple[str, int]]) -> None:
+        if slots:
+            await queries.give_back_host_slots(self.conn, slots)
+            self.held.difference_update(slots)
+            self.traffic.note_given_back()
+
+    async def _stop(self) -> None:
+        """Cut off sends still running (an error ended the batch) and give every slot back;
+        close the connection if that fails, which releases them as well."""
+        for task in self.running:
+            task.cancel()
+        await asyncio.gather(*self.running, return_exceptions=True)
+        for task, (origin, _, _) in self.running.items():
+            self.traffic.end(origin, task)
+        self.running.clear()
+        if not self.held:
+            return
+        try:
+            await self._give_back(list(self.held))
+        except BaseException:
+            logger.warning("could not give back host slots; closing the connection instead")
+            await self.conn.close()
+            raise
+
+
+async def put_off(
+    services: Services, conn: Connection, waiting: list[Waiting], *, own_waits: int
+) -> None:
+    """Hand back, untouched, the notifications of a batch that waited for a host slot.
+
+    The job's own notification gets a new job, due after its wait, which becomes its job
+    (for cancel), as a rate limit's wait does: a new job keeps procrastinate's run count,
+    which bounds unexpected failures, free of waits. The jobs of notifications taken along
+    just become due again later. ``own_waits``: how often this job's notification has waited.
+    """
+    timeout = services.settings.webhook_timeout_seconds
+    taken_along = [w.job_id for w in waiting if not w.own and w.job_id is not None]
+    waits = await queries.host_slot_waits(conn, taken_along) if taken_along else {}
+    now = datetime.datetime.now(datetime.UTC)
+    postponed: dict[int, tuple[datetime.datetime, int]] = {}
+    delays: dict[str, list[float]] = {}
+    for wait in waiting:
+        before = own_waits if wait.own else waits.get(wait.job_id or 0, 0)
+        delay = wait_seconds(before, timeout)
+        at = now + datetime.timedelta(seconds=delay)
+        if wait.own:
+            notification_id = wait.row["id"]
+            new_job = await defer_delivery(
+                services.queue,
+                conn,
+                notification_id,
+                at,
+                tenant_id=wait.row["tenant_id"],
+                slot_waits=before + 1,
+            )
+            await hand_over_job(conn, notification_id, wait.job_id, new_job)
+        elif wait.job_id is not None:
+            postponed[wait.job_id] = (at, before + 1)
+        services.metrics.host_slot_waits.labels(channel=wait.row["channel"]).inc()
+        delays.setdefault(wait.origin, []).append(delay)
+    await queries.postpone_batch_jobs(conn, postponed)
+    for origin, put_off_for in delays.items():
+        logger.info(
+            "%d notification(s) waited for a host slot: no request slot of %s free (at most "
+            "%d in flight per host); due again in %.2f to %.2fs, no attempt spent",
+            len(put_off_for),
+            origin,
+            services.settings.webhook_max_in_flight_per_host,
+            min(put_off_for),
+            max(put_off_for),
+        )
