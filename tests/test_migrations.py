@@ -16,6 +16,7 @@ from procrastinate.schema import SchemaManager
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from notifier import migrate
+from notifier.rate_limits.gcra import MAX_BURST, MIN_PER_SECOND
 
 
 def load_revision(path: Path) -> ModuleType:
@@ -141,3 +142,48 @@ def test_pending_revisions_refuses_a_revision_it_does_not_know(database_url: str
 
     with pytest.raises(migrate.UnknownRevisionError, match="9999"):
         migrate.pending_revisions(database_url)
+
+
+def test_rate_limits_stored_outside_the_bounds_are_clamped_and_their_buckets_restarted(
+    database_url: str,
+) -> None:
+    """Before revision 0012 the API stored a limit of 1e-300 per second, which made every
+    delivery of the channel fail; the revision brings such rows within the bounds."""
+    migrate.downgrade(database_url, "0011")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO notifier.rate_limits (tenant_id, channel, per_second, burst) VALUES"
+            " ('default', 'webhook', 1e-300, 1), ('default', 'sms', 1e-9, 5000000),"
+            " ('default', 'email', 5, 2)"
+        )
+        # A bucket a limit of one send in 31 years pushed out (sms), and ordinary ones.
+        conn.execute(
+            "INSERT INTO notifier.rate_limit_buckets (tenant_id, channel, tat, queue_tat)"
+            " VALUES ('default', 'sms', now() + interval '31 years', now()),"
+            " ('default', 'webhook', now(), now()), ('default', 'email', now(), now())"
+        )
+        conn.execute(
+            "INSERT INTO notifier.api_keys (id, tenant_id, secret_sha256, scopes,"
+            " rate_limit_per_second, rate_limit_burst)"
+            " VALUES ('0123456789abcdef', 'default', sha256(''), '{admin}', 1e-300, 2000000000)"
+        )
+
+    migrate.upgrade(database_url)
+
+    with psycopg.connect(database_url) as conn:
+        limits = conn.execute(
+            "SELECT channel, per_second, burst FROM notifier.rate_limits ORDER BY channel"
+        ).fetchall()
+        buckets = conn.execute(
+            "SELECT channel FROM notifier.rate_limit_buckets ORDER BY channel"
+        ).fetchall()
+        key = conn.execute(
+            "SELECT rate_limit_per_second, rate_limit_burst FROM notifier.api_keys"
+        ).fetchone()
+    assert limits == [
+        ("email", 5.0, 2),
+        ("sms", MIN_PER_SECOND, MAX_BURST),
+        ("webhook", MIN_PER_SECOND, 1),
+    ]
+    assert buckets == [("email",)]
+    assert key == (MIN_PER_SECOND, MAX_BURST)

@@ -46,6 +46,10 @@ def test_values_are_read_from_prefixed_variables_and_typed() -> None:
         ("NOTIFIER_WORKER_LISTEN_NOTIFY", "maybe"),
         ("NOTIFIER_API_RATE_LIMIT_PER_SECOND", "0"),
         ("NOTIFIER_API_RATE_LIMIT_BURST", "0"),
+        ("NOTIFIER_API_RATE_LIMIT_PER_SECOND", "1e-300"),
+        ("NOTIFIER_API_RATE_LIMIT_BURST", "1000001"),
+        ("NOTIFIER_RATE_LIMIT_WEBHOOK_PER_SECOND", "1e-12"),
+        ("NOTIFIER_RATE_LIMIT_EMAIL_PER_SECOND", "2000000"),
         ("NOTIFIER_WEBHOOK_MAX_IN_FLIGHT_PER_HOST", "-1"),
         ("NOTIFIER_WEBHOOK_MAX_IN_FLIGHT_PER_HOST", "four"),
     ],
@@ -53,6 +57,16 @@ def test_values_are_read_from_prefixed_variables_and_typed() -> None:
 def test_a_malformed_value_names_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
+
+
+def test_default_send_rates_are_bounded_with_their_burst() -> None:
+    with pytest.raises(SettingsError, match="NOTIFIER_RATE_LIMIT_SMS_PER_SECOND"):
+        Settings.from_env({"NOTIFIER_RATE_LIMIT_SMS_PER_SECOND": "0.0009"})
+    with pytest.raises(SettingsError, match="NOTIFIER_RATE_LIMIT_BURST"):
+        Settings.from_env({"NOTIFIER_RATE_LIMIT_BURST": "1000001"})
+    # Unset or 0: unlimited, as before; the slowest rate allowed is one send in 1,000 s.
+    assert Settings.from_env({"NOTIFIER_RATE_LIMIT_SMS_PER_SECOND": "0"})
+    assert Settings.from_env({"NOTIFIER_RATE_LIMIT_SMS_PER_SECOND": "0.001"})
 
 
 def test_replace_returns_a_changed_copy() -> None:

@@ -27,6 +27,7 @@ from notifier.notifications.api import NotificationController
 from notifier.preferences.api import PreferenceController, UnsubscribeController
 from notifier.problems import EXCEPTION_HANDLERS
 from notifier.rate_limits.api import RateLimitController
+from notifier.request_checks import ClosedStructSchemaPlugin, RequestChecks
 from notifier.rules.api import RuleController
 from notifier.services import Services
 from notifier.settings import Settings
@@ -125,6 +126,11 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
         logging_config=None,
         state=State({"authenticator": Authenticator(settings)}),
         before_send=[list_every_method_in_allow],
+        # 422 for a query parameter the operation does not declare, 415 for a body in a media
+        # type it does not declare, 400 for one that is not UTF-8: before any handler or
+        # dependency reads the request (request_checks.py).
+        before_request=RequestChecks(),
+        plugins=[ClosedStructSchemaPlugin()],
         # Litestar answers 413 (a problem document, see problems.py) before reading more.
         request_max_body_size=settings.api_max_body_bytes,
         openapi_config=OpenAPIConfig(

@@ -11,6 +11,7 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 
 from notifier.migrate import SchemaScripts
+from notifier.problems import problem_responses
 from notifier.services import Services
 from notifier.telemetry.queries import schema_revisions
 from notifier.telemetry.stats import DatabaseStats
@@ -31,7 +32,12 @@ class Health(msgspec.Struct):
     checks: dict[str, DependencyCheck]
 
 
-@get("/health", tags=["health"], summary="Liveness and dependencies")
+@get(
+    "/health",
+    tags=["health"],
+    summary="Liveness and dependencies",
+    responses=problem_responses(needs_key=False),
+)
 async def health(services: NamedDependency[Services]) -> Response[Health]:
     """200 when the database answers within two seconds, 503 otherwise."""
     started = time.perf_counter()
@@ -57,7 +63,12 @@ class Liveness(msgspec.Struct):
     status: str = "ok"
 
 
-@get("/health/live", tags=["health"], summary="Liveness of this process only")
+@get(
+    "/health/live",
+    tags=["health"],
+    summary="Liveness of this process only",
+    responses=problem_responses(needs_key=False),
+)
 async def liveness() -> Liveness:
     """Always 200 while the process serves requests; touches no dependency.
 
@@ -124,7 +135,12 @@ def migration_check(current: set[str], scripts: SchemaScripts) -> MigrationCheck
     return MigrationCheck(status=status, current=sorted(current), head=sorted(scripts.heads))
 
 
-@get("/health/ready", tags=["health"], summary="Readiness to serve traffic")
+@get(
+    "/health/ready",
+    tags=["health"],
+    summary="Readiness to serve traffic",
+    responses=problem_responses(needs_key=False),
+)
 async def readiness(
     services: NamedDependency[Services],
     database_stats: NamedDependency[DatabaseStats],

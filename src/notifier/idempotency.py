@@ -17,10 +17,11 @@ from litestar.di import NamedDependency
 from litestar.params import HeaderParameter
 
 from notifier.db import Connection
-from notifier.problems import ProblemError, field_error
+from notifier.problems import FieldProblem, ProblemError, field_error
 from notifier.tenancy import Principal
 
 T = TypeVar("T")
+HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
 # Visible ASCII, spaces only inside: what survives any HTTP hop unchanged.
 KEY_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
@@ -50,7 +51,7 @@ class StoredResponse(msgspec.Struct, frozen=True):
 IdempotencyKey = Annotated[
     str | None,
     HeaderParameter(
-        name="Idempotency-Key",
+        name=HEADER,
         required=False,
         # Documented, not enforced by Litestar: a bad key is a 400 from idempotent_request.
         schema_extra={"min_length": 1, "max_length": MAX_KEY_LENGTH, "pattern": KEY_PATTERN},
@@ -73,7 +74,7 @@ async def idempotent_request(
         return None
     if len(key) > MAX_KEY_LENGTH or not _KEY.fullmatch(key):
         raise field_error(
-            "Idempotency-Key",
+            HEADER,
             f"must be 1 to {MAX_KEY_LENGTH} visible ASCII characters (spaces inside allowed)",
             status=400,
             source="header",
@@ -114,10 +115,12 @@ async def claim(conn: Connection, request: IdempotentRequest | None) -> StoredRe
         # Pruned between the two statements (it had expired): rare, and a retry succeeds.
         raise ProblemError(409, "Conflict", "this Idempotency-Key just expired; retry")
     if stored["request_hash"] != request.request_hash:
+        message = "was first used with a different request"
         raise ProblemError(
             422,
             "Idempotency-Key reused",
-            "this Idempotency-Key was first used with a different request",
+            f"Idempotency-Key: {message}",
+            errors=[FieldProblem(field=HEADER, message=message, source="header")],
         )
     return StoredResponse(status=stored["response_status"], body=stored["response_body"])
 

@@ -69,25 +69,31 @@ class ProblemError(Exception):
 
 
 _RESPONSE_DESCRIPTIONS = {
-    400: "Malformed request: the body is not JSON, or a cursor or header is unusable",
+    400: "Malformed request: the body is not UTF-8 JSON, or a cursor or header is unusable",
     401: "No API key, or one that is malformed, unknown, expired or revoked",
     403: "The API key lacks the scope this operation needs",
     404: "No such resource",
     409: "The resource's state does not allow this",
     413: "The body is larger than `NOTIFIER_API_MAX_BODY_BYTES`",
-    422: "A value is invalid; `errors` names each field at fault",
+    415: "The body's `Content-Type` is not one this operation accepts (see its request body)",
+    422: (
+        "A value is invalid, or a query parameter the operation does not define; "
+        "`errors` names each field at fault"
+    ),
     429: "The API key's rate limit is exhausted; retry after `Retry-After` seconds",
     503: "The database is unavailable; retry after `Retry-After` seconds",
 }
 
 
-def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
+def problem_responses(*statuses: int, needs_key: bool = True) -> dict[int, ResponseSpec]:
     """OpenAPI descriptions of a handler's error answers, all problem documents.
 
     Given for 400, they replace the default one Litestar documents for every handler with
-    parameters, which describes its own error shape rather than ours. Every API operation
-    needs a key, so every one may also answer 401, 403, 429 and 503.
+    parameters, which describes its own error shape rather than ours. Every operation may
+    answer 422 for a query parameter it does not define (request_checks.py). Every API
+    operation needs a key, so every one may also answer 401, 403, 429 and 503.
     """
+    always = (422, 401, 403, 429, 503) if needs_key else (422,)
     return {
         status: ResponseSpec(
             Problem,
@@ -95,7 +101,7 @@ def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
             media_type=PROBLEM_MEDIA_TYPE,
             generate_examples=False,
         )
-        for status in (*statuses, 401, 403, 429, 503)
+        for status in dict.fromkeys((*statuses, *always))
     }
 
 

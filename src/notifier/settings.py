@@ -19,6 +19,8 @@ import psycopg
 from msgspec import Meta
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from notifier.rate_limits.gcra import MAX_BURST, MAX_PER_SECOND, MIN_PER_SECOND, check_limit
+
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/notifier"
 ENV_PREFIX = "NOTIFIER_"
 # NOTIFIER_* variables that are not settings, and so are not refused as misspelt ones: the
@@ -40,6 +42,9 @@ NonNegativeInt = Annotated[int, Meta(ge=0)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
 NonNegativeFloat = Annotated[float, Meta(ge=0)]
 Port = Annotated[int, Meta(ge=0, le=65535)]  # 0: the system picks one (tests)
+# Every rate limit's bounds (rate_limits/gcra.py); a send rate of 0 means unlimited.
+RequestRate = Annotated[float, Meta(ge=MIN_PER_SECOND, le=MAX_PER_SECOND)]
+Burst = Annotated[int, Meta(ge=1, le=MAX_BURST)]
 
 
 class SettingsError(ValueError):
@@ -119,7 +124,7 @@ class Settings:
     rate_limit_sms_per_second: NonNegativeFloat | None = None
     rate_limit_webhook_per_second: NonNegativeFloat | None = None
     # How many sends may go out back to back before the rate applies (1: evenly spaced).
-    rate_limit_burst: PositiveInt = 1
+    rate_limit_burst: Burst = 1
 
     # Operations. Tracing is configured by the standard OTEL_* variables, not here.
     # "json" (one object per line) or "text"; unset: text for `notifier dev` and the admin
@@ -141,8 +146,8 @@ class Settings:
     # revoked key keeps working for up to this long.
     api_key_cache_seconds: NonNegativeFloat = 5.0
     # Per key and per API process (see docs/security.md); a key's own limit overrides them.
-    api_rate_limit_per_second: PositiveFloat = 100.0
-    api_rate_limit_burst: PositiveInt = 200
+    api_rate_limit_per_second: RequestRate = 100.0
+    api_rate_limit_burst: Burst = 200
     # An event whose rules would make more notifications than this makes none, and says so.
     max_notifications_per_event: PositiveInt = 100
 
@@ -225,6 +230,14 @@ class Settings:
                 f"{ENV_PREFIX}DATABASE_POOL_MIN_SIZE ({self.database_pool_min_size}) must not "
                 f"exceed {ENV_PREFIX}DATABASE_POOL_MAX_SIZE ({self.database_pool_max_size})"
             )
+        for channel in ("email", "sms", "webhook"):
+            per_second = getattr(self, f"rate_limit_{channel}_per_second")
+            # Unset or 0 means unlimited; any other rate lies within every limit's bounds.
+            if per_second and (problem := check_limit(per_second, self.rate_limit_burst)):
+                raise SettingsError(
+                    f"{ENV_PREFIX}RATE_LIMIT_{channel.upper()}_PER_SECOND, "
+                    f"{ENV_PREFIX}RATE_LIMIT_BURST: {problem}"
+                )
         try:
             parse_networks(self.webhook_allowed_networks)
         except ValueError as exc:

@@ -463,7 +463,14 @@ async def test_publish_reusing_an_idempotency_key_for_another_body_is_a_422_prob
 
     response = await client.post("/api/v1/events/", json={"type": "user.deleted"}, headers=headers)
 
-    assert_problem(response, 422)
+    assert_problem(response, 422, "Idempotency-Key")
+    assert response.json()["errors"] == [
+        {
+            "field": "Idempotency-Key",
+            "message": "was first used with a different request",
+            "source": "header",
+        }
+    ]
     assert await count_rows(db, "notifier.events") == 1
 
 

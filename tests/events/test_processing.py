@@ -175,6 +175,31 @@ async def test_near_term_dates_scaled_time(
     assert list(jobs) == [one_second["id"]]
 
 
+async def test_a_payload_date_with_any_rfc3339_offset_makes_its_notifications(
+    client: AsyncTestClient[Any], db: psycopg.AsyncConnection[Any], worker: None
+) -> None:
+    """PostgreSQL reads offsets beyond 15:59 as errors in text, and the worker stored the
+    parsed date as given: an offset of +23:31 (valid RFC 3339) made processing fail."""
+    await create_rule(
+        client,
+        event_type="contract.ending",
+        channel="log",
+        recipient="ops",
+        date_field="ends_at",
+        lead_times=["P1D"],
+    )
+    ends_at = "2031-06-04T23:52:32+23:31"
+
+    event = await processed(
+        client, (await publish(client, "contract.ending", {"ends_at": ends_at}))["id"]
+    )
+
+    assert event["processing_error"] is None
+    (notification,) = event["notifications"]
+    assert parse_time(notification["target_date"]) == datetime.datetime.fromisoformat(ends_at)
+    assert notification["status"] == "pending"
+
+
 async def test_target_date_already_passed_stores_expired_notifications(
     client: AsyncTestClient[Any], db: psycopg.AsyncConnection[Any], worker: None
 ) -> None:

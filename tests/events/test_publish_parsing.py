@@ -6,6 +6,7 @@ import datetime
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -97,3 +98,33 @@ def test_a_batch_of_cloudevents_round_trips_in_order(
     assert [(e.type, e.external_id, e.payload, e.source) for e in events] == [
         (kind, ident, data, "s") for kind, ident, data in items
     ]
+
+
+# Each is not UTF-8 (see tests/test_request_checks.py); the API refuses such bodies before
+# parsing, and the parser refuses them too, wherever in the document they sit.
+NOT_UTF8 = [b"\x80", b"\xc3\x28", b"\xed\xa0\x80", b"\xc0\xaf", b"\xff", b"\xe2\x82"]
+MARK = "\N{SNOWMAN}"
+DOCUMENTS = [
+    ("application/json", {"type": MARK}),
+    ("application/json", {"type": "t", "payload": {MARK: 1}}),
+    ("application/json", {"type": "t", "payload": {"k": [{"n": MARK}]}}),
+    (CLOUDEVENTS_JSON, {"specversion": "1.0", "id": "1", "source": MARK, "type": "t"}),
+    ("application/json", {"specversion": "1.0", "id": MARK, "source": "s", "type": "t"}),
+    ("application/json", [{"type": "t"}, {"type": "t", "payload": {"k": MARK}}]),
+    (CLOUDEVENTS_BATCH_JSON, [{"specversion": "1.0", "id": "1", "source": "s", "type": MARK}]),
+]
+
+
+@pytest.mark.parametrize("bad", NOT_UTF8)
+@pytest.mark.parametrize(("content_type", "document"), DOCUMENTS)
+def test_a_string_that_is_not_utf8_anywhere_is_a_400_naming_the_body(
+    content_type: str, document: Any, bad: bytes
+) -> None:
+    """msgspec raised UnicodeDecodeError past the parser for these (a 500)."""
+    body = msgspec.json.encode(document).replace(MARK.encode(), bad)
+
+    result = outcome(lambda: parse_publish_request(content_type, body))
+
+    assert isinstance(result, ProblemError)
+    assert (result.status, [error.field for error in result.errors]) == (400, ["body"])
+    assert "UTF-8" in result.errors[0].message

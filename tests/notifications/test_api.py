@@ -691,7 +691,8 @@ async def test_create_reusing_an_idempotency_key_for_another_body_is_a_422_probl
         "/api/v1/notifications/", json=request_body(entity_id="contract-43"), headers=headers
     )
 
-    assert_problem(response, 422)
+    assert_problem(response, 422, "Idempotency-Key")
+    assert response.json()["errors"][0]["source"] == "header"
     assert await count_rows(db, "notifier.notifications") == 1
 
 

@@ -12,6 +12,7 @@ from litestar.testing import AsyncTestClient
 from notifier.db import transaction
 from notifier.notifications.scheduling import NotificationDraft, PlannedSend, create_notifications
 from notifier.notifications.schemas import NotificationStatus
+from notifier.rate_limits.gcra import MIN_PER_SECOND
 from notifier.services import Services
 from notifier.settings import Settings
 from tests.notifications.test_delivery import (
@@ -121,3 +122,32 @@ async def test_a_notification_waiting_for_its_slot_can_still_be_cancelled(
     assert cancelled.json()["status"] == "cancelled"
     assert (await job_of(db, second["id"]))["status"] == "cancelled"
     assert len(receiver.received()) == 1
+
+
+async def test_deliveries_proceed_under_the_slowest_rate_a_tenant_may_set(
+    client: AsyncTestClient[Any],
+    db: psycopg.AsyncConnection[Any],
+    receiver: WebhookReceiver,
+    worker: None,
+) -> None:
+    """A rate of 1e-12 per second was accepted and then made every delivery of the channel
+    fail with OverflowError; the slowest rate now allowed sends, then spaces the next."""
+    limit = await client.put("/api/v1/rate-limits/webhook", json={"per_second": MIN_PER_SECOND})
+    assert limit.status_code == 200, limit.text
+    first = await schedule(client, receiver.url, entity_id="invoice-1")
+    sent = await wait_for_status(client, first["id"], "sent")
+    second = await schedule(client, receiver.url, entity_id="invoice-2")
+
+    async def handed_over() -> bool:
+        # The next slot is one interval (1,000 s) after the first send.
+        job = await job_of(db, second["id"])
+        sent_at = datetime.datetime.fromisoformat(sent["sent_at"])
+        slot = sent_at + datetime.timedelta(seconds=1 / MIN_PER_SECOND)
+        return bool(
+            job["status"] == "todo" and abs((job["scheduled_at"] - slot).total_seconds()) < 5
+        )
+
+    await eventually(handed_over)
+    assert len(receiver.received()) == 1
+    waiting = (await client.get(f"/api/v1/notifications/{second['id']}")).json()
+    assert (waiting["status"], waiting["delivery_attempts"]) == ("pending", [])

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from notifier.auth import queries
 from notifier.auth.keys import issue_key, parse_token, secret_matches
 from notifier.db import Pool, create_pool, transaction
+from notifier.rate_limits.gcra import MIN_PER_SECOND, check_limit
 from notifier.settings import Settings
 from notifier.tenancy import DEFAULT_TENANT, Scope
 
@@ -89,6 +90,13 @@ async def create_key(
 ) -> tuple[queries.ApiKey, str]:
     """A new key for ``tenant_id``: its stored record and the token, to be shown once."""
     checked = checked_scopes(scopes)
+    # Either may be left to the API's default; each given one must lie within the bounds.
+    problem = check_limit(
+        MIN_PER_SECOND if rate_limit_per_second is None else rate_limit_per_second,
+        1 if rate_limit_burst is None else rate_limit_burst,
+    )
+    if problem:
+        raise AdminError(f"--rate-limit/--burst: {problem}")
     issued = issue_key()
     expires_at = datetime.datetime.now(datetime.UTC) + expires_in if expires_in else None
     async with transaction(pool) as conn:

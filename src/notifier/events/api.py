@@ -14,7 +14,7 @@ from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
 from litestar.params import FromPath
 
 from notifier import idempotency
-from notifier.api_types import TypeFilter, check_instant, check_payload_size, check_storable
+from notifier.api_types import TypeFilter, check_payload_size, check_storable, checked_instant
 from notifier.auth.guard import BEARER_SECURITY, requires
 from notifier.db import transaction
 from notifier.events import queries
@@ -111,7 +111,7 @@ class EventController(Controller):
                 description="Every CloudEvent in the request was already stored: the stored ones",
                 generate_examples=False,
             ),
-            **problem_responses(400, 413, 422),
+            **problem_responses(400, 413, 415, 422),
         },
         operation_class=_PublishOperation,
         guards=[requires(Scope.EVENTS_WRITE)],
@@ -140,7 +140,9 @@ class EventController(Controller):
             prefix = f"[{index}]." if is_batch else ""
             check_storable({prefix + k: v for k, v in msgspec.structs.asdict(event).items()})
             check_payload_size(f"{prefix}payload", event.payload)
-            check_instant(f"{prefix}occurred_at", event.occurred_at)
+            if event.occurred_at is not None:
+                occurred_at = checked_instant(f"{prefix}occurred_at", event.occurred_at)
+                events[index] = msgspec.structs.replace(event, occurred_at=occurred_at)
         # Processing continues the producer's trace if the event names one, else this request's.
         traceparent = current_traceparent()
         items = [

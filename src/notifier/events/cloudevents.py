@@ -18,13 +18,14 @@ import msgspec
 
 from notifier.api_types import AwareDatetime, EventType, Payload
 from notifier.events.schemas import EventCreate
+from notifier.patterns import whole
 from notifier.problems import FieldProblem, ProblemError, msgspec_problem
 
 CLOUDEVENTS_JSON = "application/cloudevents+json"
 CLOUDEVENTS_BATCH_JSON = "application/cloudevents-batch+json"
 MAX_BATCH_SIZE = 1000
 TraceParent = Annotated[
-    str, msgspec.Meta(pattern=r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+    str, msgspec.Meta(pattern=whole(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}"))
 ]
 
 
@@ -57,6 +58,17 @@ class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
 
 def parse_publish_request(content_type: str, body: bytes) -> tuple[list[NewEvent], bool]:
     """The events in a publish request, and whether it was a batch. Raises a 400/422 problem."""
+    try:
+        return _parse(content_type, body)
+    except msgspec.DecodeError as exc:
+        raise _malformed(str(exc)) from None
+    except UnicodeDecodeError as exc:
+        # msgspec checks a string's encoding only when it decodes the string itself, which
+        # for an item is after the first pass has read the body as raw JSON values.
+        raise _malformed(f"is not UTF-8: {exc.reason}") from None
+
+
+def _parse(content_type: str, body: bytes) -> tuple[list[NewEvent], bool]:
     media_type = content_type.partition(";")[0].strip().lower()
     document = _decode(body)
     if isinstance(document, list):
@@ -94,16 +106,11 @@ def parse_publish_request(content_type: str, body: bytes) -> tuple[list[NewEvent
 
 
 def _decode(body: bytes) -> msgspec.Raw | list[msgspec.Raw]:
-    """The body as one JSON value or an array of them (a 400 problem if it is not JSON)."""
-    try:
-        # msgspec cannot take "an object or an array" as one type: look before decoding.
-        if body.lstrip().startswith(b"["):
-            return msgspec.json.decode(body, type=list[msgspec.Raw])
-        return msgspec.json.decode(body, type=msgspec.Raw)
-    except msgspec.DecodeError as exc:
-        raise _problem(
-            400, "Malformed request", [FieldProblem(field="body", message=str(exc))]
-        ) from None
+    """The body as one JSON value or an array of them (DecodeError if it is not JSON)."""
+    # msgspec cannot take "an object or an array" as one type: look before decoding.
+    if body.lstrip().startswith(b"["):
+        return msgspec.json.decode(body, type=list[msgspec.Raw])
+    return msgspec.json.decode(body, type=msgspec.Raw)
 
 
 def _parse_one(raw: msgspec.Raw, *, cloudevent: bool) -> NewEvent:
@@ -120,6 +127,10 @@ def _parse_one(raw: msgspec.Raw, *, cloudevent: bool) -> NewEvent:
         )
     plain = msgspec.json.decode(raw, type=EventCreate)
     return NewEvent(type=plain.type, payload=plain.payload, occurred_at=plain.occurred_at)
+
+
+def _malformed(message: str) -> ProblemError:
+    return _problem(400, "Malformed request", [_at("body", message)])
 
 
 def _at(field: str, message: str) -> FieldProblem:

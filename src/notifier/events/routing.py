@@ -68,9 +68,10 @@ def parse_target_date(value: Any, path: str) -> datetime.datetime:
 
 
 def _in_range(value: datetime.datetime, path: str) -> datetime.datetime:
+    """``value`` in UTC, if in range: PostgreSQL reads offsets beyond 15:59 in text as errors."""
     if not EARLIEST_TARGET_DATE <= value < LATEST_TARGET_DATE:
         raise RoutingError(f"payload field {path!r} is out of range")
-    return value
+    return value.astimezone(datetime.UTC)
 
 
 def drafts_for_event(

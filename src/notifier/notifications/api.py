@@ -15,10 +15,10 @@ from notifier.api_types import (
     EntityFilter,
     InstantQuery,
     TypeFilter,
-    check_instant,
     check_payload_size,
     check_storable,
     checked_channel,
+    checked_instant,
     checked_local_time,
     decode_strictly,
     query_instant,
@@ -65,7 +65,7 @@ def draft_from_request(
     """Check a create request against the configured channels and plan its one send."""
     check_storable(data)
     check_payload_size("data", data.data)
-    check_instant("target_date", data.target_date)
+    data.target_date = checked_instant("target_date", data.target_date)
     if data.email is not None and (problem := email_address_problem(data.email)):
         raise field_error("email", problem)
     if data.phone is not None and (problem := phone_number_problem(data.phone)):
@@ -121,7 +121,7 @@ class NotificationController(Controller):
         "/",
         status_code=201,
         summary="Schedule a notification",
-        responses=problem_responses(400, 413, 422),
+        responses=problem_responses(400, 413, 415, 422),
         guards=[requires(Scope.NOTIFICATIONS_WRITE)],
     )
     async def create(

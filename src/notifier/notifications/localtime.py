@@ -18,6 +18,8 @@ from typing import Annotated, Any
 import msgspec
 from psycopg.types.json import Jsonb
 
+from notifier.patterns import whole
+
 UTC = datetime.UTC
 DAY = datetime.timedelta(days=1)
 
@@ -25,7 +27,7 @@ DAY = datetime.timedelta(days=1)
 LocalTime = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$",
+        pattern=whole(r"([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?"),
         description="Local wall-clock time, HH:MM or HH:MM:SS",
         examples=["22:00"],
     ),

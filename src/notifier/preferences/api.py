@@ -40,7 +40,7 @@ class PreferenceController(Controller):
                 description="The same scope was already opted out: the stored opt-out",
                 generate_examples=False,
             ),
-            **problem_responses(400, 413, 422),
+            **problem_responses(400, 413, 415, 422),
         },
         guards=[requires(Scope.PREFERENCES_WRITE)],
     )

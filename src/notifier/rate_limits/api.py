@@ -64,7 +64,7 @@ class RateLimitController(Controller):
     @put(
         "/{channel:str}",
         summary="Set this tenant's limit for a channel",
-        responses=problem_responses(400, 422),
+        responses=problem_responses(400, 413, 415, 422),
     )
     async def set_limit(
         self,

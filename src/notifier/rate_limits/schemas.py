@@ -8,6 +8,8 @@ from typing import Annotated
 
 import msgspec
 
+from notifier.rate_limits.gcra import MAX_BURST, MAX_PER_SECOND, MIN_PER_SECOND
+
 
 class LimitSource(enum.StrEnum):
     """Where a channel's effective limit comes from."""
@@ -20,8 +22,8 @@ class LimitSource(enum.StrEnum):
 class RateLimitSet(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``PUT /api/v1/rate-limits/{channel}``: this tenant's own limit for one channel."""
 
-    per_second: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)]
-    burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
+    per_second: Annotated[float, msgspec.Meta(ge=MIN_PER_SECOND, le=MAX_PER_SECOND)]
+    burst: Annotated[int, msgspec.Meta(ge=1, le=MAX_BURST)] = 1
 
 
 class RateLimit(msgspec.Struct, kw_only=True):

@@ -78,7 +78,7 @@ class RuleController(Controller):
         "/",
         status_code=201,
         summary="Create a routing rule",
-        responses=problem_responses(400, 413, 422),
+        responses=problem_responses(400, 413, 415, 422),
         guards=[requires(Scope.RULES_WRITE)],
     )
     async def create(
@@ -137,7 +137,7 @@ class RuleController(Controller):
     @patch(
         "/{rule_id:uuid}",
         summary="Change a routing rule",
-        responses=problem_responses(400, 404, 413, 422),
+        responses=problem_responses(400, 404, 413, 415, 422),
         guards=[requires(Scope.RULES_WRITE)],
     )
     async def update_rule(

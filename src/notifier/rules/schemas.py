@@ -10,20 +10,24 @@ import msgspec
 
 from notifier.api_types import ChannelName, Recipient
 from notifier.notifications.localtime import QuietHours, TimeZoneName
+from notifier.patterns import NO_WHITESPACE, WHITESPACE, whole
 from notifier.templates.schemas import TemplateName
 
 # A dotted path into the event payload: "email", "user.contact.email".
 FieldPath = Annotated[
     str,
-    msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$", max_length=200),
+    msgspec.Meta(
+        pattern=whole(r"[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*"), max_length=200
+    ),
 ]
 # "user.signup", "payment.*" (every type starting with "payment.") or "*" (every event).
 EventTypePattern = Annotated[
-    str, msgspec.Meta(pattern=r"^(\*|[^\s*]+(\.\*)?)$", min_length=1, max_length=200)
+    str,
+    msgspec.Meta(pattern=whole(rf"\*|[^{WHITESPACE}*]+(\.\*)?"), min_length=1, max_length=200),
 ]
 # Strings, not timedeltas: in lax mode msgspec reads a number as seconds, so `[7]` meant to
 # be a week would silently become 7 seconds. The API parses and bounds them.
-ISO_DURATION_PATTERN = r"^[-+]?[Pp]\S*$"
+ISO_DURATION_PATTERN = whole(f"[-+]?[Pp]{NO_WHITESPACE}*")
 IsoDuration = Annotated[
     str,
     msgspec.Meta(

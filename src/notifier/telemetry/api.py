@@ -5,6 +5,7 @@ from __future__ import annotations
 from litestar import Response, get
 from litestar.di import NamedDependency
 
+from notifier.problems import problem_responses
 from notifier.services import Services
 from notifier.telemetry.stats import DatabaseStats
 
@@ -12,7 +13,13 @@ from notifier.telemetry.stats import DatabaseStats
 CONTENT_TYPE = "text/plain; version=0.0.4"
 
 
-@get("/metrics", tags=["operations"], summary="Prometheus metrics", media_type=CONTENT_TYPE)
+@get(
+    "/metrics",
+    tags=["operations"],
+    summary="Prometheus metrics",
+    media_type=CONTENT_TYPE,
+    responses=problem_responses(needs_key=False),
+)
 async def metrics_endpoint(
     services: NamedDependency[Services], database_stats: NamedDependency[DatabaseStats]
 ) -> Response[bytes]:

@@ -8,11 +8,10 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 
 from notifier.api_types import check_storable, decode_strictly
 from notifier.auth.guard import BEARER_SECURITY, requires
@@ -29,7 +28,7 @@ from notifier.templates.schemas import (
     PreviewRequest,
     Template,
     TemplateCreate,
-    TemplateName,
+    TemplateNameInPath,
     TemplateReplace,
 )
 from notifier.tenancy import Principal, Scope
@@ -97,23 +96,6 @@ async def render_preview(
     )
 
 
-def check_storable_name(name: str) -> None:
-    """Refuse a name the path brought that no template may have (422, the ``name`` in the path).
-
-    Litestar does not apply ``TemplateName``'s pattern to path parameters. Reading or
-    deleting by such a name simply finds nothing (404); storing one must be refused here,
-    not by the table's CHECK (a 500).
-    """
-    try:
-        msgspec.convert(name, TemplateName)
-    except msgspec.ValidationError:
-        raise field_error(
-            "name",
-            "must be 1 to 100 letters, digits, '_', '.' or '-', starting with a letter or digit",
-            source="path",
-        ) from None
-
-
 class TemplateController(Controller):
     """Manage message templates and preview them without sending."""
 
@@ -125,7 +107,7 @@ class TemplateController(Controller):
         "/",
         status_code=201,
         summary="Create a template",
-        responses=problem_responses(400, 409, 413, 422),
+        responses=problem_responses(400, 409, 413, 415, 422),
         guards=[requires(Scope.TEMPLATES_WRITE)],
     )
     async def create(
@@ -168,12 +150,12 @@ class TemplateController(Controller):
     @get(
         "/{name:str}",
         summary="One template",
-        responses=problem_responses(400, 404),
+        responses=problem_responses(400, 404, 422),
         guards=[requires(Scope.TEMPLATES_READ)],
     )
     async def get_template(
         self,
-        name: FromPath[TemplateName],
+        name: TemplateNameInPath,
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
     ) -> Template:
@@ -191,14 +173,14 @@ class TemplateController(Controller):
             201: ResponseSpec(
                 Template, description="The tenant had no such template", generate_examples=False
             ),
-            **problem_responses(400, 413, 422),
+            **problem_responses(400, 413, 415, 422),
         },
         guards=[requires(Scope.TEMPLATES_WRITE)],
     )
     async def replace(
         self,
         request: Request[Any, Any, Any],
-        name: FromPath[TemplateName],
+        name: TemplateNameInPath,
         data: JSONBody[TemplateReplace],
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
@@ -206,7 +188,6 @@ class TemplateController(Controller):
         """201 if it was created, 200 if it replaced the tenant's template of that name.
         Notifications not yet sent render with the new version."""
         data = decode_strictly(await request.body(), TemplateReplace)
-        check_storable_name(name)
         await checked_source(services, principal, name, data)
         async with transaction(services.pool) as conn:
             template, created = await queries.upsert_template(conn, principal.tenant_id, name, data)
@@ -216,12 +197,12 @@ class TemplateController(Controller):
         "/{name:str}",
         status_code=204,
         summary="Delete a template",
-        responses=problem_responses(400, 404, 409),
+        responses=problem_responses(400, 404, 409, 422),
         guards=[requires(Scope.TEMPLATES_WRITE)],
     )
     async def delete_template(
         self,
-        name: FromPath[TemplateName],
+        name: TemplateNameInPath,
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
     ) -> None:
@@ -244,13 +225,13 @@ class TemplateController(Controller):
         "/{name:str}/preview",
         status_code=200,
         summary="Render a stored template without sending",
-        responses=problem_responses(400, 404, 413, 422),
+        responses=problem_responses(400, 404, 413, 415, 422),
         guards=[requires(Scope.TEMPLATES_READ)],
     )
     async def preview(
         self,
         request: Request[Any, Any, Any],
-        name: FromPath[TemplateName],
+        name: TemplateNameInPath,
         data: JSONBody[PreviewRequest],
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
@@ -268,7 +249,7 @@ class TemplateController(Controller):
         "/preview",
         status_code=200,
         summary="Render a template given inline, without storing or sending it",
-        responses=problem_responses(400, 413, 422),
+        responses=problem_responses(400, 413, 415, 422),
         guards=[requires(Scope.TEMPLATES_READ)],
     )
     async def preview_inline(
