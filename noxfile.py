@@ -40,11 +40,18 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy")
 
 
+# pytest-xdist workers for `tests`: the suite mostly waits (on workers, receivers, the
+# database), so three processes keep a 2-core machine busy without starving the
+# timing-sensitive tests (the `serial` group runs on one of them).
+TEST_WORKERS = os.environ.get("NOTIFIER_TEST_WORKERS", "3")
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite against the PostgreSQL at 127.0.0.1:5432 (extra args go to pytest)."""
+    """The test suite against the PostgreSQL at 127.0.0.1:5432, in parallel (extra args go to
+    pytest: `-- -n 0` runs it in one process)."""
     sync(session)
-    session.run("pytest", *session.posargs)
+    session.run("pytest", "-n", TEST_WORKERS, "--dist", "loadgroup", *session.posargs)
 
 
 @nox.session

@@ -115,6 +115,17 @@ def clones(postgresql_server: NoopExecutor) -> Iterator[Clones]:
         yield made
 
 
+@pytest.hookimpl(trylast=True)  # after tests/faults/conftest.py has marked its cases
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`--dist loadgroup`), the fault cases and the tests marked
+    ``serial`` run one after another on one worker, beside the rest: they measure rates and
+    deadlines or start processes, and would disturb each other. The group, the largest
+    unit of work, is handed out first."""
+    for item in items:
+        if item.get_closest_marker("serial") or item.get_closest_marker("faults"):
+            item.add_marker(pytest.mark.xdist_group("serial"))
+
+
 @pytest.fixture(autouse=True)
 def restore_root_logging() -> Iterator[None]:
     """Undo the logging set-up of `notifier.cli.main` after each test that runs it.

@@ -2,11 +2,15 @@
 
 ``CREATE DATABASE ... TEMPLATE`` takes 0.15 to 0.3 s (0.1 s of the server's CPU): PostgreSQL
 copies every page of the template, its catalogs included, through the WAL. ``DROP DATABASE``
-waits for a checkpoint (PostgreSQL 15), up to a second on a busy machine, and one drop at
-a time costs one checkpoint each. Tests spend most of their time waiting (on workers,
-receivers, the database), so a thread clones the next tests' databases while the current
-test runs, and another drops used databases by the batch, all at once, so that one or two
-checkpoints serve the whole batch. Every test still gets a fresh, untouched clone.
+waits for a checkpoint (PostgreSQL 15), 0.4 s to over a second on the shared machine.
+Tests spend most of their time waiting (on workers, receivers, the database), so one thread
+clones the next tests' databases while the current test runs and others drop used ones,
+both off the tests' path. Every test still gets a fresh, untouched clone of the template.
+
+Drops run a few at a time: the checkpoint one drop waits for serves the others waiting with
+it, so they keep up with the tests where one at a time fell behind (hundreds of databases
+left at the end of a parallel run). Only a few: each holds a connection while it waits,
+and the server's ``max_connections`` is shared by every test run on the machine.
 """
 
 from __future__ import annotations
@@ -25,16 +29,16 @@ from psycopg import sql
 
 class Clones:
     """Keeps ``ahead`` clones of ``template`` ready; :meth:`take` hands one out and
-    :meth:`give_back` has it dropped with the next ``drop_batch`` used ones.
+    :meth:`give_back` has it dropped, by up to ``drop_connections`` at once.
     ``conninfo`` names a maintenance database (``postgres``)."""
 
     def __init__(
-        self, conninfo: str, template: str, *, ahead: int = 2, drop_batch: int = 8
+        self, conninfo: str, template: str, *, ahead: int = 2, drop_connections: int = 3
     ) -> None:
         self._conninfo = conninfo
         self._template = template
         self._ahead = ahead
-        self._drop_batch = drop_batch
+        self._drop_connections = drop_connections
         self._numbers = itertools.count(1)
         self._ready: collections.deque[str] = collections.deque()
         self._used: list[str] = []
@@ -59,14 +63,14 @@ class Clones:
         with self._changed:
             self._closing = True
             self._changed.notify_all()
-        self._cloner.join(timeout=60)
+        self._cloner.join(timeout=120)
         with self._changed:
-            # Clones made ahead that no test took go with the last batch.
+            # Clones made ahead that no test took are dropped too.
             self._used.extend(self._ready)
             self._ready.clear()
             self._finished = True
             self._changed.notify_all()
-        self._dropper.join(timeout=60)
+        self._dropper.join(timeout=300)
         if self._error is not None:
             raise RuntimeError(f"cloning or dropping {self._template}'s clones failed") from (
                 self._error
@@ -111,16 +115,20 @@ class Clones:
                     self._changed.notify_all()
 
     def _drop(self) -> None:
-        while True:
-            with self._changed:
-                self._changed.wait_for(
-                    lambda: self._finished or len(self._used) >= self._drop_batch
-                )
-                batch, self._used = self._used, []
-            if not batch:
-                return
-            with concurrent.futures.ThreadPoolExecutor(max_workers=len(batch)) as drops:
-                list(drops.map(self._drop_one, batch))
+        with concurrent.futures.ThreadPoolExecutor(self._drop_connections) as drops:
+            pending: list[concurrent.futures.Future[None]] = []
+            while True:
+                with self._changed:
+                    self._changed.wait_for(lambda: self._finished or self._used)
+                    used, self._used = self._used, []
+                if not used:
+                    break
+                pending += [drops.submit(self._drop_one, name) for name in used]
+                for done in [future for future in pending if future.done()]:
+                    pending.remove(done)
+                    done.result()
+            for future in pending:
+                future.result()
 
     def _drop_one(self, name: str) -> None:
         with _connect(self._conninfo) as conn:
