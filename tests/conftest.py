@@ -8,6 +8,7 @@ clone, so tests share no state.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -115,15 +116,19 @@ def clones(postgresql_server: NoopExecutor) -> Iterator[Clones]:
         yield made
 
 
-@pytest.hookimpl(trylast=True)  # after tests/faults/conftest.py has marked its cases
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`--dist loadgroup`), the fault cases and the tests marked
-    ``serial`` run one after another on one worker, beside the rest: they measure rates and
-    deadlines or start processes, and would disturb each other. The group, the largest
-    unit of work, is handed out first."""
+    """Give every test a node id of its own (pytest-xdist needs them)."""
+    # pytest 9.2 builds an item's node id from its originalname, which schemathesis (4.32)
+    # sets to the test function's name: the items of all 32 API operations share one id.
+    # pytest-xdist hands out work by node id, so it ran one operation of the 32. Each gets
+    # the id its name says; a duplicate left fails the run rather than skip tests unseen.
+    counts = collections.Counter(item.nodeid for item in items)
     for item in items:
-        if item.get_closest_marker("serial") or item.get_closest_marker("faults"):
-            item.add_marker(pytest.mark.xdist_group("serial"))
+        if counts[item.nodeid] > 1 and item.parent is not None:
+            item._id = item.parent.id.child(item.name)
+    counts = collections.Counter(item.nodeid for item in items)
+    if duplicates := [nodeid for nodeid, count in counts.items() if count > 1]:
+        raise pytest.UsageError(f"tests share node ids, pytest-xdist would run one: {duplicates}")
 
 
 @pytest.fixture(autouse=True)

@@ -33,7 +33,7 @@ class Clones:
     ``conninfo`` names a maintenance database (``postgres``)."""
 
     def __init__(
-        self, conninfo: str, template: str, *, ahead: int = 2, drop_connections: int = 3
+        self, conninfo: str, template: str, *, ahead: int = 2, drop_connections: int = 4
     ) -> None:
         self._conninfo = conninfo
         self._template = template
@@ -115,26 +115,36 @@ class Clones:
                     self._changed.notify_all()
 
     def _drop(self) -> None:
-        with concurrent.futures.ThreadPoolExecutor(self._drop_connections) as drops:
-            pending: list[concurrent.futures.Future[None]] = []
-            while True:
-                with self._changed:
-                    self._changed.wait_for(lambda: self._finished or self._used)
-                    used, self._used = self._used, []
-                if not used:
-                    break
-                pending += [drops.submit(self._drop_one, name) for name in used]
-                for done in [future for future in pending if future.done()]:
-                    pending.remove(done)
-                    done.result()
-            for future in pending:
-                future.result()
+        # One connection per drop thread, kept: connecting costs as much as a drop's own work.
+        connections: list[psycopg.Connection[tuple[object, ...]]] = []
+        local = threading.local()
 
-    def _drop_one(self, name: str) -> None:
-        with _connect(self._conninfo) as conn:
-            conn.execute(
+        def drop(name: str) -> None:
+            if not hasattr(local, "conn"):
+                local.conn = _connect(self._conninfo)
+                connections.append(local.conn)
+            local.conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+        try:
+            with concurrent.futures.ThreadPoolExecutor(self._drop_connections) as drops:
+                pending: list[concurrent.futures.Future[None]] = []
+                while True:
+                    with self._changed:
+                        self._changed.wait_for(lambda: self._finished or self._used)
+                        used, self._used = self._used, []
+                    if not used:
+                        break
+                    pending += [drops.submit(drop, name) for name in used]
+                    for done in [future for future in pending if future.done()]:
+                        pending.remove(done)
+                        done.result()
+                for future in pending:
+                    future.result()
+        finally:
+            for conn in connections:
+                conn.close()
 
     def _guarded(self, work: Callable[[], None]) -> None:
         try:

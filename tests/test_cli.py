@@ -21,9 +21,6 @@ from notifier import migrate
 from notifier.cli import main
 from tests.support import free_port
 
-# Starts notifier, procrastinate and PostgreSQL processes: see the `serial` marker.
-pytestmark = pytest.mark.serial
-
 PROCRASTINATE_SHELL = [
     sys.executable,
     "-m",

@@ -15,9 +15,6 @@ import pytest
 from tests.support import WebhookReceiver
 from tests.telemetry.conftest import Deployment, ReceivedSpan, TraceReceiver
 
-# Starts the API and a worker as processes: see the `serial` marker.
-pytestmark = pytest.mark.serial
-
 
 def spans_of_trace(
     receiver: TraceReceiver, trace_id: str, wanted: set[str], timeout: float = 30.0
