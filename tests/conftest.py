@@ -8,6 +8,7 @@ clone, so tests share no state.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -29,6 +30,7 @@ from aiosmtpd.smtp import AuthResult
 from litestar.testing import AsyncTestClient
 from psycopg.conninfo import make_conninfo
 from pytest_postgresql import factories
+from pytest_postgresql.executors.noop import NoopExecutor
 
 from notifier import migrate
 from notifier.app import create_app
@@ -38,6 +40,7 @@ from notifier.services import Services
 from notifier.settings import Settings
 from notifier.tenancy import DEFAULT_TENANT, Scope
 from notifier.worker import run_worker
+from tests.databases import Clones
 from tests.hostile_receiver import HostileReceiver, hostile_receiver
 from tests.support import (
     LOOPBACK_NETWORKS,
@@ -55,24 +58,78 @@ PG_PORT = int(os.environ.get("NOTIFIER_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("NOTIFIER_TEST_PG_USER", "postgres")
 
 
-def migrate_template(
-    host: str, port: int, user: str, dbname: str, password: str | None, **_: Any
-) -> None:
-    """pytest-postgresql loader: bring the template database to head with the migrations."""
-    migrate.upgrade(
-        make_conninfo("", host=host, port=port, user=user, dbname=dbname, password=password)
-    )
+class TemplateLoader:
+    """pytest-postgresql loader: bring the template database to head with the migrations,
+    then mint the default tenant's admin key in it (as `notifier keys create` does), so that
+    every clone has that key and tests need not make one each."""
+
+    def __init__(self) -> None:
+        self.api_key: str | None = None
+
+    def __call__(
+        self, host: str, port: int, user: str, dbname: str, password: str | None, **_: Any
+    ) -> None:
+        conninfo = make_conninfo(
+            "", host=host, port=port, user=user, dbname=dbname, password=password
+        )
+        migrate.upgrade(conninfo)
+        self.api_key = asyncio.run(_create_api_key(Settings(database_url=conninfo)))
 
 
+async def _create_api_key(
+    settings: Settings,
+    tenant_id: str = DEFAULT_TENANT,
+    scopes: Iterable[str] = (Scope.ADMIN,),
+    **options: Any,
+) -> str:
+    """A new API key for ``tenant_id`` (created if missing), as `notifier keys create` does."""
+    async with admin.admin_pool(settings) as pool:
+        if tenant_id not in {t.id for t in await admin.list_tenants(pool)}:
+            await admin.create_tenant(pool, tenant_id)
+        _, token = await admin.create_key(pool, tenant_id=tenant_id, scopes=list(scopes), **options)
+    return token
+
+
+template_loader = TemplateLoader()
 # A per-process database name lets several test runs share one server without colliding.
 postgresql_server = factories.postgresql_noproc(
     host=PG_HOST,
     port=PG_PORT,
     user=PG_USER,
     dbname=f"notifier_test_{os.getpid()}",
-    load=[migrate_template],
+    load=[template_loader],
 )
-postgresql = factories.postgresql("postgresql_server")
+
+
+@pytest.fixture(scope="session")
+def clones(postgresql_server: NoopExecutor) -> Iterator[Clones]:
+    """Clones of this process's template database, made ahead of the tests that take them."""
+    server = postgresql_server
+    conninfo = make_conninfo(
+        "",
+        host=server.host,
+        port=server.port,
+        user=server.user,
+        password=server.password,
+        dbname=server.maintenance_dbname,
+    )
+    with Clones(conninfo, server.template_dbname) as made:
+        yield made
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every test a node id of its own (pytest-xdist needs them)."""
+    # pytest 9.2 builds an item's node id from its originalname, which schemathesis (4.32)
+    # sets to the test function's name: the items of all 32 API operations share one id.
+    # pytest-xdist hands out work by node id, so it ran one operation of the 32. Each gets
+    # the id its name says; a duplicate left fails the run rather than skip tests unseen.
+    counts = collections.Counter(item.nodeid for item in items)
+    for item in items:
+        if counts[item.nodeid] > 1 and item.parent is not None:
+            item._id = item.parent.id.child(item.name)
+    counts = collections.Counter(item.nodeid for item in items)
+    if duplicates := [nodeid for nodeid, count in counts.items() if count > 1]:
+        raise pytest.UsageError(f"tests share node ids, pytest-xdist would run one: {duplicates}")
 
 
 @pytest.fixture(autouse=True)
@@ -95,10 +152,19 @@ def restore_root_logging() -> Iterator[None]:
 
 
 @pytest.fixture
-def database_url(postgresql: psycopg.Connection[Any]) -> str:
+def database_url(clones: Clones, postgresql_server: NoopExecutor) -> Iterator[str]:
     """A freshly cloned, migrated database of this test's own."""
-    info = postgresql.info
-    return make_conninfo("", host=info.host, port=info.port, user=info.user, dbname=info.dbname)
+    name = clones.take()
+    server = postgresql_server
+    yield make_conninfo(
+        "",
+        host=server.host,
+        port=server.port,
+        user=server.user,
+        password=server.password,
+        dbname=name,
+    )
+    clones.give_back(name)
 
 
 @pytest.fixture
@@ -137,21 +203,17 @@ async def create_api_key(settings: Settings) -> CreateApiKey:
     async def create(
         tenant_id: str = DEFAULT_TENANT, scopes: Iterable[str] = (Scope.ADMIN,), **options: Any
     ) -> str:
-        async with admin.admin_pool(settings) as pool:
-            if tenant_id not in {t.id for t in await admin.list_tenants(pool)}:
-                await admin.create_tenant(pool, tenant_id)
-            _, token = await admin.create_key(
-                pool, tenant_id=tenant_id, scopes=list(scopes), **options
-            )
-        return token
+        return await _create_api_key(settings, tenant_id, scopes, **options)
 
     return create
 
 
 @pytest.fixture
-async def api_key(create_api_key: CreateApiKey) -> str:
-    """An admin key of the default tenant: what the `client` fixture sends."""
-    return await create_api_key()
+def api_key(database_url: str) -> str:
+    """An admin key of the default tenant: what the `client` fixture sends. Made once, in the
+    template database, so every test's clone has it."""
+    assert template_loader.api_key is not None, "the template database was not loaded"
+    return template_loader.api_key
 
 
 @pytest.fixture

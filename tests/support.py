@@ -40,6 +40,21 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+async def wait_until_jobs_ran(db: psycopg.AsyncConnection[Any], *, timeout: float = 20.0) -> None:
+    """Wait until no job is to do or running: every job deferred so far has run to its end,
+    retries included. The positive signal to wait for before asserting that nothing more
+    happened (rather than sleeping and hoping it was long enough)."""
+
+    async def ran() -> bool:
+        cursor = await db.execute(
+            "SELECT count(*) AS n FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
+        )
+        row = await cursor.fetchone()
+        return row is not None and row["n"] == 0
+
+    await eventually(ran, timeout=timeout)
+
+
 async def wait_for_status(
     client: Any, notification_id: str, status: str, *, timeout: float = 20.0
 ) -> dict[str, Any]:

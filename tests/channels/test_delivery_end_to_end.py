@@ -3,16 +3,22 @@ and a fake SMS provider over HTTP, all on loopback."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 from typing import Any
 
+import psycopg
 import pytest
 from litestar.testing import AsyncTestClient
 
 from notifier.preferences.links import verify_token
 from notifier.settings import Settings
-from tests.support import FakeSmsProvider, SmtpServer, eventually, wait_for_status
+from tests.support import (
+    FakeSmsProvider,
+    SmtpServer,
+    eventually,
+    wait_for_status,
+    wait_until_jobs_ran,
+)
 
 UTC = datetime.UTC
 TWILIO_SID = "AC" + "a1b2c3d4" * 4
@@ -176,7 +182,10 @@ async def test_password_expiring_event_becomes_an_email_and_an_sms(
 
 
 async def test_a_template_error_fails_the_notification_at_once_with_the_error_shown(
-    client: AsyncTestClient[Any], worker: None, smtp_server: SmtpServer
+    client: AsyncTestClient[Any],
+    db: psycopg.AsyncConnection[Any],
+    worker: None,
+    smtp_server: SmtpServer,
 ) -> None:
     broken = {"subject": "Hello", "text_body": "Hi {{ user.name }},\n{{ user.middle_name }}\n"}
     assert (await client.put("/api/v1/templates/broken", json=broken)).status_code == 201
@@ -207,7 +216,7 @@ async def test_a_template_error_fails_the_notification_at_once_with_the_error_sh
     assert [(a["outcome"], a["error"]) for a in failed["delivery_attempts"]] == [
         ("failed", expected)
     ]
-    await asyncio.sleep(0.5)  # more than the retry backoff: nothing else happens
+    await wait_until_jobs_ran(db)  # a retry would be a job still to do: nothing else happens
     again = (await client.get(f"/api/v1/notifications/{notification['id']}")).json()
     assert again["attempts"] == 1
     assert again["status"] == "failed"

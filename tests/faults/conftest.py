@@ -17,7 +17,9 @@ from tests.faults.support import (
 )
 from tests.support import WEBHOOK_SECRET
 
-FIGURES = pytest.StashKey[list[tuple[str, str]]]()
+# The name under which a figure travels in its test's report's user_properties: reports
+# reach the terminal summary of the controlling process under pytest-xdist too.
+FIGURE = "fault figure"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -29,7 +31,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    figures = terminalreporter.config.stash.get(FIGURES, [])
+    figures = [
+        (report.nodeid.rpartition("::")[2], value)
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if isinstance(report, pytest.TestReport) and report.when == "call"
+        for name, value in report.user_properties
+        if name == FIGURE
+    ]
     if not figures:
         return
     sizes = "full sizes" if FULL else "reduced sizes; `nox -s faults` runs the full ones"
@@ -41,18 +50,18 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 class Figures:
     """Numbers a fault case measured; printed in the "fault figures" summary."""
 
-    def __init__(self, config: pytest.Config, test: str) -> None:
-        self.config = config
-        self.test = test
+    def __init__(self, node: pytest.Item) -> None:
+        self.node = node
 
     def __call__(self, line: str) -> None:
-        self.config.stash.setdefault(FIGURES, []).append((self.test, line))
+        self.node.user_properties.append((FIGURE, line))
 
 
 @pytest.fixture
 def figure(request: pytest.FixtureRequest) -> Figures:
     """Call with a line of text to report a measured figure."""
-    return Figures(request.config, request.node.name)
+    assert isinstance(request.node, pytest.Item)
+    return Figures(request.node)
 
 
 @pytest.fixture

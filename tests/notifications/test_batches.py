@@ -154,7 +154,10 @@ async def test_a_retry_in_a_batch_makes_that_notifications_job_due_again_later(
                 for notification_id in ids
             ]
             statuses = sorted(n["status"] for n in found)
-            return found if statuses == ["pending", "sent", "sent"] else None
+            # The reads are not one snapshot: wait until each shows its attempt, or one read
+            # before the batch committed and two after would pass for the end state.
+            attempted = all(n["delivery_attempts"] for n in found)
+            return found if statuses == ["pending", "sent", "sent"] and attempted else None
 
         found = await eventually(retrying)
 

@@ -495,6 +495,8 @@ async def test_cancel_before_send_time_means_never_sent(
     assert (again.status_code, again.json()["status"]) == (200, "cancelled")
 
 
+# 50 concurrent sends to a receiver holding each 0.2 s, against a 2 s webhook timeout.
+@pytest.mark.serial
 async def test_cancel_racing_delivery_never_both_cancels_and_sends(
     client: AsyncTestClient[Any],
     live_api: str,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +12,7 @@ from litestar.testing import AsyncTestClient
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from notifier import outbox
-from tests.support import WebhookReceiver, eventually
+from tests.support import WebhookReceiver, eventually, wait_until_jobs_ran
 
 
 @pytest.fixture
@@ -96,7 +95,7 @@ async def test_producer_role_commit_delivers_and_rollback_delivers_nothing(
 
     (request,) = await eventually(received)
     assert request.json()["data"]["payload"] == {"order_id": 1}
-    await asyncio.sleep(1.0)  # give a wrongly enqueued second event the time to show up
+    await wait_until_jobs_ran(db)  # a wrongly enqueued second event has been through too
     assert [r.json()["data"]["payload"] for r in receiver.received()] == [{"order_id": 1}]
     assert await count(db, "SELECT count(*) FROM notifier.events") == 1
 

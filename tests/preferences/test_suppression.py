@@ -5,15 +5,15 @@ A real worker delivers to a real HTTP receiver; the receiver proves what was not
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 from typing import Any
 
+import psycopg
 from litestar.testing import AsyncTestClient
 
 from tests.notifications.test_delivery import get_notification, schedule
 from tests.preferences.test_api import opt_out
-from tests.support import WebhookReceiver, wait_for_status
+from tests.support import WebhookReceiver, wait_for_status, wait_until_jobs_ran
 
 
 async def test_an_opted_out_recipient_is_suppressed_and_never_sent(
@@ -50,7 +50,10 @@ async def test_other_types_and_recipients_still_go_out(
 
 
 async def test_an_opt_out_after_scheduling_still_stops_the_send(
-    client: AsyncTestClient[Any], receiver: WebhookReceiver, worker: None
+    client: AsyncTestClient[Any],
+    db: psycopg.AsyncConnection[Any],
+    receiver: WebhookReceiver,
+    worker: None,
 ) -> None:
     notification = await schedule(client, receiver.url, send_in=datetime.timedelta(seconds=2))
     # Recipients compare case-insensitively.
@@ -59,7 +62,7 @@ async def test_an_opt_out_after_scheduling_still_stops_the_send(
     suppressed = await wait_for_status(client, notification["id"], "suppressed")
 
     assert "every type on every channel" in suppressed["last_error"]
-    await asyncio.sleep(0.3)
+    await wait_until_jobs_ran(db)  # the delivery job is over: it sent nothing
     assert receiver.received() == []
 
 

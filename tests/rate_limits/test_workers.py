@@ -7,6 +7,7 @@ import datetime
 from typing import Any
 
 import psycopg
+import pytest
 from litestar.testing import AsyncTestClient
 
 from notifier.db import transaction
@@ -22,6 +23,9 @@ from tests.notifications.test_delivery import (
     stamp_arrivals,
 )
 from tests.support import WebhookReceiver, eventually, wait_for_status
+
+# Measures a rate over three workers: see the `serial` marker.
+pytestmark = pytest.mark.serial
 
 PER_SECOND = 5
 NOTIFICATIONS = 30
