@@ -3,7 +3,8 @@
 What scheduling one notification leaves in the database: the notification row (pending,
 ``job_id`` set), its deliver job in ``procrastinate_jobs`` (scheduled at ``send_at``), and
 the two rows procrastinate's insert triggers add to ``procrastinate_events`` ("scheduled"
-at the due time, "deferred" now). Loading ten million through those row triggers takes
+at the due time, "deferred" now), and its tenant's group learning of it (the fair-share
+trigger of migration 0011). All of the default tenant. Loading ten million through those row triggers takes
 tens of minutes; here each chunk is three set-based statements with the session's row
 triggers off (``session_replication_role = replica``), writing the triggers' rows itself,
 and chunks load on several connections at once. The indexes are maintained row by row, as
@@ -29,9 +30,16 @@ WITH planned AS (
 ), jobs AS (
     INSERT INTO procrastinate_jobs (id, queue_name, task_name, priority, args, scheduled_at)
     SELECT job_id, 'deliveries', 'notifier.deliver', 0,
-           jsonb_build_object('notification_id', notification_id::text), send_at
+           jsonb_build_object('notification_id', notification_id::text, 'tenant_id', 'default'),
+           send_at
     FROM planned
     RETURNING id, scheduled_at
+), grouped AS (
+    -- What the fair-share trigger (migration 0011) notes for the jobs' group.
+    INSERT INTO notifier.job_groups AS groups (queue_name, tenant_id, priority, due_at)
+    SELECT 'deliveries', 'default', 0, min(scheduled_at) FROM jobs
+    ON CONFLICT (queue_name, tenant_id, priority) DO UPDATE
+        SET due_at = least(groups.due_at, excluded.due_at)
 ), events AS (
     -- What procrastinate's insert triggers write for a scheduled job.
     INSERT INTO procrastinate_events (job_id, type, at)
@@ -40,8 +48,8 @@ WITH planned AS (
                                  ('deferred'::procrastinate_job_event_type)) AS kind (type)
 )
 INSERT INTO notifier.notifications
-    (id, notification_type, channel, recipient, context, send_at, status, job_id)
-SELECT notification_id, %(type)s, 'webhook', 'http://127.0.0.1:9/never',
+    (id, tenant_id, notification_type, channel, recipient, context, send_at, status, job_id)
+SELECT notification_id, 'default', %(type)s, 'webhook', 'http://127.0.0.1:9/never',
        jsonb_build_object('n', n), send_at, 'pending', job_id
 FROM planned
 """

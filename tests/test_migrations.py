@@ -179,6 +179,7 @@ def test_rate_limits_stored_outside_the_bounds_are_clamped_and_their_buckets_res
         ).fetchall()
         key = conn.execute(
             "SELECT rate_limit_per_second, rate_limit_burst FROM notifier.api_keys"
+            " WHERE id = '0123456789abcdef'"
         ).fetchone()
     assert limits == [
         ("email", 5.0, 2),

@@ -29,9 +29,7 @@ def body_operations() -> list[tuple[str, str, tuple[str, ...]]]:
     for path, item in document["paths"].items():
         for method, operation in item.items():
             if isinstance(operation, dict) and "requestBody" in operation:
-                concrete = re.sub(
-                    r"\{(\w+)\}", lambda m: PATH_VALUES.get(m[1], SOME_ID), path
-                )
+                concrete = re.sub(r"\{(\w+)\}", lambda m: PATH_VALUES.get(m[1], SOME_ID), path)
                 media_types = tuple(operation["requestBody"]["content"])
                 operations.append((method.upper(), concrete, media_types))
     return operations
