@@ -52,11 +52,12 @@ class UiSession(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SignInRequired(Exception):
-    """No live session: the page answers with a way to sign in, saying why if known."""
+    """No live session: the page answers with a way to sign in, saying why if known
+    (``why``: a key of :data:`notifier.ui.pages.SIGN_IN_REASONS`)."""
 
-    def __init__(self, reason: str | None = None) -> None:
-        super().__init__(reason or "sign in")
-        self.reason = reason
+    def __init__(self, why: str | None = None) -> None:
+        super().__init__(why or "sign in")
+        self.why = why
 
 
 class UiForbidden(PermissionDeniedException):
@@ -89,18 +90,18 @@ async def signed_in(connection: ASGIConnection[Any, Any, Any, Any], handler: Bas
     settings: Settings = services.settings
     if time.time() - session.signed_in_at > settings.ui_session_max_hours * 3600:
         connection.clear_session()
-        raise SignInRequired("your session has expired; sign in again")
+        raise SignInRequired("expired")
     authenticator: Authenticator = app_state.authenticator
     key = await authenticator.live_key(services.pool, session.key_id)
     if key is None:
         connection.clear_session()
-        raise SignInRequired(f"API key {session.key_id} is no longer valid (revoked or expired)")
+        raise SignInRequired("revoked")
     authenticator.check_rate(key)
     principal = Principal(tenant_id=session.tenant, scopes=frozenset(key.scopes), key_id=key.id)
     if session.tenant != session.key_tenant and not may_switch_tenant(principal, session):
         # The key lost its admin scope, or the session was made by an older rule.
         connection.clear_session()
-        raise SignInRequired("this key may no longer look at other tenants")
+        raise SignInRequired("revoked")
     connection.state[PRINCIPAL_STATE_KEY] = principal
     connection.state[SESSION_STATE_KEY] = session
     scope = handler.opt.get(SCOPE_OPT)

@@ -158,8 +158,8 @@ def error_page(request: Request[Any, Any, Any], status: int, detail: str) -> Tem
 
 def _sign_in_required(request: Request[Any, Any, Any], exc: SignInRequired) -> Response[Any]:
     query: dict[str, str] = {}
-    if exc.reason:
-        query["why"] = "expired" if "expired" in exc.reason else "revoked"
+    if exc.why:
+        query["why"] = exc.why
     if request.method == "GET":
         query["next"] = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     target = f"{UI_PATH}/sign-in" + (f"?{urlencode(query)}" if query else "")
