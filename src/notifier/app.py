@@ -36,8 +36,8 @@ from notifier.telemetry.metrics import Metrics, request_metrics_middleware
 from notifier.telemetry.stats import DatabaseStats
 from notifier.telemetry.tracing import litestar_middleware, tracing_enabled
 from notifier.templates.api import TemplateController
-from notifier.ui import DashboardPlugin
 from notifier.tenancy import provide_principal
+from notifier.ui import DashboardPlugin
 
 
 async def list_every_method_in_allow(message: Message, scope: Scope) -> None:

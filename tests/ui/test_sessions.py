@@ -55,13 +55,17 @@ async def test_sign_in_sets_a_strict_http_only_session_cookie_holding_no_key(
 
     assert response.status_code == 303
     assert response.headers["location"] == "/ui"
-    cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith(SESSION_COOKIE))
+    cookie = next(
+        c for c in response.headers.get_list("set-cookie") if c.startswith(SESSION_COOKIE)
+    )
     attributes = {part.strip().lower() for part in cookie.split(";")}
     assert {"httponly", "samesite=strict", "path=/ui"} <= attributes
     assert "secure" not in attributes  # plain http here
     session_id = browser.cookies[SESSION_COOKIE]
     rows = await (await db.execute("SELECT id_sha256, data FROM notifier.ui_sessions")).fetchall()
-    assert [bytes(row["id_sha256"]) for row in rows] == [hashlib.sha256(session_id.encode()).digest()]
+    assert [bytes(row["id_sha256"]) for row in rows] == [
+        hashlib.sha256(session_id.encode()).digest()
+    ]
     stored = bytes(rows[0]["data"]).decode()
     secret = api_key.rsplit("_", 1)[1]
     assert secret not in stored
@@ -353,7 +357,16 @@ async def test_only_an_operator_admin_may_switch_tenant(
         ("/ui/\\evil", "/ui"),
         (None, "/ui"),
     ],
-    ids=["page", "root", "absolute", "scheme-relative", "double-slash", "prefix", "backslash", "none"],
+    ids=[
+        "page",
+        "root",
+        "absolute",
+        "scheme-relative",
+        "double-slash",
+        "prefix",
+        "backslash",
+        "none",
+    ],
 )
 def test_redirects_after_a_form_stay_in_the_dashboard(target: str | None, expected: str) -> None:
     assert safe_next(target) == expected

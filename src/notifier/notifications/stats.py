@@ -242,9 +242,7 @@ async def no_jit(conn: Connection) -> None:
     await conn.execute("SELECT set_config('jit', 'off', true)")
 
 
-async def delivery_stats(
-    conn: Connection, tenant_id: str, now: datetime.datetime
-) -> DeliveryStats:
+async def delivery_stats(conn: Connection, tenant_id: str, now: datetime.datetime) -> DeliveryStats:
     """The tenant's last hour by minute and last day by quarter hour, until ``now``: the
     three reads one after the other (callers in a hurry run them on three connections)."""
     day_since, hour_since = windows(now)

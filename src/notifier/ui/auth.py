@@ -79,7 +79,9 @@ def _session_of(connection: ASGIConnection[Any, Any, Any, Any]) -> UiSession | N
         return None  # written by another version: sign in again
 
 
-async def signed_in(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+async def signed_in(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
     """Guard of every dashboard page but sign-in: a live session whose key still works,
     within its rate limit, holding the scope the page declares (``opt={"ui_scope": ...}``)."""
     session = _session_of(connection)

@@ -14,9 +14,9 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, get, post
+from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import NotFoundException
-from litestar.di import NamedDependency
 from litestar.params import Body
 from litestar.response import Redirect, Template
 from markupsafe import Markup
@@ -311,7 +311,7 @@ def overview_charts(data: Overview) -> dict[str, Markup]:
 def duration(seconds: float | None) -> str:
     """A short human duration: ``850 ms``, ``12.5 s``, ``3 min``, ``2.0 h``."""
     if seconds is None:
-        return "–"
+        return "\u2013"  # an en dash: no value
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
     if seconds < 60:

@@ -107,9 +107,9 @@ class DashboardHeaders(MiddlewareProtocol):
                     if cookies:
                         del headers["set-cookie"]
                         for cookie in cookies:
-                            if "secure" not in cookie.lower().replace(" ", "").split(";"):
-                                cookie += "; Secure"
-                            headers.add("set-cookie", cookie)
+                            attributes = cookie.lower().replace(" ", "").split(";")
+                            secured = cookie if "secure" in attributes else f"{cookie}; Secure"
+                            headers.add("set-cookie", secured)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

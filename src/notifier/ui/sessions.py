@@ -117,7 +117,9 @@ class PostgresStore(Store):
 class DashboardSessionBackend(ServerSideSessionBackend):
     """Stores a session only when it holds something and changed; see the module docs."""
 
-    async def load_from_connection(self, connection: ASGIConnection[Any, Any, Any, Any]) -> dict[str, Any]:
+    async def load_from_connection(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> dict[str, Any]:
         """The session of the request's cookie (empty if none, unknown or expired)."""
         session_id = connection.cookies.get(self.config.key)
         if not session_id or session_id == "null":
@@ -178,7 +180,7 @@ class DashboardSessionBackend(ServerSideSessionBackend):
 class DashboardSessionConfig(ServerSideSessionConfig):
     """Litestar's server-side session config with :class:`DashboardSessionBackend`."""
 
-    _backend_class = DashboardSessionBackend  # type: ignore[assignment]
+    _backend_class = DashboardSessionBackend
 
 
 def session_config(idle: datetime.timedelta, path: str) -> DashboardSessionConfig:
