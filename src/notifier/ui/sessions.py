@@ -150,7 +150,7 @@ class DashboardSessionBackend(ServerSideSessionBackend):
         if scope_session is Empty or not scope_session:
             if cookie_id:
                 await self.delete(cookie_id, store=store)
-                headers.add("Set-Cookie", self._cookie("", expires=0))
+                headers.add("Set-Cookie", self._cookie("", max_age=0))
             return
         data = self.serialize_data(scope_session, connection.scope)
         loaded = connection.state.get(_LOADED_STATE_KEY)
@@ -164,7 +164,7 @@ class DashboardSessionBackend(ServerSideSessionBackend):
         await self.set(session_id, data, store=store)
         headers.add("Set-Cookie", self._cookie(session_id))
 
-    def _cookie(self, value: str, *, expires: int | None = None) -> str:
+    def _cookie(self, value: str, *, max_age: int | None = None) -> str:
         config = self.config
         return Cookie(
             key=config.key,
@@ -172,7 +172,8 @@ class DashboardSessionBackend(ServerSideSessionBackend):
             path=config.path,
             httponly=True,
             samesite=config.samesite,
-            expires=expires,
+            # Max-Age=0 deletes the cookie; no Max-Age: it ends with the browser.
+            max_age=max_age,
         ).to_header(header="")
 
 
