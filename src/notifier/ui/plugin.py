@@ -5,7 +5,7 @@ Everything under ``/ui`` goes through, outermost first:
 1. :class:`DashboardHeaders`: a Content-Security-Policy that allows nothing but this site
    (no script at all), no caching of signed-in pages, and ``Secure`` on every cookie when
    the browser used https (``X-Forwarded-Proto`` only with ``NOTIFIER_UI_TRUST_FORWARDED_PROTO``).
-2. Litestar's CSRF middleware: every POST must carry the token of the form the dashboard
+2. Litestar's CSRF middleware (its shared secret read first, :class:`SharedCsrfSecret`): every POST must carry the token of the form the dashboard
    rendered (double-submit cookie, signed with a secret every API process shares through
    ``notifier.ui_secrets``). The REST API is not behind it: bearer keys are not ambient
    credentials a browser would send on its own.
@@ -16,6 +16,7 @@ Errors under ``/ui`` are pages in the dashboard's style, not problem documents.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import secrets
@@ -238,8 +239,8 @@ class DashboardPlugin(InitPluginProtocol):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = PostgresStore()
-        # The real secret is read from the database at start-up (lifespan): every API
-        # process signs and accepts the same tokens.
+        # The real secret is read from the database at the first request (SharedCsrfSecret):
+        # every API process signs and accepts the same tokens.
         self.csrf = CSRFConfig(
             secret=secrets.token_hex(32),
             cookie_name=CSRF_COOKIE,
@@ -263,6 +264,7 @@ class DashboardPlugin(InitPluginProtocol):
                 DefineMiddleware(
                     DashboardHeaders, trust_forwarded_proto=settings.ui_trust_forwarded_proto
                 ),
+                DefineMiddleware(SharedCsrfSecret, csrf=self.csrf),
                 DefineMiddleware(CSRFMiddleware, config=self.csrf),
                 sessions.middleware,
             ],
@@ -298,14 +300,33 @@ class DashboardPlugin(InitPluginProtocol):
 
     @asynccontextmanager
     async def _lifespan(self, app: Litestar) -> AsyncIterator[None]:
-        """Bind the store to the app's pool and read the shared CSRF secret (after the
-        app's own lifespan opened the services)."""
+        """Bind the store to the pool the app's own lifespan opened. Nothing is read here:
+        the API starts while the database is down, and answers 503 until it is back."""
         services: Services = app.state.services
-        async with single_statement(services.pool) as conn:
-            self.csrf.secret = await ui_secret(conn, "csrf", secrets.token_hex(32))
         self.store.bind(services.pool)
         app.state.ui_session_store = self.store
         try:
             yield
         finally:
             self.store.bind(None)
+
+
+class SharedCsrfSecret(MiddlewareProtocol):
+    """Before the CSRF middleware: make sure its config holds the secret every API process
+    shares (``notifier.ui_secrets``), read once, at the first dashboard request."""
+
+    def __init__(self, app: ASGIApp, csrf: CSRFConfig) -> None:
+        self.app = app
+        self.csrf = csrf
+        self.loaded = False
+        self.lock = asyncio.Lock()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.loaded and scope["type"] == ScopeType.HTTP:
+            async with self.lock:
+                if not self.loaded:
+                    services: Services = scope["litestar_app"].state.services
+                    async with single_statement(services.pool) as conn:
+                        self.csrf.secret = await ui_secret(conn, "csrf", secrets.token_hex(32))
+                    self.loaded = True
+        await self.app(scope, receive, send)
