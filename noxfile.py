@@ -120,3 +120,11 @@ def bench(session: nox.Session) -> None:
         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
     )
     session.run("python", "-m", "bench.suite", *session.posargs)
+
+
+@nox.session
+def screenshots(session: nox.Session) -> None:
+    """PNG screenshots of every dashboard page into docs/ui/ (Debian's headless Chromium),
+    which docs/ui.md shows."""
+    sync(session)
+    session.run("python", "-m", "tests.ui.screenshots", "docs/ui")

@@ -121,3 +121,14 @@ async def test_losing_the_connection_while_deferring_the_job_is_a_503(
     assert_problem(response, 503)
     assert response.headers["retry-after"] == "5"
     assert await count_rows(db, "notifier.events") == 0
+
+
+async def test_the_dashboard_answers_a_503_page_when_the_database_is_down(
+    client_without_database: AsyncTestClient[Any],
+) -> None:
+    response = await client_without_database.get("/ui/sign-in")
+
+    assert response.status_code == 503
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.headers["retry-after"] == "5"
+    assert "The database is unavailable" in response.text

@@ -37,6 +37,7 @@ from notifier.telemetry.stats import DatabaseStats
 from notifier.telemetry.tracing import litestar_middleware, tracing_enabled
 from notifier.templates.api import TemplateController
 from notifier.tenancy import provide_principal
+from notifier.ui import DashboardPlugin
 
 
 async def list_every_method_in_allow(message: Message, scope: Scope) -> None:
@@ -130,7 +131,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
         # type it does not declare, 400 for one that is not UTF-8: before any handler or
         # dependency reads the request (request_checks.py).
         before_request=RequestChecks(),
-        plugins=[ClosedStructSchemaPlugin()],
+        # The dashboard at /ui (notifier.ui): its routes, templates, sessions and start-up.
+        plugins=[ClosedStructSchemaPlugin(), DashboardPlugin(settings)],
         # Litestar answers 413 (a problem document, see problems.py) before reading more.
         request_max_body_size=settings.api_max_body_bytes,
         openapi_config=OpenAPIConfig(

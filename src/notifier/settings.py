@@ -148,6 +148,14 @@ class Settings:
     # Per key and per API process (see docs/security.md); a key's own limit overrides them.
     api_rate_limit_per_second: RequestRate = 100.0
     api_rate_limit_burst: Burst = 200
+    # The dashboard (/ui): a session ends after this long without a request, and this long
+    # after its sign-in whatever happens.
+    ui_session_idle_minutes: PositiveInt = 30
+    ui_session_max_hours: PositiveInt = 12
+    # Behind a proxy that terminates TLS: believe its X-Forwarded-Proto header about whether
+    # the browser used https (the dashboard's cookies are then Secure). Only where every
+    # request comes through that proxy, which must set the header itself.
+    ui_trust_forwarded_proto: bool = False
     # An event whose rules would make more notifications than this makes none, and says so.
     max_notifications_per_event: PositiveInt = 100
 

@@ -111,6 +111,21 @@ class Authenticator:
             raise unauthorized(f"API key {key.id} has expired")
         return key
 
+    async def live_key(self, pool: Pool, key_id: str) -> queries.ApiKey | None:
+        """The key ``key_id`` if it exists and is neither revoked nor expired, else None.
+
+        For callers that checked the key's secret earlier and kept only its id (the
+        dashboard's sessions): the same cached row as :meth:`authenticate`, so a revoked
+        key stops working within ``api_key_cache_seconds`` for them too.
+        """
+        stored = await self._lookup(pool, key_id, None)
+        if stored is None:
+            return None
+        key = stored.key
+        if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= _now()):
+            return None
+        return key
+
     def check_rate(self, key: queries.ApiKey) -> None:
         """Count one request against the key's limit; a 429 when it is exhausted."""
         settings = self._settings
@@ -122,14 +137,17 @@ class Authenticator:
         if wait is not None:
             raise too_many_requests(wait)
 
-    async def _lookup(self, pool: Pool, key_id: str, secret: str) -> queries.StoredKey | None:
+    async def _lookup(
+        self, pool: Pool, key_id: str, secret: str | None
+    ) -> queries.StoredKey | None:
         now = self._clock()
         entry = self._cache.get(key_id)
         if entry is not None and now - entry.fetched_at < self._settings.api_key_cache_seconds:
             return entry.stored
         async with transaction(pool) as conn:
             stored = await queries.get_key(conn, key_id)
-            if stored is not None and _due_for_touch(stored, secret):
+            # Only a presented secret is a use of the key (a session re-checking is not).
+            if stored is not None and secret is not None and _due_for_touch(stored, secret):
                 await queries.touch_key(conn, key_id)
         self._cache.pop(key_id, None)  # re-inserted last: the dict's order is its age
         if len(self._cache) >= MAX_CACHED_KEYS:

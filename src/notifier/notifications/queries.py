@@ -306,22 +306,26 @@ async def record_attempts(conn: Connection, records: list[AttemptRecord]) -> Non
     async with conn.cursor() as cursor:
         await cursor.executemany(
             """
-            WITH attempt AS (
-                INSERT INTO notifier.delivery_attempts
-                    (notification_id, attempt, job_id, channel, outcome, status_code, error,
-                     started_at, finished_at)
-                VALUES (%(notification_id)s, %(attempt)s, %(job_id)s, %(channel)s,
-                        %(outcome)s, %(status_code)s, %(error)s, %(started_at)s,
-                        -- now() is when the transaction began, before the send: use the clock.
-                        clock_timestamp())
+            WITH counted AS (
+                UPDATE notifier.notifications
+                SET attempts = %(attempt)s,
+                    last_error = %(error)s,
+                    status = coalesce(%(status)s::text, status),
+                    sent_at = CASE WHEN %(status)s::text = 'sent' THEN now() ELSE sent_at END,
+                    updated_at = now()
+                WHERE id = %(notification_id)s
+                RETURNING tenant_id
             )
-            UPDATE notifier.notifications
-            SET attempts = %(attempt)s,
-                last_error = %(error)s,
-                status = coalesce(%(status)s::text, status),
-                sent_at = CASE WHEN %(status)s::text = 'sent' THEN now() ELSE sent_at END,
-                updated_at = now()
-            WHERE id = %(notification_id)s
+            -- The attempt names its tenant, for the dashboard's per-tenant charts.
+            INSERT INTO notifier.delivery_attempts
+                (notification_id, tenant_id, attempt, job_id, channel, outcome, status_code,
+                 error, started_at, finished_at)
+            SELECT %(notification_id)s::uuid, tenant_id, %(attempt)s::integer,
+                   %(job_id)s::bigint, %(channel)s::text, %(outcome)s::text,
+                   %(status_code)s::integer, %(error)s::text, %(started_at)s::timestamptz,
+                   -- now() is when the transaction began, before the send: use the clock.
+                   clock_timestamp()
+            FROM counted
             """,
             records,
         )

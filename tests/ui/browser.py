@@ -1,0 +1,60 @@
+"""Debian's headless Chromium, driven by Selenium through Debian's chromedriver.
+
+Each browser gets a fresh profile directory of its own, so tests run side by side under
+pytest-xdist. Nothing is downloaded: Selenium is given both binaries, so its manager never
+looks for a driver, and the flags keep Chromium off the network except for the page.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+
+CHROMIUM = os.environ.get("NOTIFIER_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("NOTIFIER_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+)
+
+
+def chromium_missing() -> str | None:
+    """Why no browser test can run here, or None."""
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not (Path(path).exists() or shutil.which(path)):
+            return f"{path} is missing (apt-get install chromium chromium-driver; .ci/run does)"
+    return None
+
+
+@contextlib.contextmanager
+def chromium(profile: Path, *, width: int = 1366, height: int = 900) -> Iterator[webdriver.Chrome]:
+    """A headless Chromium with its own profile in ``profile``, at a laptop's window size."""
+    reason = chromium_missing()
+    if reason:
+        pytest.skip(reason)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile}")
+    options.add_argument(f"--window-size={width},{height}")
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    try:
+        driver.set_page_load_timeout(30)
+        yield driver
+    finally:
+        driver.quit()
