@@ -313,7 +313,7 @@ async def create_due_webhooks(
         for n in range(count)
     ]
     async with services.pool.connection() as conn, conn.transaction():
-        created = await create_notifications(services.queue, conn, tenant, drafts)
+        created = await create_notifications(conn, tenant, drafts)
     return [str(notification.id) for notification in created]
 
 
