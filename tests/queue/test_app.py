@@ -38,7 +38,7 @@ async def job_state(db: psycopg.AsyncConnection[Any], job_id: int) -> dict[str, 
         " WHERE id = %s",
         [job_id],
     )
-    row = await cursor.fetchone()
+    row: dict[str, Any] | None = await cursor.fetchone()
     assert row is not None
     return row
 
