@@ -1,7 +1,7 @@
 """Due jobs are shared out by tenant (migration 0011): one tenant's backlog cannot hold up
 another tenant's due work by more than a turn of each tenant (docs/architecture.md).
 
-The fetch is called directly here, as in tests/test_fetch_job.py; the last tests run a real
+The fetch is called directly here, as in tests/queue/test_fetch_job.py; the last tests run a real
 worker and a real receiver.
 """
 
