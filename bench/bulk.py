@@ -19,16 +19,18 @@ import concurrent.futures
 
 import psycopg
 
+from notifier.queue.tables import JOB_EVENT_TYPE, JOB_EVENTS, JOBS
+
 # One chunk: notification ids chosen up front, jobs taking their ids from the sequence.
-LOAD_CHUNK = """
+LOAD_CHUNK = f"""
 WITH planned AS (
     SELECT gen_random_uuid() AS notification_id,
-           nextval(pg_get_serial_sequence('procrastinate_jobs', 'id')) AS job_id,
+           nextval(pg_get_serial_sequence('{JOBS}', 'id')) AS job_id,
            now() + interval '30 days' + n * interval '1 second' AS send_at,
            n
     FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS n
 ), jobs AS (
-    INSERT INTO procrastinate_jobs (id, queue_name, task_name, priority, args, scheduled_at)
+    INSERT INTO {JOBS} (id, queue_name, task_name, priority, args, scheduled_at)
     SELECT job_id, 'deliveries', 'notifier.deliver', 0,
            jsonb_build_object('notification_id', notification_id::text, 'tenant_id', 'default'),
            send_at
@@ -42,10 +44,10 @@ WITH planned AS (
         SET due_at = least(groups.due_at, excluded.due_at)
 ), events AS (
     -- What procrastinate's insert triggers write for a scheduled job.
-    INSERT INTO procrastinate_events (job_id, type, at)
+    INSERT INTO {JOB_EVENTS} (job_id, type, at)
     SELECT id, kind.type, CASE WHEN kind.type = 'scheduled' THEN scheduled_at ELSE now() END
-    FROM jobs CROSS JOIN (VALUES ('scheduled'::procrastinate_job_event_type),
-                                 ('deferred'::procrastinate_job_event_type)) AS kind (type)
+    FROM jobs CROSS JOIN (VALUES ('scheduled'::{JOB_EVENT_TYPE}),
+                                 ('deferred'::{JOB_EVENT_TYPE})) AS kind (type)
 )
 INSERT INTO notifier.notifications
     (id, tenant_id, notification_type, channel, recipient, context, send_at, status, job_id)

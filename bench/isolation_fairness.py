@@ -28,6 +28,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import LiteralString
 
 import psycopg
 
@@ -35,15 +36,16 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.suite import (
-    DUE_JOB_SQL,
     PYTHON,
     ROOT,
     Bench,
     Processes,
     Report,
+    add_due_job,
     drop_database,
     fresh_database,
     machine,
+    remove_due_job,
     running,
     scalar,
     settle,
@@ -51,6 +53,8 @@ from bench.suite import (
     verdict,
     wait_until,
 )
+from notifier.queue import DELIVER_TASK, DELIVERIES_QUEUE, jobs
+from notifier.queue import tables as queue_tables
 
 TENANT_A = "tenant-a"
 TENANT_B = "tenant-b"
@@ -68,7 +72,7 @@ def burst(bench: Bench) -> None:
         *(PYTHON, "-m", "notifier", "--log-level", "WARNING", "worker"), env=bench.notifier_env()
     )
     wait_until(
-        lambda: int(scalar(bench.url, "SELECT count(*) FROM procrastinate_workers")) > 0,
+        lambda: int(scalar(bench.url, f"SELECT count(*) FROM {queue_tables.WORKERS}")) > 0,
         timeout=60,
         what="worker start",
     )
@@ -142,33 +146,42 @@ def load_future_jobs(url: str, pending: int, tenants: int) -> None:
     """``pending`` deliver jobs due in a month or later, of ``tenants`` tenants, settled."""
     sql(
         url,
-        """
-        INSERT INTO procrastinate_jobs (queue_name, task_name, priority, args, scheduled_at)
-        SELECT 'deliveries', 'notifier.deliver', 0,
-               jsonb_build_object('notification_id', gen_random_uuid()::text,
-                                  'tenant_id', 'tenant-' || n %% %s),
-               now() + interval '30 days' + n * interval '1 second'
-        FROM generate_series(1, %s) AS n
-        """,
-        [tenants, pending],
+        deliver_jobs_sql("now() + interval '30 days' + n * interval '1 second'"),
+        [
+            tenants,
+            pending,
+        ],
     )
     ready(url)
+
+
+def deliver_jobs_sql(scheduled_at: LiteralString) -> LiteralString:
+    """Deliver jobs of made-up notifications, due at ``scheduled_at`` (SQL over ``n``), spread
+    over tenants; parameters: the number of tenants, and of jobs."""
+    return jobs.defer_jobs_select(
+        rows="generate_series(1, %s) AS n",
+        queue="'" + DELIVERIES_QUEUE + "'",
+        task="'" + DELIVER_TASK + "'",
+        args="""jsonb_build_object('notification_id', gen_random_uuid()::text,
+                                   'tenant_id', 'tenant-' || n %% %s)""",
+        scheduled_at=scheduled_at,
+    )
 
 
 def ready(url: str) -> None:
     """The steady state a fetch meets: groups up to date, statistics fresh, nothing dirty."""
     sql(url, "SELECT notifier.take_job_group_arrivals()")
-    sql(url, "VACUUM ANALYZE procrastinate_jobs, notifier.job_groups")
+    sql(url, f"VACUUM ANALYZE {queue_tables.JOBS}, notifier.job_groups")
     settle(url)
 
 
 # Before migration 0011: migration 0009's fetch (oldest due first, all tenants alike), with
 # its indexes, installed beside the fair one in the full database for the lever's baseline.
 OLDEST_FIRST = "notifier.fetch_job_oldest_first"
-OLDEST_FIRST_INDEXES = """
-CREATE INDEX bench_jobs_run_now_idx ON procrastinate_jobs (priority DESC, id)
+OLDEST_FIRST_INDEXES = f"""
+CREATE INDEX bench_jobs_run_now_idx ON {queue_tables.JOBS} (priority DESC, id)
     WHERE status = 'todo' AND scheduled_at IS NULL;
-CREATE INDEX bench_jobs_scheduled_idx ON procrastinate_jobs (scheduled_at, id)
+CREATE INDEX bench_jobs_scheduled_idx ON {queue_tables.JOBS} (scheduled_at, id)
     WHERE status = 'todo' AND scheduled_at IS NOT NULL;
 """
 
@@ -209,10 +222,10 @@ def fetch_walls(url: str, functions: list[str], rounds: int = 10, each: int = 50
 
 def oldest_first_lever(bench: Bench, url: str, label: str) -> None:
     """The fair fetch against the oldest-first one, on the same database and due job."""
-    sql(url, DUE_JOB_SQL)
+    add_due_job(url)
     sql(url, "SELECT notifier.take_job_group_arrivals()")
     fair, oldest = fetch_walls(url, ["notifier.fetch_job", OLDEST_FIRST])
-    sql(url, "DELETE FROM procrastinate_jobs WHERE args = '{\"due\": true}'")
+    remove_due_job(url)
     bench.report.add(
         "lever",
         f"fetch wall ms, {label}: fair vs oldest first (0009)",
@@ -259,18 +272,7 @@ def fetch_growth(bench: Bench) -> None:
     oldest_first_lever(bench, full, f"{label}, 1 due")
     # The same with every one of those tenants having due work: the fetch reads one row of
     # notifier.job_groups per tenant with due work, and still one group's jobs.
-    sql(
-        full,
-        """
-        INSERT INTO procrastinate_jobs (queue_name, task_name, priority, args, scheduled_at)
-        SELECT 'deliveries', 'notifier.deliver', 0,
-               jsonb_build_object('notification_id', gen_random_uuid()::text,
-                                  'tenant_id', 'tenant-' || n %% %s),
-               now() - interval '1 minute'
-        FROM generate_series(1, 10 * %s) AS n
-        """,
-        [args.tenants, args.tenants],
-    )
+    sql(full, deliver_jobs_sql("now() - interval '1 minute'"), [args.tenants, 10 * args.tenants])
     ready(full)
     busy = bench.fetch_costs({"empty": empty, "busy": full})
     (_, empty_wall, _), (busy_plan, busy_wall, busy_buffers) = busy["empty"], busy["busy"]

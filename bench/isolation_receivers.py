@@ -34,12 +34,14 @@ from tests.hostile_receiver import HostileReceiver, hostile_receiver  # noqa: E4
 from bench.suite import (  # noqa: E402 - after the path that makes them importable
     PYTHON,
     Processes,
+    defer_deliveries_sql,
     drop_database,
     fresh_database,
     percentile,
     scalar,
     wait_until,
 )
+from notifier.queue import tables as queue_tables  # noqa: E402
 
 DATABASE = "notifier_bench_isolation_receivers"
 RSS_TARGET_MB = 150.0
@@ -52,24 +54,19 @@ def seed(url: str, recipient: str, count: int) -> float:
     with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
         conn.execute(
             """
-            WITH created AS (
-                INSERT INTO notifier.notifications
-                    (notification_type, channel, recipient, context, send_at, status)
-                SELECT 'bench.isolation', 'webhook', %s, jsonb_build_object('n', n), now(),
-                       'pending'
-                FROM generate_series(1, %s) AS n
-                RETURNING id
-            ), deferred AS (
-                INSERT INTO procrastinate_jobs (queue_name, task_name, priority, args)
-                SELECT 'deliveries', 'notifier.deliver', 0,
-                       jsonb_build_object('notification_id', id::text)
-                FROM created
-                RETURNING id, (args->>'notification_id')::uuid AS notification_id
-            )
-            UPDATE notifier.notifications AS n SET job_id = deferred.id
-            FROM deferred WHERE n.id = deferred.notification_id
+            INSERT INTO notifier.notifications
+                (notification_type, channel, recipient, context, send_at, status)
+            SELECT 'bench.isolation', 'webhook', %s, jsonb_build_object('n', n), now(),
+                   'pending'
+            FROM generate_series(1, %s) AS n
             """,
             [recipient, count],
+        )
+        conn.execute(
+            defer_deliveries_sql(
+                "recipient = %s", args="jsonb_build_object('notification_id', id::text)"
+            ).encode(),
+            [recipient],
         )
     return time.monotonic()
 
@@ -116,7 +113,7 @@ class Run:
     def stop_workers(self) -> None:
         self.procs.stop_all()
         with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute("TRUNCATE procrastinate_jobs, notifier.notifications CASCADE")
+            conn.execute(f"TRUNCATE {queue_tables.JOBS}, notifier.notifications CASCADE".encode())
 
     def report(self, figure: str, value: str, target: str, met: bool | None) -> None:
         """A figure beside its target (``met`` None: a comparison, no target)."""

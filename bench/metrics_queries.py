@@ -23,6 +23,7 @@ from psycopg.conninfo import make_conninfo
 
 from notifier import migrate
 from notifier.db import create_pool
+from notifier.queue import DELIVER_TASK, DELIVERIES_QUEUE, EVENTS_QUEUE, PROCESS_EVENT_TASK, jobs
 from notifier.settings import Settings
 from notifier.telemetry.stats import DatabaseStats
 
@@ -35,15 +36,19 @@ FILL = [
     FROM generate_series(1, %(rows)s) AS n
     """,
     # Mostly reminders scheduled for later, plus a backlog due now.
-    """
-    INSERT INTO procrastinate_jobs (queue_name, task_name, args, scheduled_at)
-    SELECT 'deliveries', 'notifier.deliver', '{}', now() + interval '1 day'
-    FROM generate_series(1, %(rows)s * 95 / 100)
-    """,
-    """
-    INSERT INTO procrastinate_jobs (queue_name, task_name, args)
-    SELECT 'events', 'notifier.process_event', '{}' FROM generate_series(1, %(rows)s * 5 / 100)
-    """,
+    jobs.defer_jobs_select(
+        rows="generate_series(1, %(rows)s * 95 / 100)",
+        queue="'" + DELIVERIES_QUEUE + "'",
+        task="'" + DELIVER_TASK + "'",
+        args="'{}'",
+        scheduled_at="now() + interval '1 day'",
+    ),
+    jobs.defer_jobs_select(
+        rows="generate_series(1, %(rows)s * 5 / 100)",
+        queue="'" + EVENTS_QUEUE + "'",
+        task="'" + PROCESS_EVENT_TASK + "'",
+        args="'{}'",
+    ),
 ]
 
 

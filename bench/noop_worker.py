@@ -1,7 +1,8 @@
 """The queue's own ceiling: stock procrastinate draining no-op jobs, then exiting.
 
-Same worker options as ``notifier worker`` (concurrency, polling, LISTEN/NOTIFY), stock
-connector with durable commits, a task that does nothing.
+Stock procrastinate (its connector and fetch, durable commits), run through the queue
+adapter as ``notifier worker`` runs it, with a task that does nothing and the same
+concurrency and polling interval.
 
     python bench/noop_worker.py DATABASE_URL [--concurrency 10]
 """
@@ -10,21 +11,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from typing import Final
 
-import procrastinate
+from notifier.queue import JobInfo
+from notifier.queue.app import QueueApp, Task, create_stock_app, open_app, run_worker
 
-NOOP_QUEUE = "bench_noop"
-NOOP_TASK = "bench.noop"
+NOOP_QUEUE: Final = "bench_noop"
+NOOP_TASK: Final = "bench.noop"
 
 
-def make_app(url: str) -> procrastinate.App:
-    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
+async def noop(deps: object, job: JobInfo) -> None:
+    """Nothing: what is left is the queue's own cost."""
 
-    @app.task(name=NOOP_TASK, queue=NOOP_QUEUE)
-    async def noop() -> None:
-        """Nothing: what is left is the queue's own cost."""
 
-    return app
+def make_app(url: str) -> QueueApp:
+    return create_stock_app(url, [Task(NOOP_TASK, noop, queue=NOOP_QUEUE)])
 
 
 async def main() -> None:
@@ -33,13 +34,14 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=10)
     args = parser.parse_args()
     app = make_app(args.url)
-    async with app.open_async():
-        await app.run_worker_async(
+    async with open_app(app):
+        await run_worker(
+            app,
+            deps=None,
             queues=[NOOP_QUEUE],
             concurrency=args.concurrency,
             wait=False,
-            fetch_job_polling_interval=0.5,
-            install_signal_handlers=False,
+            poll_interval_seconds=0.5,
         )
 
 

@@ -31,6 +31,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from notifier import migrate
+from notifier.queue import tables as queue_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 INSERT_SELECT = (
@@ -134,7 +135,7 @@ def main() -> int:
 
         baseline = timed_insert(url, "baseline", args.rows)
         with psycopg.connect(url, autocommit=True) as listener:
-            listener.execute("LISTEN procrastinate_any_queue_v1")
+            listener.execute(f"LISTEN {queue_tables.ANY_QUEUE_CHANNEL}".encode())
             outbox = timed_insert(url, "notifier.outbox", args.rows)
             wake_ups = sum(1 for _ in listener.notifies(timeout=1.0))
 

@@ -34,7 +34,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, LiteralString
 
 import psutil
 import psycopg
@@ -43,7 +43,11 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from bench import bulk, code_sql, wrk
 from bench.cpu import CpuWatch, postmaster_pid
 from bench.loadgen import EVENT
+from bench.noop_worker import NOOP_QUEUE, NOOP_TASK
 from notifier import migrate
+from notifier.queue import DELIVER_TASK, DELIVERIES_QUEUE
+from notifier.queue import jobs as queue_jobs
+from notifier.queue import tables as queue_tables
 from notifier.tenancy import Scope
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,10 +68,7 @@ SELECT count(*) FROM notifier.events WHERE payload @> '{"user_id": 42}' AND type
 """
 PGBENCH_EVENT_TYPE = "bench.pgbench"
 # The due job a fetch must find (removed after the measurement).
-DUE_JOB_SQL = """
-INSERT INTO procrastinate_jobs (queue_name, task_name, priority, args)
-VALUES ('deliveries', 'notifier.deliver', 0, '{"due": true}')
-"""
+DUE_JOB = queue_jobs.JobToDefer(task=DELIVER_TASK, args={"due": True})
 # Where notifier's webhook body carries the notification's id; the pg-boss peer puts its
 # job's id there (bench/pgboss/work.js replaces the marker).
 ID_MARKER = "{{id}}"
@@ -179,8 +180,44 @@ def scalar(url: str, statement: str, params: Any = None) -> Any:
     return sql(url, statement, params)[0][0]
 
 
+def add_due_job(url: str) -> None:
+    """Defer :data:`DUE_JOB`, as the service defers a job."""
+    sql(url, queue_jobs.DEFER_JOBS_SQL, queue_jobs.defer_jobs_parameters([DUE_JOB]))
+
+
+def remove_due_job(url: str) -> None:
+    sql(url, f"DELETE FROM {queue_tables.JOBS} WHERE args = '{{\"due\": true}}'")
+
+
+def defer_deliveries_sql(
+    where: LiteralString, args: LiteralString, scheduled_at: LiteralString = "NULL"
+) -> str:
+    """A statement deferring, through the queue adapter's defer, a deliver job for each
+    pending notification without one that ``where`` selects (on ``notifications``), with
+    ``args`` and ``scheduled_at`` (SQL over its columns), each then its notification's job."""
+    defer = queue_jobs.defer_jobs_select(
+        rows="pending",
+        queue="'" + DELIVERIES_QUEUE + "'",
+        task="'" + DELIVER_TASK + "'",
+        args=args,
+        scheduled_at=scheduled_at,
+        order_by="pending.id",
+    )
+    return f"""
+    WITH pending AS (
+        SELECT * FROM notifier.notifications AS notifications
+        WHERE status = 'pending' AND job_id IS NULL AND ({where})
+    ), deferred AS ({defer}),
+    -- The defer returns the job ids in its rows' order: paired with the ids in that order.
+    ordered AS (SELECT array_agg(id ORDER BY id) AS ids FROM pending)
+    UPDATE notifier.notifications AS n SET job_id = paired.job_id
+    FROM deferred, ordered, unnest(deferred.job_ids, ordered.ids) AS paired (job_id, id)
+    WHERE n.id = paired.id
+    """
+
+
 def empty_queue_and_notifications(url: str) -> None:
-    sql(url, "TRUNCATE procrastinate_jobs, notifier.notifications CASCADE")
+    sql(url, f"TRUNCATE {queue_tables.JOBS}, notifier.notifications CASCADE")
 
 
 def settle(url: str) -> None:
@@ -189,7 +226,7 @@ def settle(url: str) -> None:
     sql(url, "CHECKPOINT")
 
 
-def analyze(url: str, tables: str = "procrastinate_jobs, notifier.notifications") -> None:
+def analyze(url: str, tables: str = f"{queue_tables.JOBS}, notifier.notifications") -> None:
     """Fresh statistics after a bulk load, as autoanalyze would give within a minute.
 
     Without them the planner takes the empty table's statistics for the truth and plans
@@ -499,21 +536,12 @@ class Bench:
                 # Each job becomes its notification's job, naming its tenant, as the
                 # service defers it.
                 conn.execute(
-                    f"""
-                    WITH deferred AS (
-                        INSERT INTO procrastinate_jobs
-                            (queue_name, task_name, priority, args, scheduled_at)
-                        SELECT 'deliveries', 'notifier.deliver', 0,
-                               jsonb_build_object('notification_id', id::text,
-                                                  'tenant_id', tenant_id),
-                               CASE WHEN {at} > now() THEN {at} END
-                        FROM notifier.notifications
-                        WHERE status = 'pending' AND job_id IS NULL AND tenant_id = %s
-                        RETURNING id, (args->>'notification_id')::uuid AS notification_id
-                    )
-                    UPDATE notifier.notifications AS n SET job_id = deferred.id
-                    FROM deferred WHERE n.id = deferred.notification_id
-                    """.encode(),
+                    defer_deliveries_sql(
+                        "tenant_id = %s",
+                        args="jsonb_build_object('notification_id', id::text, 'tenant_id', tenant_id)",
+                        # ``at`` is the bench's own SQL expression.
+                        scheduled_at=f"CASE WHEN {at} > now() THEN {at} END",
+                    ).encode(),
                     [tenant],
                 )
         analyze(self.url)
@@ -822,8 +850,12 @@ class Bench:
         empty_queue_and_notifications(self.url)
         sql(
             self.url,
-            "INSERT INTO procrastinate_jobs (queue_name, task_name, priority, args) "
-            "SELECT 'bench_noop', 'bench.noop', 0, '{}' FROM generate_series(1, %s)",
+            queue_jobs.defer_jobs_select(
+                rows="generate_series(1, %s)",
+                queue="'" + NOOP_QUEUE + "'",
+                task="'" + NOOP_TASK + "'",
+                args="'{}'",
+            ),
             [count],
         )
         analyze(self.url)
@@ -839,7 +871,7 @@ class Bench:
         def done() -> bool:
             return (
                 self.count(
-                    self.url, "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'"
+                    self.url, f"SELECT count(*) FROM {queue_tables.JOBS} WHERE status = 'succeeded'"
                 )
                 >= count
             )
@@ -852,7 +884,7 @@ class Bench:
             self.url,
             "SELECT extract(epoch FROM min(at) FILTER (WHERE type = 'started')),"
             " extract(epoch FROM max(at) FILTER (WHERE type = 'succeeded'))"
-            " FROM procrastinate_events",
+            f" FROM {queue_tables.JOB_EVENTS}",
         )[0]
         return Drain(count, started, float(first), float(last), watch)
 
@@ -1148,7 +1180,7 @@ class Bench:
         worker = self.start_worker("worker-burst")
         # Registered and polling: the worker is idle when the burst falls due.
         wait_until(
-            lambda: self.count(self.url, "SELECT count(*) FROM procrastinate_workers") > 0,
+            lambda: self.count(self.url, f"SELECT count(*) FROM {queue_tables.WORKERS}") > 0,
             timeout=60,
             what="worker registered",
         )
@@ -1221,12 +1253,10 @@ class Bench:
         with contextlib.ExitStack() as stack:
             connections = {}
             for name, url in urls.items():
-                sql(url, DUE_JOB_SQL)
+                add_due_job(url)
                 # Its group learns of it, as the fetches between a defer and the next do.
                 sql(url, "SELECT notifier.take_job_group_arrivals()")
-                stack.callback(
-                    sql, url, "DELETE FROM procrastinate_jobs WHERE args = '{\"due\": true}'"
-                )
+                stack.callback(remove_due_job, url)
                 connections[name] = stack.enter_context(psycopg.connect(url))
             for _ in range(25):
                 for name, conn in connections.items():
@@ -1272,9 +1302,10 @@ class Bench:
         """
         sql(
             url,
-            "UPDATE procrastinate_jobs SET status = 'succeeded' WHERE queue_name = 'events' AND status = 'todo'",
+            f"UPDATE {queue_tables.JOBS} SET status = 'succeeded'"
+            " WHERE queue_name = 'events' AND status = 'todo'",
         )
-        sql(url, "VACUUM ANALYZE procrastinate_jobs")
+        sql(url, f"VACUUM ANALYZE {queue_tables.JOBS}")
         settle(url)
 
     def queue_bytes(self, url: str) -> int:
@@ -1283,7 +1314,7 @@ class Bench:
             scalar(
                 url,
                 "SELECT sum(pg_total_relation_size(relation)) FROM unnest(ARRAY["
-                "'notifier.notifications', 'procrastinate_jobs', 'procrastinate_events'"
+                f"'notifier.notifications', '{queue_tables.JOBS}', '{queue_tables.JOB_EVENTS}'"
                 "]::regclass[]) AS relation",
             )
         )
@@ -1297,14 +1328,17 @@ class Bench:
         twin_api, twin_url = self.start_api_process(empty_url)
         twin_key = self.create_key(empty_url)
         rows = self.args.growth_rows
-        sql(self.url, "VACUUM procrastinate_jobs, procrastinate_events, notifier.notifications")
+        sql(
+            self.url,
+            f"VACUUM {queue_tables.JOBS}, {queue_tables.JOB_EVENTS}, notifier.notifications",
+        )
         bytes_before = self.queue_bytes(self.url)
         started = time.perf_counter()
         bulk.load_pending(self.url, rows)
         self.report.raw["growth_load_seconds"] = time.perf_counter() - started
         sql(
             self.url,
-            "VACUUM ANALYZE procrastinate_jobs, procrastinate_events, notifier.notifications",
+            f"VACUUM ANALYZE {queue_tables.JOBS}, {queue_tables.JOB_EVENTS}, notifier.notifications",
         )
         settle(self.url)
         self.report.raw["growth_prepare_seconds"] = time.perf_counter() - started

@@ -10,7 +10,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import procrastinate
 import psycopg
 from litestar.testing import AsyncTestClient
 
@@ -18,8 +17,8 @@ from notifier.bootstrap import open_services
 from notifier.channels.base import OutgoingMessage
 from notifier.channels.webhook import WebhookChannel
 from notifier.maintenance import run_maintenance
-from notifier.queue import DELIVER_TASK, MAINTENANCE_TASK
-from notifier.services import SERVICES_CONTEXT_KEY, Services
+from notifier.queue import DELIVER_TASK, MAINTENANCE_QUEUE, MAINTENANCE_TASK, JobInfo
+from notifier.services import Services
 from notifier.settings import Settings, parse_networks
 from notifier.worker import run_worker
 from tests.support import LOOPBACK_NETWORKS, WEBHOOK_SECRET, WebhookReceiver, eventually
@@ -42,16 +41,10 @@ async def job(db: psycopg.AsyncConnection[Any], job_id: int) -> dict[str, Any]:
     return row
 
 
-def maintenance_context(services: Services) -> procrastinate.JobContext:
-    """What a worker would hand ``run_maintenance``."""
-    return procrastinate.JobContext(
-        app=services.queue,
-        job=procrastinate.jobs.Job(
-            id=None, queue="maintenance", lock=None, queueing_lock=None, task_name=MAINTENANCE_TASK
-        ),
-        additional_context={SERVICES_CONTEXT_KEY: services},
-        abort_reason=lambda: None,
-        start_timestamp=time.time(),
+def maintenance_job() -> JobInfo:
+    """What a worker would tell ``run_maintenance`` of its job."""
+    return JobInfo(
+        id=0, task_name=MAINTENANCE_TASK, queue=MAINTENANCE_QUEUE, priority=0, attempts=0, args={}
     )
 
 
@@ -138,7 +131,7 @@ async def test_job_of_a_killed_worker_is_requeued_and_delivered_once(
     job_id = await job_id_of(db, created["id"])
     await kill_worker_during(db, job_id)
 
-    await run_maintenance(maintenance_context(services), timestamp=int(time.time()))
+    await run_maintenance(services, maintenance_job(), timestamp=int(time.time()))
 
     requeued = await job(db, job_id)
     assert (requeued["status"], requeued["attempts"]) == ("todo", 1)
@@ -219,7 +212,7 @@ async def test_crash_after_sending_resends_with_the_same_webhook_id(
     finally:
         await channel.aclose()
 
-    await run_maintenance(maintenance_context(services), timestamp=int(time.time()))
+    await run_maintenance(services, maintenance_job(), timestamp=int(time.time()))
     async with worker_running(services):
         sent = await wait_sent(client, created["id"])
 
@@ -243,7 +236,7 @@ async def test_concurrent_maintenance_runs_requeue_a_stalled_job_once(
 
     await asyncio.gather(
         *(
-            run_maintenance(maintenance_context(services), timestamp=int(time.time()))
+            run_maintenance(services, maintenance_job(), timestamp=int(time.time()))
             for _ in range(3)
         )
     )
@@ -268,7 +261,7 @@ async def test_jobs_of_live_workers_are_left_alone(
         [alive["id"], job_id],
     )
 
-    await run_maintenance(maintenance_context(services), timestamp=int(time.time()))
+    await run_maintenance(services, maintenance_job(), timestamp=int(time.time()))
 
     assert await job(db, job_id) == {
         "id": job_id,
@@ -297,7 +290,7 @@ async def test_a_live_worker_with_a_short_stalled_timeout_is_not_taken_for_dead(
             return time.monotonic() - started > 2.0
 
         await eventually(stalled_timeout_passed)
-        await run_maintenance(maintenance_context(services), timestamp=int(time.time()))
+        await run_maintenance(services, maintenance_job(), timestamp=int(time.time()))
         assert (await job(db, job_id))["status"] == "doing"
         sent = await wait_sent(client, created["id"])
 
@@ -372,7 +365,7 @@ async def test_old_finished_jobs_are_pruned_failed_and_waiting_ones_kept(
         [old],
     )
 
-    await run_maintenance(maintenance_context(services), timestamp=int(time.time()))
+    await run_maintenance(services, maintenance_job(), timestamp=int(time.time()))
 
     remaining = await rows(
         db, "SELECT id FROM procrastinate_jobs WHERE id = ANY(%s) ORDER BY id", list(ids.values())
@@ -395,6 +388,6 @@ async def test_expired_idempotency_keys_are_pruned(
         """
     )
 
-    await run_maintenance(maintenance_context(services), timestamp=int(time.time()))
+    await run_maintenance(services, maintenance_job(), timestamp=int(time.time()))
 
     assert await rows(db, "SELECT key FROM notifier.idempotency_keys") == [{"key": "new"}]

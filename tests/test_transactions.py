@@ -163,7 +163,7 @@ async def test_rolled_back_notifications_leave_neither_rows_nor_jobs(
                 draft(NotificationStatus.PENDING, send_at),
                 draft(NotificationStatus.SKIPPED, send_at),
             ]
-            created = await create_notifications(services.queue, conn, DEFAULT_TENANT, drafts)
+            created = await create_notifications(conn, DEFAULT_TENANT, drafts)
             assert [n.status for n in created] == ["pending", "skipped"]
             cursor = await conn.execute(
                 "SELECT count(*) AS n FROM procrastinate_jobs WHERE task_name = %s", [DELIVER_TASK]
@@ -184,7 +184,6 @@ async def test_committed_notifications_leave_rows_and_jobs_for_the_pending_ones(
     send_at = datetime.datetime.now(UTC) + datetime.timedelta(hours=1)
     async with transaction(services.pool) as conn:
         pending, skipped = await create_notifications(
-            services.queue,
             conn,
             DEFAULT_TENANT,
             [
@@ -230,7 +229,7 @@ async def test_failed_draft_is_stored_failed_with_its_error_and_no_job(
     broken = draft(NotificationStatus.PENDING, now)
     broken.error = "payload has no field 'email'"
     async with transaction(services.pool) as conn:
-        (created,) = await create_notifications(services.queue, conn, DEFAULT_TENANT, [broken])
+        (created,) = await create_notifications(conn, DEFAULT_TENANT, [broken])
 
     assert (created.status, created.last_error) == ("failed", "payload has no field 'email'")
     assert await jobs(db, DELIVER_TASK) == []

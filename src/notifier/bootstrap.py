@@ -8,8 +8,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import procrastinate
-
 from notifier import maintenance
 from notifier.channels.base import Channel
 from notifier.channels.email import create_email_channel
@@ -19,7 +17,8 @@ from notifier.channels.webhook import WebhookChannel
 from notifier.db import connect_options, create_fetch_pool, create_pool
 from notifier.events import tasks as event_tasks
 from notifier.notifications import tasks as notification_tasks
-from notifier.queue import NotifierRetryStrategy, QueueConnector
+from notifier.queue import DELIVER_TASK, MAINTENANCE_TASK, PROCESS_EVENT_TASK
+from notifier.queue.app import QueueApp, Task, create_app, open_app
 from notifier.services import Services
 from notifier.settings import Settings, parse_networks
 from notifier.telemetry.metrics import Metrics
@@ -28,22 +27,30 @@ from notifier.templates.pool import RenderPool
 UNEXPECTED_FAILURES = 10
 
 
-def create_queue_app(settings: Settings) -> procrastinate.App:
+def queue_tasks(settings: Settings) -> list[Task]:
+    """Every notifier task, with its retry policy."""
+    return [
+        Task(PROCESS_EVENT_TASK, event_tasks.process_event, max_attempts=UNEXPECTED_FAILURES),
+        # deliver's runs include the attempts it reschedules itself: room for those, plus as
+        # many unexpected failures as any other task gets.
+        Task(
+            DELIVER_TASK,
+            notification_tasks.deliver,
+            max_attempts=settings.delivery_max_attempts + UNEXPECTED_FAILURES,
+        ),
+        # Every minute, once across all workers; a failed run is simply the next one.
+        Task(
+            MAINTENANCE_TASK,
+            maintenance.run_maintenance,
+            cron="* * * * *",
+            periodic_id="maintenance",
+        ),
+    ]
+
+
+def create_queue_app(settings: Settings) -> QueueApp:
     """The procrastinate app with every notifier task registered. Connects nothing yet."""
-    # Its own pool's options matter only where procrastinate opens one (its CLI); everywhere
-    # else it shares the process's pool.
-    queue = procrastinate.App(
-        connector=QueueConnector(conninfo=settings.database_url, kwargs=connect_options(settings))
-    )
-    event_tasks.register(queue, NotifierRetryStrategy(max_attempts=UNEXPECTED_FAILURES))
-    # deliver's runs include the attempts it reschedules itself: room for those, plus as many
-    # unexpected failures as any other task gets.
-    notification_tasks.register(
-        queue,
-        NotifierRetryStrategy(max_attempts=settings.delivery_max_attempts + UNEXPECTED_FAILURES),
-    )
-    maintenance.register(queue)
-    return queue
+    return create_app(settings.database_url, connect_options(settings), queue_tasks(settings))
 
 
 def create_channels(settings: Settings) -> dict[str, Channel]:
@@ -99,8 +106,6 @@ async def open_services(
     fetch_pool = None
     if runs_jobs and settings.worker_fetch_async_commit:
         fetch_pool = create_fetch_pool(settings, name=name)
-        assert isinstance(queue.connector, QueueConnector)
-        queue.connector.fetch_pool = fetch_pool
     metrics = metrics or Metrics()
     if runs_jobs:  # the API delivers nothing: its deliveries series would be zeros forever
         metrics.expect_channels(channels)
@@ -108,7 +113,7 @@ async def open_services(
     try:
         if fetch_pool is not None:
             await fetch_pool.open()
-        async with queue.open_async(pool):
+        async with open_app(queue, pool, fetch_pool=fetch_pool):
             yield Services(
                 settings=settings,
                 pool=pool,

@@ -19,7 +19,8 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 from litestar.types import ExceptionHandlersMap
-from procrastinate.exceptions import ConnectorException
+
+from notifier.queue import QueueError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 logger = logging.getLogger("notifier.api")
@@ -290,10 +291,8 @@ def _handle_pooler_statement_error(
     return _unavailable(request)
 
 
-def _handle_queue_error(
-    request: Request[Any, Any, Any], exc: ConnectorException
-) -> Response[Problem]:
-    """procrastinate wraps the database errors of a defer: a lost connection is still a 503."""
+def _handle_queue_error(request: Request[Any, Any, Any], exc: QueueError) -> Response[Problem]:
+    """The queue wraps the database errors of its own queries: a lost connection is still a 503."""
     if isinstance(exc.__cause__, psycopg.OperationalError):
         return _handle_database_down(request, exc.__cause__)
     if isinstance(exc.__cause__, POOLER_STATEMENT_ERRORS):
@@ -341,7 +340,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     HTTPException: _handle_http,
     psycopg.OperationalError: _handle_database_down,
     **dict.fromkeys(POOLER_STATEMENT_ERRORS, _handle_pooler_statement_error),
-    ConnectorException: _handle_queue_error,
+    QueueError: _handle_queue_error,
     psycopg.DataError: _handle_unstorable,
     RecursionError: _handle_too_deep,
     Exception: _handle_unexpected,

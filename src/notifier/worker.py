@@ -9,11 +9,11 @@ import signal
 from collections.abc import Callable, Iterable, Iterator
 
 import psycopg
-from procrastinate.exceptions import ConnectorException
 
 from notifier import maintenance
-from notifier.queue import ALL_QUEUES
-from notifier.services import SERVICES_CONTEXT_KEY, Services
+from notifier.queue import ALL_QUEUES, QueueError
+from notifier.queue import app as queue_app
+from notifier.services import Services
 from notifier.telemetry.logs import describe_error
 from notifier.telemetry.tracing import job_tracing_middleware
 
@@ -22,7 +22,7 @@ logger = logging.getLogger("notifier.worker")
 # Longest pause between attempts to get the database back after losing it.
 RECONNECT_MAX_SECONDS = 2.0
 # Errors that mean "the database went away", after which the worker starts over.
-DATABASE_LOST = (ConnectorException, psycopg.Error)
+DATABASE_LOST = (QueueError, psycopg.Error)
 
 
 def stalled_check_interval(stalled_worker_seconds: float) -> float:
@@ -63,25 +63,21 @@ async def run_worker(
     queue_list = list(queues)
 
     async def run_once() -> None:
-        await services.queue.run_worker_async(
+        # Signals are handled here, not by procrastinate, so that a stop asked for is told
+        # apart from a worker that stopped because the database went away.
+        await queue_app.run_worker(
+            services.queue,
+            deps=services,
             queues=queue_list,
             concurrency=concurrency,
             wait=wait,
             name=name,
-            fetch_job_polling_interval=settings.worker_poll_interval_seconds,
-            abort_job_polling_interval=max(settings.worker_poll_interval_seconds, 1.0),
+            poll_interval_seconds=settings.worker_poll_interval_seconds,
             listen_notify=settings.worker_listen_notify,
-            shutdown_graceful_timeout=settings.worker_shutdown_timeout_seconds,
-            stalled_worker_timeout=settings.stalled_worker_seconds,
-            # procrastinate heartbeats every 10 s by default: with a shorter stalled timeout a
-            # live worker would look dead and its running jobs be requeued under it.
-            update_heartbeat_interval=min(10.0, settings.stalled_worker_seconds / 4),
-            # Signals are handled here, so that a stop asked for is told apart from a
-            # worker that stopped because the database went away.
-            install_signal_handlers=False,
-            additional_context={SERVICES_CONTEXT_KEY: services},
+            shutdown_timeout_seconds=settings.worker_shutdown_timeout_seconds,
+            stalled_worker_seconds=settings.stalled_worker_seconds,
             # Each job runs in a span continuing the trace stored on its event or notification.
-            worker_middleware=[job_tracing_middleware(services.pool)],
+            around_job=job_tracing_middleware(services.pool),
         )
 
     if not wait:
@@ -155,11 +151,10 @@ async def _wait_for_database(services: Services) -> None:
 async def _recover_stalled_jobs(services: Services) -> None:
     """Requeue jobs of dead workers every few seconds, for as long as this worker runs."""
     interval = stalled_check_interval(services.settings.stalled_worker_seconds)
-    manager = services.queue.job_manager
     while True:
         await asyncio.sleep(interval)
         try:
-            requeued = await maintenance.requeue_stalled_jobs(services, manager)
+            requeued = await maintenance.requeue_stalled_jobs(services)
         except DATABASE_LOST as exc:
             logger.warning("could not look for stalled jobs: %s", describe_error(exc))
         else:

@@ -269,7 +269,7 @@ async def schedule_webhooks(
         for i in range(count)
     ]
     async with transaction(services.pool) as conn:
-        created = await create_notifications(services.queue, conn, DEFAULT_TENANT, drafts)
+        created = await create_notifications(conn, DEFAULT_TENANT, drafts)
     return [n.id for n in created]
 
 

@@ -591,7 +591,7 @@ async def test_unexpected_error_is_shown_on_the_notification_and_the_job_retried
         ),
     )
     async with transaction(services.pool) as conn:
-        (notification,) = await create_notifications(services.queue, conn, DEFAULT_TENANT, [draft])
+        (notification,) = await create_notifications(conn, DEFAULT_TENANT, [draft])
 
     async def retried_with_error() -> dict[str, Any] | None:
         cursor = await db.execute(

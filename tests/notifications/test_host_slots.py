@@ -46,7 +46,7 @@ async def due_now(services: Services, *recipients: str) -> list[str]:
         for index, recipient in enumerate(recipients)
     ]
     async with transaction(services.pool) as conn:
-        created = await create_notifications(services.queue, conn, DEFAULT_TENANT, drafts)
+        created = await create_notifications(conn, DEFAULT_TENANT, drafts)
     return [str(notification.id) for notification in created]
 
 

@@ -47,7 +47,7 @@ async def schedule_due_now(services: Services, url: str, count: int) -> None:
         for n in range(count)
     ]
     async with transaction(services.pool) as conn:
-        await create_notifications(services.queue, conn, "default", drafts)
+        await create_notifications(conn, "default", drafts)
 
 
 def most_in_any_window(times: list[float], seconds: float) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, LiteralString, NamedTuple
 
 from psycopg.types.json import Jsonb
 
@@ -12,7 +12,7 @@ from notifier.db import Connection
 from notifier.events.cloudevents import NewEvent
 from notifier.events.schemas import Event, event_from_row
 from notifier.pagination import Cursor
-from notifier.queue import EVENTS_QUEUE, PROCESS_EVENT_TASK
+from notifier.queue import EVENTS_QUEUE, PROCESS_EVENT_TASK, jobs
 
 
 class TenantEvent(NamedTuple):
@@ -29,56 +29,66 @@ class PublishedEvent(NamedTuple):
     is_new: bool
 
 
+# Store events, and defer each new one's processing job, in one statement. The defer is the
+# queue adapter's (procrastinate's own SQL function, as the outbox trigger uses), inside the
+# caller's transaction, each job naming its event's tenant (workers share out due jobs by
+# tenant, migration 0011). Conflicting events (same tenant, source and external id) are
+# not stored and get no job.
+_PUBLISH_EVENTS: LiteralString = """
+WITH published AS (
+    INSERT INTO notifier.events
+        (id, tenant_id, type, payload, occurred_at, source, external_id, traceparent)
+    SELECT * FROM unnest(
+        %(ids)s::uuid[], %(tenant_ids)s::text[], %(types)s::text[], %(payloads)s::jsonb[],
+        %(occurred_ats)s::timestamptz[], %(sources)s::text[], %(external_ids)s::text[],
+        %(traceparents)s::text[]
+    )
+    ON CONFLICT (tenant_id, (coalesce(source, '')), external_id)
+        WHERE external_id IS NOT NULL DO NOTHING
+    RETURNING *
+), deferred AS (
+    {defer}
+)
+-- Joined so that the defer runs: a CTE nobody reads is not evaluated.
+SELECT published.* FROM published CROSS JOIN deferred
+"""
+PUBLISH_EVENTS_SQL: LiteralString = _PUBLISH_EVENTS.format(
+    defer=jobs.defer_jobs_select(
+        rows="published",
+        queue="%(queue)s",
+        task="%(task)s",
+        args="jsonb_build_object('event_id', published.id::text, 'tenant_id', published.tenant_id)",
+    )
+)
+
+
+def publish_parameters(ids: Sequence[uuid.UUID], items: Sequence[TenantEvent]) -> dict[str, Any]:
+    """The parameters of :data:`PUBLISH_EVENTS_SQL` storing ``items`` under ``ids``."""
+    events = [item.event for item in items]
+    return {
+        "ids": list(ids),
+        "tenant_ids": [item.tenant_id for item in items],
+        "types": [event.type for event in events],
+        "payloads": [Jsonb(event.payload) for event in events],
+        "occurred_ats": [event.occurred_at for event in events],
+        "sources": [event.source for event in events],
+        "external_ids": [event.external_id for event in events],
+        "traceparents": [event.traceparent for event in events],
+        "queue": EVENTS_QUEUE,
+        "task": PROCESS_EVENT_TASK,
+    }
+
+
 async def publish_events(conn: Connection, items: Sequence[TenantEvent]) -> list[PublishedEvent]:
     """Store events and defer each new one's processing job, in one statement; in ``items`` order.
 
-    The jobs are deferred with procrastinate's own SQL function, as the outbox trigger does,
-    inside the caller's transaction, each naming its event's tenant (workers share out due
-    jobs by tenant, migration 0011). An event whose ``source`` + ``external_id`` (CloudEvents
-    ``id``) its tenant already stored (or that comes twice in ``items``) is not stored again
-    and gets no job: the stored one is returned.
+    An event whose ``source`` + ``external_id`` (CloudEvents ``id``) its tenant already
+    stored (or that comes twice in ``items``) is not stored again and gets no job: the
+    stored one is returned.
     """
     # The ids are chosen here (random, like the column's default) to match rows to items.
     ids = [uuid.uuid4() for _ in items]
-    events = [item.event for item in items]
-    cursor = await conn.execute(
-        """
-        WITH published AS (
-            INSERT INTO notifier.events
-                (id, tenant_id, type, payload, occurred_at, source, external_id, traceparent)
-            SELECT * FROM unnest(
-                %(ids)s::uuid[], %(tenant_ids)s::text[], %(types)s::text[], %(payloads)s::jsonb[],
-                %(occurred_ats)s::timestamptz[], %(sources)s::text[], %(external_ids)s::text[],
-                %(traceparents)s::text[]
-            )
-            ON CONFLICT (tenant_id, (coalesce(source, '')), external_id)
-                WHERE external_id IS NOT NULL DO NOTHING
-            RETURNING *
-        ), deferred AS (
-            SELECT procrastinate_defer_jobs_v1(array_agg(ROW(
-                %(queue)s, %(task)s, 0, NULL, NULL,
-                jsonb_build_object(
-                    'event_id', published.id::text, 'tenant_id', published.tenant_id
-                ), NULL
-            )::procrastinate_job_to_defer_v1)) AS job_ids
-            FROM published
-        )
-        -- Joined so that the defer runs: a CTE nobody reads is not evaluated.
-        SELECT published.* FROM published CROSS JOIN deferred
-        """,
-        {
-            "ids": ids,
-            "tenant_ids": [item.tenant_id for item in items],
-            "types": [event.type for event in events],
-            "payloads": [Jsonb(event.payload) for event in events],
-            "occurred_ats": [event.occurred_at for event in events],
-            "sources": [event.source for event in events],
-            "external_ids": [event.external_id for event in events],
-            "traceparents": [event.traceparent for event in events],
-            "queue": EVENTS_QUEUE,
-            "task": PROCESS_EVENT_TASK,
-        },
-    )
+    cursor = await conn.execute(PUBLISH_EVENTS_SQL, publish_parameters(ids, items))
     stored = {row["id"]: event_from_row(row) for row in await cursor.fetchall()}
     published = []
     for event_id, item in zip(ids, items, strict=True):

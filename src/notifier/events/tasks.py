@@ -6,28 +6,25 @@ import datetime
 import logging
 import uuid
 
-import procrastinate
-
 from notifier.db import transaction
 from notifier.events import queries
 from notifier.events.routing import drafts_for_event
 from notifier.notifications.scheduling import create_notifications
-from notifier.queue import EVENTS_QUEUE, PROCESS_EVENT_TASK
+from notifier.queue import JobInfo
 from notifier.rules.queries import matching_rules
-from notifier.services import services_from_context
+from notifier.services import Services
 
 logger = logging.getLogger("notifier.events")
 
 
 async def process_event(
-    context: procrastinate.JobContext, event_id: str, tenant_id: str | None = None
+    services: Services, job: JobInfo, event_id: str, tenant_id: str | None = None
 ) -> None:
     """Apply the routing rules to one event, in one transaction.
 
     ``tenant_id`` is there for the fetch, which shares out due jobs by tenant (migration
     0011); the event row says the same. Jobs deferred before that revision have none.
     """
-    services = services_from_context(context)
     limit = services.settings.max_notifications_per_event
     async with transaction(services.pool) as conn:
         locked = await queries.lock_unprocessed_event(conn, uuid.UUID(event_id))
@@ -47,7 +44,7 @@ async def process_event(
             await queries.mark_processed(conn, event.id, error=error)
             logger.warning("event %s (%s): %s", event_id, event.type, error)
             return
-        notifications = await create_notifications(services.queue, conn, tenant_id, drafts)
+        notifications = await create_notifications(conn, tenant_id, drafts)
         await queries.mark_processed(conn, event.id)
     if event.producer != "api":
         # The API counted its own events; the outbox's are first seen here.
@@ -58,11 +55,4 @@ async def process_event(
         event.type,
         len(rules),
         len(notifications),
-    )
-
-
-def register(queue: procrastinate.App, retry: procrastinate.BaseRetryStrategy) -> None:
-    """Add this module's tasks to ``queue``."""
-    queue.task(name=PROCESS_EVENT_TASK, queue=EVENTS_QUEUE, pass_context=True, retry=retry)(
-        process_event
     )

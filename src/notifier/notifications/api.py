@@ -49,6 +49,7 @@ from notifier.pagination import (
     paginate,
 )
 from notifier.problems import ProblemError, field_error, not_found, problem_responses
+from notifier.queue import jobs
 from notifier.recipients import email_address_problem, phone_number_problem
 from notifier.services import Services
 from notifier.telemetry import current_traceparent
@@ -141,9 +142,7 @@ class NotificationController(Controller):
             stored = await idempotency.claim(conn, idempotent)
             if stored is not None:
                 return Response(stored.decode(Notification), status_code=stored.status)
-            (notification,) = await create_notifications(
-                services.queue, conn, principal.tenant_id, [draft]
-            )
+            (notification,) = await create_notifications(conn, principal.tenant_id, [draft])
             await idempotency.remember(conn, idempotent, 201, notification)
         return Response(notification, status_code=201)
 
@@ -248,7 +247,7 @@ class NotificationController(Controller):
             if job_id is not None:
                 # Only a job still waiting can be cancelled; one already running finds the
                 # row cancelled once it gets the lock this transaction holds.
-                await services.queue.job_manager.cancel_job_by_id_async(job_id, connection=conn)
+                await jobs.cancel_waiting_job(conn, job_id)
         return cancelled
 
     @post(
@@ -277,9 +276,7 @@ class NotificationController(Controller):
                     "Conflict",
                     f"only failed or dead notifications can be replayed; this one is {status}",
                 )
-            job_id = await defer_delivery(
-                services.queue, conn, notification_id, tenant_id=principal.tenant_id
-            )
+            job_id = await defer_delivery(conn, notification_id, tenant_id=principal.tenant_id)
             notification = await queries.start_new_round(
                 conn, notification_id, job_id, current_traceparent()
             )

@@ -53,7 +53,8 @@ from typing import Any, NamedTuple
 from notifier.db import Connection
 from notifier.notifications import queries
 from notifier.notifications.scheduling import defer_delivery
-from notifier.queue import backoff_seconds
+from notifier.queue import jobs
+from notifier.queue.retry import backoff_seconds
 from notifier.rate_limits.queries import hand_over_job
 from notifier.services import Services
 
@@ -335,9 +336,14 @@ async def put_off(
     """
     timeout = services.settings.webhook_timeout_seconds
     taken_along = [w.job_id for w in waiting if not w.own and w.job_id is not None]
-    waits = await queries.host_slot_waits(conn, taken_along) if taken_along else {}
+    # How often each delivery taken along has waited already, as its job's arguments count.
+    waits = {
+        job_id: int(args.get("slot_waits", 0))
+        for job_id, args in (await jobs.job_args(conn, taken_along)).items()
+    }
     now = datetime.datetime.now(datetime.UTC)
-    postponed: dict[int, tuple[datetime.datetime, int]] = {}
+    postponed: dict[int, datetime.datetime] = {}
+    postponed_waits: dict[int, dict[str, Any]] = {}
     delays: dict[str, list[float]] = {}
     for wait in waiting:
         before = own_waits if wait.own else waits.get(wait.job_id or 0, 0)
@@ -346,7 +352,6 @@ async def put_off(
         if wait.own:
             notification_id = wait.row["id"]
             new_job = await defer_delivery(
-                services.queue,
                 conn,
                 notification_id,
                 at,
@@ -355,10 +360,12 @@ async def put_off(
             )
             await hand_over_job(conn, notification_id, wait.job_id, new_job)
         elif wait.job_id is not None:
-            postponed[wait.job_id] = (at, before + 1)
+            postponed[wait.job_id] = at
+            postponed_waits[wait.job_id] = {"slot_waits": before + 1}
         services.metrics.host_slot_waits.labels(channel=wait.row["channel"]).inc()
         delays.setdefault(wait.origin, []).append(delay)
-    await queries.postpone_batch_jobs(conn, postponed)
+    # Their runs and their notifications' attempts stay as they were.
+    await jobs.reschedule_jobs(conn, postponed, merge_args=postponed_waits)
     for origin, put_off_for in delays.items():
         logger.info(
             "%d notification(s) waited for a host slot: no request slot of %s free (at most "

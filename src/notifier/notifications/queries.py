@@ -17,7 +17,7 @@ from notifier.notifications.schemas import (
     notification_from_row,
 )
 from notifier.pagination import Cursor
-from notifier.queue import DELIVERIES_QUEUE
+from notifier.queue import DELIVERIES_QUEUE, jobs
 
 
 async def insert_notification(conn: Connection, values: dict[str, Any]) -> Notification:
@@ -183,6 +183,21 @@ async def lock_for_delivery(conn: Connection, notification_id: uuid.UUID) -> dic
     return await cursor.fetchone()
 
 
+# Due, waiting deliver jobs of one group with their pending notifications, each locked with
+# its job, in one statement (the adapter's walk over the group's jobs).
+_LOCK_DUE_DELIVERIES = jobs.lock_due_jobs_with(
+    columns="n.*",
+    join="JOIN notifier.notifications AS n ON n.job_id = jobs.id AND n.status = 'pending'",
+    where="""n.channel = %(channel)s
+      AND NOT EXISTS (
+          SELECT 1 FROM notifier.rate_limits AS limits
+          WHERE limits.tenant_id = n.tenant_id AND limits.channel = n.channel
+      )""",
+    lock="n",
+    job_id="batch_job_id",
+)
+
+
 async def lock_due_deliveries(
     conn: Connection,
     *,
@@ -201,86 +216,15 @@ async def lock_due_deliveries(
     on the channel are left to their own jobs. Each row carries its job's id as
     ``batch_job_id``.
     """
-    # One branch per job index of the group (migration 0011), each read in order and
-    # locked row by row: LIMIT ends the walk, and the locking, after the first rows that
-    # qualify. The group's key is written as in those indexes.
-    cursor = await conn.execute(
-        """
-        SELECT * FROM (
-            SELECT n.*, jobs.id AS batch_job_id
-            FROM procrastinate_jobs AS jobs
-            JOIN notifier.notifications AS n ON n.job_id = jobs.id AND n.status = 'pending'
-            WHERE jobs.status = 'todo' AND jobs.scheduled_at IS NULL
-              AND jobs.queue_name = %(queue)s
-              AND coalesce(jobs.args->>'tenant_id', '') = coalesce(%(tenant)s::text, '')
-              AND jobs.priority = %(priority)s
-              AND jobs.task_name = %(task)s AND jobs.lock IS NULL
-              AND n.channel = %(channel)s
-              AND NOT EXISTS (
-                  SELECT 1 FROM notifier.rate_limits AS limits
-                  WHERE limits.tenant_id = n.tenant_id AND limits.channel = n.channel
-              )
-            ORDER BY jobs.id
-            FOR UPDATE OF jobs, n SKIP LOCKED
-        ) AS run_now
-        UNION ALL
-        SELECT * FROM (
-            SELECT n.*, jobs.id AS batch_job_id
-            FROM procrastinate_jobs AS jobs
-            JOIN notifier.notifications AS n ON n.job_id = jobs.id AND n.status = 'pending'
-            WHERE jobs.status = 'todo' AND jobs.scheduled_at IS NOT NULL
-              AND jobs.scheduled_at <= now()
-              AND jobs.queue_name = %(queue)s
-              AND coalesce(jobs.args->>'tenant_id', '') = coalesce(%(tenant)s::text, '')
-              AND jobs.priority = %(priority)s
-              AND jobs.task_name = %(task)s AND jobs.lock IS NULL
-              AND n.channel = %(channel)s
-              AND NOT EXISTS (
-                  SELECT 1 FROM notifier.rate_limits AS limits
-                  WHERE limits.tenant_id = n.tenant_id AND limits.channel = n.channel
-              )
-            ORDER BY jobs.scheduled_at, jobs.id
-            FOR UPDATE OF jobs, n SKIP LOCKED
-        ) AS scheduled_and_due
-        LIMIT %(limit)s
-        """,
-        {
-            "queue": DELIVERIES_QUEUE,
-            "tenant": tenant_id,
-            "priority": priority,
-            "task": task_name,
-            "channel": channel,
-            "limit": limit,
-        },
+    group = jobs.due_jobs_parameters(
+        queue=DELIVERIES_QUEUE,
+        task_name=task_name,
+        tenant_id=tenant_id,
+        priority=priority,
+        limit=limit,
     )
+    cursor = await conn.execute(_LOCK_DUE_DELIVERIES, {**group, "channel": channel})
     return await cursor.fetchall()
-
-
-async def settle_batch_jobs(
-    conn: Connection, *, finished: list[int], retry_at: dict[int, datetime.datetime]
-) -> None:
-    """Close the deliver jobs of notifications delivered in another job's batch.
-
-    ``finished`` jobs end ``succeeded`` through procrastinate's own function, as if they had
-    run; those in ``retry_at`` stay waiting, due again at the given time.
-    """
-    if finished:
-        await conn.execute(
-            """
-            SELECT procrastinate_finish_job_v1(job_id, 'succeeded', false)
-            FROM unnest(%s::bigint[]) AS job_id
-            """,
-            [finished],
-        )
-    if retry_at:
-        await conn.execute(
-            """
-            UPDATE procrastinate_jobs AS jobs SET scheduled_at = retry.at
-            FROM unnest(%s::bigint[], %s::timestamptz[]) AS retry (id, at)
-            WHERE jobs.id = retry.id AND jobs.status = 'todo'
-            """,
-            [list(retry_at), list(retry_at.values())],
-        )
 
 
 class AttemptRecord(TypedDict):
@@ -424,39 +368,4 @@ async def give_back_host_slots(conn: Connection, slots: list[tuple[str, int]]) -
             FROM unnest(%s::text[], %s::int[]) AS given (origin, slot)
             """,
             [[origin for origin, _ in slots], [slot for _, slot in slots]],
-        )
-
-
-async def host_slot_waits(conn: Connection, job_ids: list[int]) -> dict[int, int]:
-    """How often each (locked, waiting) deliver job has waited for a host slot already."""
-    cursor = await conn.execute(
-        """
-        SELECT id, coalesce((args->>'slot_waits')::int, 0) AS waits
-        FROM procrastinate_jobs WHERE id = ANY(%s)
-        """,
-        [job_ids],
-    )
-    return {row["id"]: row["waits"] for row in await cursor.fetchall()}
-
-
-async def postpone_batch_jobs(
-    conn: Connection, postponed: dict[int, tuple[datetime.datetime, int]]
-) -> None:
-    """Make the (locked, waiting) deliver jobs of notifications a batch took along but could
-    not send due again at the given time, counting the wait in their ``slot_waits``
-    argument. Their runs and their notifications' attempts stay as they were."""
-    if postponed:
-        await conn.execute(
-            """
-            UPDATE procrastinate_jobs AS jobs
-            SET scheduled_at = later.at,
-                args = jobs.args || jsonb_build_object('slot_waits', later.waits)
-            FROM unnest(%s::bigint[], %s::timestamptz[], %s::int[]) AS later (id, at, waits)
-            WHERE jobs.id = later.id AND jobs.status = 'todo'
-            """,
-            [
-                list(postponed),
-                [at for at, _ in postponed.values()],
-                [waits for _, waits in postponed.values()],
-            ],
         )

@@ -8,7 +8,6 @@ import zoneinfo
 from typing import Any
 
 import msgspec
-import procrastinate
 from psycopg.types.json import Jsonb
 
 from notifier.db import Connection
@@ -20,7 +19,7 @@ from notifier.notifications.localtime import (
     zone_named,
 )
 from notifier.notifications.schemas import Notification, NotificationStatus
-from notifier.queue import DELIVER_TASK
+from notifier.queue import DELIVER_TASK, jobs
 from notifier.telemetry import current_traceparent
 
 
@@ -145,8 +144,26 @@ class NotificationDraft(msgspec.Struct, kw_only=True):
     error: str | None = None
 
 
+def delivery_job(
+    notification_id: uuid.UUID,
+    scheduled_at: datetime.datetime | None = None,
+    *,
+    tenant_id: str,
+    slot_waits: int = 0,
+) -> jobs.JobToDefer:
+    """The deliver job of a notification, due at ``scheduled_at`` (None: now).
+
+    The job names the notification's tenant: workers share out due jobs by tenant
+    (migration 0011), and a job's batch is its tenant's. ``slot_waits``: how often the
+    delivery has waited for a host slot already (:mod:`notifier.notifications.host_slots`).
+    """
+    args: dict[str, Any] = {"notification_id": str(notification_id), "tenant_id": tenant_id}
+    if slot_waits:
+        args["slot_waits"] = slot_waits
+    return jobs.JobToDefer(task=DELIVER_TASK, args=args, scheduled_at=scheduled_at)
+
+
 async def defer_delivery(
-    queue: procrastinate.App,
     conn: Connection,
     notification_id: uuid.UUID,
     scheduled_at: datetime.datetime | None = None,
@@ -154,38 +171,31 @@ async def defer_delivery(
     tenant_id: str,
     slot_waits: int = 0,
 ) -> int:
-    """Enqueue the deliver job on ``conn``, inside the caller's transaction.
-
-    The job names the notification's tenant: workers share out due jobs by tenant
-    (migration 0011), and a job's batch is its tenant's. ``slot_waits``: how often the
-    delivery has waited for a host slot already (:mod:`notifier.notifications.host_slots`).
-    """
-    # procrastinate's option is ``schedule_at``; unknown options are silently ignored.
-    deferrer = queue.configure_task(
-        DELIVER_TASK, connection=conn, schedule_at=scheduled_at, allow_unknown=False
-    )
-    waits = {"slot_waits": slot_waits} if slot_waits else {}
-    return await deferrer.defer_async(
-        notification_id=str(notification_id), tenant_id=tenant_id, **waits
-    )
+    """Enqueue the deliver job on ``conn``, inside the caller's transaction; its id."""
+    job = delivery_job(notification_id, scheduled_at, tenant_id=tenant_id, slot_waits=slot_waits)
+    (job_id,) = await jobs.defer_jobs(conn, [job])
+    return job_id
 
 
 async def create_notifications(
-    queue: procrastinate.App, conn: Connection, tenant_id: str, drafts: list[NotificationDraft]
+    conn: Connection, tenant_id: str, drafts: list[NotificationDraft]
 ) -> list[Notification]:
     """Store each draft as the tenant's and, if pending, its deliver job, in the caller's
-    transaction."""
-    created = []
+    transaction (the jobs in one statement)."""
     # Each deliver job continues the trace that created its notification.
     traceparent = current_traceparent()
-    for draft in drafts:
-        notification_id = uuid.uuid4()
-        status = NotificationStatus.FAILED if draft.error else draft.send.status
-        job_id = None
-        if status is NotificationStatus.PENDING:
-            job_id = await defer_delivery(
-                queue, conn, notification_id, draft.send.send_at, tenant_id=tenant_id
-            )
+    planned = [
+        (uuid.uuid4(), NotificationStatus.FAILED if draft.error else draft.send.status, draft)
+        for draft in drafts
+    ]
+    to_defer = {
+        notification_id: delivery_job(notification_id, draft.send.send_at, tenant_id=tenant_id)
+        for notification_id, status, draft in planned
+        if status is NotificationStatus.PENDING
+    }
+    job_ids = dict(zip(to_defer, await jobs.defer_jobs(conn, list(to_defer.values())), strict=True))
+    created = []
+    for notification_id, status, draft in planned:
         values = msgspec.structs.asdict(draft)
         send = values.pop("send")
         values.update(
@@ -196,7 +206,7 @@ async def create_notifications(
             send_at=send.send_at,
             status=status,
             last_error=values.pop("error"),
-            job_id=job_id,
+            job_id=job_ids.get(notification_id),
             traceparent=traceparent,
             tenant_id=tenant_id,
         )

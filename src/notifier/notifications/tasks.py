@@ -9,7 +9,6 @@ import logging
 import uuid
 from typing import Any, NamedTuple
 
-import procrastinate
 import psycopg
 from opentelemetry.trace import SpanKind
 
@@ -23,10 +22,11 @@ from notifier.notifications.scheduling import retry_outside_quiet_hours
 from notifier.notifications.schemas import NotificationStatus
 from notifier.preferences.links import unsubscribe_url
 from notifier.preferences.suppression import suppression_reasons
-from notifier.queue import DELIVER_TASK, DELIVERIES_QUEUE, RetryLater, backoff_seconds
+from notifier.queue import DELIVER_TASK, JobInfo, jobs
+from notifier.queue.retry import RetryLater, backoff_seconds
 from notifier.rate_limits.gcra import Limit
 from notifier.rate_limits.limiter import limit_for, take_send_slot
-from notifier.services import Services, services_from_context
+from notifier.services import Services
 from notifier.settings import Settings
 from notifier.telemetry.tracing import context_from_traceparent, tracer, tracing_enabled
 from notifier.templates import catalog
@@ -176,7 +176,8 @@ SendResult = DeliveryReceipt | DeliveryError | HostBusy | None
 
 
 async def deliver(
-    context: procrastinate.JobContext,
+    services: Services,
+    job: JobInfo,
     notification_id: str,
     tenant_id: str | None = None,
     slot_waits: int = 0,
@@ -192,10 +193,9 @@ async def deliver(
     ``slot_waits``: how often this delivery waited for a host slot before
     (:mod:`notifier.notifications.host_slots`).
     """
-    services = services_from_context(context)
     notification = uuid.UUID(notification_id)
-    job_id = context.job.id
-    group = JobGroup(tenant_id, context.job.priority)
+    job_id = job.id
+    group = JobGroup(tenant_id, job.priority)
     try:
         outcome = await _deliver_once(
             services, notification, job_id, group, slot_taken=False, slot_waits=slot_waits
@@ -314,7 +314,8 @@ async def _settle_jobs_taken_along(
         for row in taken_along
         if row["batch_job_id"] not in retry_at and row["batch_job_id"] not in waited
     ]
-    await queries.settle_batch_jobs(conn, finished=finished, retry_at=retry_at)
+    await jobs.finish_jobs(conn, finished)
+    await jobs.reschedule_jobs(conn, retry_at)
 
 
 async def _still_to_send(
@@ -574,8 +575,3 @@ def _outcome(
         status=status,
     )
     return record, retry
-
-
-def register(queue: procrastinate.App, retry: procrastinate.BaseRetryStrategy) -> None:
-    """Add this module's tasks to ``queue``."""
-    queue.task(name=DELIVER_TASK, queue=DELIVERIES_QUEUE, pass_context=True, retry=retry)(deliver)

@@ -62,8 +62,6 @@ async def take_send_slot(
         if decision.allowed:
             return True
         slot = now + datetime.timedelta(seconds=decision.wait_seconds)
-        new_job = await defer_delivery(
-            services.queue, conn, notification_id, slot, tenant_id=tenant_id
-        )
+        new_job = await defer_delivery(conn, notification_id, slot, tenant_id=tenant_id)
         await queries.hand_over_job(conn, notification_id, job_id, new_job)
     return False

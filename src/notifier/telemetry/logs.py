@@ -15,7 +15,7 @@ from typing import Any
 
 from opentelemetry import trace
 
-from notifier.queue import RetryLater
+from notifier.queue.retry import RetryLater
 from notifier.settings import SettingsError
 
 LOG_FORMATS = ("json", "text")

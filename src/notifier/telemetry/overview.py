@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from notifier.db import Connection, Pool, transaction
 from notifier.notifications import stats
 from notifier.notifications.stats import DeliveryStats
-from notifier.queue import ALL_QUEUES
+from notifier.queue import ALL_QUEUES, jobs
+from notifier.queue.jobs import TenantQueueState
 from notifier.settings import Settings
 from notifier.telemetry import queries
-from notifier.telemetry.queries import TenantQueueState
 
 # A read of the overview that takes longer than this is cancelled (an error page): the
 # page must answer, not pile up queries on a struggling database.
@@ -62,10 +62,10 @@ async def read_overview(
     async def queue_part() -> tuple[dict[str, TenantQueueState], int]:
         async with reading() as conn:
             return (
-                await queries.tenant_queue_states(
+                await jobs.tenant_queue_states(
                     conn, tenant_id, overdue_seconds=settings.overdue_job_seconds
                 ),
-                await queries.live_workers(
+                await jobs.live_workers(
                     conn, heartbeat_within_seconds=settings.stalled_worker_seconds
                 ),
             )

@@ -19,10 +19,10 @@ from prometheus_client.registry import Collector
 
 from notifier.db import Connection, Pool
 from notifier.notifications.schemas import NotificationStatus
-from notifier.queue import ALL_QUEUES
+from notifier.queue import ALL_QUEUES, jobs
+from notifier.queue.jobs import QueueState
 from notifier.settings import Settings
 from notifier.telemetry import queries
-from notifier.telemetry.queries import QueueState
 
 logger = logging.getLogger("notifier.metrics")
 
@@ -84,10 +84,10 @@ class DatabaseStats(Collector):
     async def _read_queues(self) -> QueueSnapshot:
         async def read(conn: Connection) -> QueueSnapshot:
             return QueueSnapshot(
-                workers_alive=await queries.live_workers(
+                workers_alive=await jobs.live_workers(
                     conn, heartbeat_within_seconds=self._settings.stalled_worker_seconds
                 ),
-                queues=await queries.queue_states(conn),
+                queues=await jobs.queue_states(conn),
             )
 
         return await self._query(read)

@@ -17,7 +17,6 @@ from importlib.metadata import version
 from typing import Any
 
 import httpx
-import procrastinate
 from litestar.middleware.base import DefineMiddleware
 from litestar.plugins.opentelemetry import OpenTelemetryConfig
 from opentelemetry import trace
@@ -37,7 +36,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import Attributes, AttributeValue
 
 from notifier.db import Pool
-from notifier.queue import DELIVER_TASK, PROCESS_EVENT_TASK
+from notifier.queue import DELIVER_TASK, PROCESS_EVENT_TASK, JobInfo
+from notifier.queue.app import AroundJob
 from notifier.settings import SettingsError
 
 logger = logging.getLogger("notifier.telemetry")
@@ -233,24 +233,17 @@ async def _stored_traceparent(pool: Pool, task_name: str, kwargs: Mapping[str, A
     return row["traceparent"] if row else None
 
 
-def job_tracing_middleware(
-    pool: Pool,
-) -> Callable[[Callable[[], Awaitable[Any]], procrastinate.JobContext, Any], Awaitable[Any]]:
-    """A procrastinate worker middleware running each job in a CONSUMER span.
+def job_tracing_middleware(pool: Pool) -> AroundJob:
+    """What wraps every job a worker runs: the job in a CONSUMER span.
 
     The span is a child of the trace context stored on the job's event or notification;
     when tracing is off it costs nothing (no lookup, a no-op span).
     """
 
-    async def trace_job(
-        call_next: Callable[[], Awaitable[Any]], context: procrastinate.JobContext, worker: Any
-    ) -> Any:
-        job = context.job
+    async def trace_job(job: JobInfo, call_next: Callable[[], Awaitable[Any]]) -> Any:
         if not tracing_enabled():
             return await call_next()
-        parent = context_from_traceparent(
-            await _stored_traceparent(pool, job.task_name, job.task_kwargs)
-        )
+        parent = context_from_traceparent(await _stored_traceparent(pool, job.task_name, job.args))
         attributes: dict[str, AttributeValue] = {
             "messaging.system": "procrastinate",
             "messaging.operation.type": "process",
@@ -261,8 +254,8 @@ def job_tracing_middleware(
             "notifier.job.attempt": job.attempts + 1,
         }
         for key in ("event_id", "notification_id"):
-            if key in job.task_kwargs:
-                attributes[f"notifier.{key.replace('_id', '.id')}"] = str(job.task_kwargs[key])
+            if key in job.args:
+                attributes[f"notifier.{key.replace('_id', '.id')}"] = str(job.args[key])
         name = job.task_name.removeprefix("notifier.")
         with tracer.start_as_current_span(
             name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes

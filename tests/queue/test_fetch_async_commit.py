@@ -18,7 +18,7 @@ from litestar.testing import AsyncTestClient
 from notifier.bootstrap import open_services
 from notifier.db import transaction
 from notifier.maintenance import run_maintenance
-from notifier.queue import QueueConnector
+from notifier.queue.connector import QueueConnector
 from notifier.services import Services
 from notifier.settings import Settings
 from tests.support import WebhookReceiver, eventually
@@ -26,7 +26,7 @@ from tests.test_maintenance import (
     job,
     job_id_of,
     kill_worker_during,
-    maintenance_context,
+    maintenance_job,
     rows,
     schedule_due_now,
     wait_sent,
@@ -108,7 +108,7 @@ async def test_a_job_run_again_after_its_notification_was_sent_sends_nothing(
     await eventually(finished)
     # As if the finish was lost and the worker died: 'doing' under a dead worker.
     await kill_worker_during(db, job_id)
-    await run_maintenance(maintenance_context(services), timestamp=int(time.time()))
+    await run_maintenance(services, maintenance_job(), timestamp=int(time.time()))
     assert (await job(db, job_id))["status"] == "todo"
 
     async with worker_running(services):

@@ -1,7 +1,7 @@
 """Due jobs are shared out by tenant (migration 0011): one tenant's backlog cannot hold up
 another tenant's due work by more than a turn of each tenant (docs/architecture.md).
 
-The fetch is called directly here, as in tests/test_fetch_job.py; the last tests run a real
+The fetch is called directly here, as in tests/queue/test_fetch_job.py; the last tests run a real
 worker and a real receiver.
 """
 
@@ -313,7 +313,7 @@ async def create_due_webhooks(
         for n in range(count)
     ]
     async with services.pool.connection() as conn, conn.transaction():
-        created = await create_notifications(services.queue, conn, tenant, drafts)
+        created = await create_notifications(conn, tenant, drafts)
     return [str(notification.id) for notification in created]
 
 

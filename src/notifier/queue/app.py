@@ -1,0 +1,194 @@
+"""The procrastinate app: tasks registered from plain functions, and running a worker.
+
+A notifier task is a plain ``async def task(deps, job: JobInfo, **args) -> None``: ``deps``
+is what the worker was started with (the process's services), ``job`` what the task may
+know of its job, and ``args`` the job's arguments. Tasks never see procrastinate's
+``JobContext``, so that features import nothing of procrastinate and a task can be called
+directly (by a test, or a command that runs it inline) with a :class:`JobInfo` made up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import procrastinate
+from procrastinate.app import WorkerOptions
+
+from notifier.db import Pool
+from notifier.queue import TASK_QUEUES, JobInfo
+from notifier.queue.connector import QueueConnector
+from notifier.queue.retry import NotifierRetryStrategy
+
+QueueApp: TypeAlias = procrastinate.App
+
+# What a task function is: ``async def task(deps, job: JobInfo, **args) -> None``.
+TaskFunction: TypeAlias = Callable[..., Awaitable[None]]
+# Wraps every job a worker runs: ``await around_job(job, run)`` must await ``run()`` and
+# return what it returns (tracing starts each job's span here).
+AroundJob: TypeAlias = Callable[[JobInfo, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+# Where a worker keeps the ``deps`` its tasks receive, in procrastinate's job context.
+_DEPS_KEY = "notifier.deps"
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A task to register: its name, function and retry policy.
+
+    ``max_attempts``: runs of a job after which an unexpected error leaves it ``failed``
+    (:class:`~notifier.queue.retry.NotifierRetryStrategy`); None: such a job is never
+    retried. ``cron``: deferred periodically, once per period across all workers
+    (procrastinate's periodic defer lock, named by ``periodic_id``: keep it across
+    releases); the job gets a ``timestamp`` argument. ``queue`` None: the task's own
+    (``TASK_QUEUES``).
+    """
+
+    name: str
+    run: TaskFunction
+    max_attempts: int | None = None
+    cron: str | None = None
+    periodic_id: str = ""
+    queue: str | None = None
+
+
+def create_app(conninfo: str, connect_kwargs: dict[str, Any], tasks: Sequence[Task]) -> QueueApp:
+    """notifier's procrastinate app with ``tasks`` registered. Connects nothing yet.
+
+    Its connector's own pool (``conninfo``, ``connect_kwargs``) is used only where
+    procrastinate opens one, its CLI; everywhere else :func:`open_app` hands it the
+    process's pool.
+    """
+    app = procrastinate.App(connector=QueueConnector(conninfo=conninfo, kwargs=connect_kwargs))
+    _register(app, tasks)
+    return app
+
+
+def create_stock_app(conninfo: str, tasks: Sequence[Task]) -> QueueApp:
+    """procrastinate as it ships (its connector, its fetch, durable commits), with ``tasks``:
+    the bench measures the queue's own ceiling with it."""
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
+    _register(app, tasks)
+    return app
+
+
+def _register(app: QueueApp, tasks: Sequence[Task]) -> None:
+    for task in tasks:
+        retry = (
+            NotifierRetryStrategy(max_attempts=task.max_attempts)
+            if task.max_attempts is not None
+            else False
+        )
+        registered = app.task(
+            name=task.name,
+            queue=task.queue or TASK_QUEUES[task.name],
+            pass_context=True,
+            retry=retry,
+        )(_run_with_deps(task.run))
+        if task.cron is not None:
+            app.periodic(cron=task.cron, periodic_id=task.periodic_id)(registered)
+
+
+def _run_with_deps(run: TaskFunction) -> Callable[..., Awaitable[None]]:
+    """procrastinate's view of ``run``: given the job context, it hands ``run`` the
+    worker's deps and the job."""
+
+    async def run_job(context: procrastinate.JobContext, **args: Any) -> None:
+        if _DEPS_KEY not in context.additional_context:
+            raise RuntimeError(
+                "notifier tasks must run in a worker started by `notifier worker` or `notifier dev`"
+            )
+        await run(context.additional_context[_DEPS_KEY], job_info(context.job), **args)
+
+    run_job.__name__ = run.__name__
+    run_job.__qualname__ = run.__qualname__
+    run_job.__doc__ = run.__doc__
+    return run_job
+
+
+def job_info(job: procrastinate.jobs.Job) -> JobInfo:
+    """What a task is told of procrastinate's ``job`` (fetched, so it has an id)."""
+    assert job.id is not None, "a job a worker runs was fetched from the database"
+    return JobInfo(
+        id=job.id,
+        task_name=job.task_name,
+        queue=job.queue,
+        priority=job.priority,
+        attempts=job.attempts,
+        args=job.task_kwargs,
+    )
+
+
+@asynccontextmanager
+async def open_app(
+    app: QueueApp, pool: Pool | None = None, *, fetch_pool: Pool | None = None
+) -> AsyncIterator[QueueApp]:
+    """``app`` open on the process's ``pool`` (None: a pool of its own), fetching jobs on
+    ``fetch_pool`` (the asynchronous-commit one) when given."""
+    if fetch_pool is not None:
+        assert isinstance(app.connector, QueueConnector), "only notifier's connector fetches there"
+        app.connector.fetch_pool = fetch_pool
+    async with app.open_async(pool):
+        yield app
+
+
+async def run_worker(
+    app: QueueApp,
+    *,
+    deps: object,
+    queues: Iterable[str],
+    concurrency: int,
+    wait: bool = True,
+    name: str | None = None,
+    poll_interval_seconds: float | None = None,
+    listen_notify: bool | None = None,
+    shutdown_timeout_seconds: float | None = None,
+    stalled_worker_seconds: float | None = None,
+    around_job: AroundJob | None = None,
+) -> None:
+    """Run a procrastinate worker on ``queues`` until it stops (with ``wait=False``: until
+    they are empty), its tasks given ``deps``; options left None keep procrastinate's
+    defaults.
+
+    Signals are left to the caller (``notifier.worker`` tells a stop asked for from a
+    worker that stopped because the database went away). It returns, or raises
+    :data:`~notifier.queue.QueueError`, when a side task (heartbeat, LISTEN) fails.
+    """
+    options: WorkerOptions = {
+        "queues": list(queues),
+        "concurrency": concurrency,
+        "wait": wait,
+        "install_signal_handlers": False,
+        "additional_context": {_DEPS_KEY: deps},
+    }
+    if name is not None:
+        options["name"] = name
+    if poll_interval_seconds is not None:
+        # Scheduled jobs are found by polling; LISTEN/NOTIFY wakes workers for jobs due now.
+        options["fetch_job_polling_interval"] = poll_interval_seconds
+        options["abort_job_polling_interval"] = max(poll_interval_seconds, 1.0)
+    if listen_notify is not None:
+        options["listen_notify"] = listen_notify
+    if shutdown_timeout_seconds is not None:
+        options["shutdown_graceful_timeout"] = shutdown_timeout_seconds
+    if stalled_worker_seconds is not None:
+        options["stalled_worker_timeout"] = stalled_worker_seconds
+        # procrastinate heartbeats every 10 s by default: with a shorter stalled timeout a
+        # live worker would look dead and its running jobs be requeued under it.
+        options["update_heartbeat_interval"] = min(10.0, stalled_worker_seconds / 4)
+    if around_job is not None:
+        options["worker_middleware"] = [_worker_middleware(around_job)]
+    await app.run_worker_async(**options)
+
+
+def _worker_middleware(
+    around_job: AroundJob,
+) -> Callable[[Callable[[], Awaitable[Any]], procrastinate.JobContext, Any], Awaitable[Any]]:
+    async def middleware(
+        call_next: Callable[[], Awaitable[Any]], context: procrastinate.JobContext, worker: Any
+    ) -> Any:
+        return await around_job(job_info(context.job), call_next)
+
+    return middleware

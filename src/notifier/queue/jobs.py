@@ -1,0 +1,509 @@
+"""SQL over procrastinate's tables and functions: every statement notifier runs on them.
+
+Functions take the caller's connection and never commit: a job deferred, cancelled,
+finished or rescheduled here commits or rolls back with the caller's business rows. Two
+statements of other features embed a part written here, so that they stay one statement:
+the publish (:func:`defer_jobs_select`, the jobs of the events it stores) and the delivery
+batch (:func:`lock_due_jobs_with`, the due jobs locked together with their notifications).
+
+procrastinate's SQL functions are versioned (``_v1``, ``_v2``): on an upgrade, check each
+one named here against the new ``procrastinate/sql/schema.sql``.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from typing import Any, LiteralString
+
+import msgspec
+import psycopg
+from procrastinate.sql import queries as procrastinate_queries
+from psycopg.types.json import Jsonb
+
+from notifier.db import Connection
+from notifier.queue import TASK_QUEUES
+
+# --- the fetch -------------------------------------------------------------------------
+
+# What procrastinate's worker fetches with; the connector recognises it and runs
+# FETCH_JOB_SQL instead.
+PROCRASTINATE_FETCH_JOB_SQL: LiteralString = procrastinate_queries["fetch_job"]
+# The same columns from notifier's own fetch function (migrations 0009 and 0011): due jobs
+# only, shared out round-robin by tenant; its cost does not grow with the jobs scheduled
+# for later.
+FETCH_JOB_SQL: LiteralString = """
+SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name,
+       attempts, worker_id
+FROM notifier.fetch_job(%(queues)s::varchar[], %(worker_id)s)
+"""
+
+
+# --- deferring -------------------------------------------------------------------------
+
+
+class JobToDefer(msgspec.Struct, frozen=True, kw_only=True):
+    """One job to defer: its task, arguments and due time (None: now).
+
+    Every notifier job names its tenant in ``args`` (``tenant_id``): the fetch shares out due
+    jobs by tenant (migration 0011). ``queue`` None: the task's own (``TASK_QUEUES``).
+    procrastinate's ``lock`` and ``queueing_lock`` are not used by notifier: always NULL.
+    """
+
+    task: str
+    args: dict[str, Any]
+    scheduled_at: datetime.datetime | None = None
+    priority: int = 0
+    queue: str | None = None
+
+
+_DEFER_JOBS_SELECT: LiteralString = """SELECT procrastinate_defer_jobs_v1(array_agg(ROW(
+    {queue}, {task}, {priority}, NULL, NULL, {args}, {scheduled_at}
+)::procrastinate_job_to_defer_v1{order})) AS job_ids
+FROM {rows}"""
+
+
+def defer_jobs_select(
+    *,
+    rows: LiteralString,
+    queue: LiteralString,
+    task: LiteralString,
+    args: LiteralString,
+    scheduled_at: LiteralString = "NULL",
+    priority: LiteralString = "0",
+    order_by: LiteralString | None = None,
+) -> LiteralString:
+    """A SELECT deferring one job per row of ``rows`` (a FROM item), with one call of
+    procrastinate's defer function, in the transaction of the statement it is part of.
+
+    The other arguments are SQL expressions over ``rows``' columns (or parameters). It
+    yields one row, ``job_ids``: the new jobs' ids, in ``order_by`` order (NULL when
+    ``rows`` is empty). A statement embedding it as a CTE must read that row, or the CTE
+    (and the defer) does not run.
+    """
+    return _DEFER_JOBS_SELECT.format(
+        rows=rows,
+        queue=queue,
+        task=task,
+        priority=priority,
+        args=args,
+        scheduled_at=scheduled_at,
+        order=" ORDER BY " + order_by if order_by else "",
+    )
+
+
+_DEFER_JOBS: LiteralString = "SELECT unnest(job_ids) AS id FROM ({deferred}) AS deferred"
+# Defers the jobs of parallel arrays, in one statement; one row per job, its id, in order.
+DEFER_JOBS_SQL: LiteralString = _DEFER_JOBS.format(
+    deferred=defer_jobs_select(
+        rows="""unnest(%(queues)s::text[], %(tasks)s::text[], %(priorities)s::int[],
+                   %(args)s::jsonb[], %(scheduled_ats)s::timestamptz[])
+            WITH ORDINALITY AS job (queue, task, priority, args, scheduled_at, n)""",
+        queue="job.queue",
+        task="job.task",
+        priority="job.priority",
+        args="job.args",
+        scheduled_at="job.scheduled_at",
+        order_by="job.n",
+    )
+)
+
+
+def defer_jobs_parameters(jobs: Sequence[JobToDefer]) -> dict[str, Any]:
+    """The parameters of :data:`DEFER_JOBS_SQL` for ``jobs``."""
+    return {
+        "queues": [job.queue or TASK_QUEUES[job.task] for job in jobs],
+        "tasks": [job.task for job in jobs],
+        "priorities": [job.priority for job in jobs],
+        "args": [Jsonb(job.args) for job in jobs],
+        "scheduled_ats": [job.scheduled_at for job in jobs],
+    }
+
+
+async def defer_jobs(conn: Connection, jobs: Sequence[JobToDefer]) -> list[int]:
+    """Defer ``jobs`` in one statement, in the caller's transaction; their ids, in order.
+
+    A rolled-back transaction leaves no job. Jobs due now wake listening workers when the
+    transaction commits (procrastinate's insert trigger notifies).
+    """
+    if not jobs:
+        return []
+    cursor = await conn.execute(DEFER_JOBS_SQL, defer_jobs_parameters(jobs))
+    return [row["id"] for row in await cursor.fetchall()]
+
+
+# --- the jobs of a delivery batch ------------------------------------------------------
+
+# Waiting jobs of one group (migration 0011: queue, tenant, priority) and task that are
+# due, in the order the fetch takes them, each locked together with the caller's rows
+# joined to it; LIMIT ends the walk, and the locking, after the first rows that qualify.
+# One branch per job index of the group, each read in order; the group's key is written
+# as in those indexes.
+_DUE_JOBS_OF_GROUP: LiteralString = """
+SELECT * FROM (
+    SELECT {columns}, jobs.id AS {job_id}
+    FROM procrastinate_jobs AS jobs
+    {join}
+    WHERE jobs.status = 'todo' AND jobs.scheduled_at IS NULL
+      AND jobs.queue_name = %(group_queue)s
+      AND coalesce(jobs.args->>'tenant_id', '') = coalesce(%(group_tenant)s::text, '')
+      AND jobs.priority = %(group_priority)s
+      AND jobs.task_name = %(group_task)s AND jobs.lock IS NULL
+      AND {where}
+    ORDER BY jobs.id
+    FOR UPDATE OF jobs, {lock} SKIP LOCKED
+) AS run_now
+UNION ALL
+SELECT * FROM (
+    SELECT {columns}, jobs.id AS {job_id}
+    FROM procrastinate_jobs AS jobs
+    {join}
+    WHERE jobs.status = 'todo' AND jobs.scheduled_at IS NOT NULL
+      AND jobs.scheduled_at <= now()
+      AND jobs.queue_name = %(group_queue)s
+      AND coalesce(jobs.args->>'tenant_id', '') = coalesce(%(group_tenant)s::text, '')
+      AND jobs.priority = %(group_priority)s
+      AND jobs.task_name = %(group_task)s AND jobs.lock IS NULL
+      AND {where}
+    ORDER BY jobs.scheduled_at, jobs.id
+    FOR UPDATE OF jobs, {lock} SKIP LOCKED
+) AS scheduled_and_due
+LIMIT %(limit)s
+"""
+
+
+def lock_due_jobs_with(
+    *,
+    columns: LiteralString,
+    join: LiteralString,
+    where: LiteralString,
+    lock: LiteralString,
+    job_id: LiteralString = "job_id",
+) -> LiteralString:
+    """One statement locking the waiting, due jobs of one group and task (rows another
+    transaction holds are skipped) together with the caller's rows joined to each.
+
+    ``join`` joins the caller's table(s) to ``jobs`` (procrastinate's jobs table, by that
+    alias; refer to ``jobs.id`` only), ``where`` filters their rows, ``lock`` names the
+    aliases locked with each job, ``columns`` are selected from them, and every row
+    carries its job's id as ``job_id``. Jobs come in the order the fetch takes them (to
+    run now by id, then the due scheduled ones, earliest first). Parameters: those of
+    :func:`due_jobs_parameters`, and the caller's own.
+    """
+    return _DUE_JOBS_OF_GROUP.format(
+        columns=columns, join=join, where=where, lock=lock, job_id=job_id
+    )
+
+
+def due_jobs_parameters(
+    *, queue: str, task_name: str, tenant_id: str | None, priority: int, limit: int
+) -> dict[str, Any]:
+    """The group (``tenant_id`` None: jobs that name no tenant) and the limit of a
+    :func:`lock_due_jobs_with` statement."""
+    return {
+        "group_queue": queue,
+        "group_task": task_name,
+        "group_tenant": tenant_id,
+        "group_priority": priority,
+        "limit": limit,
+    }
+
+
+async def finish_jobs(conn: Connection, job_ids: Sequence[int]) -> None:
+    """End the (locked, waiting) jobs ``succeeded``, as if they had run: for jobs whose work
+    another job did, in its transaction. procrastinate's own function, so that its events
+    and counts are what a run would have left."""
+    if job_ids:
+        await conn.execute(
+            """
+            SELECT procrastinate_finish_job_v1(job_id, 'succeeded', false)
+            FROM unnest(%s::bigint[]) AS job_id
+            """,
+            [list(job_ids)],
+        )
+
+
+async def reschedule_jobs(
+    conn: Connection,
+    due_at: Mapping[int, datetime.datetime],
+    *,
+    merge_args: Mapping[int, dict[str, Any]] | None = None,
+) -> None:
+    """Make the (locked) jobs of ``due_at`` that still wait due again at the given times,
+    their runs counted as they were; ``merge_args`` adds to (or replaces) arguments of
+    some of them."""
+    if not due_at:
+        return
+    merge_args = merge_args or {}
+    await conn.execute(
+        """
+        UPDATE procrastinate_jobs AS jobs
+        SET scheduled_at = later.at, args = jobs.args || later.args
+        FROM unnest(%s::bigint[], %s::timestamptz[], %s::jsonb[]) AS later (id, at, args)
+        WHERE jobs.id = later.id AND jobs.status = 'todo'
+        """,
+        [
+            list(due_at),
+            list(due_at.values()),
+            [Jsonb(merge_args.get(job_id, {})) for job_id in due_at],
+        ],
+    )
+
+
+async def job_args(conn: Connection, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """The arguments of each of the jobs (those that exist), by id."""
+    if not job_ids:
+        return {}
+    cursor = await conn.execute(
+        "SELECT id, args FROM procrastinate_jobs WHERE id = ANY(%s)", [list(job_ids)]
+    )
+    return {row["id"]: row["args"] for row in await cursor.fetchall()}
+
+
+async def cancel_waiting_job(conn: Connection, job_id: int) -> bool:
+    """Cancel the job if it still waits; whether it did. A running job runs on."""
+    cursor = await conn.execute(
+        "SELECT procrastinate_cancel_job_v1(%s, false, false) AS id", [job_id]
+    )
+    row = await cursor.fetchone()
+    return row is not None and row["id"] is not None
+
+
+# --- maintenance -----------------------------------------------------------------------
+
+
+class StalledJob(msgspec.Struct, frozen=True):
+    """A running job of a worker that stopped heartbeating."""
+
+    id: int
+    task_name: str
+
+
+async def stalled_jobs(conn: Connection, *, seconds_since_heartbeat: float) -> list[StalledJob]:
+    """Running jobs whose worker's last heartbeat is older than ``seconds_since_heartbeat``,
+    or whose worker is gone (procrastinate sets ``worker_id`` NULL when it prunes one)."""
+    cursor = await conn.execute(
+        """
+        SELECT jobs.id, jobs.task_name
+        FROM procrastinate_jobs AS jobs
+        LEFT JOIN procrastinate_workers AS workers ON workers.id = jobs.worker_id
+        WHERE jobs.status = 'doing'
+          AND (jobs.worker_id IS NULL
+               OR workers.last_heartbeat
+                  < statement_timestamp() - make_interval(secs => %s))
+        ORDER BY jobs.id
+        """,
+        [seconds_since_heartbeat],
+    )
+    return [StalledJob(row["id"], row["task_name"]) for row in await cursor.fetchall()]
+
+
+async def requeue_running_job(conn: Connection, job_id: int) -> bool:
+    """Put a running job back in its queue, due now, its run counted; False if it was no
+    longer running (a worker thought dead finished it after all).
+
+    In a savepoint: procrastinate's function raises for a job that is not running, which
+    leaves the caller's transaction usable.
+    """
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT procrastinate_retry_job_v2(%s, statement_timestamp(), NULL, NULL, NULL)",
+                [job_id],
+            )
+    except psycopg.errors.RaiseException:
+        return False
+    return True
+
+
+async def prune_finished_jobs(
+    conn: Connection, *, older_than_hours: int, statuses: Sequence[str]
+) -> None:
+    """Delete the jobs in one of ``statuses`` whose last event is older than
+    ``older_than_hours`` (procrastinate's ``delete_old_jobs``)."""
+    await conn.execute(
+        """
+        DELETE FROM procrastinate_jobs
+        WHERE id IN (
+            SELECT job.id FROM (
+                SELECT DISTINCT ON (job.id) job.id, job.status, event.at AS latest_at
+                FROM procrastinate_jobs AS job
+                JOIN procrastinate_events AS event ON job.id = event.job_id
+                ORDER BY job.id, event.at DESC
+            ) AS job
+            WHERE job.status = ANY(%(statuses)s::procrastinate_job_status[])
+              AND job.latest_at < now() - make_interval(hours => %(hours)s)
+        )
+        """,
+        {"statuses": list(statuses), "hours": older_than_hours},
+    )
+
+
+# --- statistics ------------------------------------------------------------------------
+
+
+class QueueState(msgspec.Struct, frozen=True, kw_only=True):
+    """Jobs of one queue that are due now and still waiting."""
+
+    due_jobs: int
+    # How long the longest-waiting due job has waited since it became due.
+    oldest_due_seconds: float
+
+
+async def queue_states(conn: Connection) -> dict[str, QueueState]:
+    """Due, waiting jobs per queue (queues with none are absent).
+
+    A job is due from its ``scheduled_at``, or, if it has none, from when it was deferred
+    (its first procrastinate event). Among unscheduled jobs the lowest id was deferred
+    first, so one event lookup per queue finds the oldest.
+    """
+    cursor = await conn.execute(
+        """
+        WITH due AS (
+            SELECT queue_name,
+                   count(*) AS due_jobs,
+                   min(scheduled_at) AS earliest_scheduled,
+                   min(id) FILTER (WHERE scheduled_at IS NULL) AS first_unscheduled
+            FROM procrastinate_jobs
+            WHERE status = 'todo' AND (scheduled_at IS NULL OR scheduled_at <= now())
+            GROUP BY queue_name
+        )
+        SELECT queue_name, due_jobs,
+               extract(epoch FROM now() - least(
+                   earliest_scheduled,
+                   (SELECT min(at) FROM procrastinate_events WHERE job_id = first_unscheduled)
+               ))::float8 AS oldest_due_seconds
+        FROM due
+        """
+    )
+    return {
+        row["queue_name"]: QueueState(
+            due_jobs=row["due_jobs"], oldest_due_seconds=max(0.0, row["oldest_due_seconds"] or 0.0)
+        )
+        for row in await cursor.fetchall()
+    }
+
+
+async def live_workers(conn: Connection, *, heartbeat_within_seconds: float) -> int:
+    """Workers whose last heartbeat is recent enough for procrastinate to think them alive."""
+    cursor = await conn.execute(
+        """
+        SELECT count(*) AS alive FROM procrastinate_workers
+        WHERE last_heartbeat > now() - make_interval(secs => %s)
+        """,
+        [heartbeat_within_seconds],
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    return int(row["alive"])
+
+
+# Past this many due jobs of one queue and tenant the overview says "at least": counting
+# a backlog costs a read per job, and a page must not cost more as the backlog grows.
+DUE_JOBS_COUNT_CAP = 10_000
+
+
+class TenantQueueState(msgspec.Struct, frozen=True, kw_only=True):
+    """One tenant's jobs of one queue: due and waiting, overdue among them, and running."""
+
+    due_jobs: int
+    overdue_jobs: int
+    running_jobs: int
+    # How long the longest-waiting due job has waited since it became due (0 when none).
+    oldest_due_seconds: float
+    # The counts stopped at DUE_JOBS_COUNT_CAP: there are at least that many.
+    capped: bool
+
+
+async def tenant_queue_states(
+    conn: Connection, tenant_id: str, *, overdue_seconds: float
+) -> dict[str, TenantQueueState]:
+    """The tenant's due, overdue and running jobs per queue (queues with none are absent).
+
+    Jobs name their tenant in their arguments (migration 0011). The tenant's groups (queue
+    and priority, from ``notifier.job_groups`` and the arrivals not yet moved there) give
+    the exact prefixes of the two group indexes, so each count reads only due entries, at
+    most DUE_JOBS_COUNT_CAP of them per group and kind. A job to run now is due since it
+    was deferred (its first event); "overdue" is due for longer than ``overdue_seconds``.
+    Among jobs to run now the oldest come first by id, so the overdue ones are counted
+    among the first DUE_JOBS_COUNT_CAP.
+    """
+    cursor = await conn.execute(
+        """
+        WITH groups AS (
+            SELECT queue_name, priority FROM notifier.job_groups WHERE tenant_id = %(tenant)s
+            UNION
+            SELECT queue_name, priority FROM notifier.job_group_arrivals
+            WHERE tenant_id = %(tenant)s
+        ), due AS (
+            SELECT g.queue_name, run_now.n + scheduled.n AS due_jobs,
+                   run_now.overdue + scheduled.overdue AS overdue_jobs,
+                   least(run_now.since, scheduled.since) AS oldest_due_since,
+                   run_now.n >= %(cap)s OR scheduled.n >= %(cap)s AS capped
+            FROM groups AS g
+            CROSS JOIN LATERAL (
+                SELECT count(*) AS n,
+                       count(*) FILTER (WHERE deferred_at <= now() - %(overdue)s) AS overdue,
+                       min(deferred_at) AS since
+                FROM (
+                    SELECT (SELECT min(e.at) FROM procrastinate_events AS e
+                            WHERE e.job_id = j.id) AS deferred_at
+                    FROM procrastinate_jobs AS j
+                    WHERE j.queue_name = g.queue_name
+                      AND coalesce(j.args->>'tenant_id', '') = %(tenant)s
+                      AND j.priority = g.priority
+                      AND j.status = 'todo' AND j.scheduled_at IS NULL
+                    ORDER BY j.id
+                    LIMIT %(cap)s
+                ) AS oldest
+            ) AS run_now
+            CROSS JOIN LATERAL (
+                SELECT count(*) AS n,
+                       count(*) FILTER (WHERE scheduled_at <= now() - %(overdue)s) AS overdue,
+                       min(scheduled_at) AS since
+                FROM (
+                    SELECT j.scheduled_at
+                    FROM procrastinate_jobs AS j
+                    WHERE j.queue_name = g.queue_name
+                      AND coalesce(j.args->>'tenant_id', '') = %(tenant)s
+                      AND j.priority = g.priority
+                      AND j.status = 'todo' AND j.scheduled_at IS NOT NULL
+                      AND j.scheduled_at <= now()
+                    ORDER BY j.scheduled_at
+                    LIMIT %(cap)s
+                ) AS earliest
+            ) AS scheduled
+        ), running AS (
+            SELECT queue_name, count(*) AS running_jobs
+            FROM procrastinate_jobs
+            WHERE status = 'doing' AND worker_id IS NOT NULL
+              AND coalesce(args->>'tenant_id', '') = %(tenant)s
+            GROUP BY queue_name
+        )
+        SELECT coalesce(due.queue_name, running.queue_name) AS queue_name,
+               coalesce(sum(due.due_jobs), 0)::bigint AS due_jobs,
+               coalesce(sum(due.overdue_jobs), 0)::bigint AS overdue_jobs,
+               coalesce(max(running.running_jobs), 0)::bigint AS running_jobs,
+               extract(epoch FROM now() - min(due.oldest_due_since))::float8
+                   AS oldest_due_seconds,
+               coalesce(bool_or(due.capped), false) AS capped
+        FROM due FULL JOIN running ON running.queue_name = due.queue_name
+        GROUP BY 1
+        """,
+        {
+            "tenant": tenant_id,
+            "cap": DUE_JOBS_COUNT_CAP,
+            "overdue": datetime.timedelta(seconds=overdue_seconds),
+        },
+    )
+    return {
+        row["queue_name"]: TenantQueueState(
+            due_jobs=row["due_jobs"],
+            overdue_jobs=row["overdue_jobs"],
+            running_jobs=row["running_jobs"],
+            oldest_due_seconds=max(0.0, row["oldest_due_seconds"] or 0.0),
+            capped=row["capped"],
+        )
+        for row in await cursor.fetchall()
+        if row["due_jobs"] or row["running_jobs"]
+    }
