@@ -171,12 +171,14 @@ async def test_maintenance_deferred_as_a_job_recovers_the_stalled_job(
 
     assert len(receiver.received()) == 1
     # The worker's own periodic run (deferred when it starts) may run alongside: whoever
-    # comes second finds nothing left to requeue, and no maintenance job fails for it.
+    # comes second finds nothing left to requeue, and no maintenance job fails for it. (A
+    # periodic run deferred at a minute boundary just before the worker stopped may still
+    # wait, never having run: that is no failure.)
     assert (
         await rows(
             db,
             "SELECT status::text AS status FROM procrastinate_jobs WHERE task_name = %s "
-            "AND status <> 'succeeded'",
+            "AND status NOT IN ('succeeded', 'todo')",
             MAINTENANCE_TASK,
         )
         == []
