@@ -33,7 +33,8 @@ async def process_event(
             return
         tenant_id, event = locked
         rules = await matching_rules(conn, tenant_id, event.type)
-        drafts = drafts_for_event(event, rules, datetime.datetime.now(datetime.UTC))
+        grace = datetime.timedelta(seconds=services.settings.expiry_grace_seconds)
+        drafts = drafts_for_event(event, rules, datetime.datetime.now(datetime.UTC), grace=grace)
         if len(drafts) > limit:
             # All or nothing: an arbitrary first `limit` recipients would be a silent partial
             # send, and storing the excess as failed rows would let one event flood the table.
@@ -46,6 +47,7 @@ async def process_event(
             return
         notifications = await create_notifications(conn, tenant_id, drafts)
         await queries.mark_processed(conn, event.id)
+    services.metrics.count_expired(draft.send.expiry for draft in drafts)
     if event.producer != "api":
         # The API counted its own events; the outbox's are first seen here.
         services.metrics.count_event(event.type, producer=event.producer)

@@ -67,6 +67,8 @@ def draft_from_request(
     check_storable(data)
     check_payload_size("data", data.data)
     data.target_date = checked_instant("target_date", data.target_date)
+    if data.expires_at is not None:
+        data.expires_at = checked_instant("expires_at", data.expires_at)
     if data.email is not None and (problem := email_address_problem(data.email)):
         raise field_error("email", problem)
     if data.phone is not None and (problem := phone_number_problem(data.phone)):
@@ -83,8 +85,10 @@ def draft_from_request(
         data.target_date,
         [datetime.timedelta(days=data.lead_time_days)],
         now,
+        grace=datetime.timedelta(seconds=services.settings.expiry_grace_seconds),
         zone=zone,
         quiet_hours=data.quiet_hours,
+        expires_at=data.expires_at,
     )
     return NotificationDraft(
         notification_type=data.notification_type,
@@ -134,7 +138,10 @@ class NotificationController(Controller):
         idempotent: NamedDependency[IdempotentRequest | None],
     ) -> Response[Notification]:
         """Store the notification and its deliver job, scheduled ``lead_time_days`` before
-        ``target_date``, in one transaction. A target date in the past stores it ``expired``.
+        ``target_date``, in one transaction. Stored ``expired`` (saying why in ``last_error``)
+        only when its send time is not before ``expires_at``, or its target date had passed
+        more than NOTIFIER_EXPIRY_GRACE_SECONDS before; a target date now or just past with
+        ``lead_time_days`` 0 is sent now.
         """
         data = decode_strictly(await request.body(), NotificationCreate)
         draft = draft_from_request(data, services, datetime.datetime.now(datetime.UTC))
@@ -144,6 +151,7 @@ class NotificationController(Controller):
                 return Response(stored.decode(Notification), status_code=stored.status)
             (notification,) = await create_notifications(conn, principal.tenant_id, [draft])
             await idempotency.remember(conn, idempotent, 201, notification)
+        services.metrics.count_expired([draft.send.expiry])
         return Response(notification, status_code=201)
 
     @get(

@@ -27,12 +27,13 @@ async def insert_notification(conn: Connection, values: dict[str, Any]) -> Notif
         INSERT INTO notifier.notifications (
             id, tenant_id, event_id, rule_id, notification_type, entity_id, channel, recipient,
             email, phone, template, context, target_date, lead_time, send_at, status,
-            last_error, job_id, timezone, quiet_hours, traceparent
+            last_error, job_id, timezone, quiet_hours, traceparent, expires_at
         ) VALUES (
             %(id)s, %(tenant_id)s, %(event_id)s, %(rule_id)s, %(notification_type)s,
             %(entity_id)s, %(channel)s, %(recipient)s, %(email)s, %(phone)s, %(template)s,
             %(context)s, %(target_date)s, %(lead_time)s, %(send_at)s, %(status)s,
-            %(last_error)s, %(job_id)s, %(timezone)s, %(quiet_hours)s, %(traceparent)s
+            %(last_error)s, %(job_id)s, %(timezone)s, %(quiet_hours)s, %(traceparent)s,
+            %(expires_at)s
         )
         RETURNING *
         """,

@@ -20,7 +20,8 @@ class NotificationStatus(enum.StrEnum):
     PENDING = "pending"
     SENT = "sent"
     CANCELLED = "cancelled"
-    EXPIRED = "expired"  # its target date passed before it could be sent
+    # Its deadline (expires_at) passed, or its target date long before it could be sent.
+    EXPIRED = "expired"
     SKIPPED = "skipped"  # superseded by a later reminder for the same target
     FAILED = "failed"  # a permanent error: retrying cannot help
     DEAD = "dead"  # every attempt failed
@@ -54,6 +55,9 @@ class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     # The recipient's IANA zone: lead days are counted on its clock, quiet hours read in it.
     timezone: TimeZoneName | None = None
     quiet_hours: QuietHours | None = None
+    # The deliver-by: not sent after it (``expired``, saying so). None: no deadline; then
+    # only a target date passed by more than NOTIFIER_EXPIRY_GRACE_SECONDS expires it.
+    expires_at: AwareDatetime | None = None
 
 
 class DeliveryAttempt(msgspec.Struct, kw_only=True):
@@ -96,6 +100,7 @@ class Notification(msgspec.Struct, kw_only=True):
     cancelled_at: datetime.datetime | None = None
     timezone: str | None = None
     quiet_hours: QuietHours | None = None
+    expires_at: datetime.datetime | None = None
 
 
 class NotificationDetail(Notification, kw_only=True):

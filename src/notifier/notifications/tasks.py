@@ -18,7 +18,11 @@ from notifier.channels.webhook import WebhookChannel
 from notifier.db import Connection, transaction
 from notifier.notifications import host_slots, queries
 from notifier.notifications.host_slots import HostBusy
-from notifier.notifications.scheduling import retry_outside_quiet_hours
+from notifier.notifications.scheduling import (
+    ExpiryReason,
+    retry_outside_quiet_hours,
+    target_deadline,
+)
 from notifier.notifications.schemas import NotificationStatus
 from notifier.preferences.links import unsubscribe_url
 from notifier.preferences.suppression import suppression_reasons
@@ -115,17 +119,6 @@ def retry_delay(settings: Settings, attempt: int, retry_after: float | None) -> 
     if retry_after is not None:
         delay = max(delay, retry_after)
     return min(delay, settings.retry_max_seconds)
-
-
-def _too_late(row: dict[str, Any], now: datetime.datetime) -> bool:
-    """Whether a reminder ahead of its target date can no longer be sent in time.
-
-    One due at the target date itself (lead time zero) runs at or after that date by
-    design, so the date passing cannot make it late.
-    """
-    target_date: datetime.datetime | None = row["target_date"]
-    lead_time: datetime.timedelta = row["lead_time"]
-    return target_date is not None and lead_time > datetime.timedelta(0) and target_date <= now
 
 
 class JobGroup(NamedTuple):
@@ -253,7 +246,7 @@ async def _deliver_once(
             )
             return None
         now = datetime.datetime.now(datetime.UTC)
-        if not await _still_to_send(conn, [row], now):
+        if not await _still_to_send(services, conn, [row], now):
             return None
         limit = _rate_limit(settings, row)
         if limit is not None and not slot_taken:
@@ -269,7 +262,7 @@ async def _deliver_once(
                 priority=group.priority,
                 limit=settings.delivery_batch_size - 1,
             )
-            still_due = await _still_to_send(conn, taken_along, now)
+            still_due = await _still_to_send(services, conn, taken_along, now)
             batch += [(other, other["batch_job_id"]) for other in still_due]
         sources: TemplateCache = {}
         drafts = [await _prepare(services, conn, row, job_id, sources) for row, job_id in batch]
@@ -318,20 +311,45 @@ async def _settle_jobs_taken_along(
     await jobs.reschedule_jobs(conn, retry_at)
 
 
+def expiry_at_delivery(
+    row: dict[str, Any], now: datetime.datetime, grace: datetime.timedelta
+) -> tuple[ExpiryReason, str] | None:
+    """Why a (pending) notification may no longer be sent at ``now``, or None.
+
+    Only for a deadline the client gave (``expires_at``), or a reminder ahead of its target
+    date (lead time above zero) whose target passed more than ``grace`` ago, counted from
+    when the notification was made if that was later (:func:`target_deadline`): an outage
+    or a backlog of notifier's own does not expire it within the grace. One due at the
+    target date itself (lead time zero) runs at or after that date by design.
+    """
+    expires_at: datetime.datetime | None = row["expires_at"]
+    if expires_at is not None and now >= expires_at:
+        return ExpiryReason.DEADLINE, f"its expires_at {expires_at.isoformat()} passed first"
+    target_date: datetime.datetime | None = row["target_date"]
+    lead_time: datetime.timedelta = row["lead_time"]
+    if target_date is None or lead_time <= datetime.timedelta(0):
+        return None
+    if now < target_deadline(target_date, row["created_at"], grace):
+        return None
+    return ExpiryReason.TARGET_PASSED, (
+        f"target date {target_date.isoformat()} passed more than {grace.total_seconds():g} s "
+        "(NOTIFIER_EXPIRY_GRACE_SECONDS) before it could be delivered"
+    )
+
+
 async def _still_to_send(
-    conn: Connection, rows: list[dict[str, Any]], now: datetime.datetime
+    services: Services, conn: Connection, rows: list[dict[str, Any]], now: datetime.datetime
 ) -> list[dict[str, Any]]:
     """Those of the (locked, pending) notifications still to be sent; the others are marked
-    expired or suppressed here."""
+    expired (saying why, counted) or suppressed here."""
+    grace = datetime.timedelta(seconds=services.settings.expiry_grace_seconds)
     in_time = []
     for row in rows:
-        if _too_late(row, now):
-            await queries.set_status(
-                conn,
-                row["id"],
-                NotificationStatus.EXPIRED,
-                last_error="target date passed before delivery",
-            )
+        if (expiry := expiry_at_delivery(row, now, grace)) is not None:
+            expiry_reason, why = expiry
+            await queries.set_status(conn, row["id"], NotificationStatus.EXPIRED, last_error=why)
+            services.metrics.count_expired([expiry_reason])
+            logger.warning("notification %s expired: %s", row["id"], why)
         else:
             in_time.append(row)
     # After scheduling, the recipient may have opted out: never sent, no attempt made.

@@ -69,6 +69,9 @@ class RuleCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timezone: TimeZoneName | None = None
     timezone_field: FieldPath | None = None
     quiet_hours: QuietHours | None = None
+    # A deadline for the notifications it makes: each expires this long after its send
+    # time (an ISO 8601 duration, "PT1H"). None: only a long-passed target date expires them.
+    deliver_within: IsoDuration | None = None
 
 
 class RuleUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -86,11 +89,13 @@ class RuleUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timezone: TimeZoneName | msgspec.UnsetType | None = msgspec.UNSET
     timezone_field: FieldPath | msgspec.UnsetType | None = msgspec.UNSET
     quiet_hours: QuietHours | msgspec.UnsetType | None = msgspec.UNSET
+    deliver_within: IsoDuration | msgspec.UnsetType | None = msgspec.UNSET
 
     def applied_to(self, rule: Rule) -> RuleCreate:
         """``rule`` with these changes, as a whole rule to validate and store."""
         current = {name: getattr(rule, name) for name in RuleCreate.__struct_fields__}
         current["lead_times"] = msgspec.to_builtins(rule.lead_times)  # back to "P7D" strings
+        current["deliver_within"] = msgspec.to_builtins(rule.deliver_within)
         changes = {
             name: value
             for name, value in msgspec.structs.asdict(self).items()
@@ -116,6 +121,7 @@ class Rule(msgspec.Struct, kw_only=True):
     timezone: str | None = None
     timezone_field: str | None = None
     quiet_hours: QuietHours | None = None
+    deliver_within: datetime.timedelta | None = None
 
 
 def rule_from_row(row: dict[str, Any]) -> Rule:
