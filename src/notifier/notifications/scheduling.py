@@ -55,12 +55,14 @@ def target_deadline(
     target_date: datetime.datetime, accepted_at: datetime.datetime, grace: datetime.timedelta
 ) -> datetime.datetime:
     """The last moment a reminder of ``target_date`` may still go out: ``grace`` after the
-    target date, or after the notifier accepted the request if that came later.
+    target date, or after notifier accepted the request or event if that came later.
 
     Counted from the acceptance too, so that the time a request, an event or a delivery
-    waits inside notifier (an outage, a backlog) cannot use up the grace: only a target date
-    that had really passed when the client asked does.
+    waits inside notifier (an outage, a backlog) cannot use up the grace: a target date
+    that had passed by more than the grace when the client asked is already past it.
     """
+    if target_date + grace <= accepted_at:
+        return target_date + grace
     return max(target_date, accepted_at) + grace
 
 
