@@ -28,6 +28,7 @@ from notifier.preferences.api import PreferenceController, UnsubscribeController
 from notifier.problems import EXCEPTION_HANDLERS
 from notifier.rate_limits.api import RateLimitController
 from notifier.request_checks import ClosedStructSchemaPlugin, RequestChecks
+from notifier.request_retry import retry_lost_transactions_middleware
 from notifier.rules.api import RuleController
 from notifier.services import Services
 from notifier.settings import Settings
@@ -121,6 +122,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
         middleware=[
             *([litestar_middleware()] if tracing_enabled() else []),
             request_metrics_middleware,
+            # A request whose connection died before COMMIT runs again on a fresh one.
+            retry_lost_transactions_middleware,
         ],
         # The process's entry point configures logging (notifier.telemetry); Litestar's
         # default would replace the root handler with its own text format.
