@@ -21,11 +21,11 @@ from notifier.docs_ui import DOCS_PATH, docs_router, swagger_ui_plugin
 from notifier.events.api import EventController
 from notifier.events.publisher import EventPublisher
 from notifier.health import health, liveness, readiness
-from notifier.idempotency import idempotent_request
+from notifier.http.params import idempotent_request
+from notifier.http.problems import EXCEPTION_HANDLERS
 from notifier.migrate import schema_scripts
 from notifier.notifications.api import NotificationController
 from notifier.preferences.api import PreferenceController, UnsubscribeController
-from notifier.problems import EXCEPTION_HANDLERS
 from notifier.rate_limits.api import RateLimitController
 from notifier.request_checks import ClosedStructSchemaPlugin, RequestChecks
 from notifier.rules.api import RuleController

@@ -23,7 +23,7 @@ from markupsafe import Markup
 
 from notifier.auth import admin
 from notifier.auth.guard import Authenticator
-from notifier.problems import ProblemError
+from notifier.errors import ProblemError
 from notifier.services import Services
 from notifier.telemetry.overview import Overview, read_overview
 from notifier.tenancy import Principal, Scope
