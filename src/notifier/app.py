@@ -21,6 +21,7 @@ from notifier.docs_ui import DOCS_PATH, docs_router, swagger_ui_plugin
 from notifier.events.api import EventController
 from notifier.events.publisher import EventPublisher
 from notifier.health import health, liveness, readiness
+from notifier.http.middleware import request_metrics_middleware, tracing_middleware
 from notifier.http.params import idempotent_request
 from notifier.http.problems import EXCEPTION_HANDLERS
 from notifier.migrate import schema_scripts
@@ -32,9 +33,9 @@ from notifier.rules.api import RuleController
 from notifier.services import Services
 from notifier.settings import Settings
 from notifier.telemetry.api import metrics_endpoint
-from notifier.telemetry.metrics import Metrics, request_metrics_middleware
+from notifier.telemetry.metrics import Metrics
 from notifier.telemetry.stats import DatabaseStats
-from notifier.telemetry.tracing import litestar_middleware, tracing_enabled
+from notifier.telemetry.tracing import tracing_enabled
 from notifier.templates.api import TemplateController
 from notifier.tenancy import provide_principal
 from notifier.ui import DashboardPlugin
@@ -119,7 +120,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
         lifespan=[lifespan],
         # Server spans only when tracing is on: no per-request cost otherwise.
         middleware=[
-            *([litestar_middleware()] if tracing_enabled() else []),
+            *([tracing_middleware()] if tracing_enabled() else []),
             request_metrics_middleware,
         ],
         # The process's entry point configures logging (notifier.telemetry); Litestar's
