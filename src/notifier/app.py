@@ -24,11 +24,11 @@ from notifier.health import health, liveness, readiness
 from notifier.http.middleware import request_metrics_middleware, tracing_middleware
 from notifier.http.params import idempotent_request
 from notifier.http.problems import EXCEPTION_HANDLERS
+from notifier.http.request_checks import ClosedStructSchemaPlugin, RequestChecks
 from notifier.migrate import schema_scripts
 from notifier.notifications.api import NotificationController
 from notifier.preferences.api import PreferenceController, UnsubscribeController
 from notifier.rate_limits.api import RateLimitController
-from notifier.request_checks import ClosedStructSchemaPlugin, RequestChecks
 from notifier.rules.api import RuleController
 from notifier.services import Services
 from notifier.settings import Settings
@@ -130,7 +130,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
         before_send=[list_every_method_in_allow],
         # 422 for a query parameter the operation does not declare, 415 for a body in a media
         # type it does not declare, 400 for one that is not UTF-8: before any handler or
-        # dependency reads the request (request_checks.py).
+        # dependency reads the request (http/request_checks.py).
         before_request=RequestChecks(),
         # The dashboard at /ui (notifier.ui): its routes, templates, sessions and start-up.
         plugins=[ClosedStructSchemaPlugin(), DashboardPlugin(settings)],

@@ -60,7 +60,7 @@ def problem_responses(*statuses: int, needs_key: bool = True) -> dict[int, Respo
 
     Given for 400, they replace the default one Litestar documents for every handler with
     parameters, which describes its own error shape rather than ours. Every operation may
-    answer 422 for a query parameter it does not define (request_checks.py). Every API
+    answer 422 for a query parameter it does not define (http/request_checks.py). Every API
     operation needs a key, so every one may also answer 401, 403, 429 and 503.
     """
     always = (422, 401, 403, 429, 503) if needs_key else (422,)
