@@ -29,6 +29,10 @@ WITHOUT_LITESTAR = [
     "notifier.errors",
     "notifier.api_types",
     "notifier.idempotency",
+    "notifier.tenancy",
+    "notifier.auth.service",
+    "notifier.auth.commands",
+    "notifier.pagination",
 ]
 
 

@@ -22,7 +22,7 @@ from notifier.events.api import EventController
 from notifier.events.publisher import EventPublisher
 from notifier.health import health, liveness, readiness
 from notifier.http.middleware import request_metrics_middleware, tracing_middleware
-from notifier.http.params import idempotent_request
+from notifier.http.params import idempotent_request, provide_principal
 from notifier.http.problems import EXCEPTION_HANDLERS
 from notifier.http.request_checks import ClosedStructSchemaPlugin, RequestChecks
 from notifier.migrate import schema_scripts
@@ -37,7 +37,6 @@ from notifier.telemetry.metrics import Metrics
 from notifier.telemetry.stats import DatabaseStats
 from notifier.telemetry.tracing import tracing_enabled
 from notifier.templates.api import TemplateController
-from notifier.tenancy import provide_principal
 from notifier.ui import DashboardPlugin
 
 

@@ -17,7 +17,7 @@ from notifier.api_types import MAX_FILTER_LENGTH
 from notifier.idempotency import HEADER, KEY_PATTERN, MAX_KEY_LENGTH, IdempotentRequest, identify
 from notifier.pagination import MAX_CURSOR_LENGTH, MAX_LIMIT
 from notifier.templates.schemas import TEMPLATE_NAME_PATTERN
-from notifier.tenancy import Principal
+from notifier.tenancy import PRINCIPAL_STATE_KEY, Principal
 
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description="Page size")]
 CursorParameter = Annotated[
@@ -75,3 +75,15 @@ async def idempotent_request(
         path=request.url.path,
         body=await request.body(),
     )
+
+
+async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
+    """Litestar dependency: the caller of this request, as the handler's guard authenticated it.
+
+    A handler without an authenticating guard has no principal: that is a programming
+    error, refused loudly (and caught at start-up by :func:`notifier.auth.guard.check_guarded`).
+    """
+    principal = request.state.get(PRINCIPAL_STATE_KEY)
+    if not isinstance(principal, Principal):
+        raise RuntimeError(f"{request.url.path} has no authenticating guard")
+    return principal
