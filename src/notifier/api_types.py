@@ -49,9 +49,11 @@ T = TypeVar("T")
 def decode_strictly(body: bytes, type_: type[T]) -> T:
     """``body`` decoded as ``type_`` the strict way, or a 422 naming the field at fault.
 
-    Litestar validates request bodies leniently (``strict=False``): it reads the number
-    ``0`` as a time (the Unix epoch) and ``"7"`` as an integer, which the OpenAPI document
-    does not allow. Handlers re-decode the body, already checked by Litestar, with this.
+    Litestar's own decoding is lenient (``strict=False``): it reads the number ``0`` as a
+    time (the Unix epoch) and ``"7"`` as an integer, which the OpenAPI document does not
+    allow. The API decodes request bodies with this instead, once
+    (:class:`notifier.http.body.StrictBody`). A body that is not JSON at all raises
+    ``msgspec.DecodeError``.
 
     One thing strict msgspec refuses is valid all the same: ``7.0`` where the document says
     ``integer``. JSON Schema has one kind of number, and 7.0 is an integer there (and what

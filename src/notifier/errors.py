@@ -76,14 +76,14 @@ def field_error(
 
 
 # msgspec says where a value is wrong as a JSON path at the end of its message.
-MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 # ... and names a missing or unexpected field only in the message.
 _NAMED_FIELD = re.compile(r"(?:missing required|contains unknown) field `(?P<name>[^`]+)`")
 
 
 def split_msgspec_path(message: str) -> tuple[str, str | None]:
     """``("Expected `int`, got `str`", ".data.limit")`` from msgspec's message."""
-    match = MSGSPEC_PATH.search(message)
+    match = _MSGSPEC_PATH.search(message)
     if match is None:
         return message, None
     return message[: match.start()], match.group("path")
