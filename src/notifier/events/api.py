@@ -108,7 +108,7 @@ class EventController(Controller):
         With an ``Idempotency-Key``, a repeat returns the first answer and stores nothing new.
         """
         events, is_batch = parse_publish_request(
-            request.headers.get("content-type", ""), await request.body()
+            request.headers.get("content-type", ""), await request.body(), request.headers
         )
         outcome = await service.publish(
             services.pool,
