@@ -26,9 +26,9 @@ from urllib.parse import unquote
 import msgspec
 
 from notifier.api_types import AwareDatetime, EventType, Payload
+from notifier.errors import FieldProblem, ProblemError, msgspec_problem
 from notifier.events.schemas import EventCreate
 from notifier.patterns import whole
-from notifier.problems import FieldProblem, ProblemError, msgspec_problem
 
 CLOUDEVENTS_JSON = "application/cloudevents+json"
 CLOUDEVENTS_BATCH_JSON = "application/cloudevents-batch+json"
