@@ -14,7 +14,7 @@ from notifier.rules.schemas import Rule, RuleCreate, rule_from_row
 
 def _rule_params(rule: RuleCreate, lead_times: list[datetime.timedelta]) -> dict[str, object]:
     """The query parameters of a rule's columns (quiet hours as JSON, or NULL)."""
-    # deliver_within was checked by the API (notifier.rules.api.parse_deliver_within).
+    # deliver_within was checked by notifier.rules.service.parse_deliver_within.
     deliver_within = (
         None
         if rule.deliver_within is None
