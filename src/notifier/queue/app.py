@@ -233,6 +233,9 @@ async def _hand_back_orphaned_jobs(
         try:
             async with transaction(pool) as conn:
                 listed = await jobs.running_jobs_of_worker(conn, worker_id)
+            # procrastinate's own record of the jobs this worker runs, a private attribute
+            # (procrastinate is pinned: check it on an upgrade, like the SQL in jobs.py). A
+            # job stays in it until its outcome write is done, retries included.
             held = {context.job.id for context in worker._running_jobs.values()}
             orphaned = listed - held
             for job_id in orphaned & suspects:
