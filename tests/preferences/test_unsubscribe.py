@@ -11,7 +11,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from notifier.app import create_app
-from notifier.notifications.tasks import _message, _unsubscribe_link
+from notifier.notifications.delivery import outgoing_message, unsubscribe_link
+from notifier.notifications.queries import DeliveryRow
+from notifier.notifications.schemas import NotificationStatus
 from notifier.preferences.links import (
     InvalidToken,
     list_unsubscribe_headers,
@@ -80,28 +82,34 @@ def test_links_and_headers_exist_only_when_configured() -> None:
 
 
 def test_channels_get_the_link_of_the_notification_they_send() -> None:
-    row = {
-        "id": uuid.uuid4(),
-        "tenant_id": "default",
-        "notification_type": "invoice.due",
-        "channel": "email",
-        "recipient": "ada@example.com",
-        "event_id": None,
-        "entity_id": "invoice-1",
-        "target_date": datetime.datetime(2027, 1, 1, tzinfo=datetime.UTC),
-        "template": None,
-        "context": {},
-    }
+    row = DeliveryRow(
+        id=uuid.uuid4(),
+        tenant_id="default",
+        notification_type="invoice.due",
+        channel="email",
+        recipient="ada@example.com",
+        status=NotificationStatus.PENDING,
+        attempts=0,
+        send_at=datetime.datetime(2026, 12, 25, tzinfo=datetime.UTC),
+        event_id=None,
+        entity_id="invoice-1",
+        target_date=datetime.datetime(2027, 1, 1, tzinfo=datetime.UTC),
+        lead_time=datetime.timedelta(days=7),
+        template=None,
+        context={},
+    )
     settings = Settings(unsubscribe_secret=SECRET, public_base_url=BASE_URL)
 
     content = RenderedMessage(subject="Invoice due", text="Pay it")
 
-    message = _message(row, 1, content, _unsubscribe_link(row, settings))
+    message = outgoing_message(row, 1, content, unsubscribe_link(row, settings))
 
     assert message.unsubscribe_url is not None
     scope = verify_token(SECRET, message.unsubscribe_url.rsplit("/", 1)[1])
     assert (scope.channel, scope.notification_type) == ("email", "invoice.due")
-    assert _message(row, 1, content, _unsubscribe_link(row, Settings())).unsubscribe_url is None
+    assert (
+        outgoing_message(row, 1, content, unsubscribe_link(row, Settings())).unsubscribe_url is None
+    )
 
 
 @pytest.fixture

@@ -13,29 +13,22 @@ from notifier.auth.guard import BEARER_SECURITY, requires
 from notifier.db import transaction
 from notifier.problems import not_found, problem_responses
 from notifier.rate_limits import queries
-from notifier.rate_limits.limiter import default_limit
-from notifier.rate_limits.schemas import LimitSource, RateLimit, RateLimitSet
+from notifier.rate_limits.gcra import Limit
+from notifier.rate_limits.limiter import limit_in_force
+from notifier.rate_limits.schemas import RateLimit, RateLimitSet
 from notifier.services import Services
 from notifier.tenancy import Principal, Scope
 
 
 def _effective(services: Services, channel: str, override: dict[str, Any] | None) -> RateLimit:
-    if override is not None:
-        return RateLimit(
-            channel=channel,
-            per_second=override["per_second"],
-            burst=override["burst"],
-            source=LimitSource.TENANT,
-            updated_at=override["updated_at"],
-        )
-    default = default_limit(services.settings, channel)
-    if default is None:
-        return RateLimit(channel=channel, per_second=None, burst=None, source=LimitSource.NONE)
+    own = None if override is None else Limit(override["per_second"], override["burst"])
+    in_force = limit_in_force(services.settings, channel, own)
     return RateLimit(
         channel=channel,
-        per_second=default.per_second,
-        burst=default.burst,
-        source=LimitSource.DEFAULT,
+        per_second=in_force.limit.per_second if in_force.limit else None,
+        burst=in_force.limit.burst if in_force.limit else None,
+        source=in_force.source,
+        updated_at=override["updated_at"] if override else None,
     )
 
 
