@@ -154,7 +154,7 @@ class JobSettlement(msgspec.Struct, frozen=True):
 
 
 def settle_jobs_taken_along(
-    taken_along: list[int | None],
+    taken_along: list[int],
     attempted: dict[int, Verdict | None],
     now: datetime.datetime,
 ) -> JobSettlement:
@@ -173,8 +173,6 @@ def settle_jobs_taken_along(
     }
     waited = {job_id for job_id, verdict in attempted.items() if verdict is None}
     finished = [
-        job_id
-        for job_id in taken_along
-        if job_id is not None and job_id not in due_again and job_id not in waited
+        job_id for job_id in taken_along if job_id not in due_again and job_id not in waited
     ]
     return JobSettlement(finished, due_again)
