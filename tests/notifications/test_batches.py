@@ -16,11 +16,10 @@ from litestar.testing import AsyncTestClient
 from opentelemetry.trace import SpanKind
 
 from notifier.notifications import delivery
-from notifier.notifications.queries import DeliveryRow
-from notifier.notifications.schemas import NotificationStatus
 from notifier.settings import Settings
 from notifier.telemetry import tracing
 from notifier.telemetry.tracing import current_traceparent
+from tests.notifications.rows import delivery_row
 from tests.notifications.test_delivery import job_of, running_worker, schedule, webhook_id
 from tests.preferences.test_api import opt_out
 from tests.support import WebhookReceiver, eventually, wait_for_status
@@ -225,19 +224,7 @@ def test_a_notification_taken_along_is_traced_in_its_own_trace(
         traceparent = current_traceparent()
     notification_id = uuid.uuid4()
     taken_along = delivery.Attempt(
-        row=DeliveryRow(
-            id=notification_id,
-            tenant_id="default",
-            notification_type="invoice.due",
-            channel="webhook",
-            recipient="https://hooks.example.com/",
-            status=NotificationStatus.PENDING,
-            attempts=0,
-            send_at=datetime.datetime.now(datetime.UTC),
-            target_date=None,
-            lead_time=datetime.timedelta(0),
-            traceparent=traceparent,
-        ),
+        row=delivery_row(id=notification_id, traceparent=traceparent),
         job_id=42,
         number=1,
         channel=None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,8 +11,6 @@ from litestar.testing import AsyncTestClient
 
 from notifier.app import create_app
 from notifier.notifications.delivery import outgoing_message, unsubscribe_link
-from notifier.notifications.queries import DeliveryRow
-from notifier.notifications.schemas import NotificationStatus
 from notifier.preferences.links import (
     InvalidToken,
     list_unsubscribe_headers,
@@ -23,6 +20,7 @@ from notifier.preferences.links import (
 )
 from notifier.settings import Settings
 from notifier.templates.rendering import RenderedMessage
+from tests.notifications.rows import delivery_row
 from tests.support import assert_problem
 
 SECRET = "unsubscribe-secret-for-tests-only-0123456789"
@@ -82,21 +80,12 @@ def test_links_and_headers_exist_only_when_configured() -> None:
 
 
 def test_channels_get_the_link_of_the_notification_they_send() -> None:
-    row = DeliveryRow(
-        id=uuid.uuid4(),
-        tenant_id="default",
-        notification_type="invoice.due",
+    row = delivery_row(
         channel="email",
+        notification_type="invoice.due",
         recipient="ada@example.com",
-        status=NotificationStatus.PENDING,
-        attempts=0,
-        send_at=datetime.datetime(2026, 12, 25, tzinfo=datetime.UTC),
-        event_id=None,
         entity_id="invoice-1",
         target_date=datetime.datetime(2027, 1, 1, tzinfo=datetime.UTC),
-        lead_time=datetime.timedelta(days=7),
-        template=None,
-        context={},
     )
     settings = Settings(unsubscribe_secret=SECRET, public_base_url=BASE_URL)
 

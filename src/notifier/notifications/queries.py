@@ -267,10 +267,11 @@ async def lock_due_deliveries(
         limit=limit,
     )
     cursor = await conn.execute(_LOCK_DUE_DELIVERIES, {**group, "channel": channel})
-    return [
-        LockedDelivery(_delivery_row(row), row.pop("batch_job_id"))
-        for row in await cursor.fetchall()
-    ]
+    locked = []
+    for row in await cursor.fetchall():
+        job_id = row.pop("batch_job_id")
+        locked.append(LockedDelivery(_delivery_row(row), job_id))
+    return locked
 
 
 async def hand_over_job(
