@@ -24,6 +24,13 @@ from notifier.queue import DELIVERIES_QUEUE, jobs
 from notifier.rate_limits.gcra import Limit
 
 
+async def _the_notification(cursor: psycopg.AsyncCursor[dict[str, Any]]) -> Notification:
+    """The one notification row a statement returned (``RETURNING *``)."""
+    row = await cursor.fetchone()
+    assert row is not None
+    return notification_from_row(row)
+
+
 async def insert_notification(conn: Connection, values: dict[str, Any]) -> Notification:
     """Insert one notification row (``values`` holds every column but the timestamps)."""
     cursor = await conn.execute(
@@ -42,9 +49,7 @@ async def insert_notification(conn: Connection, values: dict[str, Any]) -> Notif
         """,
         values,
     )
-    row = await cursor.fetchone()
-    assert row is not None
-    return notification_from_row(row)
+    return await _the_notification(cursor)
 
 
 async def get_notification(
@@ -162,9 +167,7 @@ async def set_status(
         """,
         {"id": notification_id, "status": status, "last_error": last_error},
     )
-    row = await cursor.fetchone()
-    assert row is not None
-    return notification_from_row(row)
+    return await _the_notification(cursor)
 
 
 class DeliveryRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -356,9 +359,7 @@ async def start_new_round(
         """,
         {"id": notification_id, "job_id": job_id, "traceparent": traceparent},
     )
-    row = await cursor.fetchone()
-    assert row is not None
-    return notification_from_row(row)
+    return await _the_notification(cursor)
 
 
 async def note_error(conn: Connection, notification_id: uuid.UUID, error: str) -> None:
