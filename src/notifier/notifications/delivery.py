@@ -110,7 +110,7 @@ async def deliver(
     (:mod:`notifier.notifications.host_slots`).
 
     The rows stay locked for the whole attempt: a concurrent cancel waits and then sees
-    the outcome, so nothing is both reported cancelled and sent. A crash mid-send rolls
+    what came of it, so nothing is both reported cancelled and sent. A crash mid-send rolls
     the transaction back; the stalled job is retried and resends with the same
     idempotency key (at-least-once), and the jobs of the batch it took along run again.
     Raises :class:`RetryLater` after committing an attempt to retry, so that the job runs
