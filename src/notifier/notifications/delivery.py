@@ -271,7 +271,7 @@ async def _still_to_send(
         expiry = expiry_at_delivery(
             target_date=row.target_date,
             lead_time=row.lead_time,
-            accepted_at=row.created_at,
+            accepted_at=row.created_at or now,
             expires_at=row.expires_at,
             now=now,
             grace=grace,

@@ -184,7 +184,8 @@ class DeliveryRow(msgspec.Struct, frozen=True, kw_only=True):
     send_at: datetime.datetime
     target_date: datetime.datetime | None
     lead_time: datetime.timedelta
-    created_at: datetime.datetime
+    # When the notification was made (the row always has it; None only in hand-made rows).
+    created_at: datetime.datetime | None = None
     expires_at: datetime.datetime | None = None
     event_id: uuid.UUID | None = None
     entity_id: str | None = None

@@ -36,7 +36,8 @@ def judge(
     return judge_attempt(result, attempt=attempt, policy=POLICY, window=window, now=NOW)
 
 
-GRACE = datetime.timedelta(minutes=5)
+MINUTE = datetime.timedelta(minutes=1)
+GRACE = 5 * MINUTE
 
 
 @pytest.mark.parametrize(
@@ -49,7 +50,7 @@ GRACE = datetime.timedelta(minutes=5)
         (NOW - GRACE, DAY, NOW - DAY, ExpiryReason.TARGET_PASSED),
         (NOW - DAY, DAY, NOW - 2 * DAY, ExpiryReason.TARGET_PASSED),
         # Made long after its target (a backlog of notifier's own): the grace counts from then.
-        (NOW - DAY, DAY, NOW - datetime.timedelta(minutes=1), None),
+        (NOW - 6 * MINUTE, DAY, NOW - 4 * MINUTE, None),
         # Due at the target date itself: the date passing cannot make it late.
         (NOW - DAY, datetime.timedelta(0), NOW - 2 * DAY, None),
     ],
