@@ -501,7 +501,8 @@ async def test_expires_at_passing_before_delivery_expires_it_without_an_attempt(
     client: AsyncTestClient[Any], receiver: WebhookReceiver, settings: Settings
 ) -> None:
     now = datetime.datetime.now(UTC)
-    expires_at = now + datetime.timedelta(seconds=3)  # ample for the request, even on a busy machine
+    # Ample for the request to be stored pending, even on a busy machine.
+    expires_at = now + datetime.timedelta(seconds=3)
     response = await client.post(
         "/api/v1/notifications/",
         json={
