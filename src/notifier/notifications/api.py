@@ -50,7 +50,7 @@ from notifier.pagination import (
 )
 from notifier.problems import ProblemError, field_error, not_found, problem_responses
 from notifier.queue import jobs
-from notifier.recipients import email_address_problem, phone_number_problem
+from notifier.recipients import e164_phone, email_address_problem, phone_number_problem
 from notifier.services import Services
 from notifier.telemetry import current_traceparent
 from notifier.tenancy import Principal, Scope
@@ -66,15 +66,28 @@ def draft_from_request(
     """Check a create request against the configured channels and plan its one send."""
     check_storable(data)
     check_payload_size("data", data.data)
+    if data.target_date.tzinfo is None:
+        data.target_date = data.target_date.replace(tzinfo=datetime.UTC)
     data.target_date = checked_instant("target_date", data.target_date)
     if data.email is not None and (problem := email_address_problem(data.email)):
         raise field_error("email", problem)
-    if data.phone is not None and (problem := phone_number_problem(data.phone)):
-        raise field_error("phone", problem)
     channel_name = data.channel or services.settings.default_channel
+    region = services.settings.default_phone_region
     # The seed shape carries both an email and a phone: SMS goes to the phone.
     fallback = (data.phone or data.email) if channel_name == "sms" else (data.email or data.phone)
     recipient = data.recipient or fallback
+    recipient_field = (
+        "recipient" if data.recipient else "phone" if recipient == data.phone else "email"
+    )
+    phone = data.phone
+    if channel_name == "sms" and recipient is not None:
+        # The SMS recipient must be a number the provider can dial, whichever field gave it.
+        if (problem := phone_number_problem(recipient, region)) is not None:
+            raise field_error(recipient_field, problem)
+        recipient = e164_phone(recipient, region)
+    if phone is not None:
+        # A phone that is not the recipient is only kept: in E.164 form where it reads as one.
+        phone = e164_phone(phone, region) or phone
     checked_channel(services, channel_name, recipient)
     if recipient is None:
         raise field_error("recipient", "give recipient, email or phone")
@@ -92,7 +105,7 @@ def draft_from_request(
         channel=channel_name,
         recipient=recipient,
         email=data.email,
-        phone=data.phone,
+        phone=phone,
         target_date=data.target_date,
         context=data.data,
         send=send,

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 
 import msgspec
 
-from notifier.api_types import AwareDatetime, ChannelName, EventType, Payload, Recipient
+from notifier.api_types import ChannelName, EventType, Payload, Recipient
 from notifier.notifications.localtime import QuietHours, TimeZoneName
-from notifier.recipients import E164_PATTERN
+from notifier.recipients import MAX_PHONE_LENGTH
 
 
 class NotificationStatus(enum.StrEnum):
@@ -37,7 +37,11 @@ class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
 
     notification_type: EventType
     entity_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    target_date: AwareDatetime
+    # Seed clients send it without an offset, meaning UTC (as the seed read it).
+    target_date: Annotated[
+        datetime.datetime,
+        msgspec.Meta(description="An ISO 8601 date-time; one without an offset is UTC"),
+    ]
     lead_time_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 7
     # Checked with notifier.recipients; the schema says so for clients and the fuzz tests.
     email: (
@@ -46,7 +50,15 @@ class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
         ]
         | None
     ) = None
-    phone: Annotated[str, msgspec.Meta(max_length=16, pattern=E164_PATTERN)] | None = None
+    # Stored in E.164 form when it reads as a number (national ones in
+    # NOTIFIER_DEFAULT_PHONE_REGION), else as given; an SMS recipient must read as one.
+    phone: (
+        Annotated[
+            str,
+            msgspec.Meta(min_length=1, max_length=MAX_PHONE_LENGTH, examples=["+14155550123"]),
+        ]
+        | None
+    ) = None
     # Beyond the seed API: where to send it. The recipient defaults to email, then phone.
     channel: ChannelName | None = None
     recipient: Recipient | None = None
