@@ -9,6 +9,7 @@ import uuid
 from notifier.db import transaction
 from notifier.events import queries
 from notifier.events.routing import drafts_for_event
+from notifier.events.superseding import apply_keys
 from notifier.notifications.scheduling import create_notifications
 from notifier.queue import JobInfo
 from notifier.rules.queries import matching_rules
@@ -44,15 +45,18 @@ async def process_event(
             await queries.mark_processed(conn, event.id, error=error)
             logger.warning("event %s (%s): %s", event_id, event.type, error)
             return
-        notifications = await create_notifications(conn, tenant_id, drafts)
-        await queries.mark_processed(conn, event.id)
+        keyed = await apply_keys(conn, tenant_id, event, rules, drafts)
+        notifications = await create_notifications(conn, tenant_id, keyed.drafts)
+        await queries.mark_processed(conn, event.id, error="; ".join(keyed.errors) or None)
     if event.producer != "api":
         # The API counted its own events; the outbox's are first seen here.
         services.metrics.count_event(event.type, producer=event.producer)
     logger.info(
-        "event %s (%s): %d rules matched, %d notifications",
+        "event %s (%s): %d rules matched, %d notifications, %d superseded, %d cancelled",
         event_id,
         event.type,
         len(rules),
         len(notifications),
+        keyed.superseded,
+        keyed.cancelled,
     )

@@ -142,6 +142,10 @@ class NotificationDraft(msgspec.Struct, kw_only=True):
     quiet_hours: QuietHours | None = None
     # A draft the routing could not complete is stored as failed, visibly, with the reason.
     error: str | None = None
+    # What it is about (notifier.notifications.keys); the event that superseded it, when it
+    # is stored superseded because it arrived after a newer event for its key.
+    key: str | None = None
+    cancelled_by_event_id: uuid.UUID | None = None
 
 
 def delivery_job(

@@ -13,6 +13,16 @@ from notifier.api_types import ChannelName, EventType, Payload, Recipient
 from notifier.notifications.localtime import QuietHours, TimeZoneName
 from notifier.recipients import MAX_PHONE_LENGTH
 
+NotificationKey = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=200,
+        description="What the notification is about: one pending notification per key",
+        examples=["password-expiry-user-42"],
+    ),
+]
+
 
 class NotificationStatus(enum.StrEnum):
     """Where a notification is in its life. Only ``pending`` may still be sent."""
@@ -25,6 +35,8 @@ class NotificationStatus(enum.StrEnum):
     FAILED = "failed"  # a permanent error: retrying cannot help
     DEAD = "dead"  # every attempt failed
     SUPPRESSED = "suppressed"  # the recipient opted out; never sent
+    # A newer event (or request) for its key took its place; never sent.
+    SUPERSEDED = "superseded"
 
     @property
     def replayable(self) -> bool:
@@ -66,6 +78,9 @@ class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     # The recipient's IANA zone: lead days are counted on its clock, quiet hours read in it.
     timezone: TimeZoneName | None = None
     quiet_hours: QuietHours | None = None
+    # A pending notification of the tenant with this key (made through the API) is
+    # replaced by this one: answered 200 with its id in ``replaced``.
+    key: NotificationKey | None = None
 
 
 class DeliveryAttempt(msgspec.Struct, kw_only=True):
@@ -108,6 +123,24 @@ class Notification(msgspec.Struct, kw_only=True):
     cancelled_at: datetime.datetime | None = None
     timezone: str | None = None
     quiet_hours: QuietHours | None = None
+    key: str | None = None
+    # The event whose rule superseded (status superseded) or cancelled it.
+    cancelled_by_event_id: uuid.UUID | None = None
+    # The notification that replaced it through the API (status superseded).
+    replaced_by_id: uuid.UUID | None = None
+
+
+class NotificationReplacement(Notification, kw_only=True):
+    """``POST /api/v1/notifications/`` with a ``key``: the new notification and the id of
+    the pending one of that key it replaced."""
+
+    replaced: uuid.UUID
+
+
+class CancelledCount(msgspec.Struct, kw_only=True):
+    """``DELETE /api/v1/notifications/?key=...``: how many pending ones were cancelled."""
+
+    cancelled: int
 
 
 class NotificationDetail(Notification, kw_only=True):

@@ -23,7 +23,8 @@ from notifier.db import Connection, transaction
 from notifier.idempotency import IdempotentRequest
 from notifier.problems import field_error, not_found, problem_responses
 from notifier.rules import queries
-from notifier.rules.schemas import Rule, RuleCreate, RuleUpdate
+from notifier.rules.keys import key_template_problem
+from notifier.rules.schemas import Rule, RuleAction, RuleCreate, RuleUpdate
 from notifier.services import Services
 from notifier.templates.catalog import find_template
 from notifier.tenancy import Principal, Scope
@@ -52,6 +53,17 @@ def parse_lead_times(durations: list[str]) -> list[datetime.timedelta]:
 def validate_rule(rule: RuleCreate, services: Services) -> list[datetime.timedelta]:
     """Reject a rule that could never deliver, naming the field at fault; its lead times."""
     check_storable(rule)
+    if rule.key is not None and (problem := key_template_problem(rule.key)):
+        raise field_error("key", problem)
+    if rule.action is RuleAction.CANCEL:
+        if rule.key is None:
+            raise field_error("key", "a cancel rule needs the key of the reminders it cancels")
+        for unused in ("channel", "recipient", "recipient_field"):
+            if getattr(rule, unused) is not None:
+                raise field_error(unused, "a cancel rule makes no notification: leave it out")
+        return parse_lead_times(rule.lead_times)
+    if rule.channel is None:
+        raise field_error("channel", "a notify rule needs the channel it delivers through")
     checked_channel(services, rule.channel, rule.recipient)
     if (rule.recipient is None) == (rule.recipient_field is None):
         raise field_error("recipient", "give exactly one of recipient and recipient_field")
