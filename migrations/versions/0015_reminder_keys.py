@@ -34,7 +34,7 @@ ALTER TABLE notifier.routing_rules
     ADD COLUMN action text NOT NULL DEFAULT 'notify' CHECK (action IN ('notify', 'cancel')),
     ALTER COLUMN channel DROP NOT NULL;
 ALTER TABLE notifier.routing_rules DROP CONSTRAINT routing_rules_one_recipient_check;
-ALTER TABLE notifier.routing_rules ADD CONSTRAINT routing_rules_action_check CHECK (
+ALTER TABLE notifier.routing_rules ADD CONSTRAINT routing_rules_action_fields_check CHECK (
     CASE action
         WHEN 'notify' THEN channel IS NOT NULL AND (recipient_field IS NULL) <> (recipient IS NULL)
         ELSE key IS NOT NULL AND channel IS NULL AND recipient_field IS NULL AND recipient IS NULL
@@ -72,7 +72,7 @@ ALTER TABLE notifier.notifications DROP CONSTRAINT notifications_status_check;
 ALTER TABLE notifier.notifications ADD CONSTRAINT notifications_status_check CHECK (status IN (
     'pending', 'sent', 'cancelled', 'expired', 'skipped', 'failed', 'dead', 'suppressed'));
 DELETE FROM notifier.routing_rules WHERE action = 'cancel';
-ALTER TABLE notifier.routing_rules DROP CONSTRAINT routing_rules_action_check;
+ALTER TABLE notifier.routing_rules DROP CONSTRAINT routing_rules_action_fields_check;
 ALTER TABLE notifier.routing_rules ADD CONSTRAINT routing_rules_one_recipient_check
     CHECK ((recipient_field IS NULL) <> (recipient IS NULL));
 ALTER TABLE notifier.routing_rules

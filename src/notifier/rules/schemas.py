@@ -148,4 +148,5 @@ def rule_from_row(row: dict[str, Any]) -> Rule:
     """The response struct from a ``notifier.routing_rules`` row (internal columns left out)."""
     fields = {name: row[name] for name in Rule.__struct_fields__ if name in row}
     fields["quiet_hours"] = QuietHours.from_column(row.get("quiet_hours"))
+    fields["action"] = RuleAction(row.get("action", RuleAction.NOTIFY))
     return Rule(**fields)
