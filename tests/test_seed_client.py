@@ -84,9 +84,9 @@ async def test_the_seed_client_flow_passes_unchanged(
     assert notification["phone"] == "9999912345"
     expected = when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
     assert datetime.datetime.fromisoformat(notification["target_date"]) == expected
-    assert datetime.datetime.fromisoformat(notification["send_at"]) == expected - datetime.timedelta(
-        days=7
-    )
+    assert datetime.datetime.fromisoformat(
+        notification["send_at"]
+    ) == expected - datetime.timedelta(days=7)
 
     deleted = await seed_client.delete(f"/api/v1/notifications/{notification['id']}")
     assert deleted.status_code == 200, deleted.text

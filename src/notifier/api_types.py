@@ -42,6 +42,9 @@ TypeFilter = Annotated[
     str | None, QueryParameter(max_length=MAX_FILTER_LENGTH, description="Exact type")
 ]
 EntityFilter = Annotated[str | None, QueryParameter(max_length=MAX_FILTER_LENGTH)]
+KeyFilter = Annotated[
+    str | None, QueryParameter(min_length=1, max_length=MAX_FILTER_LENGTH, description="Exact key")
+]
 
 # Instants both PostgreSQL and Python represent in any time zone, with lead times of up to
 # ten years subtracted. Outside it, a stored value could not be read back.

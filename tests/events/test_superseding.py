@@ -391,7 +391,7 @@ async def test_two_workers_processing_events_of_one_key_at_once_leave_the_newest
 ) -> None:
     await expiry_rule(client)
     users = range(30)
-    batch = []
+    batch: list[dict[str, Any]] = []
     newest: dict[int, int] = {}
     # Three events per user, the newest by time first for some users and last for others,
     # in one batch: the two workers take a user's events at the same moment.

@@ -6,14 +6,17 @@ import datetime
 import uuid
 from typing import Any
 
+import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from notifier import idempotency
 from notifier.api_types import (
     EntityFilter,
     InstantQuery,
+    KeyFilter,
     TypeFilter,
     check_payload_size,
     check_storable,
@@ -27,16 +30,23 @@ from notifier.auth.guard import BEARER_SECURITY, requires
 from notifier.db import Connection, transaction
 from notifier.idempotency import IdempotentRequest
 from notifier.notifications import queries
+from notifier.notifications.keys import (
+    MAX_CANCELLED_AT_ONCE,
+    TooManyMatches,
+    cancel_pending_matching,
+    schedule_replacing,
+)
 from notifier.notifications.scheduling import (
     NotificationDraft,
-    create_notifications,
     defer_delivery,
     plan_sends,
 )
 from notifier.notifications.schemas import (
+    CancelledCount,
     Notification,
     NotificationCreate,
     NotificationDetail,
+    NotificationReplacement,
     NotificationStatus,
     notification_from_row,
 )
@@ -111,6 +121,7 @@ def draft_from_request(
         send=send,
         timezone=data.timezone,
         quiet_hours=data.quiet_hours,
+        key=data.key,
     )
 
 
@@ -135,7 +146,13 @@ class NotificationController(Controller):
         "/",
         status_code=201,
         summary="Schedule a notification",
-        responses=problem_responses(400, 413, 415, 422),
+        responses=problem_responses(400, 413, 415, 422)
+        | {
+            200: ResponseSpec(
+                NotificationReplacement,
+                description="A pending notification of the same key was replaced by this one",
+            )
+        },
         guards=[requires(Scope.NOTIFICATIONS_WRITE)],
     )
     async def create(
@@ -148,16 +165,62 @@ class NotificationController(Controller):
     ) -> Response[Notification]:
         """Store the notification and its deliver job, scheduled ``lead_time_days`` before
         ``target_date``, in one transaction. A target date in the past stores it ``expired``.
+
+        With a ``key``, a pending notification of the tenant with that key is replaced (it
+        ends ``superseded``) in the same transaction: **200** with the new one and the
+        ``replaced`` id.
         """
         data = decode_strictly(await request.body(), NotificationCreate)
         draft = draft_from_request(data, services, datetime.datetime.now(datetime.UTC))
         async with transaction(services.pool) as conn:
             stored = await idempotency.claim(conn, idempotent)
             if stored is not None:
+                if stored.status == 200:
+                    return Response(stored.decode(NotificationReplacement), status_code=200)
                 return Response(stored.decode(Notification), status_code=stored.status)
-            (notification,) = await create_notifications(conn, principal.tenant_id, [draft])
-            await idempotency.remember(conn, idempotent, 201, notification)
-        return Response(notification, status_code=201)
+            scheduled = await schedule_replacing(conn, principal.tenant_id, draft)
+            if scheduled.replaced is not None:
+                answer: Notification = NotificationReplacement(
+                    **msgspec.structs.asdict(scheduled.notification), replaced=scheduled.replaced
+                )
+                status = 200
+            else:
+                answer, status = scheduled.notification, 201
+            await idempotency.remember(conn, idempotent, status, answer)
+        return Response(answer, status_code=status)
+
+    @delete(
+        "/",
+        status_code=200,
+        summary="Cancel every pending notification of a key or entity",
+        responses=problem_responses(400, 409, 422),
+        guards=[requires(Scope.NOTIFICATIONS_WRITE)],
+    )
+    async def cancel_matching(
+        self,
+        services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
+        key: KeyFilter = None,
+        entity_id: EntityFilter = None,
+    ) -> CancelledCount:
+        """Cancel the tenant's pending notifications with ``key`` and/or ``entity_id`` (both
+        given: those matching both), and their jobs, in one transaction; how many."""
+        check_storable({"key": key, "entity_id": entity_id}, source="query")
+        if key is None and entity_id is None:
+            raise field_error("key", "give key or entity_id (or both)", source="query")
+        async with transaction(services.pool) as conn:
+            try:
+                count = await cancel_pending_matching(
+                    conn, principal.tenant_id, key=key, entity_id=entity_id
+                )
+            except TooManyMatches:
+                raise ProblemError(
+                    409,
+                    "Conflict",
+                    f"more than {MAX_CANCELLED_AT_ONCE} pending notifications match; "
+                    "nothing was cancelled: narrow the match (key and entity_id together)",
+                ) from None
+        return CancelledCount(cancelled=count)
 
     @get(
         "/",
