@@ -59,6 +59,8 @@ async def test_a_new_notification_with_a_pending_ones_key_replaces_it(
     }
     old = (await client.get(f"/api/v1/notifications/{first.json()['id']}")).json()
     assert (old["status"], old["replaced_by_id"]) == ("superseded", second.json()["id"])
+    listed = await client.get("/api/v1/notifications/", params={"key": "renewal-42"})
+    assert [n["id"] for n in listed.json()] == [second.json()["id"], first.json()["id"]]
 
 
 async def test_keys_are_the_tenants_own(

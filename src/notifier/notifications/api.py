@@ -237,13 +237,15 @@ class NotificationController(Controller):
         status: FromQuery[NotificationStatus | None] = None,
         type: TypeFilter = None,
         entity_id: EntityFilter = None,
+        key: KeyFilter = None,
         created_after: InstantQuery = None,
         created_before: InstantQuery = None,
     ) -> Response[list[Notification]]:
-        """Filter by status, type, entity and creation time; ``Link`` names the next page."""
+        """Filter by status, type, entity, key and creation time; ``Link`` names the next
+        page."""
         after_time = query_instant("created_after", created_after)
         before_time = query_instant("created_before", created_before)
-        check_storable({"type": type, "entity_id": entity_id}, source="query")
+        check_storable({"type": type, "entity_id": entity_id, "key": key}, source="query")
         after = Cursor.decode(cursor) if cursor else None
         async with transaction(services.pool) as conn:
             rows = await queries.list_notifications(
@@ -254,6 +256,7 @@ class NotificationController(Controller):
                 status=status,
                 notification_type=type,
                 entity_id=entity_id,
+                key=key,
                 created_after=after_time,
                 created_before=before_time,
             )
@@ -263,6 +266,7 @@ class NotificationController(Controller):
             "status": status,
             "type": type,
             "entity_id": entity_id,
+            "key": key,
             "created_after": after_time.isoformat() if after_time else None,
             "created_before": before_time.isoformat() if before_time else None,
         }

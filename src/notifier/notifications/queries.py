@@ -103,6 +103,7 @@ async def list_notifications(
     notification_type: str | None = None,
     entity_id: str | None = None,
     event_id: uuid.UUID | None = None,
+    key: str | None = None,
     created_after: datetime.datetime | None = None,
     created_before: datetime.datetime | None = None,
 ) -> list[Notification]:
@@ -115,6 +116,7 @@ async def list_notifications(
           AND (%(type)s::text IS NULL OR notification_type = %(type)s)
           AND (%(entity_id)s::text IS NULL OR entity_id = %(entity_id)s)
           AND (%(event_id)s::uuid IS NULL OR event_id = %(event_id)s)
+          AND (%(key)s::text IS NULL OR key = %(key)s)
           AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s)
           AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s)
           AND (%(after_created_at)s::timestamptz IS NULL
@@ -128,6 +130,7 @@ async def list_notifications(
             "type": notification_type,
             "entity_id": entity_id,
             "event_id": event_id,
+            "key": key,
             "created_after": created_after,
             "created_before": created_before,
             "after_created_at": after.created_at if after else None,
