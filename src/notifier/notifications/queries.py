@@ -411,20 +411,27 @@ async def end_pending_of_rule_keys(
     (superseded or cancelled) on behalf of ``event_id``; the ones moved.
 
     A notification a worker is sending stays locked until the send is recorded; this waits
-    for it, then finds it no longer pending and leaves it.
+    for it, then finds it no longer pending and leaves it. Rows are locked in id order, as
+    every other many-row cancel does, so that two of them cannot deadlock.
     """
     if not rule_keys:
         return []
     cursor = await conn.execute(
         """
-        UPDATE notifier.notifications
+        WITH locked AS (
+            SELECT id FROM notifier.notifications
+            WHERE tenant_id = %(tenant_id)s AND status = 'pending' AND key IS NOT NULL
+              AND (rule_id, key) IN (
+                  SELECT * FROM unnest(%(rule_ids)s::uuid[], %(keys)s::text[])
+              )
+            ORDER BY id
+            FOR UPDATE
+        )
+        UPDATE notifier.notifications AS n
         SET status = %(status)s, cancelled_by_event_id = %(event_id)s, cancelled_at = now(),
             updated_at = now()
-        WHERE tenant_id = %(tenant_id)s AND status = 'pending' AND key IS NOT NULL
-          AND (rule_id, key) IN (
-              SELECT * FROM unnest(%(rule_ids)s::uuid[], %(keys)s::text[])
-          )
-        RETURNING id, job_id
+        FROM locked WHERE n.id = locked.id
+        RETURNING n.id, n.job_id
         """,
         {
             "status": status,
@@ -444,12 +451,18 @@ async def replace_pending_of_key(
     rules) superseded by ``replacement``; the ones marked."""
     cursor = await conn.execute(
         """
-        UPDATE notifier.notifications
+        WITH locked AS (
+            SELECT id FROM notifier.notifications
+            WHERE tenant_id = %(tenant_id)s AND status = 'pending' AND key = %(key)s
+              AND rule_id IS NULL AND id <> %(replacement)s
+            ORDER BY id
+            FOR UPDATE
+        )
+        UPDATE notifier.notifications AS n
         SET status = 'superseded', replaced_by_id = %(replacement)s, cancelled_at = now(),
             updated_at = now()
-        WHERE tenant_id = %(tenant_id)s AND status = 'pending' AND key = %(key)s
-          AND rule_id IS NULL AND id <> %(replacement)s
-        RETURNING id, job_id
+        FROM locked WHERE n.id = locked.id
+        RETURNING n.id, n.job_id
         """,
         {"tenant_id": tenant_id, "key": key, "replacement": replacement},
     )
