@@ -23,6 +23,7 @@ from notifier.events.superseding import arrives_late, superseded_on_arrival
 from notifier.notifications.scheduling import NotificationDraft, PlannedSend
 from notifier.notifications.schemas import NotificationStatus
 from notifier.queue import PROCESS_EVENT_TASK
+from tests.hostile_receiver import HostileReceiver
 from tests.support import assert_problem, eventually
 
 UTC = datetime.UTC
@@ -234,6 +235,45 @@ async def test_keys_belong_to_their_rule_and_tenant(
     assert [n["status"] for n in await notifications_of(db, first)] == ["superseded"] * 4
     assert [n["status"] for n in await notifications_of(db, second)] == ["pending"] * 4
     assert [n["status"] for n in await notifications_of(db, theirs.json()["id"])] == ["pending"]
+
+
+async def test_a_reminder_being_sent_is_not_superseded_the_new_event_waits_for_it(
+    client: AsyncTestClient[Any],
+    db: psycopg.AsyncConnection[Any],
+    worker: None,
+    hostile: HostileReceiver,
+) -> None:
+    await create_rule(
+        client,
+        event_type="order.shipped",
+        channel="webhook",
+        recipient=hostile.url + "/hold",
+        key="{order_id}",
+    )
+    first = await publish(client, "order.shipped", {"order_id": 1})
+    await eventually(lambda: _arrived(hostile, 1))  # its send is in flight, its row locked
+
+    second = await publish(client, "order.shipped", {"order_id": 1})
+
+    async def superseding_waits() -> bool:
+        cursor = await db.execute(
+            "SELECT count(*) AS n FROM pg_stat_activity "
+            "WHERE wait_event_type = 'Lock' AND query LIKE %s",
+            ["%WITH locked AS%"],
+        )
+        return (await cursor.fetchone()) == {"n": 1}
+
+    await eventually(superseding_waits)
+    hostile.release()
+    await processed(db, second)
+
+    (sent,) = await notifications_of(db, first)
+    assert (sent["status"], sent["cancelled_by_event_id"]) == ("sent", None)
+    await eventually(lambda: _arrived(hostile, 2))  # the new one goes out too
+
+
+async def _arrived(hostile: HostileReceiver, count: int) -> bool:
+    return len(hostile.snapshot()) >= count
 
 
 async def test_an_older_event_arriving_late_is_superseded_itself(
