@@ -108,6 +108,8 @@ SEMANTIC_REJECTIONS = [
     # Whether a phone reads as a number is the numbering plans' to say, and matters only
     # when it is the SMS recipient (a channel chosen in another field).
     (r"phone", r"phone number"),
+    # What a CloudEvent's base64 data decodes to (notifier stores a JSON object only).
+    (r"data_base64|\[\d+\]\.data_base64", r"base64 of a JSON object|data or data_base64"),
     # Template source the sandbox cannot compile, or a preview that cannot render.
     (r"subject|text_body|html_body", r".*"),
 ]
