@@ -10,6 +10,10 @@
   ``superseded``: a newer event or request for its key took its place.
 * ``notifications_pending_key_idx``: finding a tenant's pending notifications of one key,
   which every event of a keyed rule does.
+* Digests: ``routing_rules.digest`` (``{"window": "PT10M"}``) collects a key's events into
+  one notification per window. ``notifications.digest_count`` counts the events in a digest
+  (NULL: no digest), ``digest_open`` says whether events may still join it; the unique
+  index allows one open pending digest per (tenant, rule, key) at any time.
 * ``notifier.reminder_keys``: the latest event of each (tenant, rule, key), by
   ``occurred_at`` (else when it was stored). An event older than it arrives late: it does
   not supersede, its own reminders are stored superseded instead.
@@ -51,6 +55,15 @@ ALTER TABLE notifier.notifications
 CREATE INDEX notifications_pending_key_idx ON notifier.notifications (tenant_id, key)
     WHERE status = 'pending' AND key IS NOT NULL;
 
+ALTER TABLE notifier.routing_rules
+    ADD COLUMN digest jsonb CHECK (digest IS NULL OR (jsonb_typeof(digest) = 'object' AND key IS NOT NULL));
+ALTER TABLE notifier.notifications
+    ADD COLUMN digest_count integer CHECK (digest_count >= 1),
+    ADD COLUMN digest_open boolean CHECK ((digest_open IS NULL) = (digest_count IS NULL));
+CREATE UNIQUE INDEX notifications_open_digest_idx
+    ON notifier.notifications (tenant_id, rule_id, key)
+    WHERE status = 'pending' AND digest_open;
+
 CREATE TABLE notifier.reminder_keys (
     tenant_id  text NOT NULL REFERENCES notifier.tenants (id),
     rule_id    uuid NOT NULL REFERENCES notifier.routing_rules (id) ON DELETE CASCADE,
@@ -64,6 +77,9 @@ CREATE TABLE notifier.reminder_keys (
 
 DOWNGRADE = r"""
 DROP TABLE notifier.reminder_keys;
+DROP INDEX notifier.notifications_open_digest_idx;
+ALTER TABLE notifier.notifications DROP COLUMN digest_count, DROP COLUMN digest_open;
+ALTER TABLE notifier.routing_rules DROP COLUMN digest;
 DROP INDEX notifier.notifications_pending_key_idx;
 UPDATE notifier.notifications SET status = 'cancelled' WHERE status = 'superseded';
 ALTER TABLE notifier.notifications

@@ -147,3 +147,18 @@ async def test_delete_without_key_or_entity_is_a_422_naming_key(
     response = await client.delete("/api/v1/notifications/")
 
     assert_problem(response, 422, "key")
+
+
+async def test_a_replacement_repeated_with_its_idempotency_key_answers_the_same(
+    client: AsyncTestClient[Any], db: psycopg.AsyncConnection[Any]
+) -> None:
+    first = await client.post("/api/v1/notifications/", json=body(key="k"))
+    headers = {"Idempotency-Key": "move-k"}
+
+    replacing = await client.post("/api/v1/notifications/", json=body(key="k"), headers=headers)
+    repeat = await client.post("/api/v1/notifications/", json=body(key="k"), headers=headers)
+
+    assert replacing.status_code == repeat.status_code == 200, repeat.text
+    assert repeat.json() == replacing.json()
+    assert repeat.json()["replaced"] == first.json()["id"]
+    assert await count_rows(db, "notifier.notifications") == 2

@@ -122,6 +122,11 @@ def drafts_for_event(
                     target_date=target_date,
                     timezone=timezone,
                     key=key,
+                    digest_window=(
+                        msgspec.convert(rule.digest.window, datetime.timedelta)
+                        if rule.digest
+                        else None
+                    ),
                 )
             )
     return drafts

@@ -27,13 +27,14 @@ async def insert_notification(conn: Connection, values: dict[str, Any]) -> Notif
         INSERT INTO notifier.notifications (
             id, tenant_id, event_id, rule_id, notification_type, entity_id, channel, recipient,
             email, phone, template, context, target_date, lead_time, send_at, status,
-            last_error, job_id, timezone, quiet_hours, traceparent, key, cancelled_by_event_id
+            last_error, job_id, timezone, quiet_hours, traceparent, key, cancelled_by_event_id,
+            digest_count, digest_open
         ) VALUES (
             %(id)s, %(tenant_id)s, %(event_id)s, %(rule_id)s, %(notification_type)s,
             %(entity_id)s, %(channel)s, %(recipient)s, %(email)s, %(phone)s, %(template)s,
             %(context)s, %(target_date)s, %(lead_time)s, %(send_at)s, %(status)s,
             %(last_error)s, %(job_id)s, %(timezone)s, %(quiet_hours)s, %(traceparent)s,
-            %(key)s, %(cancelled_by_event_id)s
+            %(key)s, %(cancelled_by_event_id)s, %(digest_count)s, %(digest_open)s
         )
         RETURNING *
         """,

@@ -128,13 +128,17 @@ class Notification(msgspec.Struct, kw_only=True):
     cancelled_by_event_id: uuid.UUID | None = None
     # The notification that replaced it through the API (status superseded).
     replaced_by_id: uuid.UUID | None = None
+    # A digest: how many events it holds (its ``events``), and whether more may still join.
+    digest_count: int | None = None
+    digest_open: bool | None = None
 
 
 class NotificationReplacement(Notification, kw_only=True):
     """``POST /api/v1/notifications/`` with a ``key``: the new notification and the id of
-    the pending one of that key it replaced."""
+    the pending one of that key it replaced (None only while decoding a stored 201, which
+    has none: :func:`notifier.notifications.service.schedule` answers those as they were)."""
 
-    replaced: uuid.UUID
+    replaced: uuid.UUID | None = None
 
 
 class CancelledCount(msgspec.Struct, kw_only=True):

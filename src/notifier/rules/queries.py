@@ -6,6 +6,7 @@ import datetime
 import uuid
 
 import msgspec
+from psycopg.types.json import Jsonb
 
 from notifier.db import Connection
 from notifier.notifications.localtime import QuietHours
@@ -17,6 +18,7 @@ def _rule_params(rule: RuleCreate, lead_times: list[datetime.timedelta]) -> dict
     return msgspec.structs.asdict(rule) | {
         "lead_times": lead_times,
         "quiet_hours": QuietHours.to_column(rule.quiet_hours),
+        "digest": Jsonb(msgspec.to_builtins(rule.digest)) if rule.digest else None,
     }
 
 
@@ -28,10 +30,12 @@ async def insert_rule(
         """
         INSERT INTO notifier.routing_rules
             (tenant_id, name, event_type, channel, recipient_field, recipient, date_field,
-             lead_times, template, enabled, timezone, timezone_field, quiet_hours, key, action)
+             lead_times, template, enabled, timezone, timezone_field, quiet_hours, key, action,
+             digest)
         VALUES (%(tenant_id)s, %(name)s, %(event_type)s, %(channel)s, %(recipient_field)s,
                 %(recipient)s, %(date_field)s, %(lead_times)s, %(template)s, %(enabled)s,
-                %(timezone)s, %(timezone_field)s, %(quiet_hours)s, %(key)s, %(action)s)
+                %(timezone)s, %(timezone_field)s, %(quiet_hours)s, %(key)s, %(action)s,
+                %(digest)s)
         RETURNING *
         """,
         _rule_params(rule, lead_times) | {"tenant_id": tenant_id},
@@ -103,7 +107,7 @@ async def update_rule(
             date_field = %(date_field)s, lead_times = %(lead_times)s,
             template = %(template)s, enabled = %(enabled)s, timezone = %(timezone)s,
             timezone_field = %(timezone_field)s, quiet_hours = %(quiet_hours)s,
-            key = %(key)s, action = %(action)s
+            key = %(key)s, action = %(action)s, digest = %(digest)s
         WHERE tenant_id = %(tenant_id)s AND id = %(id)s
         RETURNING *
         """,

@@ -61,6 +61,15 @@ KeyTemplate = Annotated[
 ]
 
 
+class DigestSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """A rule's digest: its events of one key, collected into one notification per window.
+
+    The window opens with the first event of a key and the digest goes out when it ends.
+    """
+
+    window: IsoDuration
+
+
 class RuleAction(enum.StrEnum):
     """What a matching event does through the rule."""
 
@@ -91,6 +100,8 @@ class RuleCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Reminders about the same key supersede each other; see notifier.rules.keys.
     key: KeyTemplate | None = None
     action: RuleAction = RuleAction.NOTIFY
+    # One notification per key and window instead of one per event (needs a key).
+    digest: DigestSpec | None = None
 
 
 class RuleUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -110,6 +121,7 @@ class RuleUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     quiet_hours: QuietHours | msgspec.UnsetType | None = msgspec.UNSET
     key: KeyTemplate | msgspec.UnsetType | None = msgspec.UNSET
     action: RuleAction | msgspec.UnsetType = msgspec.UNSET
+    digest: DigestSpec | msgspec.UnsetType | None = msgspec.UNSET
 
     def applied_to(self, rule: Rule) -> RuleCreate:
         """``rule`` with these changes, as a whole rule to validate and store."""
@@ -142,6 +154,7 @@ class Rule(msgspec.Struct, kw_only=True):
     quiet_hours: QuietHours | None = None
     key: str | None = None
     action: RuleAction = RuleAction.NOTIFY
+    digest: DigestSpec | None = None
 
 
 def rule_from_row(row: dict[str, Any]) -> Rule:
@@ -149,4 +162,6 @@ def rule_from_row(row: dict[str, Any]) -> Rule:
     fields = {name: row[name] for name in Rule.__struct_fields__ if name in row}
     fields["quiet_hours"] = QuietHours.from_column(row.get("quiet_hours"))
     fields["action"] = RuleAction(row.get("action", RuleAction.NOTIFY))
+    digest = row.get("digest")
+    fields["digest"] = msgspec.convert(digest, DigestSpec) if digest is not None else None
     return Rule(**fields)
