@@ -105,6 +105,10 @@ SEMANTIC_REJECTIONS = [
     (r"key", r"payload field|brace outside|a cancel rule needs|give key or entity_id"),
     (r"channel|recipient|recipient_field", r"a cancel rule makes no notification"),
     (r"channel", r"a notify rule needs the channel"),
+    # A digest's window grammar and range, and the fields a digest needs or cannot have.
+    (r"digest\.window", r"is not an ISO 8601 duration|must be from PT1S to P7D"),
+    (r"key", r"a digest collects the events of one key"),
+    (r"date_field", r"a digest goes out when its window ends"),
     # Whether a phone reads as a number is the numbering plans' to say, and matters only
     # when it is the SMS recipient (a channel chosen in another field).
     (r"phone", r"phone number"),

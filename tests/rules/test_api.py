@@ -62,6 +62,7 @@ async def test_create_rule_answers_201_with_the_stored_rule(client: AsyncTestCli
         "quiet_hours": None,
         "key": None,
         "action": "notify",
+        "digest": None,
     }
 
 
