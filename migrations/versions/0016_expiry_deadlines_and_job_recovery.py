@@ -13,7 +13,7 @@
   jobs every second by default; without this index the look would read every waiting job.
 
 Revision ID: 0016
-Revises: 0013
+Revises: 0015
 Create Date: 2026-12-07
 """
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0016"
-down_revision = "0013"
+down_revision = "0015"  # given as "0013"; re-chained after main merged 0015
 branch_labels = None
 depends_on = None
 
