@@ -26,7 +26,8 @@ def find_bindir() -> Path | None:
     """Where initdb and pg_ctl are, newest version first; None if PostgreSQL is not installed."""
     found = shutil.which("pg_ctl")
     if found:
-        return Path(found).parent
+        # Resolved: a pg_ctl linked into /usr/local/bin has no pg_basebackup beside it.
+        return Path(found).resolve().parent
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), reverse=True)
     return Path(candidates[0]).parent if candidates else None
 
@@ -74,6 +75,7 @@ class OwnedCluster:
             make_conninfo(primary.url("postgres"), application_name="standby"),
             "-X",
             "stream",
+            "--checkpoint=fast",
             "-R",
             "--no-sync",
         )
