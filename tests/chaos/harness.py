@@ -47,6 +47,7 @@ from tests.faults.support import (
     WorkerProcesses,
     start_receiver,
     stop_receiver,
+    wait_until,
     webhook_id,
 )
 from tests.support import LOOPBACK_NETWORKS, WEBHOOK_SECRET, free_port
@@ -287,7 +288,7 @@ class Observer:
                 ) as conn:
                     while not stop.is_set():
                         cursor = await conn.execute(sql)
-                        dead = dict(await cursor.fetchall())
+                        dead: dict[str, int] = dict(await cursor.fetchall())
                         self.samples.append(
                             Sample(
                                 time.monotonic(),
@@ -342,19 +343,21 @@ def backend_killer(database_url: str, per_second: float) -> Iterator[dict[str, i
 
     def loop() -> None:
         while not stop.is_set():
-            with contextlib.suppress(psycopg.Error):
-                with psycopg.connect(admin_url, autocommit=True) as conn:
-                    while not stop.wait(1 / per_second):
-                        cursor = conn.execute(
-                            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
-                            "FROM pg_stat_activity WHERE datname = %s "
-                            "AND pid <> pg_backend_pid() AND application_name <> %s "
-                            "AND state IN ('active', 'idle in transaction')",
-                            [dbname, OBSERVER],
-                        )
-                        row = cursor.fetchone()
-                        counts["ticks"] += 1
-                        counts["terminated"] += int(row[0]) if row else 0
+            with (
+                contextlib.suppress(psycopg.Error),
+                psycopg.connect(admin_url, autocommit=True) as conn,
+            ):
+                while not stop.wait(1 / per_second):
+                    cursor = conn.execute(
+                        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
+                        "FROM pg_stat_activity WHERE datname = %s "
+                        "AND pid <> pg_backend_pid() AND application_name <> %s "
+                        "AND state IN ('active', 'idle in transaction')",
+                        [dbname, OBSERVER],
+                    )
+                    row = cursor.fetchone()
+                    counts["ticks"] += 1
+                    counts["terminated"] += int(row[0]) if row else 0
             stop.wait(0.2)
 
     thread = threading.Thread(target=loop, daemon=True)
@@ -667,9 +670,9 @@ async def run_scenario(
             for r in producer.requests
             if r.notification_id is not None and r.answered_status != "expired"
         }
-        deadline = time.monotonic() + drain
-        while time.monotonic() < deadline and not wanted <= receiver.receiver.unique_ids():
-            await asyncio.sleep(0.5)
+        await wait_until(
+            lambda: wanted <= receiver.receiver.unique_ids(), timeout=drain, interval=0.5
+        )
         phases.drained = time.monotonic()
         stop_sampling.set()
         await sampling
