@@ -28,7 +28,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     figures = [
-        (report.nodeid.rpartition("::")[2], report.outcome, value)
+        (
+            report.nodeid.rpartition("::")[2],
+            "xfailed" if hasattr(report, "wasxfail") else report.outcome,
+            value,
+        )
         for reports in terminalreporter.stats.values()
         for report in reports
         if isinstance(report, pytest.TestReport) and report.when == "call"
