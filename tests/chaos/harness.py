@@ -39,6 +39,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from notifier.auth import admin
+from notifier.queue import DELIVER_TASK
 from notifier.settings import Settings
 from notifier.tenancy import DEFAULT_TENANT, Scope
 from tests.faults.cluster import OwnedCluster
@@ -62,6 +63,8 @@ ALL = FULL or os.environ.get("NOTIFIER_CHAOS_ALL", "") == "1"
 MAX_IN_FLIGHT = 256
 # How long a producer request may take before it counts as a hang (status 0).
 REQUEST_TIMEOUT_SECONDS = 30.0
+# The longest a run waits for retries scheduled in the queue after the load stopped.
+DRAIN_LIMIT_SECONDS = 300.0
 # The application_name of the harness's own connections, which faults leave alone.
 OBSERVER = "chaos-observer"
 # Cluster settings of the harness (docs/method.md's postgres.conf: 400 connections, so that
@@ -316,6 +319,19 @@ class Observer:
             )
             found: dict[str, str] = dict(await cursor.fetchall())
         return {i: found.get(i, "missing") for i in notification_ids}
+
+    async def retries_waiting(self) -> int:
+        """Deliver jobs waiting in the queue (a retry scheduled after a failed attempt)."""
+        with contextlib.suppress(psycopg.Error):
+            async with await psycopg.AsyncConnection.connect(self.database_url) as conn:
+                cursor = await conn.execute(
+                    "SELECT count(*) FROM procrastinate_jobs "
+                    "WHERE status = 'todo' AND task_name = %s",
+                    [DELIVER_TASK],
+                )
+                row = await cursor.fetchone()
+            return int(row[0]) if row else 0
+        return 0
 
     async def stranded_jobs(self) -> int:
         """Jobs ``doing`` for more than a minute (a worker that lives but will never finish)."""
@@ -670,9 +686,16 @@ async def run_scenario(
             for r in producer.requests
             if r.notification_id is not None and r.answered_status != "expired"
         }
-        await wait_until(
+        # At least ``drain``; longer (up to 5 minutes) while retries wait in the queue: a
+        # notification whose attempt failed in the fault is late, not lost, until they ran.
+        deadline = time.monotonic() + DRAIN_LIMIT_SECONDS
+        delivered = await wait_until(
             lambda: wanted <= receiver.receiver.unique_ids(), timeout=drain, interval=0.5
         )
+        while not delivered and time.monotonic() < deadline and await observer.retries_waiting():
+            delivered = await wait_until(
+                lambda: wanted <= receiver.receiver.unique_ids(), timeout=2, interval=0.5
+            )
         phases.drained = time.monotonic()
         stop_sampling.set()
         await sampling
