@@ -207,9 +207,14 @@ class Producer:
     rate_factor: float = 1.0
     requests: list[Request] = field(default_factory=list)
     skipped: int = 0
+    # Connection failures by exception, retried once with the same Idempotency-Key.
+    transport_errors: collections.Counter[str] = field(default_factory=collections.Counter)
 
     async def run(self, stop: asyncio.Event) -> None:
-        limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=64)
+        # Idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them.
+        limits = httpx.Limits(
+            max_connections=MAX_IN_FLIGHT, max_keepalive_connections=64, keepalive_expiry=3
+        )
         async with httpx.AsyncClient(
             base_url=self.api_url,
             headers={"authorization": f"Bearer {self.api_key}"},
@@ -236,6 +241,10 @@ class Producer:
             await asyncio.gather(*pending)
 
     async def post(self, http: httpx.AsyncClient, n: int) -> None:
+        """One notification, with an ``Idempotency-Key``: a request whose connection failed
+        is sent once more with the same key, as a client should (it cannot be stored twice).
+        The usual cause is a keep-alive race: uvicorn closes a connection idle for 5 s just
+        as the client reuses it."""
         target = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=LEAD_SECONDS)
         body = {
             "notification_type": "chaos.tick",
@@ -245,15 +254,20 @@ class Producer:
             "channel": "webhook",
             "recipient": self.recipient,
         }
+        headers = {"idempotency-key": f"chaos-{n}"}
         started = time.monotonic()
-        try:
-            response = await http.post("/api/v1/notifications/", json=body)
-        except httpx.TimeoutException:
-            self.requests.append(Request(started, time.monotonic(), 0))
-            return
-        except httpx.TransportError:
-            self.requests.append(Request(started, time.monotonic(), -1))
-            return
+        for attempt in range(2):
+            try:
+                response = await http.post("/api/v1/notifications/", json=body, headers=headers)
+                break
+            except httpx.TimeoutException:
+                self.requests.append(Request(started, time.monotonic(), 0))
+                return
+            except httpx.TransportError as exc:
+                self.transport_errors[type(exc).__name__] += 1
+                if attempt:
+                    self.requests.append(Request(started, time.monotonic(), -1))
+                    return
         request = Request(started, time.monotonic(), response.status_code)
         if response.is_success:
             answer = response.json()
@@ -712,6 +726,11 @@ async def run_scenario(
         lost_states = await observer.states(undelivered) if undelivered else {}
         if not service.alive():
             notes.append("a service process exited by itself during the run")
+        if producer.transport_errors:
+            notes.append(
+                "connections failed and retried with the same Idempotency-Key: "
+                + ", ".join(f"{n} {name}" for name, n in producer.transport_errors.items())
+            )
         return Outcome(
             scenario=name,
             phases=phases,
