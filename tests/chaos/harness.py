@@ -635,6 +635,7 @@ class Outcome:
             "fault_status_codes": dict(collections.Counter(r.status for r in fault)),
             "fault_latency_p50": percentile(waits, 50) if waits else None,
             "fault_latency_max": waits[-1] if waits else None,
+            "max_delivery_seconds": max(self.latencies(), default=None),
             "notes": self.notes,
         }
 
