@@ -8,21 +8,16 @@ from typing import Any
 import msgspec
 
 from notifier.events.schemas import Event
+from notifier.instants import storable
 from notifier.notifications.localtime import zone_named
 from notifier.notifications.scheduling import NotificationDraft, PlannedSend, plan_sends
 from notifier.notifications.schemas import NotificationStatus
-from notifier.rules.schemas import Rule
+from notifier.rules.keys import render_key
+from notifier.rules.schemas import Rule, RuleAction
 
 
 class RoutingError(ValueError):
     """The event's payload lacks what a rule needs."""
-
-
-# Target dates Python can subtract any lead time (up to ten years) from, and read back
-# from PostgreSQL in any time zone. Outside them, processing the event would crash and be
-# retried forever, instead of storing a visible failed notification.
-EARLIEST_TARGET_DATE = datetime.datetime(1900, 1, 1, tzinfo=datetime.UTC)
-LATEST_TARGET_DATE = datetime.datetime(9000, 1, 1, tzinfo=datetime.UTC)
 
 
 def lookup(payload: dict[str, Any], path: str) -> Any:
@@ -69,7 +64,7 @@ def parse_target_date(value: Any, path: str) -> datetime.datetime:
 
 def _in_range(value: datetime.datetime, path: str) -> datetime.datetime:
     """``value`` in UTC, if in range: PostgreSQL reads offsets beyond 15:59 in text as errors."""
-    if not EARLIEST_TARGET_DATE <= value < LATEST_TARGET_DATE:
+    if not storable(value):
         raise RoutingError(f"payload field {path!r} is out of range")
     return value.astimezone(datetime.UTC)
 
@@ -80,6 +75,8 @@ def drafts_for_event(
     """One draft per rule and lead time; a rule the payload cannot satisfy yields a failed draft."""
     drafts = []
     for rule in rules:
+        if rule.action is RuleAction.CANCEL:
+            continue  # makes no notification (notifier.events.superseding)
         common: dict[str, Any] = {
             "notification_type": event.type,
             "channel": rule.channel,
@@ -98,6 +95,7 @@ def drafts_for_event(
                 else None
             )
             timezone = _timezone(event.payload, rule)
+            key = rule_key(rule, event.payload)
         except RoutingError as exc:
             failed = PlannedSend(datetime.timedelta(0), now, NotificationStatus.FAILED)
             drafts.append(
@@ -117,9 +115,25 @@ def drafts_for_event(
                     send=send,
                     target_date=target_date,
                     timezone=timezone,
+                    key=key,
+                    digest_window=(
+                        msgspec.convert(rule.digest.window, datetime.timedelta)
+                        if rule.digest
+                        else None
+                    ),
                 )
             )
     return drafts
+
+
+def rule_key(rule: Rule, payload: dict[str, Any]) -> str | None:
+    """The key ``rule`` gives an event with ``payload``; None for a rule without one."""
+    if rule.key is None:
+        return None
+    try:
+        return render_key(rule.key, payload)
+    except ValueError as exc:
+        raise RoutingError(str(exc)) from None
 
 
 def _timezone(payload: dict[str, Any], rule: Rule) -> str | None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from typing import Any, TypedDict
+from typing import Any, NamedTuple
 
+import msgspec
 import psycopg
 
 from notifier.db import Connection
+from notifier.notifications.localtime import QuietHours
 from notifier.notifications.schemas import (
+    AttemptOutcome,
     DeliveryAttempt,
     Notification,
     NotificationDetail,
@@ -18,6 +21,14 @@ from notifier.notifications.schemas import (
 )
 from notifier.pagination import Cursor
 from notifier.queue import DELIVERIES_QUEUE, jobs
+from notifier.rate_limits.gcra import Limit
+
+
+async def _the_notification(cursor: psycopg.AsyncCursor[dict[str, Any]]) -> Notification:
+    """The one notification row a statement returned (``RETURNING *``)."""
+    row = await cursor.fetchone()
+    assert row is not None
+    return notification_from_row(row)
 
 
 async def insert_notification(conn: Connection, values: dict[str, Any]) -> Notification:
@@ -27,20 +38,20 @@ async def insert_notification(conn: Connection, values: dict[str, Any]) -> Notif
         INSERT INTO notifier.notifications (
             id, tenant_id, event_id, rule_id, notification_type, entity_id, channel, recipient,
             email, phone, template, context, target_date, lead_time, send_at, status,
-            last_error, job_id, timezone, quiet_hours, traceparent
+            last_error, job_id, timezone, quiet_hours, traceparent, key, cancelled_by_event_id,
+            digest_count, digest_open
         ) VALUES (
             %(id)s, %(tenant_id)s, %(event_id)s, %(rule_id)s, %(notification_type)s,
             %(entity_id)s, %(channel)s, %(recipient)s, %(email)s, %(phone)s, %(template)s,
             %(context)s, %(target_date)s, %(lead_time)s, %(send_at)s, %(status)s,
-            %(last_error)s, %(job_id)s, %(timezone)s, %(quiet_hours)s, %(traceparent)s
+            %(last_error)s, %(job_id)s, %(timezone)s, %(quiet_hours)s, %(traceparent)s,
+            %(key)s, %(cancelled_by_event_id)s, %(digest_count)s, %(digest_open)s
         )
         RETURNING *
         """,
         values,
     )
-    row = await cursor.fetchone()
-    assert row is not None
-    return notification_from_row(row)
+    return await _the_notification(cursor)
 
 
 async def get_notification(
@@ -102,6 +113,7 @@ async def list_notifications(
     notification_type: str | None = None,
     entity_id: str | None = None,
     event_id: uuid.UUID | None = None,
+    key: str | None = None,
     created_after: datetime.datetime | None = None,
     created_before: datetime.datetime | None = None,
 ) -> list[Notification]:
@@ -114,6 +126,7 @@ async def list_notifications(
           AND (%(type)s::text IS NULL OR notification_type = %(type)s)
           AND (%(entity_id)s::text IS NULL OR entity_id = %(entity_id)s)
           AND (%(event_id)s::uuid IS NULL OR event_id = %(event_id)s)
+          AND (%(key)s::text IS NULL OR key = %(key)s)
           AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s)
           AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s)
           AND (%(after_created_at)s::timestamptz IS NULL
@@ -127,6 +140,7 @@ async def list_notifications(
             "type": notification_type,
             "entity_id": entity_id,
             "event_id": event_id,
+            "key": key,
             "created_after": created_after,
             "created_before": created_before,
             "after_created_at": after.created_at if after else None,
@@ -158,17 +172,54 @@ async def set_status(
         """,
         {"id": notification_id, "status": status, "last_error": last_error},
     )
-    row = await cursor.fetchone()
-    assert row is not None
-    return notification_from_row(row)
+    return await _the_notification(cursor)
 
 
-async def lock_for_delivery(conn: Connection, notification_id: uuid.UUID) -> dict[str, Any] | None:
-    """The notification row locked as by :func:`lock_notification`, for the worker.
+class DeliveryRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A pending notification as the delivery reads it, locked (see :func:`lock_notification`)."""
 
-    With it come the tenant's rate-limit override for the row's channel
-    (``rate_per_second``, ``rate_burst``; NULL without one), read in the same round trip.
-    """
+    id: uuid.UUID
+    tenant_id: str
+    notification_type: str
+    channel: str
+    recipient: str
+    status: NotificationStatus
+    attempts: int
+    send_at: datetime.datetime
+    target_date: datetime.datetime | None
+    lead_time: datetime.timedelta
+    event_id: uuid.UUID | None = None
+    entity_id: str | None = None
+    template: str | None = None
+    context: dict[str, Any] = msgspec.field(default_factory=dict)
+    timezone: str | None = None
+    quiet_hours: QuietHours | None = None
+    # The W3C trace context its delivery continues.
+    traceparent: str | None = None
+    # The tenant's own limit on the channel, if it set one.
+    rate_limit: Limit | None = None
+
+
+def _delivery_row(row: dict[str, Any]) -> DeliveryRow:
+    per_second, burst = row.pop("rate_per_second", None), row.pop("rate_burst", None)
+    row["quiet_hours"] = QuietHours.from_column(row["quiet_hours"])
+    delivery = msgspec.convert(row, DeliveryRow, from_attributes=False, strict=False)
+    if per_second is None:
+        return delivery
+    return msgspec.structs.replace(delivery, rate_limit=Limit(per_second, burst))
+
+
+class LockedDelivery(msgspec.Struct, frozen=True):
+    """A notification locked for delivery, and the deliver job acting on it (None: a job
+    deferred without an id, as the outbox trigger's were before migration 0004)."""
+
+    notification: DeliveryRow
+    job_id: int | None
+
+
+async def lock_for_delivery(conn: Connection, notification_id: uuid.UUID) -> DeliveryRow | None:
+    """The notification locked as by :func:`lock_notification`, for the worker, with the
+    tenant's rate-limit override for its channel, read in the same round trip."""
     cursor = await conn.execute(
         """
         SELECT n.*, limits.per_second AS rate_per_second, limits.burst AS rate_burst
@@ -180,7 +231,8 @@ async def lock_for_delivery(conn: Connection, notification_id: uuid.UUID) -> dic
         """,
         [notification_id],
     )
-    return await cursor.fetchone()
+    row = await cursor.fetchone()
+    return None if row is None else _delivery_row(row)
 
 
 # Due, waiting deliver jobs of one group with their pending notifications, each locked with
@@ -206,15 +258,14 @@ async def lock_due_deliveries(
     tenant_id: str | None,
     priority: int,
     limit: int,
-) -> list[dict[str, Any]]:
+) -> list[LockedDelivery]:
     """Up to ``limit`` pending notifications of ``channel`` whose deliver jobs are due and
     waiting in the group of ``tenant_id`` (None: jobs that name no tenant) and ``priority``,
     each locked with its job (rows other workers hold are skipped).
 
     A batch takes only its own group's jobs: the fetch shares out turns by group
     (migration 0011), and a batch is one turn. Notifications whose tenant has a rate limit
-    on the channel are left to their own jobs. Each row carries its job's id as
-    ``batch_job_id``.
+    on the channel are left to their own jobs.
     """
     group = jobs.due_jobs_parameters(
         queue=DELIVERIES_QUEUE,
@@ -224,17 +275,38 @@ async def lock_due_deliveries(
         limit=limit,
     )
     cursor = await conn.execute(_LOCK_DUE_DELIVERIES, {**group, "channel": channel})
-    return await cursor.fetchall()
+    locked = []
+    for row in await cursor.fetchall():
+        job_id = row.pop("batch_job_id")
+        locked.append(LockedDelivery(_delivery_row(row), job_id))
+    return locked
 
 
-class AttemptRecord(TypedDict):
+async def hand_over_job(
+    conn: Connection, notification_id: uuid.UUID, old_job_id: int | None, new_job_id: int
+) -> None:
+    """Make ``new_job_id`` the pending notification's job, if ``old_job_id`` still was.
+
+    A cancel that came first leaves the row as it is; the new job then finds the
+    notification cancelled and sends nothing.
+    """
+    await conn.execute(
+        """
+        UPDATE notifier.notifications SET job_id = %(new)s, updated_at = now()
+        WHERE id = %(id)s AND status = 'pending' AND job_id IS NOT DISTINCT FROM %(old)s
+        """,
+        {"id": notification_id, "old": old_job_id, "new": new_job_id},
+    )
+
+
+class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
     """One delivery attempt, as :func:`record_attempts` writes it."""
 
     notification_id: uuid.UUID
     attempt: int
     job_id: int | None
     channel: str
-    outcome: str
+    outcome: AttemptOutcome
     started_at: datetime.datetime
     status_code: int | None
     error: str | None
@@ -271,7 +343,7 @@ async def record_attempts(conn: Connection, records: list[AttemptRecord]) -> Non
                    clock_timestamp()
             FROM counted
             """,
-            records,
+            [msgspec.structs.asdict(record) for record in records],
         )
 
 
@@ -292,9 +364,7 @@ async def start_new_round(
         """,
         {"id": notification_id, "job_id": job_id, "traceparent": traceparent},
     )
-    row = await cursor.fetchone()
-    assert row is not None
-    return notification_from_row(row)
+    return await _the_notification(cursor)
 
 
 async def note_error(conn: Connection, notification_id: uuid.UUID, error: str) -> None:
@@ -369,3 +439,129 @@ async def give_back_host_slots(conn: Connection, slots: list[tuple[str, int]]) -
             """,
             [[origin for origin, _ in slots], [slot for _, slot in slots]],
         )
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+
+class EndedNotification(NamedTuple):
+    """A pending notification a key ended (superseded or cancelled), and its job."""
+
+    id: uuid.UUID
+    job_id: int | None
+
+
+async def lock_keys(conn: Connection, lock_ids: list[int]) -> None:
+    """Take transaction-level advisory locks on ``lock_ids``, in the order given.
+
+    Callers give them sorted, so that two transactions wanting the same keys cannot each
+    hold one the other waits for. (The single-``bigint`` form: a space apart from the
+    two-``int`` locks of host slots.)
+    """
+    if lock_ids:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(lock_id) FROM unnest(%s::bigint[]) AS lock_id",
+            [lock_ids],
+        )
+
+
+async def end_pending_of_rule_keys(
+    conn: Connection,
+    tenant_id: str,
+    rule_keys: list[tuple[uuid.UUID, str]],
+    *,
+    status: NotificationStatus,
+    event_id: uuid.UUID,
+) -> list[EndedNotification]:
+    """Move the tenant's pending notifications of each ``(rule id, key)`` to ``status``
+    (superseded or cancelled) on behalf of ``event_id``; the ones moved.
+
+    A notification a worker is sending stays locked until the send is recorded; this waits
+    for it, then finds it no longer pending and leaves it. Rows are locked in id order, as
+    every other many-row cancel does, so that two of them cannot deadlock.
+    """
+    if not rule_keys:
+        return []
+    cursor = await conn.execute(
+        """
+        WITH locked AS (
+            SELECT id FROM notifier.notifications
+            WHERE tenant_id = %(tenant_id)s AND status = 'pending' AND key IS NOT NULL
+              AND (rule_id, key) IN (
+                  SELECT * FROM unnest(%(rule_ids)s::uuid[], %(keys)s::text[])
+              )
+            ORDER BY id
+            FOR UPDATE
+        )
+        UPDATE notifier.notifications AS n
+        SET status = %(status)s, cancelled_by_event_id = %(event_id)s, cancelled_at = now(),
+            updated_at = now()
+        FROM locked WHERE n.id = locked.id
+        RETURNING n.id, n.job_id
+        """,
+        {
+            "status": status,
+            "event_id": event_id,
+            "tenant_id": tenant_id,
+            "rule_ids": [rule_id for rule_id, _ in rule_keys],
+            "keys": [key for _, key in rule_keys],
+        },
+    )
+    return [EndedNotification(row["id"], row["job_id"]) for row in await cursor.fetchall()]
+
+
+async def replace_pending_of_key(
+    conn: Connection, tenant_id: str, key: str, replacement: uuid.UUID
+) -> list[EndedNotification]:
+    """Mark the tenant's other pending notifications of ``key`` made through the API (not by
+    rules) superseded by ``replacement``; the ones marked."""
+    cursor = await conn.execute(
+        """
+        WITH locked AS (
+            SELECT id FROM notifier.notifications
+            WHERE tenant_id = %(tenant_id)s AND status = 'pending' AND key = %(key)s
+              AND rule_id IS NULL AND id <> %(replacement)s
+            ORDER BY id
+            FOR UPDATE
+        )
+        UPDATE notifier.notifications AS n
+        SET status = 'superseded', replaced_by_id = %(replacement)s, cancelled_at = now(),
+            updated_at = now()
+        FROM locked WHERE n.id = locked.id
+        RETURNING n.id, n.job_id
+        """,
+        {"tenant_id": tenant_id, "key": key, "replacement": replacement},
+    )
+    return [EndedNotification(row["id"], row["job_id"]) for row in await cursor.fetchall()]
+
+
+async def lock_pending_matching(
+    conn: Connection, tenant_id: str, *, key: str | None, entity_id: str | None, limit: int
+) -> list[EndedNotification]:
+    """Up to ``limit`` of the tenant's pending notifications with ``key`` and ``entity_id``
+    (each None: any), locked; in id order, so that concurrent callers lock alike."""
+    cursor = await conn.execute(
+        """
+        SELECT id, job_id FROM notifier.notifications
+        WHERE tenant_id = %(tenant_id)s AND status = 'pending'
+          AND (%(key)s::text IS NULL OR key = %(key)s)
+          AND (%(entity_id)s::text IS NULL OR entity_id = %(entity_id)s)
+        ORDER BY id
+        LIMIT %(limit)s
+        FOR UPDATE
+        """,
+        {"tenant_id": tenant_id, "key": key, "entity_id": entity_id, "limit": limit},
+    )
+    return [EndedNotification(row["id"], row["job_id"]) for row in await cursor.fetchall()]
+
+
+async def cancel_many(conn: Connection, notification_ids: list[uuid.UUID]) -> None:
+    """Cancel (locked, pending) notifications, stamping ``cancelled_at``."""
+    await conn.execute(
+        """
+        UPDATE notifier.notifications
+        SET status = 'cancelled', cancelled_at = now(), updated_at = now()
+        WHERE id = ANY(%s)
+        """,
+        [notification_ids],
+    )

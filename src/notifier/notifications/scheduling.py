@@ -107,21 +107,6 @@ def _plan_in_time(
     return plan
 
 
-def retry_outside_quiet_hours(notification: dict[str, Any], delay_seconds: float) -> float:
-    """``delay_seconds``, stretched so a retry of ``notification`` lands outside its quiet hours.
-
-    Quiet hours apply to every send, not only the first: a retry due at 03:00 waits for the
-    window's end like the planned send did.
-    """
-    quiet_hours = QuietHours.from_column(notification["quiet_hours"])
-    if quiet_hours is None:
-        return delay_seconds
-    zone = zone_named(notification["timezone"] or "UTC")
-    now = datetime.datetime.now(datetime.UTC)
-    due = now + datetime.timedelta(seconds=delay_seconds)
-    return (leave_quiet_hours(due, zone, quiet_hours) - now).total_seconds()
-
-
 class NotificationDraft(msgspec.Struct, kw_only=True):
     """Everything needed to store one notification, before it has an id or a job."""
 
@@ -142,6 +127,15 @@ class NotificationDraft(msgspec.Struct, kw_only=True):
     quiet_hours: QuietHours | None = None
     # A draft the routing could not complete is stored as failed, visibly, with the reason.
     error: str | None = None
+    # What it is about (notifier.notifications.keys); the event that superseded it, when it
+    # is stored superseded because it arrived after a newer event for its key.
+    key: str | None = None
+    cancelled_by_event_id: uuid.UUID | None = None
+    # Digests (notifier.events.digests): the rule's window, on a draft routing made; the
+    # events counted in it and whether more may join, on a digest to store.
+    digest_window: datetime.timedelta | None = None
+    digest_count: int | None = None
+    digest_open: bool | None = None
 
 
 def delivery_job(
