@@ -38,7 +38,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from notifier.auth import admin
+from notifier.auth import service as auth_service
 from notifier.queue import DELIVER_TASK
 from notifier.settings import Settings
 from notifier.tenancy import DEFAULT_TENANT, Scope
@@ -98,10 +98,10 @@ def service_environment(database_url: str, **overrides: Any) -> dict[str, str]:
 
 async def create_admin_key(database_url: str) -> str:
     """An admin key of the default tenant whose own rate limit is far above any load here."""
-    async with admin.admin_pool(Settings(database_url=database_url)) as pool:
-        if DEFAULT_TENANT not in {t.id for t in await admin.list_tenants(pool)}:
-            await admin.create_tenant(pool, DEFAULT_TENANT)
-        _, token = await admin.create_key(
+    async with auth_service.admin_pool(Settings(database_url=database_url)) as pool:
+        if DEFAULT_TENANT not in {t.id for t in await auth_service.list_tenants(pool)}:
+            await auth_service.create_tenant(pool, DEFAULT_TENANT)
+        _, token = await auth_service.create_key(
             pool,
             tenant_id=DEFAULT_TENANT,
             scopes=[Scope.ADMIN],
