@@ -59,8 +59,8 @@ class NavItem:
 
 NAVIGATION = (
     NavItem("Overview", "ui-overview", Scope.NOTIFICATIONS_READ),
-    NavItem("Notifications", None, Scope.NOTIFICATIONS_READ),
-    NavItem("Events", None, Scope.EVENTS_READ),
+    NavItem("Notifications", "ui-notifications", Scope.NOTIFICATIONS_READ),
+    NavItem("Events", "ui-events", Scope.EVENTS_READ),
     NavItem("Rules", None, Scope.RULES_READ),
     NavItem("Templates", None, Scope.TEMPLATES_READ),
     NavItem("Endpoints", None, Scope.ADMIN),
@@ -324,6 +324,11 @@ def duration(seconds: float | None) -> str:
 def utc(moment: datetime.datetime) -> str:
     """A timestamp as the pages show it."""
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def utc_seconds(moment: datetime.datetime) -> str:
+    """A timestamp to the second (timelines, where minutes are too coarse)."""
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 ROUTES = [sign_in_form, sign_in]
