@@ -192,6 +192,7 @@ def timeline(notification: NotificationDetail) -> list[TimelineEntry]:
         TimelineEntry(
             notification.send_at,
             "scheduled",
+            # A replay makes it due again: this is the current round's due time.
             f"Due on {notification.channel} to {notification.recipient}",
         ),
     ]
@@ -221,7 +222,9 @@ def timeline(notification: NotificationDetail) -> list[TimelineEntry]:
                 error=notification.last_error,
             )
         )
-    return sorted(entries, key=lambda entry: entry.at)
+    # The final state is stamped by the transaction of the last attempt, which began
+    # before that attempt's own clock reading: it still comes last.
+    return sorted(entries, key=lambda entry: (entry.kind == "final", entry.at))
 
 
 @get("/notifications/{notification_id:uuid}", name="ui-notification", opt=READ)

@@ -61,8 +61,8 @@ NAVIGATION = (
     NavItem("Overview", "ui-overview", Scope.NOTIFICATIONS_READ),
     NavItem("Notifications", "ui-notifications", Scope.NOTIFICATIONS_READ),
     NavItem("Events", "ui-events", Scope.EVENTS_READ),
-    NavItem("Rules", None, Scope.RULES_READ),
-    NavItem("Templates", None, Scope.TEMPLATES_READ),
+    NavItem("Rules", "ui-rules", Scope.RULES_READ),
+    NavItem("Templates", "ui-templates", Scope.TEMPLATES_READ),
     NavItem("Endpoints", None, Scope.ADMIN),
     NavItem("API keys", None, Scope.ADMIN),
 )
