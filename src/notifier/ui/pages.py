@@ -64,7 +64,7 @@ NAVIGATION = (
     NavItem("Rules", "ui-rules", Scope.RULES_READ),
     NavItem("Templates", "ui-templates", Scope.TEMPLATES_READ),
     NavItem("Endpoints", None, Scope.ADMIN),
-    NavItem("API keys", None, Scope.ADMIN),
+    NavItem("API keys", "ui-keys", Scope.ADMIN),
 )
 
 

@@ -49,7 +49,14 @@ from notifier.db import single_statement
 from notifier.errors import ProblemError
 from notifier.services import Services
 from notifier.settings import Settings
-from notifier.ui import event_pages, notification_pages, pages, rule_pages, template_pages
+from notifier.ui import (
+    event_pages,
+    key_pages,
+    notification_pages,
+    pages,
+    rule_pages,
+    template_pages,
+)
 from notifier.ui.auth import SignInRequired, UiForbidden, signed_in
 from notifier.ui.queries import ui_secret
 from notifier.ui.sessions import STORE_NAME, PostgresStore, session_config
@@ -265,6 +272,7 @@ class DashboardPlugin(InitPluginProtocol):
                 *event_pages.ROUTES,
                 *rule_pages.ROUTES,
                 *template_pages.ROUTES,
+                *key_pages.ROUTES,
             ],
             guards=[signed_in],
         )

@@ -49,7 +49,9 @@ async def template_list(
 
 @get("/templates/{template_name:str}", name="ui-template", opt=READ)
 async def template_edit(
-    request: Request[Any, Any, Any], services: NamedDependency[Services], template_name: FromPath[str]
+    request: Request[Any, Any, Any],
+    services: NamedDependency[Services],
+    template_name: FromPath[str],
 ) -> Template:
     """The template in its editor (read only without ``templates:write``)."""
     name = template_name
@@ -115,9 +117,13 @@ async def _form_values(request: Request[Any, Any, Any]) -> dict[str, str]:
     return {field: str(form.get(field, "")) for field in (*SOURCE_FIELDS, "payload")}
 
 
-@post("/templates/{template_name:str}/preview", name="ui-template-preview", opt=READ, status_code=200)
+@post(
+    "/templates/{template_name:str}/preview", name="ui-template-preview", opt=READ, status_code=200
+)
 async def template_preview(
-    request: Request[Any, Any, Any], services: NamedDependency[Services], template_name: FromPath[str]
+    request: Request[Any, Any, Any],
+    services: NamedDependency[Services],
+    template_name: FromPath[str],
 ) -> Template:
     """Render the form's template (saved or not) against its sample payload, in the
     sandbox deliveries use; nothing is stored or sent."""
@@ -148,7 +154,9 @@ async def template_preview(
 
 @post("/templates/{template_name:str}", name="ui-template-save", opt=WRITE, status_code=303)
 async def template_save(
-    request: Request[Any, Any, Any], services: NamedDependency[Services], template_name: FromPath[str]
+    request: Request[Any, Any, Any],
+    services: NamedDependency[Services],
+    template_name: FromPath[str],
 ) -> Template | Redirect:
     """Store the form as the tenant's template ``name`` once it compiles (overriding a
     built-in of that name), as ``PUT /api/v1/templates/{name}``."""
