@@ -180,7 +180,6 @@ class NotificationController(Controller):
     ) -> BulkOutcome:
         """Up to ``limit`` of them (oldest first), in one transaction: each pending again
         with a deliver job due now. ``{}`` matches every failed and dead one."""
-        check_storable(data)
         count = await service.replay_many(services.pool, principal.tenant_id, data)
         return BulkOutcome(count=count)
 
@@ -201,6 +200,5 @@ class NotificationController(Controller):
     ) -> BulkOutcome:
         """Up to ``limit`` of them (oldest first) and their jobs, in one transaction; one
         being delivered at that moment is left to its delivery."""
-        check_storable(data)
         count = await service.cancel_many(services.pool, principal.tenant_id, data)
         return BulkOutcome(count=count)

@@ -242,6 +242,17 @@ BULK_STATUSES = {
 }
 
 
+def checked_filter(where: NotificationFilter) -> NotificationFilter:
+    """A 422 naming the field if the filter holds text PostgreSQL cannot store or a time
+    outside the range every stored time lies in."""
+    check_storable(where)
+    for name in ("created_after", "created_before"):
+        moment = getattr(where, name)
+        if moment is not None:
+            checked_instant(name, moment)
+    return where
+
+
 async def search(
     pool: Pool,
     tenant_id: str,
@@ -252,6 +263,7 @@ async def search(
 ) -> Page[Notification]:
     """A page of at most ``limit`` of the tenant's notifications matching ``where`` (also
     by recipient and channel, unlike :func:`list_notifications`), newest first."""
+    checked_filter(where)
     async with transaction(pool) as conn:
         rows = await selection.select_matching(conn, tenant_id, where, limit=limit + 1, after=after)
     return paginate(rows, limit)
@@ -260,6 +272,7 @@ async def search(
 async def count_for_bulk(pool: Pool, tenant_id: str, action: str, where: NotificationFilter) -> int:
     """How many notifications ``replay_many`` or ``cancel_many`` (``action``) would change
     now, counting no further than ``BULK_LIMIT + 1`` (more than one run's worth)."""
+    checked_filter(where)
     statuses = where.statuses_within(BULK_STATUSES[action])
     if not statuses:
         return 0
@@ -273,6 +286,7 @@ async def replay_many(pool: Pool, tenant_id: str, where: NotificationFilter) -> 
     """Replay up to ``BULK_LIMIT`` of the tenant's failed and dead notifications matching
     ``where`` (oldest first), as :func:`replay` does one: pending again with a deliver job
     due now, all in one transaction. How many were replayed."""
+    checked_filter(where)
     statuses = where.statuses_within(BULK_STATUSES["replay"])
     if not statuses:
         return 0
@@ -295,6 +309,7 @@ async def cancel_many(pool: Pool, tenant_id: str, where: NotificationFilter) -> 
     """Cancel up to ``BULK_LIMIT`` of the tenant's pending notifications matching ``where``
     (oldest first) and their waiting jobs, in one transaction. One being delivered at that
     moment is left as it is (its delivery decides). How many were cancelled."""
+    checked_filter(where)
     statuses = where.statuses_within(BULK_STATUSES["cancel"])
     if not statuses:
         return 0
