@@ -411,3 +411,34 @@ async def test_the_api_replays_and_cancels_by_filter(
     assert refused.json()["errors"][0]["field"] == "created_after"
     assert await statuses(db, [dead, pending]) == ["cancelled", "cancelled"]
     assert await statuses(db, [theirs]) == ["dead"]
+
+
+CONTROL = re.compile(r"<(input|select|textarea)\b([^>]*)>")
+ATTRIBUTE = re.compile(r'\b(type|id)="([^"]*)"')
+
+
+async def test_every_control_of_every_page_has_a_label(
+    browser: AsyncTestClient[Any], api_key: str, services: Services
+) -> None:
+    notification = await schedule(services)
+    await sign_in(browser, api_key)
+    pages = [
+        "/ui/notifications",
+        f"/ui/notifications/{notification}",
+        "/ui/notifications/bulk/cancel",
+        "/ui/notifications/new",
+        "/ui/events",
+        "/ui/rules",
+        "/ui/rules/new",
+        "/ui/templates",
+        "/ui/templates/generic",
+        "/ui/keys",
+    ]
+    for path in pages:
+        html = (await browser.get(path)).text
+        labelled = set(re.findall(r'<label for="([^"]+)"', html))
+        for tag, attributes in CONTROL.findall(html):
+            found = dict(ATTRIBUTE.findall(attributes))
+            if found.get("type") == "hidden":
+                continue
+            assert found.get("id") in labelled, f"{path}: <{tag}{attributes}> has no label"
