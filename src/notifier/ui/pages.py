@@ -50,7 +50,7 @@ SIGN_IN_REASONS = {
 
 @dataclass(frozen=True, slots=True)
 class NavItem:
-    """A navigation entry; ``route`` None: the page comes with the service layer (phase 2)."""
+    """A navigation entry; ``route`` None: a page still to come (webhook endpoints, issue 16)."""
 
     label: str
     route: str | None
