@@ -20,6 +20,7 @@ from msgspec import Meta
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from notifier.rate_limits.gcra import MAX_BURST, MAX_PER_SECOND, MIN_PER_SECOND, check_limit
+from notifier.recipients import phone_region_problem
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/notifier"
 ENV_PREFIX = "NOTIFIER_"
@@ -99,6 +100,9 @@ class Settings:
 
     # Channel for notifications created over REST without an explicit one.
     default_channel: str = "log"
+    # ISO 3166 region ("IN", "US", "GB") that national phone numbers ("9999912345") of the
+    # notifications API are read in. Unset: only numbers with a country code ("+91...") are.
+    default_phone_region: str | None = None
     webhook_timeout_seconds: PositiveFloat = 10.0
     # Standard Webhooks secret ("whsec_" + base64). Unset: webhooks are sent unsigned.
     webhook_secret: str | None = None
@@ -246,6 +250,10 @@ class Settings:
                     f"{ENV_PREFIX}RATE_LIMIT_{channel.upper()}_PER_SECOND, "
                     f"{ENV_PREFIX}RATE_LIMIT_BURST: {problem}"
                 )
+        if self.default_phone_region is not None and (
+            problem := phone_region_problem(self.default_phone_region)
+        ):
+            raise SettingsError(f"{ENV_PREFIX}DEFAULT_PHONE_REGION: {problem}")
         try:
             parse_networks(self.webhook_allowed_networks)
         except ValueError as exc:

@@ -269,6 +269,22 @@ async def cancel_waiting_job(conn: Connection, job_id: int) -> bool:
     return row is not None and row["id"] is not None
 
 
+async def cancel_waiting_jobs(conn: Connection, job_ids: Sequence[int]) -> int:
+    """Cancel each job that still waits, in one statement; how many were. Running ones run on."""
+    if not job_ids:
+        return 0
+    cursor = await conn.execute(
+        """
+        SELECT count(cancelled) AS cancelled
+        FROM unnest(%s::bigint[]) AS job (id),
+             LATERAL procrastinate_cancel_job_v1(job.id, false, false) AS cancelled
+        """,
+        [list(job_ids)],
+    )
+    row = await cursor.fetchone()
+    return int(row["cancelled"]) if row else 0
+
+
 # --- maintenance -----------------------------------------------------------------------
 
 
@@ -507,17 +523,3 @@ async def tenant_queue_states(
         for row in await cursor.fetchall()
         if row["due_jobs"] or row["running_jobs"]
     }
-
-
-async def cancel_waiting_jobs(conn: Connection, job_ids: list[int]) -> int:
-    """Cancel each job of ``job_ids`` that still waits (one statement); how many were."""
-    cursor = await conn.execute(
-        """
-        SELECT count(cancelled) AS n
-        FROM unnest(%s::bigint[]) AS job (id),
-             LATERAL procrastinate_cancel_job_v1(job.id, false, false) AS cancelled
-        """,
-        [job_ids],
-    )
-    row = await cursor.fetchone()
-    return int(row["n"]) if row else 0
