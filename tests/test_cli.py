@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import subprocess
@@ -241,7 +242,7 @@ def documented_stuck_jobs_query() -> str:
 async def test_documented_stuck_jobs_query_finds_running_jobs_of_dead_workers(
     client: AsyncTestClient[Any], db: psycopg.AsyncConnection[Any], database_url: str
 ) -> None:
-    for _ in range(3):
+    for _ in range(4):
         published = await client.post(
             "/api/v1/events/", json={"type": "user.signup", "payload": {}}
         )
@@ -253,14 +254,21 @@ async def test_documented_stuck_jobs_query_finds_running_jobs_of_dead_workers(
     dead, alive = [row["id"] for row in await workers.fetchall()]
     await db.execute(
         "UPDATE procrastinate_jobs SET status = 'doing', worker_id = CASE id"
-        " WHEN 1 THEN %s::bigint WHEN 2 THEN %s::bigint END",
-        [dead, alive],
+        " WHEN 1 THEN %s::bigint WHEN 2 THEN %s::bigint WHEN 4 THEN %s::bigint END",
+        [dead, alive, alive],
+    )
+    # Job 4 has been running for 20 minutes under a live worker: left there by a lost
+    # finish write, or hung.
+    await db.execute(
+        "UPDATE procrastinate_events SET at = now() - interval '20 minutes'"
+        " WHERE job_id = 4 AND type = 'started'"
     )
 
     stuck = await (await db.execute(documented_stuck_jobs_query())).fetchall()
 
     # Job 3's worker row is gone altogether (procrastinate sets worker_id NULL when it prunes).
-    assert [row["id"] for row in stuck] == [1, 3]
+    assert [row["id"] for row in stuck] == [1, 3, 4]
+    assert stuck[2]["running_for"] > datetime.timedelta(minutes=19)
     shell(database_url, "retry", "1")
     assert await job_status(db, 1) == "todo"
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 
 import psycopg
 import pytest
 from psycopg.pq import TransactionStatus
+from psycopg_pool import PoolTimeout
 
-from notifier.db import create_pool, single_statement
+from notifier.db import create_pool, single_statement, transaction
 from notifier.settings import Settings
 
 
@@ -26,13 +29,10 @@ async def test_a_connection_back_moments_ago_is_not_checked_an_idle_one_is(
         async with pool.connection() as conn:
             first = conn.info.backend_pid
         await kill_backend(settings.database_url, first)
+        await asyncio.sleep(0.2)  # the backend's goodbye arrives; still under the 1 s
 
-        # Back in the pool moments ago: handed out unchecked, so the use case meets the
-        # dead connection, as one caught by a restart would; the pool then discards it.
-        with pytest.raises(psycopg.OperationalError):
-            async with pool.connection() as conn:
-                await conn.execute("SELECT 1")
-
+        # Back in the pool moments ago: no round trip, but what the server sent is read:
+        # a terminated backend said so, and the pool replaces it before the use case.
         async with pool.connection() as conn:
             second = conn.info.backend_pid
             await conn.execute("SELECT 1")
@@ -40,12 +40,65 @@ async def test_a_connection_back_moments_ago_is_not_checked_an_idle_one_is(
         await kill_backend(settings.database_url, second)
         await asyncio.sleep(1.2)  # idle longer than the check's threshold (1 s)
 
-        # Idle a while: checked, found dead and replaced before the use case gets it.
+        # Idle a while: checked with a round trip, found dead and replaced.
         async with pool.connection() as conn:
             await conn.execute("SELECT 1")
             assert conn.info.backend_pid not in {first, second}
     finally:
         await pool.close()
+
+
+async def test_a_transaction_begun_on_a_connection_broken_moments_ago_takes_another(
+    settings: Settings,
+) -> None:
+    """A backend terminated while its connection sat in the pool: whichever look finds it
+    (the checkout's read of what arrived, or BEGIN failing), the use case gets a fresh
+    connection instead of an error, and nothing ran on the old one."""
+    pool = create_pool(settings.replace(database_pool_min_size=1, database_pool_max_size=2))
+    await pool.open(wait=True)
+    try:
+        async with pool.connection() as conn:
+            first = conn.info.backend_pid
+        await kill_backend(settings.database_url, first)
+        async with transaction(pool) as conn:
+            await conn.execute("INSERT INTO notifier.tenants (id) VALUES ('after-kill')")
+            assert conn.info.backend_pid != first
+        async with pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT count(*) AS n FROM notifier.tenants WHERE id = 'after-kill'"
+            )
+            assert await cursor.fetchone() == {"n": 1}
+    finally:
+        await pool.close()
+
+
+async def test_a_use_case_answers_at_once_once_the_pool_failed_to_connect(
+    settings: Settings,
+) -> None:
+    """The database gone (every connection terminated, new ones refused): the first use case
+    may wait for the pool's timeout, the next ones give up within a fraction of a second."""
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    unreachable = settings.replace(
+        database_url=f"postgresql://postgres@127.0.0.1:{port}/notifier",
+        database_pool_min_size=1,
+        database_timeout_seconds=5.0,
+    )
+    pool = create_pool(unreachable)
+    await pool.open(wait=False)
+    try:
+        waits = []
+        for _ in range(5):
+            started = time.monotonic()
+            with pytest.raises(PoolTimeout):
+                async with transaction(pool):
+                    pass
+            waits.append(time.monotonic() - started)
+    finally:
+        await pool.close()
+
+    assert max(waits) < 1.0, waits
 
 
 async def test_a_single_statement_commits_by_itself_and_the_connection_goes_back_as_it_was(

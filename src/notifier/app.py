@@ -25,6 +25,7 @@ from notifier.http.middleware import request_metrics_middleware, tracing_middlew
 from notifier.http.params import idempotent_request, provide_principal
 from notifier.http.problems import EXCEPTION_HANDLERS
 from notifier.http.request_checks import ClosedStructSchemaPlugin, RequestChecks
+from notifier.http.request_retry import retry_lost_transactions_middleware
 from notifier.migrate import schema_scripts
 from notifier.notifications.api import NotificationController
 from notifier.preferences.api import PreferenceController, UnsubscribeController
@@ -121,6 +122,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
         middleware=[
             *([tracing_middleware()] if tracing_enabled() else []),
             request_metrics_middleware,
+            # A request whose connection died before COMMIT runs again on a fresh one.
+            retry_lost_transactions_middleware,
         ],
         # The process's entry point configures logging (notifier.telemetry); Litestar's
         # default would replace the root handler with its own text format.

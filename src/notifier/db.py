@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import time
 import weakref
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeAlias
 
+import psycopg
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from psycopg import AsyncConnection
+from psycopg.pq import ConnStatus
 from psycopg.rows import DictRow, dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from notifier.settings import Settings
 
 Connection: TypeAlias = AsyncConnection[DictRow]
 Pool: TypeAlias = AsyncConnectionPool[Connection]
+
+logger = logging.getLogger("notifier.db")
+
+# A use case waits for a connection this long at a time (up to the pool's timeout in all):
+# between two waits it looks whether the pool failed to connect since a use case last got
+# one, and if so gives up at once (503) instead of waiting out the timeout.
+CONNECTION_WAIT_SLICE_SECONDS = 0.25
+# Tries to begin a transaction: a connection found broken at BEGIN (its backend terminated,
+# the database restarted) is replaced; nothing was done on it yet, so trying again is safe.
+BEGIN_TRIES = 3
 
 
 def connect_options(settings: Settings) -> dict[str, Any]:
@@ -71,9 +85,11 @@ class IdleConnectionCheck:
         )
 
     async def check(self, conn: Connection) -> None:
-        """Check ``conn`` unless it was in use moments ago."""
+        """Check ``conn`` unless it was in use moments ago; even then, read what the server
+        has sent already (no round trip): a terminated backend says so before it closes."""
         returned_at = self._returned_at.get(conn)
         if returned_at is not None and time.monotonic() - returned_at < self.idle_seconds:
+            _closed_by_server(conn)
             return
         with suppress_instrumentation():
             await AsyncConnectionPool.check_connection(conn)
@@ -81,6 +97,19 @@ class IdleConnectionCheck:
     async def returned(self, conn: Connection) -> None:
         """Note when ``conn`` came back to the pool in good order (psycopg_pool's reset)."""
         self._returned_at[conn] = time.monotonic()
+
+
+def _closed_by_server(conn: Connection) -> None:
+    """Raise if the server has closed ``conn`` (``pg_terminate_backend``, a shutdown), as far as
+    the bytes already received tell; never waits for the network."""
+    pgconn = conn.pgconn
+    # The first read takes the FATAL message a terminated backend sends, the second meets
+    # the closed socket (OperationalError, or the status BAD); on a healthy connection
+    # each is one non-blocking read that finds nothing.
+    pgconn.consume_input()
+    pgconn.consume_input()
+    if pgconn.status != ConnStatus.OK:
+        raise psycopg.OperationalError("the server closed the connection")
 
 
 async def _asynchronous_commit(conn: Connection) -> None:
@@ -117,9 +146,97 @@ def create_fetch_pool(settings: Settings, *, name: str = "notifier") -> Pool:
 
 @asynccontextmanager
 async def transaction(pool: Pool) -> AsyncIterator[Connection]:
-    """One use case, one transaction: committed on normal exit, rolled back on error."""
-    async with pool.connection() as conn, conn.transaction():
-        yield conn
+    """One use case, one transaction: committed on normal exit, rolled back on error.
+
+    Begun on a working connection: one found broken at BEGIN is replaced (up to
+    :data:`BEGIN_TRIES` tries); nothing had been sent on it, so "every 2xx means committed"
+    holds. While the database is unreachable this fails within a fraction of a second with
+    ``PoolTimeout`` (503), not after the pool's whole timeout.
+    """
+    outcome = _transaction_outcomes.get(None)
+    committing = False
+    try:
+        async with AsyncExitStack() as stack:
+            conn = await _begun(pool, stack)
+            try:
+                yield conn
+            except psycopg.OperationalError:
+                if outcome is not None and conn.broken:
+                    # Lost before COMMIT was sent: nothing of this transaction committed.
+                    outcome.lost_before_commit = True
+                raise
+            committing = True
+    except psycopg.Error:
+        if committing and outcome is not None:
+            outcome.commit_unknown = True  # COMMIT failed: it may have committed or not
+        raise
+
+
+async def _begun(pool: Pool, stack: AsyncExitStack) -> Connection:
+    """A connection of ``pool`` in a transaction begun, both ended when ``stack`` closes."""
+    for tries in range(1, BEGIN_TRIES + 1):
+        attempt = AsyncExitStack()
+        conn = await _connection(pool, attempt)
+        try:
+            await attempt.enter_async_context(conn.transaction())
+        except psycopg.OperationalError as exc:
+            await attempt.aclose()  # the pool discards the broken connection
+            if tries == BEGIN_TRIES:
+                raise
+            logger.info("a pooled connection was broken at BEGIN (%s); taking another", exc)
+            continue
+        await stack.enter_async_context(attempt)
+        return conn
+    raise AssertionError("unreachable")
+
+
+async def _connection(pool: Pool, stack: AsyncExitStack) -> Connection:
+    """A connection of ``pool``, returned when ``stack`` closes.
+
+    Waits up to the pool's timeout, in slices: after each, if the pool failed to connect
+    since a use case last got a connection, the database is taken for unreachable and
+    ``PoolTimeout`` raised at once, so requests answer 503 promptly during an outage.
+    """
+    watch = _watch_of(pool)
+    deadline = time.monotonic() + pool.timeout
+    while True:
+        wait = max(0.0, min(CONNECTION_WAIT_SLICE_SECONDS, deadline - time.monotonic()))
+        try:
+            conn = await stack.enter_async_context(pool.connection(timeout=wait))
+        except PoolTimeout:
+            if time.monotonic() >= deadline or watch.failed_since_last_success(pool):
+                raise
+            continue
+        watch.succeeded(pool)
+        return conn
+
+
+class _PoolWatch:
+    """Whether a pool's connection attempts failed since a use case last got a connection
+    (psycopg_pool counts its failed attempts, including those it makes in the background)."""
+
+    def __init__(self) -> None:
+        self.errors_at_last_success = 0
+
+    def failed_since_last_success(self, pool: Pool) -> bool:
+        return _connect_errors(pool) > self.errors_at_last_success
+
+    def succeeded(self, pool: Pool) -> None:
+        self.errors_at_last_success = _connect_errors(pool)
+
+
+def _connect_errors(pool: Pool) -> int:
+    return pool.get_stats().get("connections_errors", 0)
+
+
+_watches: weakref.WeakKeyDictionary[Pool, _PoolWatch] = weakref.WeakKeyDictionary()
+
+
+def _watch_of(pool: Pool) -> _PoolWatch:
+    watch = _watches.get(pool)
+    if watch is None:
+        watch = _watches[pool] = _PoolWatch()
+    return watch
 
 
 @asynccontextmanager
@@ -129,9 +246,51 @@ async def single_statement(pool: Pool) -> AsyncIterator[Connection]:
     The statement is its own transaction, committed when it returns: one round trip where
     ``transaction`` takes three (BEGIN, the statement, COMMIT).
     """
-    async with pool.connection() as conn:
+    outcome = _transaction_outcomes.get(None)
+    async with AsyncExitStack() as stack:
+        conn = await _connection(pool, stack)
         await conn.set_autocommit(True)
         try:
             yield conn
+        except psycopg.Error:
+            if outcome is not None:
+                outcome.commit_unknown = True  # each statement commits by itself
+            raise
         finally:
-            await conn.set_autocommit(False)
+            if not conn.broken:
+                await conn.set_autocommit(False)
+
+
+class TransactionOutcomes:
+    """What became of the transactions of one API request, for a retry of the whole request
+    (:mod:`notifier.request_retry`).
+
+    Safe only when a transaction was lost before its COMMIT was sent (so none of it
+    committed) and no COMMIT failed (its outcome unknown), nor a single statement. A
+    request's transactions that did commit are its key lookup's bookkeeping (idempotent)
+    and at most one use case, which is the one lost: each use case owns one transaction.
+    """
+
+    def __init__(self) -> None:
+        self.lost_before_commit = False
+        self.commit_unknown = False
+
+    @property
+    def safe_to_retry(self) -> bool:
+        return self.lost_before_commit and not self.commit_unknown
+
+
+_transaction_outcomes: contextvars.ContextVar[TransactionOutcomes] = contextvars.ContextVar(
+    "notifier_transaction_outcomes"
+)
+
+
+def watch_transactions() -> tuple[TransactionOutcomes, contextvars.Token[TransactionOutcomes]]:
+    """Record what becomes of the transactions the current task (and tasks it starts) runs
+    from now on; reset with ``_transaction_outcomes.reset(token)`` via :func:`stop_watching`."""
+    outcomes = TransactionOutcomes()
+    return outcomes, _transaction_outcomes.set(outcomes)
+
+
+def stop_watching(token: contextvars.Token[TransactionOutcomes]) -> None:
+    _transaction_outcomes.reset(token)

@@ -82,7 +82,10 @@ class Settings:
     worker_listen_notify: bool = True
     worker_shutdown_timeout_seconds: NonNegativeFloat = 30.0
     # A worker that has not heartbeated for this long is considered dead and its jobs re-run.
-    stalled_worker_seconds: PositiveFloat = 60.0
+    # Workers heartbeat five times per period (on their fetch connection), so a live one is
+    # taken for dead only after missing four in a row; a killed one's jobs run again within
+    # this plus a fifth of it (each worker looks that often) plus a poll.
+    stalled_worker_seconds: PositiveFloat = 5.0
     # Workers fetch jobs on a connection of their own that commits without waiting for the
     # WAL flush; business writes and finishing a job stay durable. A lost fetch only puts
     # the job back in the queue (docs/performance.md).
@@ -90,6 +93,11 @@ class Settings:
     # Succeeded/cancelled jobs older than this are pruned; failed ones are kept for admins.
     prune_jobs_after_hours: NonNegativeInt = 72
     idempotency_ttl_hours: PositiveInt = 24
+
+    # A notification with a target date and no deadline of the client's (expires_at, a
+    # rule's deliver_within) expires only once its target date passed this long ago, counted
+    # from when it was accepted if that was later: notifier's own delays never expire it.
+    expiry_grace_seconds: NonNegativeFloat = 300.0
 
     delivery_max_attempts: PositiveInt = 8
     # A deliver job also sends up to this many other due notifications of its channel at once

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import time
 import uuid
@@ -11,12 +13,14 @@ import psycopg
 import pytest
 from litestar.testing import AsyncTestClient
 
+from notifier.bootstrap import open_services
 from notifier.events.routing import RoutingError, drafts_for_event, lookup, parse_target_date
 from notifier.events.schemas import Event
 from notifier.notifications.schemas import NotificationStatus
 from notifier.queue import PROCESS_EVENT_TASK
 from notifier.rules.schemas import Rule
 from notifier.services import Services
+from notifier.settings import Settings
 from notifier.worker import run_worker
 from tests.support import ReceivedRequest, WebhookReceiver, eventually, parse_time
 
@@ -227,7 +231,52 @@ async def test_target_date_already_passed_stores_expired_notifications(
         parse_time(n["target_date"]) == datetime.datetime(2020, 1, 1, tzinfo=UTC)
         for n in event["notifications"]
     )
+    assert {n["last_error"] for n in event["notifications"]} == {
+        "target date 2020-01-01T00:00:00+00:00 had passed more than 300 s "
+        "(NOTIFIER_EXPIRY_GRACE_SECONDS) before it was accepted"
+    }
     assert await deliver_jobs(db) == {}
+
+
+async def test_an_event_processed_after_its_target_within_the_grace_is_delivered(
+    client: AsyncTestClient[Any], receiver: WebhookReceiver, settings: Settings
+) -> None:
+    """Published one second before its target; the workers catch up two seconds after it
+    (a backlog, an outage): notifier's delay does not expire it."""
+    await create_rule(
+        client,
+        event_type="session.ending",
+        channel="webhook",
+        recipient=receiver.url,
+        date_field="ends_at",
+        lead_times=["PT1H"],
+        deliver_within="PT1H",
+    )
+    ends_at = datetime.datetime.now(UTC) + datetime.timedelta(seconds=1)
+    published = await publish(client, "session.ending", {"ends_at": ends_at.isoformat()})
+    await asyncio.sleep(3)
+
+    async with open_services(settings, name="notifier-test-late") as services:
+        worker = asyncio.create_task(run_worker(services, install_signal_handlers=False))
+        try:
+            event = await processed(client, published["id"])
+
+            async def sent() -> bool:
+                response = await client.get(f"/api/v1/events/{published['id']}")
+                return {n["status"] for n in response.json()["notifications"]} == {"sent"}
+
+            await eventually(sent, timeout=15)
+        finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+
+    (notification,) = event["notifications"]
+    assert notification["last_error"] is None
+    # The rule's deadline, one hour after the send time.
+    send_at = parse_time(notification["send_at"])
+    assert parse_time(notification["expires_at"]) == send_at + datetime.timedelta(hours=1)
+    assert len(receiver.received()) == 1
 
 
 async def test_lead_time_zero_rule_is_delivered_on_the_date(

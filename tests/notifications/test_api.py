@@ -187,9 +187,53 @@ async def test_create_with_a_target_date_in_the_past_stores_it_expired_without_a
     notification = await schedule(client, target_date="2020-01-01T00:00:00Z")
 
     assert notification["status"] == "expired"
+    assert notification["last_error"] == (
+        "target date 2020-01-01T00:00:00+00:00 had passed more than 300 s "
+        "(NOTIFIER_EXPIRY_GRACE_SECONDS) before it was accepted"
+    )
     assert notification["sent_at"] is None
     assert await deliver_jobs(db, notification["id"]) == []
     assert await count_rows(db, "notifier.notifications") == 1
+
+
+@pytest.mark.parametrize("seconds_ago", [0, 2, 240], ids=["now", "2s-ago", "4min-ago"])
+async def test_create_due_now_or_just_past_with_lead_time_zero_is_sent_now(
+    client: AsyncTestClient[Any], db: psycopg.AsyncConnection[Any], seconds_ago: int
+) -> None:
+    """A request that took its time to reach the API (or asked for "now") is not expired."""
+    target = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=seconds_ago)
+    before = datetime.datetime.now(datetime.UTC)
+
+    notification = await schedule(client, target_date=target.isoformat(), lead_time_days=0)
+
+    assert (notification["status"], notification["last_error"]) == ("pending", None)
+    assert before <= datetime.datetime.fromisoformat(notification["send_at"])
+    assert len(await deliver_jobs(db, notification["id"])) == 1
+
+
+async def test_create_with_expires_at_before_the_send_time_is_expired_saying_why(
+    client: AsyncTestClient[Any], db: psycopg.AsyncConnection[Any]
+) -> None:
+    target = days_from_now(10)
+    expires_at = days_from_now(2)
+
+    notification = await schedule(
+        client, target_date=target.isoformat(), expires_at=expires_at.isoformat()
+    )
+
+    assert notification["status"] == "expired"
+    assert notification["last_error"].startswith("its send time is not before its expires_at")
+    assert await deliver_jobs(db, notification["id"]) == []
+
+
+async def test_create_with_expires_at_without_an_offset_is_a_problem_naming_it(
+    client: AsyncTestClient[Any],
+) -> None:
+    response = await client.post(
+        "/api/v1/notifications/", json=request_body(expires_at="2030-01-01T00:00:00")
+    )
+    assert response.status_code in (400, 422), response.text
+    assert "expires_at" in response.text
 
 
 async def test_create_without_email_sends_to_the_phone(client: AsyncTestClient[Any]) -> None:

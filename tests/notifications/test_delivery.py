@@ -449,15 +449,87 @@ async def test_target_date_passing_during_retries_expires_it(
     )
     assert response.status_code == 201, response.text
 
-    # Attempts enough that it cannot run out of them before the date passes.
-    async with running_worker(settings, delivery_max_attempts=1000):
+    # Attempts enough that it cannot run out of them before the date and its grace pass.
+    async with running_worker(
+        settings, delivery_max_attempts=1000, expiry_grace_seconds=2
+    ) as services:
         expired = await wait_for_status(client, response.json()["id"], "expired")
+        counted = services.metrics.registry.get_sample_value(
+            "notifier_notifications_expired_total", {"reason": "target_passed"}
+        )
 
-    assert expired["last_error"] == "target date passed before delivery"
+    assert expired["last_error"].endswith(
+        "passed more than 2 s (NOTIFIER_EXPIRY_GRACE_SECONDS) before it could be delivered"
+    )
+    assert counted == 1
     assert expired["attempts"] >= 1
     assert expired["sent_at"] is None
     assert {a["outcome"] for a in expired["delivery_attempts"]} == {"retry"}
     assert len(receiver.received()) == expired["attempts"]
+
+
+@pytest.mark.parametrize("lead_time_days", [0, 1], ids=["lead-0", "lead-1-day"])
+async def test_a_delivery_delayed_past_its_target_by_notifier_itself_is_still_sent(
+    client: AsyncTestClient[Any], receiver: WebhookReceiver, settings: Settings, lead_time_days: int
+) -> None:
+    """Due one second out, accepted with a 201; no worker runs until the target has
+    passed (an outage, a backlog): the notification is delivered, not expired."""
+    target = datetime.datetime.now(UTC) + datetime.timedelta(seconds=1)
+    response = await client.post(
+        "/api/v1/notifications/",
+        json={
+            "notification_type": "invoice.due",
+            "entity_id": "invoice-10",
+            "target_date": target.isoformat(),
+            "lead_time_days": lead_time_days,
+            "channel": "webhook",
+            "recipient": receiver.url,
+        },
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "pending"
+    await asyncio.sleep((target - datetime.datetime.now(UTC)).total_seconds() + 2)
+
+    async with running_worker(settings):
+        sent = await wait_for_status(client, response.json()["id"], "sent")
+
+    assert parse_time(sent["sent_at"]) > target + datetime.timedelta(seconds=2)
+    assert len(receiver.received()) == 1
+
+
+async def test_expires_at_passing_before_delivery_expires_it_without_an_attempt(
+    client: AsyncTestClient[Any], receiver: WebhookReceiver, settings: Settings
+) -> None:
+    now = datetime.datetime.now(UTC)
+    # Ample for the request to be stored pending, even on a busy machine.
+    expires_at = now + datetime.timedelta(seconds=3)
+    response = await client.post(
+        "/api/v1/notifications/",
+        json={
+            "notification_type": "otp.code",
+            "entity_id": "login-1",
+            "target_date": now.isoformat(),
+            "lead_time_days": 0,
+            "expires_at": expires_at.isoformat(),
+            "channel": "webhook",
+            "recipient": receiver.url,
+        },
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "pending"
+    assert parse_time(response.json()["expires_at"]) == expires_at
+    await asyncio.sleep((expires_at - datetime.datetime.now(UTC)).total_seconds() + 0.1)
+
+    async with running_worker(settings) as services:
+        expired = await wait_for_status(client, response.json()["id"], "expired")
+        counted = services.metrics.registry.get_sample_value(
+            "notifier_notifications_expired_total", {"reason": "deadline"}
+        )
+
+    assert expired["last_error"] == f"its expires_at {expires_at.isoformat()} passed first"
+    assert (expired["attempts"], expired["delivery_attempts"]) == (0, [])
+    assert counted == 1
+    assert receiver.received() == []
 
 
 # --- cancelling ------------------------------------------------------------------------

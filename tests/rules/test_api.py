@@ -63,7 +63,35 @@ async def test_create_rule_answers_201_with_the_stored_rule(client: AsyncTestCli
         "key": None,
         "action": "notify",
         "digest": None,
+        "deliver_within": None,
     }
+
+
+async def test_a_rules_deliver_within_is_stored_changed_and_cleared(
+    client: AsyncTestClient[Any],
+) -> None:
+    created = await client.post("/api/v1/rules/", json=rule_body(deliver_within="PT1H"))
+    assert created.status_code == 201, created.text
+    assert created.json()["deliver_within"] == "PT3600S"  # msgspec's form of a duration
+    url = f"/api/v1/rules/{created.json()['id']}"
+
+    changed = await client.patch(url, json={"deliver_within": "P2D"})
+    assert changed.json()["deliver_within"] == "P2D"
+    unchanged = await client.patch(url, json={"enabled": False})
+    assert unchanged.json()["deliver_within"] == "P2D"
+    cleared = await client.patch(url, json={"deliver_within": None})
+    assert cleared.json()["deliver_within"] is None
+
+
+@pytest.mark.parametrize(
+    "duration", ["PT0S", "-PT1H", "P3651D"], ids=["zero", "negative", "too-long"]
+)
+async def test_a_deliver_within_that_is_not_a_positive_bounded_duration_is_a_problem(
+    client: AsyncTestClient[Any], duration: str
+) -> None:
+    response = await client.post("/api/v1/rules/", json=rule_body(deliver_within=duration))
+    assert response.status_code == 422, response.text
+    assert "deliver_within" in response.text
 
 
 async def test_create_rule_reads_lead_times_as_iso_8601_durations(

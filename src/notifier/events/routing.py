@@ -10,7 +10,12 @@ import msgspec
 from notifier.events.schemas import Event
 from notifier.instants import storable
 from notifier.notifications.localtime import zone_named
-from notifier.notifications.scheduling import NotificationDraft, PlannedSend, plan_sends
+from notifier.notifications.scheduling import (
+    DEFAULT_EXPIRY_GRACE,
+    NotificationDraft,
+    PlannedSend,
+    plan_sends,
+)
 from notifier.notifications.schemas import NotificationStatus
 from notifier.rules.keys import render_key
 from notifier.rules.schemas import Rule, RuleAction
@@ -70,9 +75,17 @@ def _in_range(value: datetime.datetime, path: str) -> datetime.datetime:
 
 
 def drafts_for_event(
-    event: Event, rules: list[Rule], now: datetime.datetime
+    event: Event,
+    rules: list[Rule],
+    now: datetime.datetime,
+    *,
+    grace: datetime.timedelta = DEFAULT_EXPIRY_GRACE,
 ) -> list[NotificationDraft]:
-    """One draft per rule and lead time; a rule the payload cannot satisfy yields a failed draft."""
+    """One draft per rule and lead time; a rule the payload cannot satisfy yields a failed draft.
+
+    The event's ``created_at`` is when notifier accepted it: however long it waited to be
+    processed, its target dates are judged from then (``grace``: NOTIFIER_EXPIRY_GRACE_SECONDS).
+    """
     drafts = []
     for rule in rules:
         if rule.action is RuleAction.CANCEL:
@@ -106,7 +119,14 @@ def drafts_for_event(
             continue
         zone = zone_named(timezone) if timezone else None
         for send in plan_sends(
-            target_date, rule.lead_times, now, zone=zone, quiet_hours=rule.quiet_hours
+            target_date,
+            rule.lead_times,
+            now,
+            grace=grace,
+            accepted_at=min(event.created_at, now),
+            zone=zone,
+            quiet_hours=rule.quiet_hours,
+            deliver_within=rule.deliver_within,
         ):
             drafts.append(
                 NotificationDraft(

@@ -28,7 +28,7 @@ from notifier.events.schemas import Event, EventDetail
 from notifier.events.superseding import apply_keys
 from notifier.idempotency import IdempotentRequest, Outcome
 from notifier.notifications.queries import list_notifications
-from notifier.notifications.scheduling import create_notifications
+from notifier.notifications.scheduling import DEFAULT_EXPIRY_GRACE, create_notifications
 from notifier.pagination import MAX_LIMIT, Cursor, Page, paginate
 from notifier.rules.queries import matching_rules
 from notifier.telemetry import current_traceparent
@@ -114,14 +114,17 @@ async def process(
     *,
     max_notifications: int,
     now: datetime.datetime | None = None,
+    expiry_grace: datetime.timedelta = DEFAULT_EXPIRY_GRACE,
 ) -> None:
     """Apply the routing rules to one event, in one transaction: its notifications and
     their deliver jobs, and the event marked processed.
 
     An event unknown or processed already is left alone. One whose rules would make more
     than ``max_notifications`` makes none and is marked processed with the reason. ``now``
-    (the clock, default the current time) plans the send times. Events from the outbox
-    are counted in ``metrics`` here (the API's were counted when published).
+    (the clock, default the current time) plans the send times; target dates are judged
+    from when the event was accepted, with ``expiry_grace`` (NOTIFIER_EXPIRY_GRACE_SECONDS).
+    Events from the outbox are counted in ``metrics`` here (the API's were counted when
+    published), and so are notifications made expired.
     """
     async with transaction(pool) as conn:
         locked = await queries.lock_unprocessed_event(conn, event_id)
@@ -131,7 +134,7 @@ async def process(
         tenant_id, event = locked
         rules = await matching_rules(conn, tenant_id, event.type)
         planned_at = now or datetime.datetime.now(datetime.UTC)
-        drafts = drafts_for_event(event, rules, planned_at)
+        drafts = drafts_for_event(event, rules, planned_at, grace=expiry_grace)
         if len(drafts) > max_notifications:
             # All or nothing: an arbitrary first `limit` recipients would be a silent partial
             # send, and storing the excess as failed rows would let one event flood the table.
@@ -152,6 +155,7 @@ async def process(
         opened = await digests.collect(conn, tenant_id, event, to_digests, planned_at)
         notifications = await create_notifications(conn, tenant_id, keyed.drafts + opened)
         await queries.mark_processed(conn, event.id, error="; ".join(keyed.errors) or None)
+    metrics.count_expired(draft.send.expiry for draft in keyed.drafts + opened)
     if event.producer != "api":
         # The API counted its own events; the outbox's are first seen here.
         metrics.count_event(event.type, producer=event.producer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import uuid
 
 from notifier.events import service
@@ -22,4 +23,5 @@ async def process_event(
         services.metrics,
         uuid.UUID(event_id),
         max_notifications=services.settings.max_notifications_per_event,
+        expiry_grace=datetime.timedelta(seconds=services.settings.expiry_grace_seconds),
     )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import uuid
 
 from litestar import Controller, Response, delete, get, post
@@ -68,7 +69,10 @@ class NotificationController(Controller):
         idempotent: NamedDependency[IdempotentRequest | None],
     ) -> Response[Notification]:
         """Store the notification and its deliver job, scheduled ``lead_time_days`` before
-        ``target_date``, in one transaction. A target date in the past stores it ``expired``.
+        ``target_date``, in one transaction. Stored ``expired`` (saying why in ``last_error``)
+        only when its send time is not before ``expires_at``, or its target date had passed
+        more than NOTIFIER_EXPIRY_GRACE_SECONDS before; a target date now or just past with
+        ``lead_time_days`` 0 is sent now.
 
         With a ``key``, a pending notification of the tenant with that key is replaced (it
         ends ``superseded``) in the same transaction: **200** with the new one and the
@@ -82,6 +86,8 @@ class NotificationController(Controller):
             data,
             idempotent,
             default_phone_region=services.settings.default_phone_region,
+            expiry_grace=datetime.timedelta(seconds=services.settings.expiry_grace_seconds),
+            metrics=services.metrics,
         )
         return Response(outcome.body, status_code=outcome.status)
 

@@ -15,6 +15,7 @@ import msgspec
 
 from notifier.channels.base import DeliveryError, DeliveryReceipt
 from notifier.notifications.localtime import QuietHours, leave_quiet_hours, zone_named
+from notifier.notifications.scheduling import ExpiryReason, target_deadline
 from notifier.notifications.schemas import AttemptOutcome, NotificationStatus
 from notifier.queue.retry import backoff_seconds
 from notifier.settings import Settings
@@ -66,16 +67,35 @@ class Verdict(msgspec.Struct, frozen=True, kw_only=True):
         return self.outcome.value
 
 
-def too_late(
-    target_date: datetime.datetime | None, lead_time: datetime.timedelta, now: datetime.datetime
-) -> bool:
-    """Whether a reminder ahead of its target date can no longer be sent in time (it
-    expires instead).
+def expiry_at_delivery(
+    *,
+    target_date: datetime.datetime | None,
+    lead_time: datetime.timedelta,
+    accepted_at: datetime.datetime,
+    expires_at: datetime.datetime | None,
+    now: datetime.datetime,
+    grace: datetime.timedelta,
+) -> tuple[ExpiryReason, str] | None:
+    """Why a (pending) notification may no longer be sent at ``now`` (it expires instead,
+    saying so), or None.
 
-    One due at the target date itself (lead time zero) runs at or after that date by
-    design, so the date passing cannot make it late.
+    Only for a deadline the client gave (``expires_at``), or a reminder ahead of its target
+    date (lead time above zero) whose target passed more than ``grace`` ago, counted from
+    ``accepted_at`` (when the notification was made) if that was later
+    (:func:`~notifier.notifications.scheduling.target_deadline`): an outage or a backlog of
+    notifier's own does not expire it within the grace. One due at the target date itself
+    (lead time zero) runs at or after that date by design.
     """
-    return target_date is not None and lead_time > datetime.timedelta(0) and target_date <= now
+    if expires_at is not None and now >= expires_at:
+        return ExpiryReason.DEADLINE, f"its expires_at {expires_at.isoformat()} passed first"
+    if target_date is None or lead_time <= datetime.timedelta(0):
+        return None
+    if now < target_deadline(target_date, accepted_at, grace):
+        return None
+    return ExpiryReason.TARGET_PASSED, (
+        f"target date {target_date.isoformat()} passed more than {grace.total_seconds():g} s "
+        "(NOTIFIER_EXPIRY_GRACE_SECONDS) before it could be delivered"
+    )
 
 
 def retry_delay(policy: RetryPolicy, attempt: int, retry_after: float | None) -> float:

@@ -25,9 +25,9 @@ from notifier.notifications.decisions import (
     QuietWindow,
     RetryPolicy,
     Verdict,
+    expiry_at_delivery,
     judge_attempt,
     settle_jobs_taken_along,
-    too_late,
 )
 from notifier.notifications.host_slots import HostBusy
 from notifier.notifications.queries import DeliveryRow, LockedDelivery
@@ -135,7 +135,7 @@ async def _deliver(
     """Deliver in one transaction; when the notification's channel is rate limited, take a
     send slot first, in a transaction of its own. Returns the retry of this job, if any."""
     async with transaction(services.pool) as conn:
-        own = await _lock_own(conn, notification_id)
+        own = await _lock_own(services, conn, notification_id)
         if own is None:
             return None
         limit = limit_in_force(services.settings, own.channel, own.rate_limit).limit
@@ -147,14 +147,16 @@ async def _deliver(
     # The slot's transaction has committed: the bucket row every worker shares is never
     # locked across a send. The notification may have been cancelled meanwhile: look again.
     async with transaction(services.pool) as conn:
-        own = await _lock_own(conn, notification_id)
+        own = await _lock_own(services, conn, notification_id)
         if own is None:
             return None
         # A rate-limited delivery sends its own notification only: each takes its slot.
         return await _send_batch(services, conn, LockedDelivery(own, job_id), None, slot_waits)
 
 
-async def _lock_own(conn: Connection, notification_id: uuid.UUID) -> DeliveryRow | None:
+async def _lock_own(
+    services: Services, conn: Connection, notification_id: uuid.UUID
+) -> DeliveryRow | None:
     """The job's notification, locked, if it is still to be sent now."""
     row = await queries.lock_for_delivery(conn, notification_id)
     if row is None or row.status != NotificationStatus.PENDING:
@@ -162,7 +164,7 @@ async def _lock_own(conn: Connection, notification_id: uuid.UUID) -> DeliveryRow
         logger.info("notification %s is %s; not sending", notification_id, status)
         return None
     now = datetime.datetime.now(datetime.UTC)
-    if not await _still_to_send(conn, [LockedDelivery(row, None)], now):
+    if not await _still_to_send(services, conn, [LockedDelivery(row, None)], now):
         return None
     return row
 
@@ -215,7 +217,7 @@ async def _send_batch(
             priority=group.priority,
             limit=settings.delivery_batch_size - 1,
         )
-        batch += await _still_to_send(conn, taken_along, now)
+        batch += await _still_to_send(services, conn, taken_along, now)
     sources: TemplateCache = {}
     drafts = [await _prepare(services, conn, locked, sources) for locked in batch]
     attempts, results = await _render_and_send_all(services, conn, drafts)
@@ -258,20 +260,27 @@ async def _send_batch(
 
 
 async def _still_to_send(
-    conn: Connection, batch: list[LockedDelivery], now: datetime.datetime
+    services: Services, conn: Connection, batch: list[LockedDelivery], now: datetime.datetime
 ) -> list[LockedDelivery]:
     """Those of the (locked, pending) notifications still to be sent; the others are marked
-    expired or suppressed here."""
+    expired (saying why, counted) or suppressed here."""
+    grace = datetime.timedelta(seconds=services.settings.expiry_grace_seconds)
     in_time = []
     for locked in batch:
         row = locked.notification
-        if too_late(row.target_date, row.lead_time, now):
-            await queries.set_status(
-                conn,
-                row.id,
-                NotificationStatus.EXPIRED,
-                last_error="target date passed before delivery",
-            )
+        expiry = expiry_at_delivery(
+            target_date=row.target_date,
+            lead_time=row.lead_time,
+            accepted_at=row.created_at or now,
+            expires_at=row.expires_at,
+            now=now,
+            grace=grace,
+        )
+        if expiry is not None:
+            expiry_reason, why = expiry
+            await queries.set_status(conn, row.id, NotificationStatus.EXPIRED, last_error=why)
+            services.metrics.count_expired([expiry_reason])
+            logger.warning("notification %s expired: %s", row.id, why)
         else:
             in_time.append(locked)
     # After scheduling, the recipient may have opted out: never sent, no attempt made.

@@ -39,13 +39,14 @@ async def insert_notification(conn: Connection, values: dict[str, Any]) -> Notif
             id, tenant_id, event_id, rule_id, notification_type, entity_id, channel, recipient,
             email, phone, template, context, target_date, lead_time, send_at, status,
             last_error, job_id, timezone, quiet_hours, traceparent, key, cancelled_by_event_id,
-            digest_count, digest_open
+            digest_count, digest_open, expires_at
         ) VALUES (
             %(id)s, %(tenant_id)s, %(event_id)s, %(rule_id)s, %(notification_type)s,
             %(entity_id)s, %(channel)s, %(recipient)s, %(email)s, %(phone)s, %(template)s,
             %(context)s, %(target_date)s, %(lead_time)s, %(send_at)s, %(status)s,
             %(last_error)s, %(job_id)s, %(timezone)s, %(quiet_hours)s, %(traceparent)s,
-            %(key)s, %(cancelled_by_event_id)s, %(digest_count)s, %(digest_open)s
+            %(key)s, %(cancelled_by_event_id)s, %(digest_count)s, %(digest_open)s,
+            %(expires_at)s
         )
         RETURNING *
         """,
@@ -188,6 +189,9 @@ class DeliveryRow(msgspec.Struct, frozen=True, kw_only=True):
     send_at: datetime.datetime
     target_date: datetime.datetime | None
     lead_time: datetime.timedelta
+    # When the notification was made (the row always has it; None only in hand-made rows).
+    created_at: datetime.datetime | None = None
+    expires_at: datetime.datetime | None = None
     event_id: uuid.UUID | None = None
     entity_id: str | None = None
     template: str | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import enum
 import uuid
 import zoneinfo
 from typing import Any
@@ -22,6 +23,20 @@ from notifier.notifications.schemas import Notification, NotificationStatus
 from notifier.queue import DELIVER_TASK, jobs
 from notifier.telemetry import current_traceparent
 
+# NOTIFIER_EXPIRY_GRACE_SECONDS' default; the service passes its setting.
+DEFAULT_EXPIRY_GRACE = datetime.timedelta(minutes=5)
+
+
+class ExpiryReason(enum.StrEnum):
+    """Why a notification is ``expired``: the label of ``notifier_notifications_expired_total``."""
+
+    # The client's deadline: ``expires_at``, or the rule's ``deliver_within``.
+    DEADLINE = "deadline"
+    # Its target date passed more than NOTIFIER_EXPIRY_GRACE_SECONDS before it could go.
+    TARGET_PASSED = "target_passed"
+    # Its quiet hours end at or after the target date it reminds of.
+    QUIET_HOURS = "quiet_hours"
+
 
 class PlannedSend(msgspec.Struct, frozen=True):
     """One reminder of a series: when it goes out, or why it never will."""
@@ -29,6 +44,26 @@ class PlannedSend(msgspec.Struct, frozen=True):
     lead_time: datetime.timedelta
     send_at: datetime.datetime
     status: NotificationStatus
+    # The client's deliver-by: not sent after it.
+    expires_at: datetime.datetime | None = None
+    # Why it is expired (with ``status`` expired), and the same said for ``last_error``.
+    expiry: ExpiryReason | None = None
+    why: str | None = None
+
+
+def target_deadline(
+    target_date: datetime.datetime, accepted_at: datetime.datetime, grace: datetime.timedelta
+) -> datetime.datetime:
+    """The last moment a reminder of ``target_date`` may still go out: ``grace`` after the
+    target date, or after notifier accepted the request or event if that came later.
+
+    Counted from the acceptance too, so that the time a request, an event or a delivery
+    waits inside notifier (an outage, a backlog) cannot use up the grace: a target date
+    that had passed by more than the grace when the client asked is already past it.
+    """
+    if target_date + grace <= accepted_at:
+        return target_date + grace
+    return max(target_date, accepted_at) + grace
 
 
 def plan_sends(
@@ -36,29 +71,78 @@ def plan_sends(
     lead_times: list[datetime.timedelta],
     now: datetime.datetime,
     *,
+    grace: datetime.timedelta = DEFAULT_EXPIRY_GRACE,
+    accepted_at: datetime.datetime | None = None,
     zone: zoneinfo.ZoneInfo | None = None,
     quiet_hours: QuietHours | None = None,
+    expires_at: datetime.datetime | None = None,
+    deliver_within: datetime.timedelta | None = None,
 ) -> list[PlannedSend]:
     """Decide each reminder of one series ("N days before ``target_date``").
 
+    ``accepted_at``: when notifier accepted the request or event (default ``now``).
     With the recipient's ``zone``, whole days of a lead time are calendar days on the
     recipient's clock (see :func:`~notifier.notifications.localtime.days_before`). With
     ``quiet_hours`` (local to ``zone``, UTC without one), a pending send time inside the
-    window moves to its end; a reminder that this pushes to or past its target date is
-    ``expired`` instead, since it would arrive too late to say what it says.
+    window moves to its end; a reminder ahead of its target that this pushes to or past
+    the target date is ``expired`` instead, since it would arrive too late to say what it
+    says. A send time at or after the client's deadline (``expires_at``) is ``expired``;
+    ``deliver_within`` sets each reminder's deadline that long after its send time.
 
     - No target date: one send, now.
-    - Target date already passed: every reminder is ``expired``.
+    - Target date passed more than ``grace`` before ``accepted_at``
+      (:func:`target_deadline`): every reminder is ``expired``.
     - Send time in the future: ``pending`` at that time.
-    - Send time already past: ``skipped``, because a "7 days before" message sent 3 days
-      before would be wrong, and a later reminder still to come covers it. Only when no
-      reminder is left in the future does the latest overdue one go out now, so the
-      series still reaches the recipient once before the target date.
+    - Send time already past (the target date too, within the grace): ``skipped``,
+      because a "7 days before" message sent 3 days before would be wrong, and a later
+      reminder still to come covers it. Only when no reminder is left in the future does
+      the latest overdue one go out now, so the series still reaches the recipient once:
+      a notification due at its target date (lead time 0) with the target now or just
+      past is sent now.
     """
+    accepted_at = accepted_at or now
+    if target_date is not None and target_deadline(target_date, accepted_at, grace) <= now:
+        why = (
+            f"target date {target_date.isoformat()} had passed more than "
+            f"{grace.total_seconds():g} s (NOTIFIER_EXPIRY_GRACE_SECONDS) before it was accepted"
+        )
+        return [
+            PlannedSend(
+                lead,
+                days_before(target_date, lead, zone),
+                NotificationStatus.EXPIRED,
+                expiry=ExpiryReason.TARGET_PASSED,
+                why=why,
+            )
+            for lead in lead_times
+        ]
     plan = _plan_in_time(target_date, lead_times, now, zone)
-    if quiet_hours is None:
-        return plan
-    return [_outside_quiet_hours(send, target_date, zone, quiet_hours) for send in plan]
+    if quiet_hours is not None:
+        plan = [_outside_quiet_hours(send, target_date, zone, quiet_hours) for send in plan]
+    return [_with_deadline(send, expires_at, deliver_within) for send in plan]
+
+
+def _with_deadline(
+    send: PlannedSend,
+    expires_at: datetime.datetime | None,
+    deliver_within: datetime.timedelta | None,
+) -> PlannedSend:
+    """``send`` with its deadline; expired if it would go out at or after it."""
+    if deliver_within is not None:
+        by_rule = send.send_at + deliver_within
+        expires_at = by_rule if expires_at is None else min(expires_at, by_rule)
+    if expires_at is None:
+        return send
+    if send.status is NotificationStatus.PENDING and send.send_at >= expires_at:
+        why = f"its send time is not before its expires_at {expires_at.isoformat()}"
+        return msgspec.structs.replace(
+            send,
+            status=NotificationStatus.EXPIRED,
+            expires_at=expires_at,
+            expiry=ExpiryReason.DEADLINE,
+            why=why,
+        )
+    return msgspec.structs.replace(send, expires_at=expires_at)
 
 
 def _outside_quiet_hours(
@@ -75,7 +159,15 @@ def _outside_quiet_hours(
         and send.lead_time > datetime.timedelta(0)
         and send_at >= target_date
     )
-    return PlannedSend(send.lead_time, send_at, NotificationStatus.EXPIRED if late else send.status)
+    if not late:
+        return msgspec.structs.replace(send, send_at=send_at)
+    return PlannedSend(
+        send.lead_time,
+        send_at,
+        NotificationStatus.EXPIRED,
+        expiry=ExpiryReason.QUIET_HOURS,
+        why="its quiet hours end at or after the target date",
+    )
 
 
 def _plan_in_time(
@@ -87,10 +179,6 @@ def _plan_in_time(
     if target_date is None:
         return [PlannedSend(datetime.timedelta(0), now, NotificationStatus.PENDING)]
     send_times = {lead: days_before(target_date, lead, zone) for lead in lead_times}
-    if target_date <= now:
-        return [
-            PlannedSend(lead, send_times[lead], NotificationStatus.EXPIRED) for lead in lead_times
-        ]
     overdue = [lead for lead in lead_times if send_times[lead] <= now]
     any_upcoming = len(overdue) < len(lead_times)
     latest_overdue = None if any_upcoming else min(overdue, default=None)
@@ -199,7 +287,8 @@ async def create_notifications(
             lead_time=send.lead_time,
             send_at=send.send_at,
             status=status,
-            last_error=values.pop("error"),
+            last_error=values.pop("error") or send.why,
+            expires_at=send.expires_at,
             job_id=job_ids.get(notification_id),
             traceparent=traceparent,
             tenant_id=tenant_id,

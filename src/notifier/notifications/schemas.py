@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from notifier.api_types import ChannelName, EventType, Payload, Recipient
+from notifier.api_types import AwareDatetime, ChannelName, EventType, Payload, Recipient
 from notifier.notifications.localtime import QuietHours, TimeZoneName
 from notifier.recipients import MAX_PHONE_LENGTH
 
@@ -30,7 +30,8 @@ class NotificationStatus(enum.StrEnum):
     PENDING = "pending"
     SENT = "sent"
     CANCELLED = "cancelled"
-    EXPIRED = "expired"  # its target date passed before it could be sent
+    # Its deadline (expires_at) passed, or its target date long before it could be sent.
+    EXPIRED = "expired"
     SKIPPED = "skipped"  # superseded by a later reminder for the same target
     FAILED = "failed"  # a permanent error: retrying cannot help
     DEAD = "dead"  # every attempt failed
@@ -89,6 +90,9 @@ class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     # A pending notification of the tenant with this key (made through the API) is
     # replaced by this one: answered 200 with its id in ``replaced``.
     key: NotificationKey | None = None
+    # The deliver-by: not sent after it (``expired``, saying so). None: no deadline; then
+    # only a target date passed by more than NOTIFIER_EXPIRY_GRACE_SECONDS expires it.
+    expires_at: AwareDatetime | None = None
 
 
 class DeliveryAttempt(msgspec.Struct, kw_only=True):
@@ -132,6 +136,7 @@ class Notification(msgspec.Struct, kw_only=True):
     timezone: str | None = None
     quiet_hours: QuietHours | None = None
     key: str | None = None
+    expires_at: datetime.datetime | None = None
     # The event whose rule superseded (status superseded) or cancelled it.
     cancelled_by_event_id: uuid.UUID | None = None
     # The notification that replaced it through the API (status superseded).

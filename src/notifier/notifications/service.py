@@ -36,6 +36,7 @@ from notifier.notifications.keys import (
     schedule_replacing,
 )
 from notifier.notifications.scheduling import (
+    DEFAULT_EXPIRY_GRACE,
     NotificationDraft,
     defer_delivery,
     delivery_job,
@@ -55,6 +56,7 @@ from notifier.pagination import Cursor, Page, paginate
 from notifier.queue import jobs
 from notifier.recipients import e164_phone, email_address_problem, phone_number_problem
 from notifier.telemetry import current_traceparent
+from notifier.telemetry.metrics import Metrics
 from notifier.templates import catalog
 from notifier.templates.pool import RendererUnavailable, RenderPool
 from notifier.templates.rendering import MessageFields, TemplateProblem
@@ -73,10 +75,12 @@ def draft_notification(
     default_channel: str,
     now: datetime.datetime,
     default_phone_region: str | None = None,
+    expiry_grace: datetime.timedelta = DEFAULT_EXPIRY_GRACE,
 ) -> NotificationDraft:
     """Check a create request against the configured ``channels`` and plan its one send
-    (``lead_time_days`` before ``target_date``, as of ``now``); a 422 names the field at
-    fault. ``default_channel``: the channel when the request names none.
+    (``lead_time_days`` before ``target_date``, as of ``now``, expired only as
+    :func:`~notifier.notifications.scheduling.plan_sends` says with ``expiry_grace``); a 422
+    names the field at fault. ``default_channel``: the channel when the request names none.
 
     A ``target_date`` without an offset is UTC, as the seed API read it. A ``phone`` is kept
     in E.164 form where it reads as a number (national ones in ``default_phone_region``),
@@ -87,6 +91,8 @@ def draft_notification(
     if data.target_date.tzinfo is None:
         data.target_date = data.target_date.replace(tzinfo=datetime.UTC)
     data.target_date = checked_instant("target_date", data.target_date)
+    if data.expires_at is not None:
+        data.expires_at = checked_instant("expires_at", data.expires_at)
     if data.email is not None and (problem := email_address_problem(data.email)):
         raise field_error("email", problem)
     channel_name = data.channel or default_channel
@@ -112,8 +118,10 @@ def draft_notification(
         data.target_date,
         [datetime.timedelta(days=data.lead_time_days)],
         now,
+        grace=expiry_grace,
         zone=zone,
         quiet_hours=data.quiet_hours,
+        expires_at=data.expires_at,
     )
     return NotificationDraft(
         notification_type=data.notification_type,
@@ -141,10 +149,13 @@ async def schedule(
     *,
     now: datetime.datetime | None = None,
     default_phone_region: str | None = None,
+    expiry_grace: datetime.timedelta = DEFAULT_EXPIRY_GRACE,
+    metrics: Metrics | None = None,
 ) -> Outcome[Notification]:
     """Store the notification and its deliver job, due ``lead_time_days`` before
-    ``target_date``, in one transaction (201). A send time already past stores it
-    ``expired``, with no job.
+    ``target_date``, in one transaction (201). Stored ``expired``, with no job and the
+    reason in ``last_error`` (counted in ``metrics``), only when its send time is not
+    before ``expires_at`` or its target date had passed by more than ``expiry_grace``.
 
     With a ``key``, the tenant's pending notification of that key (made through the API)
     ends ``superseded`` by the new one in the same transaction (200, a
@@ -161,11 +172,14 @@ async def schedule(
         default_channel=default_channel,
         now=now or datetime.datetime.now(datetime.UTC),
         default_phone_region=default_phone_region,
+        expiry_grace=expiry_grace,
     )
     async with transaction(pool) as conn:
 
         async def create() -> Outcome[Notification]:
             scheduled = await schedule_replacing(conn, tenant_id, draft)
+            if metrics is not None:
+                metrics.count_expired([draft.send.expiry])
             if scheduled.replaced is None:
                 return Outcome(201, scheduled.notification)
             return Outcome(

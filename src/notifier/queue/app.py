@@ -9,20 +9,27 @@ directly (by a test, or a command that runs it inline) with a :class:`JobInfo` m
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import procrastinate
+import procrastinate.worker
+import psycopg
 from procrastinate.app import WorkerOptions
 
-from notifier.db import Pool
-from notifier.queue import TASK_QUEUES, JobInfo
+from notifier.db import Pool, transaction
+from notifier.queue import TASK_QUEUES, JobInfo, jobs
 from notifier.queue.connector import QueueConnector
 from notifier.queue.retry import NotifierRetryStrategy
 
 QueueApp: TypeAlias = procrastinate.App
+
+logger = logging.getLogger("notifier.queue")
 
 # What a task function is: ``async def task(deps, job: JobInfo, **args) -> None``.
 TaskFunction: TypeAlias = Callable[..., Awaitable[None]]
@@ -175,12 +182,71 @@ async def run_worker(
         options["shutdown_graceful_timeout"] = shutdown_timeout_seconds
     if stalled_worker_seconds is not None:
         options["stalled_worker_timeout"] = stalled_worker_seconds
-        # procrastinate heartbeats every 10 s by default: with a shorter stalled timeout a
-        # live worker would look dead and its running jobs be requeued under it.
-        options["update_heartbeat_interval"] = min(10.0, stalled_worker_seconds / 4)
+        options["update_heartbeat_interval"] = heartbeat_interval(stalled_worker_seconds)
     if around_job is not None:
         options["worker_middleware"] = [_worker_middleware(around_job)]
-    await app.run_worker_async(**options)
+    worker = app._worker(**options)  # what run_worker_async runs, kept to look into
+    interval = options.get("update_heartbeat_interval", 10.0)
+    orphans = asyncio.create_task(
+        _hand_back_orphaned_jobs(app, worker, interval), name="orphaned-jobs"
+    )
+    try:
+        await worker.run()  # type: ignore[no-untyped-call]
+    finally:
+        orphans.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await orphans
+
+
+def heartbeat_interval(stalled_worker_seconds: float) -> float:
+    """How often a worker heartbeats: five times per stalled timeout (at most every 10 s).
+
+    A live worker is declared dead only after missing four heartbeats in a row, so an
+    event loop stalled by a GC pause or CPU load for less than four intervals does not
+    get its jobs re-run under it.
+    """
+    return min(10.0, stalled_worker_seconds / 5)
+
+
+async def _hand_back_orphaned_jobs(
+    app: QueueApp, worker: procrastinate.worker.Worker, interval: float
+) -> None:
+    """Hand back jobs the database says ``worker`` runs but the worker no longer holds.
+
+    That happens when the write that ends a job's run (finish, retry) failed for good
+    (:class:`~notifier.queue.connector.QueueConnector` tries it again for a while): the
+    worker lives and heartbeats, so dead-worker recovery never looks at the job. A job
+    missing from the worker's running jobs at two looks in a row (``interval`` apart, so a
+    job just fetched and not yet registered is never mistaken) is put back in its queue,
+    its run counted. Tasks are safe to run again: a sent notification is not resent, a
+    processed event not processed twice.
+    """
+    assert isinstance(app.connector, QueueConnector), "notifier's app runs notifier's connector"
+    # open_app hands the connector the process's pool, whose connections give dict rows.
+    pool = cast(Pool, app.connector.pool)
+    suspects: set[int] = set()
+    while True:
+        await asyncio.sleep(interval)
+        worker_id = worker.worker_id
+        if worker_id is None:
+            continue
+        try:
+            async with transaction(pool) as conn:
+                listed = await jobs.running_jobs_of_worker(conn, worker_id)
+            # procrastinate's own record of the jobs this worker runs, a private attribute
+            # (procrastinate is pinned: check it on an upgrade, like the SQL in jobs.py). A
+            # job stays in it until its outcome write is done, retries included.
+            held = {context.job.id for context in worker._running_jobs.values()}
+            orphaned = listed - held
+            for job_id in orphaned & suspects:
+                async with transaction(pool) as conn:
+                    if await jobs.requeue_running_job(conn, job_id):
+                        logger.warning(
+                            "job %s was left running without its worker: handed back", job_id
+                        )
+            suspects = orphaned - suspects
+        except psycopg.Error as exc:  # PoolTimeout included; the next look tries again
+            logger.warning("could not look for orphaned jobs: %s", exc)
 
 
 def _worker_middleware(

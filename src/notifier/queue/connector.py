@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from typing import Any
 
 import psycopg
 from procrastinate import PsycopgConnector
+from procrastinate.sql import queries as procrastinate_queries
 
 from notifier.db import Pool
 from notifier.queue import QueueError
 from notifier.queue.jobs import FETCH_JOB_SQL, PROCRASTINATE_FETCH_JOB_SQL
+
+logger = logging.getLogger("notifier.queue")
+
+# The writes that end a run of a job: finished (succeeded, failed, aborted) or handed back
+# for a retry. Lost to a dead connection, they would leave the job `doing` under a worker
+# that lives on, which no dead-worker recovery ever picks up.
+JOB_OUTCOME_WRITES = frozenset(
+    {procrastinate_queries["finish_job"], procrastinate_queries["retry_job"]}
+)
+HEARTBEAT_SQL = procrastinate_queries["update_heartbeat"]
+# How long an outcome write is tried again on fresh connections. Shorter than any sensible
+# stalled-worker timeout would not matter: while it is retried the worker still holds the
+# job (and heartbeats), so nothing else re-runs it; a worker that loses the database for
+# longer stops, and its jobs are recovered as a dead worker's.
+OUTCOME_WRITE_RETRY_SECONDS = 60.0
+# Pause between two tries of an outcome write, doubling up to the cap.
+OUTCOME_WRITE_FIRST_PAUSE_SECONDS = 0.1
+OUTCOME_WRITE_MAX_PAUSE_SECONDS = 2.0
 
 
 class QueueConnector(PsycopgConnector):
@@ -27,6 +49,54 @@ class QueueConnector(PsycopgConnector):
         super().__init__(**kwargs)
         self.fetch_pool: Pool | None = None
 
+    async def execute_query_async(self, query: Any, **arguments: Any) -> None:
+        """Run ``query``; a job's outcome write (finish, retry) lost to a broken connection
+        is tried again on fresh ones until it lands (or for OUTCOME_WRITE_RETRY_SECONDS).
+
+        The pool discards a connection that failed, so each try gets a new one. A try
+        after one whose answer was lost may find the job no longer running (the first
+        committed after all): procrastinate's function raises, and the write is done.
+        """
+        if query == HEARTBEAT_SQL and self.fetch_pool is not None:
+            # On the fetch connection: a heartbeat must not wait for a connection behind
+            # deliveries holding the shared pool's (a live worker would look dead), and
+            # it needs no durable commit.
+            await self._on_fetch_connection(self.fetch_pool, query, arguments)
+            return
+        if query not in JOB_OUTCOME_WRITES:
+            await super().execute_query_async(query, **arguments)
+            return
+        give_up_at = time.monotonic() + OUTCOME_WRITE_RETRY_SECONDS
+        pause = OUTCOME_WRITE_FIRST_PAUSE_SECONDS
+        lost_once = False
+        while True:
+            try:
+                await super().execute_query_async(query, **arguments)
+            except QueueError as exc:
+                cause = exc.__cause__
+                if lost_once and isinstance(cause, psycopg.errors.RaiseException):
+                    logger.info(
+                        "job %s: its outcome was written before the connection broke",
+                        arguments.get("job_id"),
+                    )
+                    return
+                if not _connection_lost(cause) or time.monotonic() + pause > give_up_at:
+                    raise
+                logger.warning(
+                    "job %s: writing its outcome failed (%s); trying again on a new connection",
+                    arguments.get("job_id"),
+                    cause,
+                )
+                lost_once = True
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, OUTCOME_WRITE_MAX_PAUSE_SECONDS)
+            else:
+                if lost_once:
+                    logger.info(
+                        "job %s: outcome written on a new connection", arguments.get("job_id")
+                    )
+                return
+
     async def execute_query_one_async(self, query: Any, **arguments: Any) -> dict[str, Any]:
         """Run ``query``; a job fetch runs notifier's fetch function, on ``fetch_pool``."""
         if query == PROCRASTINATE_FETCH_JOB_SQL:
@@ -34,17 +104,32 @@ class QueueConnector(PsycopgConnector):
         if self.fetch_pool is None or query != FETCH_JOB_SQL:
             result: dict[str, Any] = await super().execute_query_one_async(query, **arguments)
             return result
-        # The fetch connection is not checked before each use (one more round trip per job,
-        # on the path that bounds a worker); one found broken, after a database restart for
-        # example, is discarded by the pool and the fetch tried once more on a new one.
+        return await self._on_fetch_connection(self.fetch_pool, query, arguments)
+
+    async def _on_fetch_connection(
+        self, fetch_pool: Pool, query: Any, arguments: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Run ``query`` on the fetch connection, tried once more on a new one if broken.
+
+        The fetch connection is not checked before each use (one more round trip per job,
+        on the path that bounds a worker); one found broken, after a database restart for
+        example, is discarded by the pool and the query tried once more on a new one.
+        """
         for attempt in (1, 2):
             try:
-                async with self.fetch_pool.connection() as conn:
+                async with fetch_pool.connection() as conn:
                     fetched: dict[str, Any] = await self.execute_query_one_async_with_connection(
                         conn, query, **arguments
                     )
                     return fetched
             except QueueError as exc:
-                if attempt == 2 or not isinstance(exc.__cause__, psycopg.OperationalError):
+                if attempt == 2 or not _connection_lost(exc.__cause__):
                     raise
         raise AssertionError("unreachable")
+
+
+def _connection_lost(error: BaseException | None) -> bool:
+    """Whether ``error`` means the connection (or the database) went away, rather than the
+    statement being refused: a terminated backend, a restart, a pool that found no
+    connection in time (psycopg_pool's ``PoolTimeout`` is one)."""
+    return isinstance(error, psycopg.OperationalError)

@@ -297,21 +297,36 @@ class StalledJob(msgspec.Struct, frozen=True):
 
 async def stalled_jobs(conn: Connection, *, seconds_since_heartbeat: float) -> list[StalledJob]:
     """Running jobs whose worker's last heartbeat is older than ``seconds_since_heartbeat``,
-    or whose worker is gone (procrastinate sets ``worker_id`` NULL when it prunes one)."""
+    or whose worker is gone (procrastinate sets ``worker_id`` NULL when it prunes one).
+
+    Two index reads (workers by heartbeat, then their running jobs; running jobs without a
+    worker, migration 0016): workers run this every second, and it must not read the
+    waiting jobs, however many reminders wait.
+    """
     cursor = await conn.execute(
         """
         SELECT jobs.id, jobs.task_name
-        FROM procrastinate_jobs AS jobs
-        LEFT JOIN procrastinate_workers AS workers ON workers.id = jobs.worker_id
-        WHERE jobs.status = 'doing'
-          AND (jobs.worker_id IS NULL
-               OR workers.last_heartbeat
-                  < statement_timestamp() - make_interval(secs => %s))
-        ORDER BY jobs.id
+        FROM procrastinate_workers AS workers
+        JOIN procrastinate_jobs AS jobs ON jobs.worker_id = workers.id
+        WHERE workers.last_heartbeat < statement_timestamp() - make_interval(secs => %s)
+          AND jobs.status = 'doing'
+        UNION ALL
+        SELECT id, task_name FROM procrastinate_jobs
+        WHERE status = 'doing' AND worker_id IS NULL
+        ORDER BY id
         """,
         [seconds_since_heartbeat],
     )
     return [StalledJob(row["id"], row["task_name"]) for row in await cursor.fetchall()]
+
+
+async def running_jobs_of_worker(conn: Connection, worker_id: int) -> set[int]:
+    """The jobs the database says ``worker_id`` is running (``doing`` under its id)."""
+    cursor = await conn.execute(
+        "SELECT id FROM procrastinate_jobs WHERE worker_id = %s AND status = 'doing'",
+        [worker_id],
+    )
+    return {row["id"] for row in await cursor.fetchall()}
 
 
 async def requeue_running_job(conn: Connection, job_id: int) -> bool:

@@ -15,9 +15,16 @@ from notifier.rules.schemas import Rule, RuleCreate, rule_from_row
 
 def _rule_params(rule: RuleCreate, lead_times: list[datetime.timedelta]) -> dict[str, object]:
     """The query parameters of a rule's columns (quiet hours as JSON, or NULL)."""
+    # deliver_within was checked by notifier.rules.service.parse_deliver_within.
+    deliver_within = (
+        None
+        if rule.deliver_within is None
+        else msgspec.convert(rule.deliver_within, datetime.timedelta)
+    )
     return msgspec.structs.asdict(rule) | {
         "lead_times": lead_times,
         "quiet_hours": QuietHours.to_column(rule.quiet_hours),
+        "deliver_within": deliver_within,
         "digest": Jsonb(msgspec.to_builtins(rule.digest)) if rule.digest else None,
     }
 
@@ -31,11 +38,11 @@ async def insert_rule(
         INSERT INTO notifier.routing_rules
             (tenant_id, name, event_type, channel, recipient_field, recipient, date_field,
              lead_times, template, enabled, timezone, timezone_field, quiet_hours, key, action,
-             digest)
+             digest, deliver_within)
         VALUES (%(tenant_id)s, %(name)s, %(event_type)s, %(channel)s, %(recipient_field)s,
                 %(recipient)s, %(date_field)s, %(lead_times)s, %(template)s, %(enabled)s,
                 %(timezone)s, %(timezone_field)s, %(quiet_hours)s, %(key)s, %(action)s,
-                %(digest)s)
+                %(digest)s, %(deliver_within)s)
         RETURNING *
         """,
         _rule_params(rule, lead_times) | {"tenant_id": tenant_id},
@@ -107,7 +114,8 @@ async def update_rule(
             date_field = %(date_field)s, lead_times = %(lead_times)s,
             template = %(template)s, enabled = %(enabled)s, timezone = %(timezone)s,
             timezone_field = %(timezone_field)s, quiet_hours = %(quiet_hours)s,
-            key = %(key)s, action = %(action)s, digest = %(digest)s
+            key = %(key)s, action = %(action)s, digest = %(digest)s,
+            deliver_within = %(deliver_within)s
         WHERE tenant_id = %(tenant_id)s AND id = %(id)s
         RETURNING *
         """,

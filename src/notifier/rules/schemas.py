@@ -102,6 +102,9 @@ class RuleCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     action: RuleAction = RuleAction.NOTIFY
     # One notification per key and window instead of one per event (needs a key).
     digest: DigestSpec | None = None
+    # A deadline for the notifications it makes: each expires this long after its send
+    # time (an ISO 8601 duration, "PT1H"). None: only a long-passed target date expires them.
+    deliver_within: IsoDuration | None = None
 
 
 class RuleUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -122,11 +125,13 @@ class RuleUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     key: KeyTemplate | msgspec.UnsetType | None = msgspec.UNSET
     action: RuleAction | msgspec.UnsetType = msgspec.UNSET
     digest: DigestSpec | msgspec.UnsetType | None = msgspec.UNSET
+    deliver_within: IsoDuration | msgspec.UnsetType | None = msgspec.UNSET
 
     def applied_to(self, rule: Rule) -> RuleCreate:
         """``rule`` with these changes, as a whole rule to validate and store."""
         current = {name: getattr(rule, name) for name in RuleCreate.__struct_fields__}
         current["lead_times"] = msgspec.to_builtins(rule.lead_times)  # back to "P7D" strings
+        current["deliver_within"] = msgspec.to_builtins(rule.deliver_within)
         changes = {
             name: value
             for name, value in msgspec.structs.asdict(self).items()
@@ -155,6 +160,7 @@ class Rule(msgspec.Struct, kw_only=True):
     key: str | None = None
     action: RuleAction = RuleAction.NOTIFY
     digest: DigestSpec | None = None
+    deliver_within: datetime.timedelta | None = None
 
 
 def rule_from_row(row: dict[str, Any]) -> Rule:

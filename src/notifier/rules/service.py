@@ -65,6 +65,7 @@ def validate_rule(rule: RuleCreate, channels: Mapping[str, Channel]) -> list[dat
     if (rule.recipient is None) == (rule.recipient_field is None):
         raise field_error("recipient", "give exactly one of recipient and recipient_field")
     checked_local_time(rule.timezone, rule.quiet_hours)
+    parse_deliver_within(rule.deliver_within)
     return parse_lead_times(rule.lead_times)
 
 
@@ -94,6 +95,23 @@ def check_digest(rule: RuleCreate) -> None:
         raise field_error("key", "a digest collects the events of one key: give a key")
     if rule.date_field is not None:
         raise field_error("date_field", "a digest goes out when its window ends: leave it out")
+
+
+def parse_deliver_within(duration: str | None) -> datetime.timedelta | None:
+    """The rule's deadline after each send time: a positive ISO 8601 duration, or None."""
+    if duration is None:
+        return None
+    try:
+        within = msgspec.convert(duration, datetime.timedelta)
+    except msgspec.ValidationError as exc:
+        raise field_error(
+            "deliver_within", f"is not an ISO 8601 duration such as PT1H: {exc}"
+        ) from None
+    if within <= datetime.timedelta(0):
+        raise field_error("deliver_within", "must be positive")
+    if within > MAX_LEAD_TIME:
+        raise field_error("deliver_within", "must not exceed P3650D (ten years)")
+    return within
 
 
 async def check_template(conn: Connection, tenant_id: str, name: str | None) -> None:

@@ -41,6 +41,8 @@ DELIVERY_LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6
 PUBLISH_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 100)
 # Every outcome a delivery attempt has; each configured channel's series start at zero.
 DELIVERY_OUTCOMES = ("delivered", "retry", "failed", "dead")
+# Why notifications expire (notifier.notifications.scheduling.ExpiryReason's values).
+EXPIRY_REASONS = ("deadline", "target_passed", "quiet_hours")
 # API requests, from the first byte in to the last byte out.
 REQUEST_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # Methods that get a label of their own; anything else a client sends is "other".
@@ -89,6 +91,16 @@ class Metrics:
             buckets=PUBLISH_BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.notifications_expired = Counter(
+            "notifier_notifications_expired",
+            "Notifications expired, never sent, by reason: deadline (the client's expires_at "
+            "or the rule's deliver_within), target_passed (the target date passed more than "
+            "NOTIFIER_EXPIRY_GRACE_SECONDS before), quiet_hours (they end after the target).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in EXPIRY_REASONS:
+            self.notifications_expired.labels(reason=reason)
         self._event_types: set[str] = set()
         self._lock = threading.Lock()
         self.http_requests: Counter | None = None
@@ -150,6 +162,12 @@ class Metrics:
         self.deliveries.labels(channel=channel, outcome=outcome).inc()
         if lag_seconds is not None:
             self.delivery_lag.observe(max(0.0, lag_seconds))
+
+    def count_expired(self, reasons: Iterable[str | None]) -> None:
+        """Count the notifications expired for each of ``reasons`` (None: not expired)."""
+        for reason in reasons:
+            if reason is not None:
+                self.notifications_expired.labels(reason=reason).inc()
 
     def render(self) -> bytes:
         """The registry in Prometheus' text format."""

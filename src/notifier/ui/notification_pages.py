@@ -368,6 +368,8 @@ async def notification_create(
             services.settings.default_channel,
             _tenant(request),
             _create_request(values),
+            expiry_grace=datetime.timedelta(seconds=services.settings.expiry_grace_seconds),
+            metrics=services.metrics,
         )
     except FormErrors as exc:
         errors = exc.errors

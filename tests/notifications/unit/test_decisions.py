@@ -12,13 +12,14 @@ from notifier.notifications.decisions import (
     QuietWindow,
     RetryPolicy,
     Verdict,
+    expiry_at_delivery,
     judge_attempt,
     outside_quiet_hours,
     retry_delay,
     settle_jobs_taken_along,
-    too_late,
 )
 from notifier.notifications.localtime import QuietHours
+from notifier.notifications.scheduling import ExpiryReason
 from notifier.notifications.schemas import AttemptOutcome, NotificationStatus
 
 NOW = datetime.datetime(2026, 3, 2, 12, 0, tzinfo=datetime.UTC)
@@ -35,22 +36,63 @@ def judge(
     return judge_attempt(result, attempt=attempt, policy=POLICY, window=window, now=NOW)
 
 
+MINUTE = datetime.timedelta(minutes=1)
+GRACE = 5 * MINUTE
+
+
 @pytest.mark.parametrize(
-    ("target_date", "lead_time", "late"),
+    ("target_date", "lead_time", "accepted_at", "reason"),
     [
-        (None, DAY, False),
-        (NOW + DAY, DAY, False),
-        (NOW, DAY, True),
-        (NOW - DAY, DAY, True),
+        (None, DAY, NOW - DAY, None),
+        (NOW + DAY, DAY, NOW - DAY, None),
+        (NOW, DAY, NOW - DAY, None),
+        (NOW - GRACE + datetime.timedelta(seconds=1), DAY, NOW - DAY, None),
+        (NOW - GRACE, DAY, NOW - DAY, ExpiryReason.TARGET_PASSED),
+        (NOW - DAY, DAY, NOW - 2 * DAY, ExpiryReason.TARGET_PASSED),
+        # Made long after its target (a backlog of notifier's own): the grace counts from then.
+        (NOW - 6 * MINUTE, DAY, NOW - 4 * MINUTE, None),
         # Due at the target date itself: the date passing cannot make it late.
-        (NOW - DAY, datetime.timedelta(0), False),
+        (NOW - DAY, datetime.timedelta(0), NOW - 2 * DAY, None),
     ],
-    ids=["no-target", "target-ahead", "target-now", "target-passed", "lead-time-zero"],
+    ids=[
+        "no-target",
+        "target-ahead",
+        "target-now",
+        "within-grace",
+        "grace-over",
+        "target-long-passed",
+        "made-late-within-grace",
+        "lead-time-zero",
+    ],
 )
-def test_a_reminder_is_too_late_once_its_target_date_passed(
-    target_date: datetime.datetime | None, lead_time: datetime.timedelta, late: bool
+def test_a_reminder_expires_only_once_its_target_passed_by_more_than_the_grace(
+    target_date: datetime.datetime | None,
+    lead_time: datetime.timedelta,
+    accepted_at: datetime.datetime,
+    reason: ExpiryReason | None,
 ) -> None:
-    assert too_late(target_date, lead_time, NOW) is late
+    expiry = expiry_at_delivery(
+        target_date=target_date,
+        lead_time=lead_time,
+        accepted_at=accepted_at,
+        expires_at=None,
+        now=NOW,
+        grace=GRACE,
+    )
+    assert (expiry[0] if expiry else None) is reason
+
+
+def test_the_clients_deadline_expires_it_whatever_the_target_saying_so() -> None:
+    deadline = NOW - datetime.timedelta(seconds=1)
+    expiry = expiry_at_delivery(
+        target_date=None,
+        lead_time=datetime.timedelta(0),
+        accepted_at=NOW - DAY,
+        expires_at=deadline,
+        now=NOW,
+        grace=GRACE,
+    )
+    assert expiry == (ExpiryReason.DEADLINE, f"its expires_at {deadline.isoformat()} passed first")
 
 
 def test_an_accepted_send_is_delivered_and_sent() -> None:
