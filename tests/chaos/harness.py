@@ -35,7 +35,6 @@ from typing import Any
 
 import httpx
 import psycopg
-import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from notifier.auth import service as auth_service
@@ -757,23 +756,14 @@ def record(outcome: Outcome) -> None:
             out.write(json.dumps(outcome.as_json()) + "\n")
 
 
-# The ways an acknowledged notification is lost on a branch without issue 21's fixes: it
-# expired because our own delay made it late, or its job is stranded ``doing``.
-KNOWN_ISSUE_21 = ("expired", "job doing", "AdminShutdown")
-
-
 def check_nothing_lost(outcome: Outcome) -> None:
-    """Fail on any loss; a loss entirely of issue 21's known kinds is an expected failure
-    (xfail) until the fixes land, so that this test starts passing with them."""
-    if not outcome.lost:
-        return
-    unknown = {
-        i: s for i, s in outcome.lost_states.items() if not any(k in s for k in KNOWN_ISSUE_21)
-    }
-    assert not unknown, (
-        f"{len(unknown)} acknowledged notifications lost: {list(unknown.items())[:5]}"
+    """Every acknowledged notification due now was accepted to send (a 201 ``expired``
+    would be our own delay turned into non-delivery, issue 21) and delivered, and no job
+    is left ``doing``."""
+    expired = outcome.answered_expired
+    assert not expired, f"{len(expired)} notifications due now were answered 'expired'"
+    assert not outcome.lost_states, (
+        f"{len(outcome.lost_states)} acknowledged notifications lost: "
+        f"{dict(collections.Counter(outcome.lost_states.values()))}"
     )
-    pytest.xfail(
-        f"issue 21: {outcome.lost} acknowledged notifications never delivered "
-        f"({dict(collections.Counter(outcome.lost_states.values()))})"
-    )
+    assert outcome.stranded_jobs == 0, f"{outcome.stranded_jobs} jobs left doing"
