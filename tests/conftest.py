@@ -44,6 +44,7 @@ from tests.databases import Clones
 from tests.hostile_receiver import HostileReceiver, hostile_receiver
 from tests.support import (
     LOOPBACK_NETWORKS,
+    SECRETS_KEYS,
     WEBHOOK_SECRET,
     FakeSmsProvider,
     ReceivedRequest,
@@ -180,6 +181,7 @@ def settings(database_url: str) -> Settings:
         retry_max_seconds=2.0,
         webhook_timeout_seconds=2.0,
         webhook_secret=WEBHOOK_SECRET,
+        secrets_keys=SECRETS_KEYS,
         # The test receivers listen on loopback, which webhooks may not reach by default.
         webhook_allowed_networks=LOOPBACK_NETWORKS,
     )

@@ -113,6 +113,8 @@ class WebhookReceiver:
 # The Standard Webhooks secret the test settings sign with.
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"test-secret-of-32-bytes-length!!").decode()
 PROBLEM_JSON = "application/problem+json"
+# NOTIFIER_SECRETS_KEYS of the tests: a fixed Fernet key (32 bytes, url-safe base64).
+SECRETS_KEYS = base64.urlsafe_b64encode(b"notifier-tests-fernet-key-32byte").decode()
 # NOTIFIER_WEBHOOK_ALLOWED_NETWORKS of the tests: their receivers run on loopback.
 LOOPBACK_NETWORKS = "127.0.0.0/8,::1/128"
 

@@ -100,8 +100,19 @@ class Settings:
     # Channel for notifications created over REST without an explicit one.
     default_channel: str = "log"
     webhook_timeout_seconds: PositiveFloat = 10.0
-    # Standard Webhooks secret ("whsec_" + base64). Unset: webhooks are sent unsigned.
+    # Deprecated: the one secret every tenant's webhooks were signed with. Now each tenant
+    # has its own (notifier.endpoints.signing); this one is only taken over, once, as the
+    # default tenant's, so its receivers keep verifying (docs/security.md, migration).
     webhook_secret: str | None = None
+    # Comma-separated Fernet keys that encrypt stored secrets (webhook signing secrets):
+    # the first encrypts, all decrypt (key rotation). Required by `notifier api` and
+    # `notifier worker`; `notifier dev` makes one. See notifier.secret_box.
+    secrets_keys: str | None = dataclasses.field(default=None, repr=False)
+    # An endpoint whose every attempt has failed for this long is disabled (by the
+    # maintenance task, with a reason and an endpoint_events row). 0 turns the span off.
+    endpoint_disable_after_days: NonNegativeFloat = 5.0
+    # ... or after this many failed attempts in a row. 0: the span alone decides.
+    endpoint_disable_after_failures: NonNegativeInt = 0
     webhook_user_agent: str = "notifier-webhooks/0.1"
     # Comma-separated CIDRs webhooks may reach although they are not public (loopback,
     # private, link-local...). Empty: public addresses only.

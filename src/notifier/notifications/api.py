@@ -25,6 +25,7 @@ from notifier.api_types import (
 )
 from notifier.auth.guard import BEARER_SECURITY, requires
 from notifier.db import Connection, transaction
+from notifier.endpoints.references import check_endpoint, endpoint_channel_and_recipient
 from notifier.idempotency import IdempotentRequest
 from notifier.notifications import queries
 from notifier.notifications.scheduling import (
@@ -71,11 +72,19 @@ def draft_from_request(
         raise field_error("email", problem)
     if data.phone is not None and (problem := phone_number_problem(data.phone)):
         raise field_error("phone", problem)
-    channel_name = data.channel or services.settings.default_channel
-    # The seed shape carries both an email and a phone: SMS goes to the phone.
-    fallback = (data.phone or data.email) if channel_name == "sms" else (data.email or data.phone)
-    recipient = data.recipient or fallback
-    checked_channel(services, channel_name, recipient)
+    recipient: str | None
+    if data.endpoint is not None:
+        channel_name, recipient = endpoint_channel_and_recipient(data.endpoint, data.channel)
+        if data.recipient is not None:
+            raise field_error("recipient", "give either recipient or endpoint, not both")
+    else:
+        channel_name = data.channel or services.settings.default_channel
+        # The seed shape carries both an email and a phone: SMS goes to the phone.
+        fallback = (
+            (data.phone or data.email) if channel_name == "sms" else (data.email or data.phone)
+        )
+        recipient = data.recipient or fallback
+    checked_channel(services, channel_name, None if data.endpoint else recipient)
     if recipient is None:
         raise field_error("recipient", "give recipient, email or phone")
     zone = checked_local_time(data.timezone, data.quiet_hours)
@@ -98,6 +107,7 @@ def draft_from_request(
         send=send,
         timezone=data.timezone,
         quiet_hours=data.quiet_hours,
+        endpoint_id=data.endpoint,
     )
 
 
@@ -142,6 +152,7 @@ class NotificationController(Controller):
             stored = await idempotency.claim(conn, idempotent)
             if stored is not None:
                 return Response(stored.decode(Notification), status_code=stored.status)
+            await check_endpoint(conn, principal.tenant_id, draft.endpoint_id)
             (notification,) = await create_notifications(conn, principal.tenant_id, [draft])
             await idempotency.remember(conn, idempotent, 201, notification)
         return Response(notification, status_code=201)

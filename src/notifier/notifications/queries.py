@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import psycopg
 
@@ -27,12 +27,13 @@ async def insert_notification(conn: Connection, values: dict[str, Any]) -> Notif
         INSERT INTO notifier.notifications (
             id, tenant_id, event_id, rule_id, notification_type, entity_id, channel, recipient,
             email, phone, template, context, target_date, lead_time, send_at, status,
-            last_error, job_id, timezone, quiet_hours, traceparent
+            last_error, job_id, timezone, quiet_hours, traceparent, endpoint_id
         ) VALUES (
             %(id)s, %(tenant_id)s, %(event_id)s, %(rule_id)s, %(notification_type)s,
             %(entity_id)s, %(channel)s, %(recipient)s, %(email)s, %(phone)s, %(template)s,
             %(context)s, %(target_date)s, %(lead_time)s, %(send_at)s, %(status)s,
-            %(last_error)s, %(job_id)s, %(timezone)s, %(quiet_hours)s, %(traceparent)s
+            %(last_error)s, %(job_id)s, %(timezone)s, %(quiet_hours)s, %(traceparent)s,
+            %(endpoint_id)s
         )
         RETURNING *
         """,
@@ -240,6 +241,13 @@ class AttemptRecord(TypedDict):
     error: str | None
     # The (locked) notification's new status, or None to leave it.
     status: NotificationStatus | None
+    # For the endpoint's attempt log: its id, the request's duration, the answer's start.
+    endpoint_id: NotRequired[uuid.UUID | None]
+    duration_ms: NotRequired[int | None]
+    answer: NotRequired[str | None]
+
+
+_ATTEMPT_LOG_DEFAULTS = {"endpoint_id": None, "duration_ms": None, "answer": None}
 
 
 async def record_attempts(conn: Connection, records: list[AttemptRecord]) -> None:
@@ -263,15 +271,16 @@ async def record_attempts(conn: Connection, records: list[AttemptRecord]) -> Non
             -- The attempt names its tenant, for the dashboard's per-tenant charts.
             INSERT INTO notifier.delivery_attempts
                 (notification_id, tenant_id, attempt, job_id, channel, outcome, status_code,
-                 error, started_at, finished_at)
+                 error, started_at, finished_at, endpoint_id, duration_ms, answer)
             SELECT %(notification_id)s::uuid, tenant_id, %(attempt)s::integer,
                    %(job_id)s::bigint, %(channel)s::text, %(outcome)s::text,
                    %(status_code)s::integer, %(error)s::text, %(started_at)s::timestamptz,
                    -- now() is when the transaction began, before the send: use the clock.
-                   clock_timestamp()
+                   clock_timestamp(), %(endpoint_id)s::uuid, %(duration_ms)s::integer,
+                   %(answer)s::text
             FROM counted
             """,
-            records,
+            [_ATTEMPT_LOG_DEFAULTS | record for record in records],
         )
 
 

@@ -142,6 +142,8 @@ class NotificationDraft(msgspec.Struct, kw_only=True):
     quiet_hours: QuietHours | None = None
     # A draft the routing could not complete is stored as failed, visibly, with the reason.
     error: str | None = None
+    # A webhook to one of the tenant's endpoints (notifier.endpoints) rather than a URL.
+    endpoint_id: uuid.UUID | None = None
 
 
 def delivery_job(

@@ -16,6 +16,7 @@ from notifier.channels.base import Channel, DeliveryError, DeliveryReceipt, Outg
 from notifier.channels.egress import origin_of
 from notifier.channels.webhook import WebhookChannel
 from notifier.db import Connection, transaction
+from notifier.endpoints.delivery import note_endpoint_attempts, route_webhooks
 from notifier.notifications import host_slots, queries
 from notifier.notifications.host_slots import HostBusy
 from notifier.notifications.scheduling import retry_outside_quiet_hours
@@ -69,6 +70,7 @@ def _message(
         subject=content.subject,
         text=content.text,
         html=content.html,
+        webhook=row.get("webhook_target"),
     )
 
 
@@ -253,7 +255,7 @@ async def _deliver_once(
             )
             return None
         now = datetime.datetime.now(datetime.UTC)
-        if not await _still_to_send(conn, [row], now):
+        if not await _still_to_send(services, conn, [row], now):
             return None
         limit = _rate_limit(settings, row)
         if limit is not None and not slot_taken:
@@ -269,7 +271,7 @@ async def _deliver_once(
                 priority=group.priority,
                 limit=settings.delivery_batch_size - 1,
             )
-            still_due = await _still_to_send(conn, taken_along, now)
+            still_due = await _still_to_send(services, conn, taken_along, now)
             batch += [(other, other["batch_job_id"]) for other in still_due]
         sources: TemplateCache = {}
         drafts = [await _prepare(services, conn, row, job_id, sources) for row, job_id in batch]
@@ -278,7 +280,9 @@ async def _deliver_once(
             None if isinstance(result, HostBusy) else _outcome(services, attempt, result, now)
             for attempt, result in zip(attempts, results, strict=True)
         ]
-        await queries.record_attempts(conn, [outcome[0] for outcome in outcomes if outcome])
+        records = [outcome[0] for outcome in outcomes if outcome]
+        await queries.record_attempts(conn, records)
+        await note_endpoint_attempts(conn, [(r["endpoint_id"], r["outcome"]) for r in records])
         waiting = [
             host_slots.Waiting(attempt.row, attempt.job_id, result.origin, own=index == 0)
             for index, (attempt, result) in enumerate(zip(attempts, results, strict=True))
@@ -319,10 +323,11 @@ async def _settle_jobs_taken_along(
 
 
 async def _still_to_send(
-    conn: Connection, rows: list[dict[str, Any]], now: datetime.datetime
+    services: Services, conn: Connection, rows: list[dict[str, Any]], now: datetime.datetime
 ) -> list[dict[str, Any]]:
     """Those of the (locked, pending) notifications still to be sent; the others are marked
-    expired or suppressed here."""
+    expired or suppressed here, or held or failed by their endpoint. Webhooks among them
+    get their target (URL, signing secrets, headers)."""
     in_time = []
     for row in rows:
         if _too_late(row, now):
@@ -341,7 +346,8 @@ async def _still_to_send(
             conn, notification_id, NotificationStatus.SUPPRESSED, last_error=reason
         )
         logger.info("notification %s not sent: %s", notification_id, reason)
-    return [row for row in in_time if row["id"] not in reasons]
+    unsuppressed = [row for row in in_time if row["id"] not in reasons]
+    return await route_webhooks(conn, services, unsuppressed)
 
 
 def _rate_limit(settings: Settings, row: dict[str, Any]) -> Limit | None:
@@ -527,6 +533,10 @@ def _outcome(
     retry: RetryLater | None = None
     status_code: int | None = None
     error: str | None = None
+    duration_ms: int | None = None
+    answer = b""
+    if isinstance(result, DeliveryReceipt | DeliveryError):
+        duration_ms, answer = result.duration_ms, result.answer
     if isinstance(attempt.message, str):
         outcome, status, error = "failed", NotificationStatus.FAILED, attempt.message
         services.metrics.count_delivery(attempt.channel_label, "failed")
@@ -573,5 +583,8 @@ def _outcome(
         status_code=status_code,
         error=error,
         status=status,
+        endpoint_id=row["endpoint_id"],
+        duration_ms=duration_ms,
+        answer=answer.decode(errors="replace").replace("\x00", "\ufffd") if answer else None,
     )
     return record, retry

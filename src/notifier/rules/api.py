@@ -20,6 +20,7 @@ from notifier.api_types import (
 )
 from notifier.auth.guard import BEARER_SECURITY, requires
 from notifier.db import Connection, transaction
+from notifier.endpoints.references import check_endpoint, endpoint_channel_and_recipient
 from notifier.idempotency import IdempotentRequest
 from notifier.problems import field_error, not_found, problem_responses
 from notifier.rules import queries
@@ -53,7 +54,11 @@ def validate_rule(rule: RuleCreate, services: Services) -> list[datetime.timedel
     """Reject a rule that could never deliver, naming the field at fault; its lead times."""
     check_storable(rule)
     checked_channel(services, rule.channel, rule.recipient)
-    if (rule.recipient is None) == (rule.recipient_field is None):
+    if rule.endpoint is not None:
+        endpoint_channel_and_recipient(rule.endpoint, rule.channel)
+        if rule.recipient is not None or rule.recipient_field is not None:
+            raise field_error("endpoint", "give endpoint, recipient or recipient_field: one")
+    elif (rule.recipient is None) == (rule.recipient_field is None):
         raise field_error("recipient", "give exactly one of recipient and recipient_field")
     checked_local_time(rule.timezone, rule.quiet_hours)
     return parse_lead_times(rule.lead_times)
@@ -98,6 +103,7 @@ class RuleController(Controller):
             if stored is not None:
                 return Response(stored.decode(Rule), status_code=stored.status)
             await check_template(conn, principal.tenant_id, data.template)
+            await check_endpoint(conn, principal.tenant_id, data.endpoint)
             rule = await queries.insert_rule(conn, principal.tenant_id, data, lead_times)
             await idempotency.remember(conn, idempotent, 201, rule)
         return Response(rule, status_code=201)
@@ -159,6 +165,7 @@ class RuleController(Controller):
             changed = data.applied_to(current)
             lead_times = validate_rule(changed, services)
             await check_template(conn, principal.tenant_id, changed.template)
+            await check_endpoint(conn, principal.tenant_id, changed.endpoint)
             return await queries.update_rule(
                 conn, principal.tenant_id, rule_id, changed, lead_times
             )

@@ -28,10 +28,10 @@ async def insert_rule(
         """
         INSERT INTO notifier.routing_rules
             (tenant_id, name, event_type, channel, recipient_field, recipient, date_field,
-             lead_times, template, enabled, timezone, timezone_field, quiet_hours)
+             lead_times, template, enabled, timezone, timezone_field, quiet_hours, endpoint_id)
         VALUES (%(tenant_id)s, %(name)s, %(event_type)s, %(channel)s, %(recipient_field)s,
                 %(recipient)s, %(date_field)s, %(lead_times)s, %(template)s, %(enabled)s,
-                %(timezone)s, %(timezone_field)s, %(quiet_hours)s)
+                %(timezone)s, %(timezone_field)s, %(quiet_hours)s, %(endpoint)s)
         RETURNING *
         """,
         _rule_params(rule, lead_times) | {"tenant_id": tenant_id},
@@ -102,7 +102,8 @@ async def update_rule(
             recipient_field = %(recipient_field)s, recipient = %(recipient)s,
             date_field = %(date_field)s, lead_times = %(lead_times)s,
             template = %(template)s, enabled = %(enabled)s, timezone = %(timezone)s,
-            timezone_field = %(timezone_field)s, quiet_hours = %(quiet_hours)s
+            timezone_field = %(timezone_field)s, quiet_hours = %(quiet_hours)s,
+            endpoint_id = %(endpoint)s
         WHERE tenant_id = %(tenant_id)s AND id = %(id)s
         RETURNING *
         """,

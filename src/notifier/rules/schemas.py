@@ -69,6 +69,9 @@ class RuleCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timezone: TimeZoneName | None = None
     timezone_field: FieldPath | None = None
     quiet_hours: QuietHours | None = None
+    # One of the tenant's webhook endpoints (its id), instead of recipient or
+    # recipient_field; the channel is then webhook.
+    endpoint: uuid.UUID | None = None
 
 
 class RuleUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -86,6 +89,7 @@ class RuleUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timezone: TimeZoneName | msgspec.UnsetType | None = msgspec.UNSET
     timezone_field: FieldPath | msgspec.UnsetType | None = msgspec.UNSET
     quiet_hours: QuietHours | msgspec.UnsetType | None = msgspec.UNSET
+    endpoint: uuid.UUID | msgspec.UnsetType | None = msgspec.UNSET
 
     def applied_to(self, rule: Rule) -> RuleCreate:
         """``rule`` with these changes, as a whole rule to validate and store."""
@@ -116,10 +120,12 @@ class Rule(msgspec.Struct, kw_only=True):
     timezone: str | None = None
     timezone_field: str | None = None
     quiet_hours: QuietHours | None = None
+    endpoint: uuid.UUID | None = None
 
 
 def rule_from_row(row: dict[str, Any]) -> Rule:
     """The response struct from a ``notifier.routing_rules`` row (internal columns left out)."""
     fields = {name: row[name] for name in Rule.__struct_fields__ if name in row}
     fields["quiet_hours"] = QuietHours.from_column(row.get("quiet_hours"))
+    fields["endpoint"] = row.get("endpoint_id")
     return Rule(**fields)

@@ -1,0 +1,123 @@
+"""Where a webhook goes and how it is signed, decided at delivery; and what its attempts
+tell about its endpoint.
+
+:func:`route_webhooks` is the one place a delivery resolves an endpoint (URL, secrets,
+headers, enabled state, type filter) or a bare URL's tenant secret.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from notifier.channels.base import WebhookTarget
+from notifier.channels.webhook import WebhookChannel
+from notifier.db import Connection
+from notifier.endpoints import queries
+from notifier.endpoints.schemas import type_matches
+from notifier.endpoints.signing import signing_keys, tenant_secret_row
+from notifier.notifications import queries as notification_queries
+from notifier.notifications.schemas import NotificationStatus
+from notifier.services import Services
+
+logger = logging.getLogger("notifier.endpoints")
+
+
+class Verdict(enum.Enum):
+    """What becomes of a notification to an endpoint."""
+
+    SEND = "send"
+    HOLD = "hold"  # the endpoint is disabled: wait, spending no attempt
+    REFUSE = "refuse"  # it can never be sent there: fail it, spending no attempt
+
+
+class Decision(NamedTuple):
+    verdict: Verdict
+    reason: str | None = None
+
+
+def decide(endpoint: dict[str, Any] | None, notification_type: str) -> Decision:
+    """The fate of a notification of ``notification_type`` to ``endpoint`` (no I/O)."""
+    if endpoint is None or endpoint["deleted_at"] is not None:
+        return Decision(Verdict.REFUSE, "its endpoint was deleted")
+    if not type_matches(endpoint["type_filter"], notification_type):
+        return Decision(
+            Verdict.REFUSE, f"its endpoint's type_filter does not let {notification_type!r} in"
+        )
+    if not endpoint["enabled"]:
+        return Decision(Verdict.HOLD)
+    return Decision(Verdict.SEND)
+
+
+async def route_webhooks(
+    conn: Connection, services: Services, rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Those of the (locked, pending) notifications still to send, each webhook among them
+    given its ``webhook_target`` (and its endpoint's URL as ``recipient``, so host caps and
+    URL checks see where it really goes).
+
+    Notifications whose endpoint is disabled are held (no job, no attempt: re-enabling
+    sends them); those their endpoint refuses (deleted, filtered out) fail now.
+    """
+    webhooks = [row for row in rows if row["channel"] == WebhookChannel.name]
+    if not webhooks:
+        return rows
+    now = datetime.datetime.now(datetime.UTC)
+    endpoint_ids = sorted({row["endpoint_id"] for row in webhooks if row["endpoint_id"]})
+    endpoints = await queries.endpoints_for_delivery(conn, endpoint_ids) if endpoint_ids else {}
+    tenant_keys: dict[str, tuple[bytes, ...]] = {}
+    held: list[uuid.UUID] = []
+    dropped: set[uuid.UUID] = set()
+    box = services.secret_box
+    for row in webhooks:
+        if row["endpoint_id"] is None:
+            tenant = row["tenant_id"]
+            if tenant not in tenant_keys:
+                secret_row = await tenant_secret_row(conn, box, services.settings, tenant)
+                tenant_keys[tenant] = signing_keys(box, secret_row, now)
+            row["webhook_target"] = WebhookTarget(url=row["recipient"], secrets=tenant_keys[tenant])
+            continue
+        endpoint = endpoints.get(row["endpoint_id"])
+        verdict, reason = decide(endpoint, row["notification_type"])
+        if verdict is Verdict.HOLD:
+            held.append(row["id"])
+            dropped.add(row["id"])
+        elif verdict is Verdict.REFUSE:
+            await notification_queries.set_status(
+                conn, row["id"], NotificationStatus.FAILED, last_error=f"not sent: {reason}"
+            )
+            logger.warning("notification %s not sent: %s", row["id"], reason)
+            dropped.add(row["id"])
+        else:
+            assert endpoint is not None
+            row["recipient"] = endpoint["url"]
+            row["webhook_target"] = WebhookTarget(
+                url=endpoint["url"],
+                secrets=signing_keys(box, endpoint, now),
+                headers=tuple(endpoint["headers"].items()),
+                endpoint_id=endpoint["id"],
+            )
+    if held:
+        await queries.hold_notifications(conn, held)
+        logger.info("%d notification(s) wait for their disabled endpoint", len(held))
+    return [row for row in rows if row["id"] not in dropped]
+
+
+async def note_endpoint_attempts(
+    conn: Connection, attempts: Sequence[tuple[uuid.UUID | None, str]]
+) -> None:
+    """Count a batch's attempts (endpoint, outcome) towards their endpoints' health: any
+    delivered clears the endpoint's failures, else each failed attempt adds one."""
+    results: dict[uuid.UUID, tuple[bool, int]] = {}
+    for endpoint_id, outcome in attempts:
+        if endpoint_id is not None:
+            delivered, failed = results.get(endpoint_id, (False, 0))
+            results[endpoint_id] = (
+                delivered or outcome == "delivered",
+                failed + (outcome != "delivered"),
+            )
+    await queries.note_attempt_results(conn, results)
