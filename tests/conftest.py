@@ -306,8 +306,9 @@ def receiver() -> Iterator[WebhookReceiver]:
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
-            self.send_header("content-length", "0")
+            self.send_header("content-length", str(len(state.answer_body)))
             self.end_headers()
+            self.wfile.write(state.answer_body)
 
         def log_message(self, format: str, *args: Any) -> None:
             """Keep test output quiet."""

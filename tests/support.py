@@ -94,6 +94,8 @@ class WebhookReceiver:
     responses: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     default_status: int = 200
     delay_seconds: float = 0.0
+    # The body of every answer.
+    answer_body: bytes = b""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def script(self, *statuses: int | tuple[int, dict[str, str]]) -> None:
