@@ -12,10 +12,11 @@ from tests.support import ReceivedRequest
 
 
 async def create_endpoint(
-    client: AsyncTestClient[Any], url: str, *, headers: dict[str, str] | None = None, **fields: Any
+    client: AsyncTestClient[Any], url: str, *, auth: dict[str, str] | None = None, **fields: Any
 ) -> dict[str, Any]:
-    """A new endpoint (with its ``secret``), as the API answers its creation."""
-    response = await client.post("/api/v1/endpoints/", json={"url": url, **fields}, headers=headers)
+    """A new endpoint (with its ``secret``), as the API answers its creation; ``auth``: the
+    headers of another tenant's key, ``fields``: the endpoint's other fields."""
+    response = await client.post("/api/v1/endpoints/", json={"url": url, **fields}, headers=auth)
     assert response.status_code == 201, response.text
     endpoint: dict[str, Any] = response.json()
     assert endpoint["secret"].startswith("whsec_")
