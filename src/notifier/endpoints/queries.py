@@ -431,25 +431,24 @@ async def endpoint_exists(conn: Connection, tenant_id: str, endpoint_id: uuid.UU
     return await get_endpoint(conn, tenant_id, endpoint_id) is not None
 
 
-async def all_secret_tokens(conn: Connection) -> list[tuple[str, str, Any, str, str | None]]:
-    """Every stored secret token, as (table, key column, key, secret, previous secret),
-    locked: for re-encrypting them under a new key."""
-    found: list[tuple[str, str, Any, str, str | None]] = []
+async def all_secret_tokens(conn: Connection) -> list[tuple[str, Any, str, str | None]]:
+    """Every stored secret token, as (table, row key, secret, previous secret), locked:
+    for re-encrypting them under a new key."""
     cursor = await conn.execute(
         "SELECT id, secret, previous_secret FROM notifier.endpoints "
         "WHERE secret <> '' ORDER BY id FOR UPDATE"
     )
-    found += [
-        ("endpoints", "id", r["id"], r["secret"], r["previous_secret"])
-        for r in await cursor.fetchall()
+    found = [
+        ("endpoints", row["id"], row["secret"], row["previous_secret"])
+        for row in await cursor.fetchall()
     ]
     cursor = await conn.execute(
         "SELECT tenant_id, secret, previous_secret FROM notifier.tenant_webhook_secrets "
         "ORDER BY tenant_id FOR UPDATE"
     )
     found += [
-        ("tenant_webhook_secrets", "tenant_id", r["tenant_id"], r["secret"], r["previous_secret"])
-        for r in await cursor.fetchall()
+        ("tenant_webhook_secrets", row["tenant_id"], row["secret"], row["previous_secret"])
+        for row in await cursor.fetchall()
     ]
     return found
 
