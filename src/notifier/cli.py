@@ -107,9 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.add_argument(
         "--secrets-key-file",
-        default=".notifier-dev/secrets-key",
         help="where the dev key of stored secrets is kept when NOTIFIER_SECRETS_KEYS is unset "
-        "(default %(default)s)",
+        "(default: secrets-key beside the --key-file)",
     )
     key_commands.add_commands(commands)
     endpoint_commands.add_commands(commands)
@@ -195,7 +194,8 @@ def develop_locally(settings: Settings, args: argparse.Namespace) -> None:
     # would end the process there, before any cleanup.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     if not settings.secrets_keys:
-        settings = settings.replace(secrets_keys=dev_secrets_key(Path(args.secrets_key_file)))
+        key_file = Path(args.secrets_key_file or Path(args.key_file).parent / "secrets-key")
+        settings = settings.replace(secrets_keys=dev_secrets_key(key_file))
     with contextlib.suppress(KeyboardInterrupt), local_database(settings, args.data_dir) as dev:
         migrations.migrate(dev)
         key = dev_key(dev, Path(args.key_file))
