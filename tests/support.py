@@ -77,6 +77,8 @@ class ReceivedRequest:
     path: str
     headers: dict[str, str]
     body: bytes
+    # time.monotonic() when it arrived.
+    arrived_at: float = field(default_factory=time.monotonic)
 
     def json(self) -> Any:
         return json.loads(self.body)

@@ -8,6 +8,7 @@ import datetime
 from typing import Any
 
 import psycopg
+import pytest
 from litestar.testing import AsyncTestClient
 
 from notifier.endpoints import service
@@ -399,3 +400,17 @@ async def _held(db: psycopg.AsyncConnection[Any], notification_id: str) -> bool:
 def _with(services: Services, **settings: Any) -> Services:
     """``services`` with some settings changed (the same pool and metrics)."""
     return dataclasses.replace(services, settings=services.settings.replace(**settings))
+
+
+@pytest.mark.serial
+async def test_an_endpoints_own_rate_limit_spaces_its_sends(
+    client: AsyncTestClient[Any], receiver: WebhookReceiver, worker: None
+) -> None:
+    endpoint = await create_endpoint(client, receiver.url, rate_limit={"per_second": 4, "burst": 1})
+    sent = [await notify_endpoint(client, endpoint["id"], entity_id=f"n{n}") for n in range(5)]
+    for notification in sent:
+        await wait_for_status(client, notification["id"], "sent")
+    with receiver.lock:
+        arrivals = sorted(request.arrived_at for request in receiver.requests)
+    # Five sends at four a second, one at a time: at least a second from first to last.
+    assert arrivals[-1] - arrivals[0] >= 0.95

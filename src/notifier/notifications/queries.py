@@ -168,14 +168,21 @@ async def lock_for_delivery(conn: Connection, notification_id: uuid.UUID) -> dic
     """The notification row locked as by :func:`lock_notification`, for the worker.
 
     With it come the tenant's rate-limit override for the row's channel
-    (``rate_per_second``, ``rate_burst``; NULL without one), read in the same round trip.
+    (``rate_per_second``, ``rate_burst``; NULL without one), read in the same round trip,
+    and the bucket it counts against (``rate_bucket``: the channel). A webhook endpoint's
+    own rate limit takes the place of the tenant's, with a bucket of its own.
     """
     cursor = await conn.execute(
         """
-        SELECT n.*, limits.per_second AS rate_per_second, limits.burst AS rate_burst
+        SELECT n.*,
+               coalesce(e.rate_per_second, limits.per_second) AS rate_per_second,
+               coalesce(e.rate_burst, limits.burst) AS rate_burst,
+               CASE WHEN e.rate_per_second IS NULL THEN n.channel
+                    ELSE 'endpoint:' || e.id END AS rate_bucket
         FROM notifier.notifications AS n
         LEFT JOIN notifier.rate_limits AS limits
             ON limits.tenant_id = n.tenant_id AND limits.channel = n.channel
+        LEFT JOIN notifier.endpoints AS e ON e.id = n.endpoint_id
         WHERE n.id = %s
         FOR UPDATE OF n
         """,
@@ -193,6 +200,10 @@ _LOCK_DUE_DELIVERIES = jobs.lock_due_jobs_with(
       AND NOT EXISTS (
           SELECT 1 FROM notifier.rate_limits AS limits
           WHERE limits.tenant_id = n.tenant_id AND limits.channel = n.channel
+      )
+      AND NOT EXISTS (
+          SELECT 1 FROM notifier.endpoints AS e
+          WHERE e.id = n.endpoint_id AND e.rate_per_second IS NOT NULL
       )""",
     lock="n",
     job_id="batch_job_id",
@@ -214,7 +225,7 @@ async def lock_due_deliveries(
 
     A batch takes only its own group's jobs: the fetch shares out turns by group
     (migration 0011), and a batch is one turn. Notifications whose tenant has a rate limit
-    on the channel are left to their own jobs. Each row carries its job's id as
+    on the channel, or whose endpoint has one, are left to their own jobs. Each row carries its job's id as
     ``batch_job_id``.
     """
     group = jobs.due_jobs_parameters(

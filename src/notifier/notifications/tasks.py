@@ -139,9 +139,11 @@ class JobGroup(NamedTuple):
 
 
 class SlotNeeded(NamedTuple):
-    """The notification may be sent once its channel's rate limit hands out a slot."""
+    """The notification may be sent once its channel's (or its endpoint's) rate limit
+    hands out a slot."""
 
     tenant_id: str
+    # The bucket: the channel's name, or "endpoint:<id>" under an endpoint's own limit.
     channel: str
     limit: Limit
 
@@ -259,7 +261,7 @@ async def _deliver_once(
             return None
         limit = _rate_limit(settings, row)
         if limit is not None and not slot_taken:
-            return SlotNeeded(row["tenant_id"], row["channel"], limit)
+            return SlotNeeded(row["tenant_id"], row["rate_bucket"], limit)
         batch = [(row, job_id)]
         taken_along: list[dict[str, Any]] = []
         if limit is None and settings.delivery_batch_size > 1:
