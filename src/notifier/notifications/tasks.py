@@ -587,6 +587,12 @@ def _outcome(
         status=status,
         endpoint_id=row["endpoint_id"],
         duration_ms=duration_ms,
-        answer=answer.decode(errors="replace").replace("\x00", "\ufffd") if answer else None,
+        # Kept for an endpoint's attempt log only (a bare URL has no log to show it in).
+        answer=_answer_text(answer) if answer and row["endpoint_id"] else None,
     )
     return record, retry
+
+
+def _answer_text(answer: bytes) -> str:
+    """The start of an answer as text PostgreSQL can store (no NUL)."""
+    return answer.decode(errors="replace").replace("\x00", "\ufffd")
