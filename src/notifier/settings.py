@@ -5,6 +5,7 @@ Everything else receives a :class:`Settings` instance; nothing reads the environ
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import difflib
 import functools
@@ -257,6 +258,10 @@ class Settings:
                     f"{ENV_PREFIX}RATE_LIMIT_{channel.upper()}_PER_SECOND, "
                     f"{ENV_PREFIX}RATE_LIMIT_BURST: {problem}"
                 )
+        if self.webhook_secret and not _is_signing_secret(self.webhook_secret):
+            raise SettingsError(
+                f"{ENV_PREFIX}WEBHOOK_SECRET: not a Standard Webhooks secret (whsec_ and base64)"
+            )
         try:
             parse_networks(self.webhook_allowed_networks)
         except ValueError as exc:
@@ -298,6 +303,15 @@ def _mask_password(database_url: str) -> str:
         return database_url
     params["password"] = MASK
     return make_conninfo("", **params)
+
+
+def _is_signing_secret(secret: str) -> bool:
+    """Whether ``secret`` is ``whsec_`` (optional) and base64 of at least one byte."""
+    encoded = secret.removeprefix("whsec_")
+    try:
+        return bool(base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True))
+    except ValueError:
+        return False
 
 
 def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -12,7 +12,7 @@ from notifier.endpoints.delivery import Verdict, decide
 from notifier.endpoints.schemas import type_matches
 from notifier.endpoints.signing import overlap_problem, rotated, signing_keys
 from notifier.secret_box import SecretBox, new_signing_secret
-from notifier.settings import Settings
+from notifier.settings import Settings, SettingsError
 from tests.support import SECRETS_KEYS
 
 NOW = datetime.datetime(2026, 12, 7, 12, tzinfo=datetime.UTC)
@@ -79,3 +79,9 @@ def test_overlap_bounds() -> None:
     assert overlap_problem(datetime.timedelta(days=7)) is None
     assert overlap_problem(datetime.timedelta(days=7, seconds=1)) == "must be at most P7D (a week)"
     assert overlap_problem(datetime.timedelta(seconds=-1)) == "must not be negative"
+
+
+def test_a_webhook_secret_that_is_no_secret_is_refused_when_read() -> None:
+    with pytest.raises(SettingsError, match="NOTIFIER_WEBHOOK_SECRET"):
+        Settings(webhook_secret="whsec_not base64!")
+    assert Settings(webhook_secret="whsec_c2VjcmV0").webhook_secret == "whsec_c2VjcmV0"

@@ -63,7 +63,8 @@ _GET_ENDPOINT = """
     SELECT * FROM notifier.endpoints
     WHERE tenant_id = %s AND id = %s AND deleted_at IS NULL
 """
-_LOCK_ENDPOINT = _GET_ENDPOINT + " FOR UPDATE"
+# NO KEY: deliveries inserting the endpoint's health row (a foreign key to it) go on.
+_LOCK_ENDPOINT = _GET_ENDPOINT + " FOR NO KEY UPDATE"
 
 
 async def update_endpoint(
