@@ -35,7 +35,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy in strict mode over src and tests."""
+    """mypy in strict mode over src, tests and bench (bench rotted unchecked once)."""
     sync(session)
     session.run("mypy")
 

@@ -26,6 +26,7 @@ import re
 import signal
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import LiteralString
@@ -320,10 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     description = machine()
     print(f"# notifier fair share, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
     print(f"# {description}")
-    report, procs = Report(), Processes()
+    report, procs = Report(), Processes(Path(tempfile.mkdtemp(prefix="notifier-bench-")))
     bench = Bench(args, report, procs)
     selected = {part.strip() for part in args.only.split(",")}
-    with running(procs):
+    with running(procs, bench):
         if "burst" in selected:
             burst(bench)
         if "fetch" in selected:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -228,7 +229,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    procs = Processes()
+    procs = Processes(Path(tempfile.mkdtemp(prefix="notifier-bench-")))
     run = Run(args, procs)
     try:
         run.url = fresh_database(DATABASE)

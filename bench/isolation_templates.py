@@ -28,6 +28,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     description = machine()
     print(f"# template isolation, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
     print(f"# {description}")
-    procs = Processes()
+    procs = Processes(Path(tempfile.mkdtemp(prefix="notifier-bench-")))
     try:
         load, lags, b_outcomes = measure(args, procs)
     finally:

@@ -23,11 +23,15 @@ import asyncio
 import json
 import time
 import urllib.parse
+from typing import Any
 
 import httptools
 import uvloop
 
-EVENT = {"type": "bench.created", "payload": {"user_id": 42, "email": "ada@example.com"}}
+EVENT: dict[str, Any] = {
+    "type": "bench.created",
+    "payload": {"user_id": 42, "email": "ada@example.com"},
+}
 
 
 def encode_request(url: str, body: bytes, key: str) -> bytes:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import math
 import os
@@ -647,7 +648,7 @@ class Bench:
     def ingest(self) -> None:
         seconds = self.args.ingest_seconds
         for clients in (1, 8, 32):
-            ours = self.measured(lambda c=clients: self.publish(c, seconds), "ok")
+            ours = self.measured(functools.partial(self.publish, clients, seconds), "ok")
             base = self.pgbench(clients, seconds)
             self.report.raw[f"ingest_{clients}"] = {"notifier": ours, "pgbench": base}
             ratio = ours["per_second"] / base["per_second"]
@@ -685,7 +686,7 @@ class Bench:
                 if len(self.apis) > 1:
                     # What one process does alone: the cost of a request, without the spread.
                     alone = self.measured(
-                        lambda c=clients: self.publish(c, seconds, processes=1), "ok"
+                        functools.partial(self.publish, clients, seconds, processes=1), "ok"
                     )
                     self.report.raw["ingest_8_one_process"] = alone
                     self.report.add(

@@ -134,6 +134,10 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'notifier_producer') THEN
         CREATE ROLE notifier_producer NOLOGIN;
     END IF;
+-- Roles belong to the cluster: two databases of one cluster migrated at the same moment
+-- both see no role, and the second CREATE fails. The role either made is the same.
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;
 END $$;
 GRANT USAGE ON SCHEMA notifier TO notifier_producer;
 GRANT INSERT ON notifier.outbox TO notifier_producer;

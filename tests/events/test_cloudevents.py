@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import msgspec
@@ -142,3 +143,93 @@ async def test_a_repeated_batch_with_the_same_idempotency_key_is_replayed(
     assert first.status_code == again.status_code == 201
     assert again.json() == first.json()
     assert await count_rows(db, "notifier.events") == 2
+
+
+BINARY = {
+    "content-type": "application/json",
+    "ce-specversion": "1.0",
+    "ce-id": "inv-7",
+    "ce-source": "https://billing.example.com",
+    "ce-type": "invoice.paid",
+    "ce-time": "2026-11-22T10:00:00Z",
+    "ce-subject": "invoice%20paid%20%E2%9C%93",
+}
+
+
+async def test_a_binary_mode_cloudevent_is_stored_from_its_headers_and_json_body(
+    client: AsyncTestClient[Any], db: psycopg.AsyncConnection[Any]
+) -> None:
+    response = await post(client, {"invoice_id": "inv-7"}, BINARY)
+
+    assert response.status_code == 201, response.text
+    event = response.json()
+    assert event["type"] == "invoice.paid"
+    assert event["payload"] == {"invoice_id": "inv-7"}
+    assert event["source"] == "https://billing.example.com"
+    assert event["external_id"] == "inv-7"
+    assert event["occurred_at"] == "2026-11-22T10:00:00Z"
+    assert await count_rows(db, "procrastinate_jobs") == 1
+    # The same source and id in structured mode is the same event.
+    again = await post(client, cloudevent("inv-7"), CE_JSON)
+    assert again.status_code == 200
+    assert again.json()["id"] == event["id"]
+
+
+async def test_a_binary_mode_cloudevent_with_bad_attributes_names_the_header(
+    client: AsyncTestClient[Any], db: psycopg.AsyncConnection[Any]
+) -> None:
+    missing_id = {k: v for k, v in BINARY.items() if k != "ce-id"}
+    bad_time = BINARY | {"ce-time": "yesterday"}
+    bad_version = BINARY | {"ce-specversion": "0.3"}
+
+    for headers, field in (
+        (missing_id, "ce-id"),
+        (bad_time, "ce-time"),
+        (bad_version, "ce-specversion"),
+    ):
+        response = await post(client, {"invoice_id": "inv-7"}, headers)
+        assert_problem(response, 422, field)
+    assert await count_rows(db, "notifier.events") == 0
+
+
+async def test_binary_mode_data_that_is_not_a_json_object_is_refused_not_dropped(
+    client: AsyncTestClient[Any], db: psycopg.AsyncConnection[Any]
+) -> None:
+    text = await client.post(
+        "/api/v1/events/", content=b"hello", headers=BINARY | {"content-type": "text/plain"}
+    )
+    array = await post(client, [1, 2], BINARY)
+
+    assert text.status_code == 415, text.text
+    assert text.headers["content-type"].startswith("application/problem+json")
+    assert_problem(array, 422, "body")
+    assert await count_rows(db, "notifier.events") == 0
+
+
+async def test_data_base64_holding_a_json_object_is_stored_as_the_payload(
+    client: AsyncTestClient[Any],
+) -> None:
+    encoded = base64.b64encode(b'{"invoice_id": "inv-8"}').decode()
+    event = cloudevent("inv-8", data_base64=encoded)
+    del event["data"]
+
+    response = await post(client, event, CE_JSON)
+
+    assert response.status_code == 201, response.text
+    assert response.json()["payload"] == {"invoice_id": "inv-8"}
+
+
+async def test_data_base64_that_notifier_cannot_store_is_refused_naming_it(
+    client: AsyncTestClient[Any], db: psycopg.AsyncConnection[Any]
+) -> None:
+    binary = cloudevent("inv-9", data_base64=base64.b64encode(b"\x89PNG\r\n").decode())
+    del binary["data"]
+    not_base64 = cloudevent("inv-10", data_base64="***")
+    del not_base64["data"]
+    both = cloudevent("inv-11", data_base64=base64.b64encode(b"{}").decode())
+
+    for body in (binary, not_base64, both):
+        assert_problem(await post(client, body, CE_JSON), 422, "data_base64")
+    batch = await post(client, [cloudevent("inv-12"), both], CE_BATCH)
+    assert_problem(batch, 422, "[1].data_base64")
+    assert await count_rows(db, "notifier.events") == 0

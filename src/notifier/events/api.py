@@ -134,7 +134,7 @@ class EventController(Controller):
         With an ``Idempotency-Key``, a repeat returns the first answer and stores nothing new.
         """
         events, is_batch = parse_publish_request(
-            request.headers.get("content-type", ""), await request.body()
+            request.headers.get("content-type", ""), await request.body(), request.headers
         )
         for index, event in enumerate(events):
             prefix = f"[{index}]." if is_batch else ""

@@ -4,15 +4,24 @@
 - ``application/json``: ``{"type", "payload"}``, or a CloudEvent (it has ``specversion``), or a
   JSON array of either;
 - ``application/cloudevents+json``: one CloudEvent;
-- ``application/cloudevents-batch+json``: a JSON array of CloudEvents.
+- ``application/cloudevents-batch+json``: a JSON array of CloudEvents;
+- a CloudEvent in binary mode: its attributes in ``ce-*`` headers, its data (a JSON object)
+  the ``application/json`` body.
 
 A batch is all-or-nothing: one invalid item rejects the request, naming every item at fault.
+notifier stores an event's data as a JSON object (rules and templates read its fields), so
+data that is not one is refused with a 4xx naming where it was, never dropped: ``data_base64``
+is taken when it holds a JSON object, in binary mode only a JSON body is.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote
 
 import msgspec
 
@@ -41,7 +50,9 @@ class CloudEvent(msgspec.Struct, kw_only=True):
     datacontenttype: Literal["application/json"] | None = None
     dataschema: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
     subject: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
-    data: Payload = msgspec.field(default_factory=dict)
+    data: Payload | None = None
+    # Standard for binary data in JSON; notifier takes it when it decodes to a JSON object.
+    data_base64: Annotated[str, msgspec.Meta(max_length=2_000_000)] | None = None
     traceparent: TraceParent | None = None
 
 
@@ -56,9 +67,17 @@ class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
     traceparent: str | None = None
 
 
-def parse_publish_request(content_type: str, body: bytes) -> tuple[list[NewEvent], bool]:
-    """The events in a publish request, and whether it was a batch. Raises a 400/422 problem."""
+def parse_publish_request(
+    content_type: str, body: bytes, headers: Mapping[str, str] | None = None
+) -> tuple[list[NewEvent], bool]:
+    """The events in a publish request, and whether it was a batch. Raises a 400/415/422
+    problem. ``headers`` (the request's, case-insensitive) carry a binary-mode CloudEvent."""
     try:
+        media_type = content_type.partition(";")[0].strip().lower()
+        binary = headers is not None and CE_HEADER_PREFIX + "specversion" in headers
+        # The HTTP binding: a cloudevents media type means structured mode, headers or not.
+        if binary and headers is not None and not media_type.startswith("application/cloudevents"):
+            return [_parse_binary(headers, media_type, body)], False
         return _parse(content_type, body)
     except msgspec.DecodeError as exc:
         raise _malformed(str(exc)) from None
@@ -90,6 +109,8 @@ def _parse(content_type: str, body: bytes) -> tuple[list[NewEvent], bool]:
                 events.append(_parse_one(item, cloudevent=media_type == CLOUDEVENTS_BATCH_JSON))
             except msgspec.ValidationError as exc:
                 problems.append(msgspec_problem(exc, prefix=f"[{index}]"))
+            except _DataBase64Problem as exc:
+                problems.append(_at(f"[{index}].data_base64", str(exc)))
         if problems:
             raise _problem(422, "Unprocessable Content", problems)
         return events, True
@@ -103,6 +124,8 @@ def _parse(content_type: str, body: bytes) -> tuple[list[NewEvent], bool]:
         return [_parse_one(document, cloudevent=media_type == CLOUDEVENTS_JSON)], False
     except msgspec.ValidationError as exc:
         raise _problem(422, "Unprocessable Content", [msgspec_problem(exc)]) from None
+    except _DataBase64Problem as exc:
+        raise _problem(422, "Unprocessable Content", [_at("data_base64", str(exc))]) from None
 
 
 def _decode(body: bytes) -> msgspec.Raw | list[msgspec.Raw]:
@@ -113,18 +136,88 @@ def _decode(body: bytes) -> msgspec.Raw | list[msgspec.Raw]:
     return msgspec.json.decode(body, type=msgspec.Raw)
 
 
+CE_HEADER_PREFIX = "ce-"
+# The attributes a binary-mode event may carry in headers (the others are extensions, which
+# are ignored as in structured mode). ``traceparent`` is the plain W3C header in this mode.
+_BINARY_ATTRIBUTES = ("specversion", "id", "source", "type", "time", "dataschema", "subject")
+
+
+def _parse_binary(headers: Mapping[str, str], media_type: str, body: bytes) -> NewEvent:
+    """A CloudEvent in binary mode: attributes from ``ce-*`` headers, data from the body."""
+    if media_type != "application/json":
+        raise _problem(
+            415,
+            "Unsupported Media Type",
+            [_at("content-type", "a binary-mode CloudEvent's data must be application/json")],
+        )
+    attributes: dict[str, Any] = {}
+    for name in _BINARY_ATTRIBUTES:
+        value = headers.get(CE_HEADER_PREFIX + name)
+        if value is not None:
+            # The binding percent-encodes what a header cannot carry as it is.
+            attributes[name] = unquote(value, errors="strict")
+    if (traceparent := headers.get("traceparent")) is not None:
+        attributes["traceparent"] = traceparent
+    try:
+        event = msgspec.convert(attributes, type=CloudEvent, strict=False)
+    except msgspec.ValidationError as exc:
+        problem = msgspec_problem(exc)
+        # Name the header the client set, not a field of a document it never sent.
+        field = problem.field.removeprefix("$.").removeprefix("body.").removeprefix("body")
+        raise _problem(
+            422,
+            "Unprocessable Content",
+            [_at(f"{CE_HEADER_PREFIX}{field.lstrip('.') or 'specversion'}", problem.message)],
+        ) from None
+    data: Payload = {}
+    if body.strip():
+        try:
+            data = msgspec.json.decode(body, type=Payload)
+        except msgspec.ValidationError:
+            raise _problem(
+                422,
+                "Unprocessable Content",
+                [_at("body", "a binary-mode CloudEvent's data must be a JSON object")],
+            ) from None
+    return _new_event(event, data)
+
+
+class _DataBase64Problem(Exception):
+    """``data_base64`` holds nothing notifier can store; the caller names the item."""
+
+
+def _cloudevent_data(event: CloudEvent) -> Payload:
+    """The event's data as the JSON object notifier stores."""
+    if event.data_base64 is None:
+        return event.data if event.data is not None else {}
+    if event.data is not None:
+        raise _DataBase64Problem("a CloudEvent carries data or data_base64, not both")
+    try:
+        decoded = base64.b64decode(event.data_base64, validate=True)
+        return msgspec.json.decode(decoded, type=Payload)
+    except (binascii.Error, msgspec.DecodeError, UnicodeDecodeError):
+        raise _DataBase64Problem(
+            "must be base64 of a JSON object (notifier stores data as JSON); "
+            "send JSON data in `data`"
+        ) from None
+
+
+def _new_event(event: CloudEvent, data: Payload) -> NewEvent:
+    return NewEvent(
+        type=event.type,
+        payload=data,
+        occurred_at=event.time,
+        source=event.source,
+        external_id=event.id,
+        traceparent=event.traceparent,
+    )
+
+
 def _parse_one(raw: msgspec.Raw, *, cloudevent: bool) -> NewEvent:
     # A CloudEvent says so with its top-level `specversion`; anything else is the plain shape.
     if cloudevent or "specversion" in msgspec.json.decode(raw, type=dict[str, msgspec.Raw]):
         event = msgspec.json.decode(raw, type=CloudEvent)
-        return NewEvent(
-            type=event.type,
-            payload=event.data,
-            occurred_at=event.time,
-            source=event.source,
-            external_id=event.id,
-            traceparent=event.traceparent,
-        )
+        return _new_event(event, _cloudevent_data(event))
     plain = msgspec.json.decode(raw, type=EventCreate)
     return NewEvent(type=plain.type, payload=plain.payload, occurred_at=plain.occurred_at)
 
