@@ -10,6 +10,7 @@ import pytest
 from cryptography.fernet import Fernet
 from litestar.testing import AsyncTestClient
 
+from notifier.app import create_app
 from notifier.bootstrap import open_services
 from notifier.secret_box import SecretBox
 from notifier.settings import Settings, SettingsError
@@ -302,3 +303,17 @@ def test_a_new_key_first_still_reads_secrets_of_the_old_one() -> None:
     moved = both.reencrypt(token)
     only_new = SecretBox.from_settings(Settings(secrets_keys=new_key))
     assert only_new.decrypt(moved) == "whsec_abc"
+
+
+async def test_a_secret_no_configured_key_reads_is_a_503_never_a_500(
+    client: AsyncTestClient[Any], settings: Settings, api_headers: dict[str, str]
+) -> None:
+    created = await create_endpoint(client, URL)
+    other_key = settings.replace(secrets_keys=Fernet.generate_key().decode())
+    async with AsyncTestClient(app=create_app(other_key)) as wrong_key:
+        wrong_key.headers.update(api_headers)
+        response = await wrong_key.get(f"/api/v1/endpoints/{created['id']}/secret")
+        assert_problem(response, 503)
+        assert created["secret"] not in response.text
+        # What needs no secret still works.
+        assert (await wrong_key.get(f"/api/v1/endpoints/{created['id']}")).status_code == 200

@@ -32,9 +32,9 @@ from notifier.endpoints.schemas import (
 )
 from notifier.endpoints.signing import overlap_problem, rotated, signing_keys, tenant_secret_row
 from notifier.notifications.scheduling import delivery_job
-from notifier.problems import field_error, not_found
+from notifier.problems import ProblemError, field_error, not_found
 from notifier.queue import jobs
-from notifier.secret_box import new_signing_secret
+from notifier.secret_box import UndecryptableSecret, new_signing_secret
 from notifier.services import Services
 from notifier.telemetry import current_traceparent
 
@@ -224,11 +224,21 @@ async def reveal_secret(
     return _shown(services, row)
 
 
+def _undecryptable(exc: UndecryptableSecret) -> ProblemError:
+    """A 503: the operator dropped a key still in use (docs/security.md, key rotation)."""
+    logger.error("%s", exc)
+    return ProblemError(503, "Service Unavailable", "a stored secret cannot be read right now")
+
+
 def _shown(services: Services, row: dict[str, Any]) -> SigningSecret:
     now = datetime.datetime.now(datetime.UTC)
     expires = row["previous_expires_at"]
+    try:
+        secret = services.secret_box.decrypt(row["secret"])
+    except UndecryptableSecret as exc:
+        raise _undecryptable(exc) from None
     return SigningSecret(
-        secret=services.secret_box.decrypt(row["secret"]),
+        secret=secret,
         previous_secret_expires_at=expires
         if row["previous_secret"] and expires and expires > now
         else None,
@@ -318,9 +328,13 @@ async def send_test(
         row = await queries.get_endpoint(conn, tenant_id, endpoint_id)
     if row is None:
         raise not_found("endpoint", endpoint_id)
+    try:
+        keys = signing_keys(services.secret_box, row, now)
+    except UndecryptableSecret as exc:
+        raise _undecryptable(exc) from None
     target = WebhookTarget(
         url=row["url"],
-        secrets=signing_keys(services.secret_box, row, now),
+        secrets=keys,
         headers=tuple(row["headers"].items()),
         endpoint_id=row["id"],
     )
