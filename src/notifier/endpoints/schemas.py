@@ -10,6 +10,7 @@ import msgspec
 
 from notifier.api_types import AwareDatetime, Payload
 from notifier.patterns import WHITESPACE, whole
+from notifier.rate_limits.gcra import MAX_BURST, MAX_PER_SECOND, MIN_PER_SECOND
 from notifier.rules.schemas import IsoDuration
 
 # "user.signup", "payment.*" (every type starting with "payment.") or "*": the patterns
@@ -41,8 +42,8 @@ Reason = Annotated[str, msgspec.Meta(max_length=1000)]
 class EndpointRateLimit(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Sends per second to this endpoint, and how many may go back to back."""
 
-    per_second: Annotated[float, msgspec.Meta(gt=0, le=10_000)]
-    burst: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1
+    per_second: Annotated[float, msgspec.Meta(ge=MIN_PER_SECOND, le=MAX_PER_SECOND)]
+    burst: Annotated[int, msgspec.Meta(ge=1, le=MAX_BURST)] = 1
 
 
 class EndpointCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
