@@ -186,18 +186,25 @@ async def test_recover_replays_exactly_the_failed_and_dead_since_the_time(
 ) -> None:
     endpoint = await create_endpoint(client, receiver.url)
     elsewhere = await create_endpoint(client, receiver.url + "/elsewhere")
+    delivered = await notify_endpoint(client, endpoint["id"], entity_id="delivered")
+    await wait_for_status(client, delivered["id"], "sent")
     receiver.default_status = 400  # a permanent failure: failed at the first attempt
-    old, recent, other = (
+    old, recent, died, other = (
         await notify_endpoint(client, endpoint["id"], entity_id="old"),
         await notify_endpoint(client, endpoint["id"], entity_id="recent"),
+        await notify_endpoint(client, endpoint["id"], entity_id="died"),
         await notify_endpoint(client, elsewhere["id"], entity_id="other"),
     )
-    for notification in (old, recent, other):
+    for notification in (old, recent, died, other):
         await wait_for_status(client, notification["id"], "failed")
     since = datetime.datetime.now(UTC) - datetime.timedelta(hours=1)
+    # One ended before `since`; one ran out of attempts (dead) rather than failing.
     await db.execute(
         "UPDATE notifier.notifications SET updated_at = %s WHERE id = %s",
         [since - datetime.timedelta(minutes=5), old["id"]],
+    )
+    await db.execute(
+        "UPDATE notifier.notifications SET status = 'dead' WHERE id = %s", [died["id"]]
     )
     receiver.default_status = 200
     before = len(receiver.received())
@@ -207,13 +214,15 @@ async def test_recover_replays_exactly_the_failed_and_dead_since_the_time(
     )
 
     assert response.status_code == 202, response.text
-    assert response.json() == {"recovered": 1}
+    assert response.json() == {"recovered": 2}
     await wait_for_status(client, recent["id"], "sent")
+    await wait_for_status(client, died["id"], "sent")
     await wait_until_jobs_ran(db)
-    assert [r.json()["data"]["entity_id"] for r in receiver.received()[before:]] == ["recent"]
-    for notification in (old, other):
+    replayed = sorted(r.json()["data"]["entity_id"] for r in receiver.received()[before:])
+    assert replayed == ["died", "recent"]
+    for notification, status in ((old, "failed"), (other, "failed"), (delivered, "sent")):
         unchanged = (await client.get(f"/api/v1/notifications/{notification['id']}")).json()
-        assert unchanged["status"] == "failed"
+        assert unchanged["status"] == status
     # Nothing left to recover since then.
     again = await client.post(
         f"/api/v1/endpoints/{endpoint['id']}/recover", json={"since": since.isoformat()}

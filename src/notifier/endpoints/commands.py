@@ -42,7 +42,7 @@ def add_commands(commands: Any) -> None:
     )
     for command in (disable, enable, recover):
         command.add_argument("--tenant", default=DEFAULT_TENANT, help="(default %(default)s)")
-        command.add_argument("endpoint_id", type=uuid.UUID, help="the endpoint's id")
+        command.add_argument("endpoint_id", help="the endpoint's id")
     disable.add_argument("--reason", required=True, help="shown on the endpoint")
     recover.add_argument(
         "--since", required=True, help="an RFC 3339 time with a zone, e.g. 2026-12-01T00:00:00Z"
@@ -74,6 +74,12 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         count = await reencrypt(settings)
         print(f"re-encrypted {count} stored secret(s) with the first key")  # noqa: T201
         return 0
+    if args.endpoints_command != "list":
+        try:
+            args.endpoint_id = uuid.UUID(args.endpoint_id)
+        except ValueError:
+            print(f"notifier: {args.endpoint_id!r} is no endpoint id", file=sys.stderr)  # noqa: T201
+            return 2
     async with open_services(settings, name="notifier-cli", runs_jobs=False) as services:
         tenant = args.tenant
         if args.endpoints_command == "list":

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from notifier.channels.base import WebhookTarget
 from notifier.channels.webhook import WebhookChannel
-from notifier.db import Connection
+from notifier.db import Connection, transaction
 from notifier.endpoints import queries
 from notifier.endpoints.schemas import type_matches
 from notifier.endpoints.signing import signing_keys, tenant_secret_row
@@ -77,7 +77,9 @@ async def route_webhooks(
         if row["endpoint_id"] is None:
             tenant = row["tenant_id"]
             if tenant not in tenant_keys:
-                secret_row = await tenant_secret_row(conn, box, services.settings, tenant)
+                secret_row = await queries.tenant_secret(conn, tenant)
+                if secret_row is None:
+                    secret_row = await _make_tenant_secret(services, tenant)
                 tenant_keys[tenant] = signing_keys(box, secret_row, now)
             row["webhook_target"] = WebhookTarget(url=row["recipient"], secrets=tenant_keys[tenant])
             continue
@@ -105,6 +107,16 @@ async def route_webhooks(
         await queries.hold_notifications(conn, held)
         logger.info("%d notification(s) wait for their disabled endpoint", len(held))
     return [row for row in rows if row["id"] not in dropped]
+
+
+async def _make_tenant_secret(services: Services, tenant_id: str) -> dict[str, Any]:
+    """The tenant's first signing secret, made in a short transaction of its own.
+
+    Made in the delivery's transaction, which lasts as long as its sends, the new row would
+    hold every other delivery of the tenant at its unique index until those sends ended.
+    """
+    async with transaction(services.pool) as own:
+        return await tenant_secret_row(own, services.secret_box, services.settings, tenant_id)
 
 
 async def note_endpoint_attempts(
