@@ -98,9 +98,12 @@ async def test_rotation_answers_the_new_secret_and_the_overlap(
     assert body["previous_secret_expires_at"] is not None
     shown = (await client.get(f"/api/v1/endpoints/{created['id']}")).json()
     assert shown["previous_secret_expires_at"] == body["previous_secret_expires_at"]
-    # Without a body: the default overlap of a day.
-    again = await client.post(f"/api/v1/endpoints/{created['id']}/secret/rotate")
+    # An empty object: the default overlap of a day.
+    again = await client.post(f"/api/v1/endpoints/{created['id']}/secret/rotate", json={})
     assert again.status_code == 200, again.text
+    assert_problem(
+        await client.post(f"/api/v1/endpoints/{created['id']}/secret/rotate"), 400, "body"
+    )
 
 
 @pytest.mark.parametrize(

@@ -281,7 +281,7 @@ async def test_a_test_send_is_signed_and_answered_synchronously(
     assert request.json()["data"]["payload"] == {"hello": "world"}
 
     receiver.script(503)
-    failed = (await client.post(f"/api/v1/endpoints/{endpoint['id']}/test")).json()
+    failed = (await client.post(f"/api/v1/endpoints/{endpoint['id']}/test", json={})).json()
     assert (failed["delivered"], failed["status_code"]) == (False, 503)
     assert "503" in failed["error"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency
@@ -56,6 +56,19 @@ def _attempt_cursor(text: str | None) -> int | None:
             "cursor", "is not a cursor returned by this API", status=400, source="query"
         )
     return int(text)
+
+
+T = TypeVar("T", SecretRotation, TestMessage)
+
+
+def _body_or_defaults(body: bytes, type_: type[T]) -> T:
+    """The body as ``type_``; ``null`` means every default. A body is required (the
+    document says so): a 400 naming ``body`` without one."""
+    if not body.strip():
+        raise field_error("body", "is required: send {} for the defaults", status=400)
+    if body.strip() == b"null":
+        return type_()
+    return decode_strictly(body, type_)
 
 
 class EndpointController(Controller):
@@ -180,8 +193,7 @@ class EndpointController(Controller):
     ) -> SigningSecret:
         """A new secret; for ``overlap`` (default PT24H, at most P7D) every message carries
         a signature by the old secret too, so receivers can switch at their pace."""
-        body = await request.body()
-        rotation = decode_strictly(body, SecretRotation) if body.strip() else SecretRotation()
+        rotation = _body_or_defaults(await request.body(), SecretRotation)
         overlap = service.parse_overlap(rotation.overlap)
         return await service.rotate_secret(services, principal.tenant_id, endpoint_id, overlap)
 
@@ -239,8 +251,7 @@ class EndpointController(Controller):
         data: JSONBody[TestMessage | None] = None,
     ) -> TestResult:
         """The answer says how the endpoint took it: status, duration, error."""
-        body = await request.body()
-        message = decode_strictly(body, TestMessage) if body.strip() else TestMessage()
+        message = _body_or_defaults(await request.body(), TestMessage)
         return await service.send_test(services, principal.tenant_id, endpoint_id, message)
 
     @post(
@@ -298,7 +309,6 @@ class TenantSecretController(Controller):
         data: JSONBody[SecretRotation | None] = None,
     ) -> SigningSecret:
         """As an endpoint's rotation: the old secret signs beside the new for ``overlap``."""
-        body = await request.body()
-        rotation = decode_strictly(body, SecretRotation) if body.strip() else SecretRotation()
+        rotation = _body_or_defaults(await request.body(), SecretRotation)
         overlap = service.parse_overlap(rotation.overlap)
         return await service.rotate_tenant_secret(services, principal.tenant_id, overlap)

@@ -15,17 +15,49 @@ from notifier.rules.schemas import IsoDuration
 
 # "user.signup", "payment.*" (every type starting with "payment.") or "*": the patterns
 # rules use. Anything else with a "*" could never match a type, and is refused.
-TypePattern = Annotated[
-    str,
-    msgspec.Meta(pattern=whole(rf"\*|[^{WHITESPACE}*]+(\.\*)?"), min_length=1, max_length=200),
+TYPE_PATTERN = whole(rf"\*|[^{WHITESPACE}*]+(\.\*)?")
+TypePattern = Annotated[str, msgspec.Meta(pattern=TYPE_PATTERN, min_length=1, max_length=200)]
+# Litestar leaves the items' constraints out of the OpenAPI document: restated for lists
+# and objects.
+TypeFilter = Annotated[
+    list[TypePattern],
+    msgspec.Meta(
+        min_length=1,
+        max_length=50,
+        extra_json_schema={
+            "extra": {
+                "items": {
+                    "type": "string",
+                    "pattern": TYPE_PATTERN,
+                    "minLength": 1,
+                    "maxLength": 200,
+                }
+            }
+        },
+    ),
 ]
-TypeFilter = Annotated[list[TypePattern], msgspec.Meta(min_length=1, max_length=50)]
 # An HTTP field name (RFC 9110 token) and a value without control characters.
-HeaderName = Annotated[
-    str, msgspec.Meta(pattern=whole(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"), min_length=1, max_length=64)
+HEADER_NAME_PATTERN = whole(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+HEADER_VALUE_PATTERN = whole(r"[^\x00-\x1f\x7f]*")
+HeaderName = Annotated[str, msgspec.Meta(pattern=HEADER_NAME_PATTERN, min_length=1, max_length=64)]
+HeaderValue = Annotated[str, msgspec.Meta(pattern=HEADER_VALUE_PATTERN, max_length=1024)]
+Headers = Annotated[
+    dict[HeaderName, HeaderValue],
+    msgspec.Meta(
+        max_length=20,
+        extra_json_schema={
+            "extra": {
+                "maxProperties": 20,
+                "propertyNames": {"pattern": HEADER_NAME_PATTERN, "minLength": 1, "maxLength": 64},
+                "additionalProperties": {
+                    "type": "string",
+                    "pattern": HEADER_VALUE_PATTERN,
+                    "maxLength": 1024,
+                },
+            }
+        },
+    ),
 ]
-HeaderValue = Annotated[str, msgspec.Meta(pattern=whole(r"[^\x00-\x1f\x7f]*"), max_length=1024)]
-Headers = Annotated[dict[HeaderName, HeaderValue], msgspec.Meta(max_length=20)]
 EndpointUrl = Annotated[
     str,
     msgspec.Meta(
