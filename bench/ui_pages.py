@@ -36,7 +36,7 @@ from psycopg.conninfo import make_conninfo
 from bench import bulk
 from notifier import migrate
 from notifier.app import create_app
-from notifier.auth import admin
+from notifier.auth import service as auth_service
 from notifier.settings import Settings
 from notifier.tenancy import Scope
 
@@ -169,8 +169,8 @@ def main() -> None:
         settings = Settings(database_url=url, secrets_keys=BENCH_SECRETS_KEYS)
 
         async def make_key() -> str:
-            async with admin.admin_pool(settings) as pool:
-                _, token = await admin.create_key(pool, scopes=[Scope.ADMIN])
+            async with auth_service.admin_pool(settings) as pool:
+                _, token = await auth_service.create_key(pool, scopes=[Scope.ADMIN])
             return token
 
         key = asyncio.run(make_key())

@@ -34,7 +34,7 @@ from pytest_postgresql.executors.noop import NoopExecutor
 
 from notifier import migrate
 from notifier.app import create_app
-from notifier.auth import admin
+from notifier.auth import service as auth_service
 from notifier.bootstrap import open_services
 from notifier.services import Services
 from notifier.settings import Settings
@@ -84,10 +84,12 @@ async def _create_api_key(
     **options: Any,
 ) -> str:
     """A new API key for ``tenant_id`` (created if missing), as `notifier keys create` does."""
-    async with admin.admin_pool(settings) as pool:
-        if tenant_id not in {t.id for t in await admin.list_tenants(pool)}:
-            await admin.create_tenant(pool, tenant_id)
-        _, token = await admin.create_key(pool, tenant_id=tenant_id, scopes=list(scopes), **options)
+    async with auth_service.admin_pool(settings) as pool:
+        if tenant_id not in {t.id for t in await auth_service.list_tenants(pool)}:
+            await auth_service.create_tenant(pool, tenant_id)
+        _, token = await auth_service.create_key(
+            pool, tenant_id=tenant_id, scopes=list(scopes), **options
+        )
     return token
 
 

@@ -23,7 +23,7 @@ import httpx
 import psycopg
 import pytest
 
-from notifier.problems import ProblemError
+from notifier.errors import ProblemError
 
 
 async def eventually(

@@ -110,6 +110,8 @@ SEMANTIC_REJECTIONS = [
     # Sizes of encoded JSON (bytes, not characters), nesting, NUL (PostgreSQL's text refuses it).
     (r"body", r"must be at most \d+ bytes$"),
     (r".*", r"must be at most \d+ bytes as JSON|must not nest deeper than|NUL character"),
+    # What a CloudEvent's base64 data decodes to (notifier stores a JSON object only).
+    (r"data_base64|\[\d+\]\.data_base64", r"base64 of a JSON object|data or data_base64"),
     # Template source the sandbox cannot compile, or a preview that cannot render.
     (r"subject|text_body|html_body", r".*"),
 ]

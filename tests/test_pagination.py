@@ -9,8 +9,8 @@ import uuid
 from hypothesis import given
 from hypothesis import strategies as st
 
+from notifier.errors import ProblemError
 from notifier.pagination import Cursor
-from notifier.problems import ProblemError
 from tests.support import outcome
 
 INSTANTS = st.datetimes(

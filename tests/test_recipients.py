@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from notifier.api_types import query_instant
-from notifier.problems import ProblemError
+from notifier.errors import ProblemError
 from notifier.recipients import email_address_problem, phone_number_problem
 from tests.support import outcome
 

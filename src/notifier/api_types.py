@@ -1,20 +1,20 @@
-"""Annotated types shared by the API's request and response structs, and the checks
-that msgspec constraints cannot express."""
+"""Annotated types shared by the request and response structs, and the checks that msgspec
+constraints cannot express. Pure: no web framework (the HTTP parameters are in
+:mod:`notifier.http.params`)."""
 
 from __future__ import annotations
 
 import datetime
 import zoneinfo
+from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar
 
 import msgspec
-from litestar.params import QueryParameter
 
 from notifier.channels.base import Channel
+from notifier.errors import field_error, msgspec_problem
 from notifier.notifications.localtime import QuietHours, check_quiet_hours, zone_named
 from notifier.patterns import NO_WHITESPACE, whole
-from notifier.problems import field_error, msgspec_problem
-from notifier.services import Services
 
 # Timestamps must say which instant they mean: naive ones are rejected at the boundary.
 AwareDatetime = Annotated[datetime.datetime, msgspec.Meta(tz=True)]
@@ -34,14 +34,8 @@ Recipient = Annotated[
         examples=["https://hooks.example.com/notifier", "ops-team"],
     ),
 ]
-# Query filters compare with stored values no longer than this. (Litestar applies
-# QueryParameter's constraints to query parameters, not msgspec.Meta's. Handlers name the
-# parameter ``type`` itself: Litestar's errors give the Python name, not an alias.)
+# Query filters compare with stored values no longer than this.
 MAX_FILTER_LENGTH = 200
-TypeFilter = Annotated[
-    str | None, QueryParameter(max_length=MAX_FILTER_LENGTH, description="Exact type")
-]
-EntityFilter = Annotated[str | None, QueryParameter(max_length=MAX_FILTER_LENGTH)]
 
 # Instants both PostgreSQL and Python represent in any time zone, with lead times of up to
 # ten years subtracted. Outside it, a stored value could not be read back.
@@ -55,9 +49,11 @@ T = TypeVar("T")
 def decode_strictly(body: bytes, type_: type[T]) -> T:
     """``body`` decoded as ``type_`` the strict way, or a 422 naming the field at fault.
 
-    Litestar validates request bodies leniently (``strict=False``): it reads the number
-    ``0`` as a time (the Unix epoch) and ``"7"`` as an integer, which the OpenAPI document
-    does not allow. Handlers re-decode the body, already checked by Litestar, with this.
+    Litestar's own decoding is lenient (``strict=False``): it reads the number ``0`` as a
+    time (the Unix epoch) and ``"7"`` as an integer, which the OpenAPI document does not
+    allow. The API decodes request bodies with this instead, once
+    (:class:`notifier.http.body.StrictBody`). A body that is not JSON at all raises
+    ``msgspec.DecodeError``.
 
     One thing strict msgspec refuses is valid all the same: ``7.0`` where the document says
     ``integer``. JSON Schema has one kind of number, and 7.0 is an integer there (and what
@@ -127,14 +123,6 @@ def checked_instant(field: str, value: datetime.datetime) -> datetime.datetime:
     return value.astimezone(datetime.UTC)
 
 
-# A query parameter holding an instant. Litestar's own conversion of query parameters is
-# lax (it reads "0.5" as a Unix time) and skips AwareDatetime's zone check: handlers parse
-# these with query_instant instead.
-InstantQuery = Annotated[
-    str | None, QueryParameter(max_length=64, schema_extra={"format": "date-time"})
-]
-
-
 def query_instant(field: str, text: str | None) -> datetime.datetime | None:
     """``text`` as an RFC 3339 instant with a zone; a 422 naming the query ``field`` if not."""
     if text is None:
@@ -198,12 +186,12 @@ def _unstorable(value: Any) -> tuple[str, str] | None:
     return None
 
 
-def checked_channel(services: Services, name: str, recipient: str | None) -> Channel:
+def checked_channel(channels: Mapping[str, Channel], name: str, recipient: str | None) -> Channel:
     """The configured channel ``name``; a 422 naming ``channel`` or ``recipient`` if it is
     unknown or could never deliver to ``recipient``."""
-    channel = services.channel(name)
+    channel = channels.get(name)
     if channel is None:
-        raise field_error("channel", f"unknown channel {name!r}; have {sorted(services.channels)}")
+        raise field_error("channel", f"unknown channel {name!r}; have {sorted(channels)}")
     if recipient is not None and (problem := channel.validate_recipient(recipient)):
         raise field_error("recipient", problem)
     return channel

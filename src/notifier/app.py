@@ -22,22 +22,22 @@ from notifier.endpoints.api import EndpointController, TenantSecretController
 from notifier.events.api import EventController
 from notifier.events.publisher import EventPublisher
 from notifier.health import health, liveness, readiness
-from notifier.idempotency import idempotent_request
+from notifier.http.middleware import request_metrics_middleware, tracing_middleware
+from notifier.http.params import idempotent_request, provide_principal
+from notifier.http.problems import EXCEPTION_HANDLERS
+from notifier.http.request_checks import ClosedStructSchemaPlugin, RequestChecks
 from notifier.migrate import schema_scripts
 from notifier.notifications.api import NotificationController
 from notifier.preferences.api import PreferenceController, UnsubscribeController
-from notifier.problems import EXCEPTION_HANDLERS
 from notifier.rate_limits.api import RateLimitController
-from notifier.request_checks import ClosedStructSchemaPlugin, RequestChecks
 from notifier.rules.api import RuleController
 from notifier.services import Services
 from notifier.settings import Settings
 from notifier.telemetry.api import metrics_endpoint
-from notifier.telemetry.metrics import Metrics, request_metrics_middleware
+from notifier.telemetry.metrics import Metrics
 from notifier.telemetry.stats import DatabaseStats
-from notifier.telemetry.tracing import litestar_middleware, tracing_enabled
+from notifier.telemetry.tracing import tracing_enabled
 from notifier.templates.api import TemplateController
-from notifier.tenancy import provide_principal
 from notifier.ui import DashboardPlugin
 
 
@@ -122,7 +122,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
         lifespan=[lifespan],
         # Server spans only when tracing is on: no per-request cost otherwise.
         middleware=[
-            *([litestar_middleware()] if tracing_enabled() else []),
+            *([tracing_middleware()] if tracing_enabled() else []),
             request_metrics_middleware,
         ],
         # The process's entry point configures logging (notifier.telemetry); Litestar's
@@ -132,7 +132,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
         before_send=[list_every_method_in_allow],
         # 422 for a query parameter the operation does not declare, 415 for a body in a media
         # type it does not declare, 400 for one that is not UTF-8: before any handler or
-        # dependency reads the request (request_checks.py).
+        # dependency reads the request (http/request_checks.py).
         before_request=RequestChecks(),
         # The dashboard at /ui (notifier.ui): its routes, templates, sessions and start-up.
         plugins=[ClosedStructSchemaPlugin(), DashboardPlugin(settings)],

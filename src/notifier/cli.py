@@ -21,8 +21,8 @@ import uvicorn
 from notifier import migrate as migrations
 from notifier import outbox
 from notifier.app import create_app
-from notifier.auth import admin
 from notifier.auth import commands as key_commands
+from notifier.auth import service as auth_service
 from notifier.bootstrap import open_services
 from notifier.db import connect_options
 from notifier.endpoints import commands as endpoint_commands
@@ -229,8 +229,8 @@ def dev_key(settings: Settings, key_file: Path) -> str:
     previous = key_file.read_text().strip() if key_file.is_file() else None
 
     async def ensure() -> str:
-        async with admin.admin_pool(settings) as pool:
-            return await admin.ensure_dev_key(pool, previous)
+        async with auth_service.admin_pool(settings) as pool:
+            return await auth_service.ensure_dev_key(pool, previous)
 
     key = asyncio.run(ensure())
     if key != previous:

@@ -10,8 +10,8 @@ import psycopg
 from litestar import Response, get
 from litestar.di import NamedDependency
 
+from notifier.http.problems import problem_responses
 from notifier.migrate import SchemaScripts
-from notifier.problems import problem_responses
 from notifier.services import Services
 from notifier.telemetry.queries import schema_revisions
 from notifier.telemetry.stats import DatabaseStats

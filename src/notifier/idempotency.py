@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Annotated, Any, TypeVar
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import msgspec
-from litestar import Request
-from litestar.di import NamedDependency
-from litestar.params import HeaderParameter
 
 from notifier.db import Connection
-from notifier.problems import FieldProblem, ProblemError, field_error
-from notifier.tenancy import Principal
+from notifier.errors import FieldProblem, ProblemError, field_error
 
 T = TypeVar("T")
 HEADER = "Idempotency-Key"
@@ -48,30 +46,20 @@ class StoredResponse(msgspec.Struct, frozen=True):
         return msgspec.convert(self.body, type_, strict=False)
 
 
-IdempotencyKey = Annotated[
-    str | None,
-    HeaderParameter(
-        name=HEADER,
-        required=False,
-        # Documented, not enforced by Litestar: a bad key is a 400 from idempotent_request.
-        schema_extra={"min_length": 1, "max_length": MAX_KEY_LENGTH, "pattern": KEY_PATTERN},
-        description=(
-            "Makes the POST safe to repeat: a repeat with the same key and body returns the "
-            "first answer and creates nothing new. Keys are kept for at least a day."
-        ),
-    ),
-]
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[T]):
+    """What a use case answers: the status it stands for (201 created, 200 found, 202
+    accepted ...) and the body. ``replayed``: the first answer to this ``Idempotency-Key``,
+    given again; nothing was done this time."""
+
+    status: int
+    body: T
+    replayed: bool = False
 
 
-async def idempotent_request(
-    request: Request[Any, Any, Any],
-    principal: NamedDependency[Principal],
-    idempotency_key: IdempotencyKey = None,
-) -> IdempotentRequest | None:
-    """Litestar dependency: the request's idempotency identity, if it sent a key."""
-    key = idempotency_key
-    if key is None:
-        return None
+def identify(tenant_id: str, key: str, *, method: str, path: str, body: bytes) -> IdempotentRequest:
+    """The identity of a request that carried ``key``: its scope (method and path) and the
+    hash of its body; a 400 naming the header if ``key`` is not a usable key."""
     if len(key) > MAX_KEY_LENGTH or not _KEY.fullmatch(key):
         raise field_error(
             HEADER,
@@ -79,12 +67,30 @@ async def idempotent_request(
             status=400,
             source="header",
         )
-    body = await request.body()
-    scope = f"{request.method} {request.url.path.rstrip('/')}"
+    scope = f"{method} {path.rstrip('/')}"
     digest = hashlib.sha256(scope.encode() + b"\n" + body).hexdigest()
-    return IdempotentRequest(
-        tenant_id=principal.tenant_id, scope=scope, key=key, request_hash=digest
-    )
+    return IdempotentRequest(tenant_id=tenant_id, scope=scope, key=key, request_hash=digest)
+
+
+async def once(
+    conn: Connection,
+    request: IdempotentRequest | None,
+    answer_type: Any,
+    work: Callable[[], Awaitable[Outcome[T]]],
+) -> Outcome[T]:
+    """Do ``work`` once per ``Idempotency-Key``, on ``conn`` in the caller's transaction.
+
+    Without a key (``request`` None) this is just ``work``. With one: claim the key; if it
+    already has an answer, return that (decoded as ``answer_type``, ``replayed`` set)
+    without doing the work; else do the work and store its answer with the key, so both
+    commit or roll back together. Every idempotent POST goes through here.
+    """
+    stored = await claim(conn, request)
+    if stored is not None:
+        return Outcome(stored.status, stored.decode(answer_type), replayed=True)
+    outcome = await work()
+    await remember(conn, request, outcome.status, outcome.body)
+    return outcome
 
 
 async def claim(conn: Connection, request: IdempotentRequest | None) -> StoredResponse | None:

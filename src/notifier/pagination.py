@@ -6,13 +6,12 @@ import base64
 import binascii
 import datetime
 import uuid
-from typing import Annotated, Protocol, TypeVar
+from typing import Annotated, Generic, NamedTuple, Protocol, TypeVar
 from urllib.parse import urlencode
 
 import msgspec
-from litestar.params import QueryParameter
 
-from notifier.problems import field_error
+from notifier.errors import field_error
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -59,19 +58,18 @@ class Keyed(Protocol):
 
 
 RowT = TypeVar("RowT", bound=Keyed)
-Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description="Page size")]
 # Ours are about 80 characters; anything much longer cannot be one.
 MAX_CURSOR_LENGTH = 200
-CursorParameter = Annotated[
-    str | None,
-    QueryParameter(
-        max_length=MAX_CURSOR_LENGTH,
-        description="From the previous page's `Link` or `X-Next-Cursor` header",
-    ),
-]
 
 
-def paginate(rows: list[RowT], limit: int) -> tuple[list[RowT], Cursor | None]:
+class Page(NamedTuple, Generic[RowT]):
+    """One page of a list use case: its rows, and the cursor of the next page if any."""
+
+    items: list[RowT]
+    following: Cursor | None
+
+
+def paginate(rows: list[RowT], limit: int) -> Page[RowT]:
     """Split ``limit + 1`` fetched rows into the page and the cursor after it, if more exist."""
     page = rows[:limit]
-    return page, (Cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None)
+    return Page(page, Cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None)

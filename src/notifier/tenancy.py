@@ -8,10 +8,8 @@ the :func:`notifier.auth.guard.requires` guard each handler declares.
 from __future__ import annotations
 
 import enum
-from typing import Any
 
 import msgspec
-from litestar import Request
 
 DEFAULT_TENANT = "default"
 
@@ -48,15 +46,3 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
 
 # Where the guard leaves the principal for the handler's dependency.
 PRINCIPAL_STATE_KEY = "principal"
-
-
-async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
-    """Litestar dependency: the caller of this request, as the handler's guard authenticated it.
-
-    A handler without an authenticating guard has no principal: that is a programming
-    error, refused loudly (and caught at start-up by :func:`notifier.auth.guard.check_guarded`).
-    """
-    principal = request.state.get(PRINCIPAL_STATE_KEY)
-    if not isinstance(principal, Principal):
-        raise RuntimeError(f"{request.url.path} has no authenticating guard")
-    return principal

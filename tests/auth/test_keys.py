@@ -15,7 +15,7 @@ from notifier import cli
 from notifier.app import create_app
 from notifier.auth.guard import Authenticator
 from notifier.auth.keys import parse_token
-from notifier.problems import ProblemError
+from notifier.errors import ProblemError
 from notifier.services import Services
 from notifier.settings import Settings
 from tests.conftest import CreateApiKey

@@ -225,10 +225,12 @@ async def test_data_base64_that_notifier_cannot_store_is_refused_naming_it(
     binary = cloudevent("inv-9", data_base64=base64.b64encode(b"\x89PNG\r\n").decode())
     del binary["data"]
     not_base64 = cloudevent("inv-10", data_base64="***")
+    not_ascii = cloudevent("inv-13", data_base64="é")
+    del not_ascii["data"]
     del not_base64["data"]
     both = cloudevent("inv-11", data_base64=base64.b64encode(b"{}").decode())
 
-    for body in (binary, not_base64, both):
+    for body in (binary, not_base64, not_ascii, both):
         assert_problem(await post(client, body, CE_JSON), 422, "data_base64")
     batch = await post(client, [cloudevent("inv-12"), both], CE_BATCH)
     assert_problem(batch, 422, "[1].data_base64")

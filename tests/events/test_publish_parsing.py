@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from notifier.errors import ProblemError
 from notifier.events.cloudevents import (
     CLOUDEVENTS_BATCH_JSON,
     CLOUDEVENTS_JSON,
     parse_publish_request,
 )
-from notifier.problems import ProblemError
 from tests.support import outcome
 
 CONTENT_TYPES = st.sampled_from(

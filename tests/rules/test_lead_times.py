@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from notifier.problems import ProblemError
-from notifier.rules.api import MAX_LEAD_TIME, parse_lead_times
+from notifier.errors import ProblemError
+from notifier.rules.service import MAX_LEAD_TIME, parse_lead_times
 from tests.support import outcome
 
 LEAD_TIMES = st.timedeltas(min_value=datetime.timedelta(0), max_value=MAX_LEAD_TIME)

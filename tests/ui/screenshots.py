@@ -23,7 +23,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from notifier import migrate
-from notifier.auth import admin
+from notifier.auth import service as auth_service
 from notifier.settings import Settings
 from notifier.tenancy import Scope
 from tests.ui.browser import chromium
@@ -52,8 +52,8 @@ def capture(out: Path) -> list[Path]:
         settings = Settings(database_url=url)
 
         async def make_key() -> str:
-            async with admin.admin_pool(settings) as pool:
-                _, token = await admin.create_key(pool, scopes=[Scope.ADMIN])
+            async with auth_service.admin_pool(settings) as pool:
+                _, token = await auth_service.create_key(pool, scopes=[Scope.ADMIN])
             return token
 
         key = asyncio.run(make_key())

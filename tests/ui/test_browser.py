@@ -19,7 +19,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from notifier.auth import admin
+from notifier.auth import service as auth_service
 from notifier.settings import Settings
 from notifier.tenancy import Scope
 from notifier.ui.sessions import SESSION_COOKIE
@@ -183,8 +183,8 @@ async def test_a_revoked_keys_session_ends(
     key = await create_api_key("default", [Scope.NOTIFICATIONS_READ])
     await asyncio.to_thread(sign_in, browser, live_api, key)
     assert browser.title == "Overview · notifier"
-    async with admin.admin_pool(settings) as pool:
-        await admin.revoke_key(pool, key.split("_")[1])
+    async with auth_service.admin_pool(settings) as pool:
+        await auth_service.revoke_key(pool, key.split("_")[1])
 
     await asyncio.to_thread(browser.get, f"{live_api}/ui")
 

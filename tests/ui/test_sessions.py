@@ -13,7 +13,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from notifier.app import create_app
-from notifier.auth import admin
+from notifier.auth import service as auth_service
 from notifier.settings import Settings
 from notifier.tenancy import Scope
 from notifier.ui.pages import safe_next
@@ -168,8 +168,8 @@ async def test_a_revoked_key_ends_its_session(
     async with AsyncTestClient(app=create_app(settings.replace(api_key_cache_seconds=0))) as client:
         await sign_in(client, key)
         assert (await client.get("/ui")).status_code == 200
-        async with admin.admin_pool(settings) as pool:
-            await admin.revoke_key(pool, key.split("_")[1])
+        async with auth_service.admin_pool(settings) as pool:
+            await auth_service.revoke_key(pool, key.split("_")[1])
 
         response = await client.get("/ui", follow_redirects=False)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from notifier.auth import admin
+from notifier.auth import service as auth_service
 from notifier.auth.queries import ApiKey
 from notifier.settings import Settings
 from notifier.tenancy import DEFAULT_TENANT, Scope
@@ -52,7 +52,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     """Run a ``tenants`` or ``keys`` command; the exit status."""
     try:
         return asyncio.run(_run(settings, args))
-    except admin.AdminError as exc:
+    except auth_service.AdminError as exc:
         print(f"notifier: {exc}", file=sys.stderr)  # noqa: T201 - CLI error message
         return 2
     except psycopg.OperationalError as exc:
@@ -78,17 +78,17 @@ def _why(settings: Settings, timeout: psycopg.OperationalError) -> str:
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "keys" and args.keys_command == "create":
         # Validate before connecting, so a typo fails fast and names itself.
-        expires_in = admin.parse_expiry(args.expires_in) if args.expires_in else None
-        admin.checked_scopes(args.scopes)
-    async with admin.admin_pool(settings) as pool:
+        expires_in = auth_service.parse_expiry(args.expires_in) if args.expires_in else None
+        auth_service.checked_scopes(args.scopes)
+    async with auth_service.admin_pool(settings) as pool:
         if args.command == "tenants" and args.tenants_command == "create":
-            tenant = await admin.create_tenant(pool, args.tenant_id, args.name)
+            tenant = await auth_service.create_tenant(pool, args.tenant_id, args.name)
             logger.info("created tenant %s", tenant.id)
         elif args.command == "tenants":
-            for tenant in await admin.list_tenants(pool):
+            for tenant in await auth_service.list_tenants(pool):
                 print(f"{tenant.id}\t{tenant.name}\t{tenant.created_at.isoformat()}")  # noqa: T201
         elif args.keys_command == "create":
-            key, token = await admin.create_key(
+            key, token = await auth_service.create_key(
                 pool,
                 tenant_id=args.tenant,
                 scopes=args.scopes,
@@ -106,10 +106,10 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             print(token)  # noqa: T201 - shown once, to the operator who asked for it
         elif args.keys_command == "list":
             print("id\ttenant\tname\tscopes\tcreated\texpires\trevoked\tlast used")  # noqa: T201
-            for key in await admin.list_keys(pool, args.tenant):
+            for key in await auth_service.list_keys(pool, args.tenant):
                 print(_key_line(key))  # noqa: T201
         else:
-            key = await admin.revoke_key(pool, args.key_id)
+            key = await auth_service.revoke_key(pool, args.key_id)
             logger.info(
                 "revoked API key %s of tenant %s; API processes stop accepting it within %ss",
                 key.id,

@@ -22,7 +22,7 @@ from notifier.auth import queries
 from notifier.auth.keys import parse_token, secret_matches
 from notifier.auth.ratelimit import RateLimiter, retry_after_header
 from notifier.db import Pool, transaction
-from notifier.problems import ProblemError
+from notifier.errors import ProblemError
 from notifier.services import Services
 from notifier.settings import Settings
 from notifier.tenancy import PRINCIPAL_STATE_KEY, Principal, Scope

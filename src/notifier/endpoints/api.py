@@ -27,8 +27,11 @@ from notifier.endpoints.schemas import (
     TestMessage,
     TestResult,
 )
-from notifier.pagination import DEFAULT_LIMIT, Limit
-from notifier.problems import field_error, problem_responses
+from notifier.errors import field_error
+from notifier.http.body import StrictBody
+from notifier.http.params import Limit
+from notifier.http.problems import problem_responses
+from notifier.pagination import DEFAULT_LIMIT
 from notifier.services import Services
 from notifier.tenancy import Principal, Scope
 
@@ -85,17 +88,17 @@ class EndpointController(Controller):
         summary="Create a webhook endpoint",
         responses=problem_responses(400, 413, 415, 422),
         guards=[requires(Scope.ENDPOINTS_WRITE)],
+        dto=StrictBody[EndpointCreate],
+        return_dto=None,
     )
     async def create(
         self,
-        request: Request[Any, Any, Any],
         data: JSONBody[EndpointCreate],
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
     ) -> Response[EndpointCreated]:
         """The answer carries the endpoint's signing secret (``whsec_...``); afterwards only
         ``GET .../secret`` shows it."""
-        data = decode_strictly(await request.body(), EndpointCreate)
         created = await service.create_endpoint(services, principal.tenant_id, data)
         return Response(created, status_code=201)
 
@@ -131,10 +134,11 @@ class EndpointController(Controller):
         summary="Change, disable or enable a webhook endpoint",
         responses=problem_responses(400, 404, 413, 415, 422),
         guards=[requires(Scope.ENDPOINTS_WRITE)],
+        dto=StrictBody[EndpointUpdate],
+        return_dto=None,
     )
     async def update_endpoint(
         self,
-        request: Request[Any, Any, Any],
         endpoint_id: FromPath[uuid.UUID],
         data: JSONBody[EndpointUpdate],
         services: NamedDependency[Services],
@@ -142,7 +146,6 @@ class EndpointController(Controller):
     ) -> Endpoint:
         """Change the fields given. ``enabled: false`` (with a ``disabled_reason``) holds
         its notifications, spending no attempt; ``enabled: true`` sends them now."""
-        data = decode_strictly(await request.body(), EndpointUpdate)
         return await service.update_endpoint(services, principal.tenant_id, endpoint_id, data)
 
     @delete(
@@ -260,10 +263,11 @@ class EndpointController(Controller):
         summary="Replay the endpoint's failed and dead notifications since a time",
         responses=problem_responses(400, 404, 413, 415, 422),
         guards=[requires(Scope.ENDPOINTS_WRITE)],
+        dto=StrictBody[Recovery],
+        return_dto=None,
     )
     async def recover(
         self,
-        request: Request[Any, Any, Any],
         endpoint_id: FromPath[uuid.UUID],
         data: JSONBody[Recovery],
         services: NamedDependency[Services],
@@ -271,7 +275,6 @@ class EndpointController(Controller):
     ) -> Recovered:
         """Every one that failed or died at or after ``since`` becomes pending again and is
         sent now, all in one transaction (at most 10,000 per call)."""
-        data = decode_strictly(await request.body(), Recovery)
         return await service.recover(services, principal.tenant_id, endpoint_id, data.since)
 
 

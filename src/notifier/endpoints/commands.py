@@ -19,7 +19,7 @@ from notifier.bootstrap import open_services
 from notifier.db import transaction
 from notifier.endpoints import queries, service
 from notifier.endpoints.schemas import EndpointUpdate
-from notifier.problems import ProblemError
+from notifier.errors import ProblemError
 from notifier.secret_box import SecretBox, generate_key
 from notifier.settings import Settings
 from notifier.tenancy import DEFAULT_TENANT

@@ -7,7 +7,7 @@ import uuid
 from notifier.channels.webhook import WebhookChannel
 from notifier.db import Connection
 from notifier.endpoints import queries
-from notifier.problems import field_error
+from notifier.errors import field_error
 
 # The recipient shown on a notification to an endpoint: the URL is the endpoint's to change.
 ENDPOINT_RECIPIENT_PREFIX = "endpoint:"

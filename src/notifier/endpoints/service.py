@@ -31,8 +31,8 @@ from notifier.endpoints.schemas import (
     endpoint_from_row,
 )
 from notifier.endpoints.signing import overlap_problem, rotated, signing_keys, tenant_secret_row
+from notifier.errors import ProblemError, field_error, not_found
 from notifier.notifications.scheduling import delivery_job
-from notifier.problems import ProblemError, field_error, not_found
 from notifier.queue import jobs
 from notifier.secret_box import UndecryptableSecret, new_signing_secret
 from notifier.services import Services

@@ -1,4 +1,4 @@
-"""HTTP handlers for ``/api/v1/events``."""
+"""HTTP handlers for ``/api/v1/events``: HTTP only, the use cases are in ``events/service.py``."""
 
 from __future__ import annotations
 
@@ -13,11 +13,9 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
 from litestar.params import FromPath
 
-from notifier import idempotency
-from notifier.api_types import TypeFilter, check_payload_size, check_storable, checked_instant
+from notifier.api_types import check_storable
 from notifier.auth.guard import BEARER_SECURITY, requires
-from notifier.db import transaction
-from notifier.events import queries
+from notifier.events import service
 from notifier.events.cloudevents import (
     CLOUDEVENTS_BATCH_JSON,
     CLOUDEVENTS_JSON,
@@ -26,22 +24,12 @@ from notifier.events.cloudevents import (
     parse_publish_request,
 )
 from notifier.events.publisher import EventPublisher
-from notifier.events.queries import PublishedEvent, TenantEvent
 from notifier.events.schemas import Event, EventCreate, EventDetail
+from notifier.http.params import CursorParameter, Limit, TypeFilter
+from notifier.http.problems import problem_responses
 from notifier.idempotency import IdempotentRequest
-from notifier.notifications.queries import list_notifications
-from notifier.pagination import (
-    DEFAULT_LIMIT,
-    MAX_LIMIT,
-    Cursor,
-    CursorParameter,
-    Limit,
-    next_link,
-    paginate,
-)
-from notifier.problems import not_found, problem_responses
+from notifier.pagination import DEFAULT_LIMIT, Cursor, next_link
 from notifier.services import Services
-from notifier.telemetry import current_traceparent
 from notifier.tenancy import Principal, Scope
 
 
@@ -78,20 +66,6 @@ class _PublishOperation(Operation):
 
     def __post_init__(self) -> None:
         self.request_body = _publish_request_body()
-
-
-def _stored(published: list[PublishedEvent]) -> tuple[list[Event], list[str]]:
-    """The events as stored, and the types of those this request stored (the new ones)."""
-    return [p.event for p in published], [p.event.type for p in published if p.is_new]
-
-
-def _status(new_types: list[str]) -> int:
-    """201 if anything was new, 200 if every event was stored before."""
-    return 201 if new_types else 200
-
-
-def _body(published: list[Event], *, is_batch: bool) -> Event | list[Event]:
-    return published if is_batch else published[0]
 
 
 class EventController(Controller):
@@ -136,40 +110,16 @@ class EventController(Controller):
         events, is_batch = parse_publish_request(
             request.headers.get("content-type", ""), await request.body(), request.headers
         )
-        for index, event in enumerate(events):
-            prefix = f"[{index}]." if is_batch else ""
-            check_storable({prefix + k: v for k, v in msgspec.structs.asdict(event).items()})
-            check_payload_size(f"{prefix}payload", event.payload)
-            if event.occurred_at is not None:
-                occurred_at = checked_instant(f"{prefix}occurred_at", event.occurred_at)
-                events[index] = msgspec.structs.replace(event, occurred_at=occurred_at)
-        # Processing continues the producer's trace if the event names one, else this request's.
-        traceparent = current_traceparent()
-        items = [
-            TenantEvent(
-                principal.tenant_id,
-                msgspec.structs.replace(event, traceparent=event.traceparent or traceparent),
-            )
-            for event in events
-        ]
-        if idempotent is None and not is_batch:
-            # The common case: one statement, shared with the events of concurrent requests.
-            published, new_types = _stored([await publisher.publish(items[0])])
-        else:
-            async with transaction(services.pool) as conn:
-                stored = await idempotency.claim(conn, idempotent)
-                if stored is not None:
-                    replay: Event | list[Event] = (
-                        stored.decode(list[Event]) if is_batch else stored.decode(Event)
-                    )
-                    return Response(replay, status_code=stored.status)
-                published, new_types = _stored(await queries.publish_events(conn, items))
-                await idempotency.remember(
-                    conn, idempotent, _status(new_types), _body(published, is_batch=is_batch)
-                )
-        for event_type in new_types:
-            services.metrics.count_event(event_type, producer="api")
-        return Response(_body(published, is_batch=is_batch), status_code=_status(new_types))
+        outcome = await service.publish(
+            services.pool,
+            publisher,
+            services.metrics,
+            principal.tenant_id,
+            events,
+            is_batch=is_batch,
+            idempotent=idempotent,
+        )
+        return Response(outcome.body, status_code=outcome.status)
 
     @get(
         "/",
@@ -187,12 +137,13 @@ class EventController(Controller):
     ) -> Response[list[Event]]:
         """A page of events. The ``Link`` header names the next page, if any."""
         check_storable({"type": type}, source="query")
-        after = Cursor.decode(cursor) if cursor else None
-        async with transaction(services.pool) as conn:
-            events = await queries.list_events(
-                conn, principal.tenant_id, limit=limit + 1, after=after, event_type=type
-            )
-        page, following = paginate(events, limit)
+        page, following = await service.list_events(
+            services.pool,
+            principal.tenant_id,
+            limit=limit,
+            after=Cursor.decode(cursor) if cursor else None,
+            event_type=type,
+        )
         query = {"limit": str(limit)} | ({"type": type} if type else {})
         return Response(page, headers=next_link(self.path + "/", query, following))
 
@@ -209,14 +160,4 @@ class EventController(Controller):
         principal: NamedDependency[Principal],
     ) -> EventDetail:
         """The event and every notification it produced, with their states."""
-        async with transaction(services.pool) as conn:
-            event = await queries.get_event(conn, principal.tenant_id, event_id)
-            if event is None:
-                raise not_found("event", event_id)
-            notifications = await list_notifications(
-                conn, principal.tenant_id, event_id=event_id, limit=MAX_LIMIT
-            )
-        return EventDetail(
-            **{name: getattr(event, name) for name in Event.__struct_fields__},
-            notifications=notifications,
-        )
+        return await service.get_event(services.pool, principal.tenant_id, event_id)

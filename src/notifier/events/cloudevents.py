@@ -17,7 +17,6 @@ is taken when it holds a JSON object, in binary mode only a JSON body is.
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -26,9 +25,9 @@ from urllib.parse import unquote
 import msgspec
 
 from notifier.api_types import AwareDatetime, EventType, Payload
+from notifier.errors import FieldProblem, ProblemError, msgspec_problem
 from notifier.events.schemas import EventCreate
 from notifier.patterns import whole
-from notifier.problems import FieldProblem, ProblemError, msgspec_problem
 
 CLOUDEVENTS_JSON = "application/cloudevents+json"
 CLOUDEVENTS_BATCH_JSON = "application/cloudevents-batch+json"
@@ -52,7 +51,16 @@ class CloudEvent(msgspec.Struct, kw_only=True):
     subject: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
     data: Payload | None = None
     # Standard for binary data in JSON; notifier takes it when it decodes to a JSON object.
-    data_base64: Annotated[str, msgspec.Meta(max_length=2_000_000)] | None = None
+    data_base64: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=2_000_000,
+                description="Base64 of a JSON object (stored as the payload), instead of data",
+            ),
+        ]
+        | None
+    ) = None
     traceparent: TraceParent | None = None
 
 
@@ -195,7 +203,8 @@ def _cloudevent_data(event: CloudEvent) -> Payload:
     try:
         decoded = base64.b64decode(event.data_base64, validate=True)
         return msgspec.json.decode(decoded, type=Payload)
-    except (binascii.Error, msgspec.DecodeError, UnicodeDecodeError):
+    # ValueError: binascii.Error, UnicodeDecodeError, and b64decode's refusal of non-ASCII.
+    except (ValueError, msgspec.DecodeError):
         raise _DataBase64Problem(
             "must be base64 of a JSON object (notifier stores data as JSON); "
             "send JSON data in `data`"

@@ -1,25 +1,24 @@
-"""HTTP handlers for ``/api/v1/preferences`` and the public ``/unsubscribe/{token}`` link."""
+"""HTTP handlers for ``/api/v1/preferences`` and the public ``/unsubscribe/{token}`` link:
+HTTP only, the use cases are in ``preferences/service.py``."""
 
 from __future__ import annotations
 
 import html
 import uuid
-from typing import Any
 
-import psycopg
-from litestar import Controller, MediaType, Request, Response, delete, get, post
+from litestar import Controller, MediaType, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from notifier.api_types import check_storable, checked_channel, decode_strictly
+from notifier.api_types import check_storable
 from notifier.auth.guard import BEARER_SECURITY, requires
-from notifier.db import transaction
-from notifier.pagination import DEFAULT_LIMIT, Cursor, Limit, next_link, paginate
-from notifier.preferences import queries
-from notifier.preferences.links import InvalidToken, UnsubscribeScope, verify_token
-from notifier.preferences.schemas import OptOut, OptOutCreate, OptOutSource
-from notifier.problems import ProblemError, field_error, not_found, problem_responses
+from notifier.http.body import StrictBody
+from notifier.http.params import Limit
+from notifier.http.problems import problem_responses
+from notifier.pagination import DEFAULT_LIMIT, Cursor, next_link
+from notifier.preferences import service
+from notifier.preferences.schemas import OptOut, OptOutCreate
 from notifier.services import Services
 from notifier.tenancy import Principal, Scope
 
@@ -43,10 +42,11 @@ class PreferenceController(Controller):
             **problem_responses(400, 413, 415, 422),
         },
         guards=[requires(Scope.PREFERENCES_WRITE)],
+        dto=StrictBody[OptOutCreate],
+        return_dto=None,
     )
     async def opt_out(
         self,
-        request: Request[Any, Any, Any],
         data: JSONBody[OptOutCreate],
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
@@ -54,15 +54,8 @@ class PreferenceController(Controller):
         """From now on, matching notifications end ``suppressed`` instead of being sent,
         including ones already scheduled. 201 when new, 200 when the same scope was
         already opted out (the stored opt-out is returned)."""
-        data = decode_strictly(await request.body(), OptOutCreate)
-        check_storable(data)
-        if data.channel is not None:
-            checked_channel(services, data.channel, None)
-        async with transaction(services.pool) as conn:
-            opt_out, created = await queries.upsert_opt_out(
-                conn, principal.tenant_id, data, OptOutSource.API
-            )
-        return Response(opt_out, status_code=201 if created else 200)
+        outcome = await service.opt_out(services.pool, services.channels, principal.tenant_id, data)
+        return Response(outcome.body, status_code=outcome.status)
 
     @get(
         "/",
@@ -80,12 +73,13 @@ class PreferenceController(Controller):
     ) -> Response[list[OptOut]]:
         """Every opt-out of the tenant, or one recipient's (compared case-insensitively)."""
         check_storable({"recipient": recipient}, source="query")
-        after = Cursor.decode(cursor) if cursor else None
-        async with transaction(services.pool) as conn:
-            rows = await queries.list_opt_outs(
-                conn, principal.tenant_id, limit=limit + 1, recipient=recipient, after=after
-            )
-        page, following = paginate(rows, limit)
+        page, following = await service.list_opt_outs(
+            services.pool,
+            principal.tenant_id,
+            limit=limit,
+            after=Cursor.decode(cursor) if cursor else None,
+            recipient=recipient,
+        )
         query = {"limit": str(limit)} | ({"recipient": recipient} if recipient else {})
         return Response(page, headers=next_link(self.path + "/", query, following))
 
@@ -103,9 +97,7 @@ class PreferenceController(Controller):
         principal: NamedDependency[Principal],
     ) -> None:
         """Remove the opt-out; notifications not yet delivered are sent again when due."""
-        async with transaction(services.pool) as conn:
-            if not await queries.delete_opt_out(conn, principal.tenant_id, opt_out_id):
-                raise not_found("opt-out", opt_out_id)
+        await service.opt_in(services.pool, principal.tenant_id, opt_out_id)
 
 
 _PAGE = """<!doctype html>
@@ -130,18 +122,6 @@ class UnsubscribeController(Controller):
     tags = ["preferences"]  # noqa: RUF012 - litestar reads it from the class
     security = BEARER_SECURITY
 
-    @staticmethod
-    def _scope(services: Services, token: str) -> UnsubscribeScope:
-        secret = services.settings.unsubscribe_secret
-        if not secret:
-            raise ProblemError(404, "Not Found", "unsubscribe links are not enabled")
-        try:
-            return verify_token(secret, token)
-        except InvalidToken as exc:
-            raise field_error(
-                "token", f"is not a valid unsubscribe link: {exc}", status=400, source="path"
-            ) from None
-
     @get(
         "/{token:str}",
         summary="Confirm an unsubscribe (changes nothing)",
@@ -152,7 +132,7 @@ class UnsubscribeController(Controller):
     ) -> Response[str]:
         """A page with one button that POSTs back. GET changes nothing, because mail
         scanners follow links in messages."""
-        self._scope(services, token)
+        service.unsubscribe_scope(services.settings.unsubscribe_secret, token)
         form = (
             '<p>Stop receiving these notifications?</p><form method="post">'
             '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
@@ -174,19 +154,5 @@ class UnsubscribeController(Controller):
         Mail clients POST ``List-Unsubscribe=One-Click`` here (RFC 8058); the body is not
         needed, since the signed token alone says who opts out of what.
         """
-        scope = self._scope(services, token)
-        opt_out = OptOutCreate(
-            recipient=scope.recipient,
-            channel=scope.channel,
-            notification_type=scope.notification_type,
-            reason="unsubscribe link",
-        )
-        try:
-            async with transaction(services.pool) as conn:
-                await queries.upsert_opt_out(
-                    conn, scope.tenant_id, opt_out, OptOutSource.UNSUBSCRIBE_LINK
-                )
-        except psycopg.errors.ForeignKeyViolation:
-            # Signed for a tenant that has since been removed.
-            raise ProblemError(404, "Not Found", "this unsubscribe link has expired") from None
+        await service.unsubscribe(services.pool, services.settings.unsubscribe_secret, token)
         return _page("Unsubscribed", "<p>You will no longer receive these notifications.</p>")

@@ -1,42 +1,19 @@
-"""HTTP handlers for ``/api/v1/rate-limits``: the calling tenant's per-channel limits."""
+"""HTTP handlers for ``/api/v1/rate-limits``: the calling tenant's per-channel limits. HTTP
+only, the use cases are in ``rate_limits/service.py``."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from litestar import Controller, Request, delete, get, put
+from litestar import Controller, delete, get, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
-from notifier.api_types import checked_channel, decode_strictly
 from notifier.auth.guard import BEARER_SECURITY, requires
-from notifier.db import transaction
-from notifier.problems import not_found, problem_responses
-from notifier.rate_limits import queries
-from notifier.rate_limits.limiter import default_limit
-from notifier.rate_limits.schemas import LimitSource, RateLimit, RateLimitSet
+from notifier.http.body import StrictBody
+from notifier.http.problems import problem_responses
+from notifier.rate_limits import service
+from notifier.rate_limits.schemas import RateLimit, RateLimitSet
 from notifier.services import Services
 from notifier.tenancy import Principal, Scope
-
-
-def _effective(services: Services, channel: str, override: dict[str, Any] | None) -> RateLimit:
-    if override is not None:
-        return RateLimit(
-            channel=channel,
-            per_second=override["per_second"],
-            burst=override["burst"],
-            source=LimitSource.TENANT,
-            updated_at=override["updated_at"],
-        )
-    default = default_limit(services.settings, channel)
-    if default is None:
-        return RateLimit(channel=channel, per_second=None, burst=None, source=LimitSource.NONE)
-    return RateLimit(
-        channel=channel,
-        per_second=default.per_second,
-        burst=default.burst,
-        source=LimitSource.DEFAULT,
-    )
 
 
 class RateLimitController(Controller):
@@ -53,35 +30,28 @@ class RateLimitController(Controller):
         self, services: NamedDependency[Services], principal: NamedDependency[Principal]
     ) -> list[RateLimit]:
         """Every configured channel with its limit: the tenant's own, the default, or none."""
-        async with transaction(services.pool) as conn:
-            overrides = {
-                row["channel"]: row
-                for row in await queries.tenant_limits(conn, principal.tenant_id)
-            }
-        channels = sorted(set(services.channels) | set(overrides))
-        return [_effective(services, channel, overrides.get(channel)) for channel in channels]
+        return await service.list_limits(
+            services.pool, services.settings, services.channels, principal.tenant_id
+        )
 
     @put(
         "/{channel:str}",
         summary="Set this tenant's limit for a channel",
         responses=problem_responses(400, 413, 415, 422),
+        dto=StrictBody[RateLimitSet],
+        return_dto=None,
     )
     async def set_limit(
         self,
-        request: Request[Any, Any, Any],
         channel: FromPath[str],
         data: JSONBody[RateLimitSet],
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
     ) -> RateLimit:
         """Applies from the next send on, in every worker."""
-        data = decode_strictly(await request.body(), RateLimitSet)
-        checked_channel(services, channel, None)
-        async with transaction(services.pool) as conn:
-            row = await queries.upsert_limit(
-                conn, principal.tenant_id, channel, data.per_second, data.burst
-            )
-        return _effective(services, channel, row)
+        return await service.set_limit(
+            services.pool, services.settings, services.channels, principal.tenant_id, channel, data
+        )
 
     @delete(
         "/{channel:str}",
@@ -96,7 +66,6 @@ class RateLimitController(Controller):
         principal: NamedDependency[Principal],
     ) -> RateLimit:
         """The default applies again; answers with the limit now in force."""
-        async with transaction(services.pool) as conn:
-            if not await queries.delete_limit(conn, principal.tenant_id, channel):
-                raise not_found("rate limit for channel", channel)
-        return _effective(services, channel, None)
+        return await service.drop_limit(
+            services.pool, services.settings, principal.tenant_id, channel
+        )

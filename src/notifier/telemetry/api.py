@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import Response, get
 from litestar.di import NamedDependency
 
-from notifier.problems import problem_responses
+from notifier.http.problems import problem_responses
 from notifier.services import Services
 from notifier.telemetry.stats import DatabaseStats
 

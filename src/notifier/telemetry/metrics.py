@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable
 
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -163,36 +160,6 @@ class Metrics:
     def render(self) -> bytes:
         """The registry in Prometheus' text format."""
         return generate_latest(self.registry)
-
-
-def request_metrics_middleware(app: ASGIApp) -> ASGIApp:
-    """Litestar middleware counting each request by its route's template, not its path.
-
-    Runs inside routing, so a request that matches no route (a 404 for an unknown path, a
-    405) is not counted. The process's :class:`Metrics` is ``app.state.services.metrics``.
-    """
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500  # unless an answer starts: the server answers 500 to an escaped error
-
-        async def send_counting(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await app(scope, receive, send_counting)
-        finally:
-            metrics: Metrics = scope["app"].state.services.metrics
-            route = scope.get("path_template") or "unmatched"
-            metrics.count_request(scope["method"], route, status, time.perf_counter() - started)
-
-    return middleware
 
 
 def serve_worker_metrics(metrics: Metrics, host: str, port: int) -> Callable[[], None]:

@@ -17,8 +17,6 @@ from importlib.metadata import version
 from typing import Any
 
 import httpx
-from litestar.middleware.base import DefineMiddleware
-from litestar.plugins.opentelemetry import OpenTelemetryConfig
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -155,21 +153,6 @@ def redacted_url(url: str) -> str:
 def tracing_enabled() -> bool:
     """Whether :func:`setup_tracing` installed a provider in this process."""
     return isinstance(trace.get_tracer_provider(), TracerProvider)
-
-
-def litestar_middleware() -> DefineMiddleware:
-    """The server-span middleware, named by route template so span names stay few."""
-    config = OpenTelemetryConfig(
-        exclude=UNTRACED_PATHS,
-        exclude_spans=["receive", "send"],
-        scope_span_details_extractor=_route_details,
-    )
-    return config.middleware
-
-
-def _route_details(scope: Any) -> tuple[str, dict[str, Any]]:
-    route = scope.get("path_template") or scope.get("path", "")
-    return f"{scope.get('method', '')} {route}".strip(), {"http.route": route}
 
 
 def current_traceparent() -> str | None:

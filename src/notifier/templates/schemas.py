@@ -6,7 +6,6 @@ import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar.params import PathParameter
 
 from notifier.api_types import AwareDatetime, EventType, Payload
 from notifier.patterns import whole
@@ -15,10 +14,6 @@ from notifier.patterns import whole
 TEMPLATE_NAME_PATTERN = whole(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 TemplateName = Annotated[
     str, msgspec.Meta(pattern=TEMPLATE_NAME_PATTERN, min_length=1, max_length=100)
-]
-# The same in a path: Litestar documents and applies a PathParameter's constraints, not Meta's.
-TemplateNameInPath = Annotated[
-    str, PathParameter(pattern=TEMPLATE_NAME_PATTERN, min_length=1, max_length=100)
 ]
 Subject = Annotated[str, msgspec.Meta(max_length=2_000)]
 TextBody = Annotated[str, msgspec.Meta(max_length=100_000)]

@@ -1,7 +1,7 @@
 """The dashboard's pages: sign-in, sign-out, the tenant switch and the overview.
 
 Handlers are thin: they call the same use cases as the API and the CLI
-(:func:`notifier.telemetry.overview.read_overview`, :func:`notifier.auth.admin.list_tenants`,
+(:func:`notifier.telemetry.overview.read_overview`, :func:`notifier.auth.auth_service.list_tenants`,
 the API's :class:`~notifier.auth.guard.Authenticator`) and render a template.
 """
 
@@ -21,9 +21,9 @@ from litestar.params import Body
 from litestar.response import Redirect, Template
 from markupsafe import Markup
 
-from notifier.auth import admin
+from notifier.auth import service as auth_service
 from notifier.auth.guard import Authenticator
-from notifier.problems import ProblemError
+from notifier.errors import ProblemError
 from notifier.services import Services
 from notifier.telemetry.overview import Overview, read_overview
 from notifier.tenancy import Principal, Scope
@@ -127,7 +127,7 @@ async def page(
         ui = ui_context(
             request,
             current=current,
-            tenants=[t.id for t in await admin.list_tenants(services.pool)],
+            tenants=[t.id for t in await auth_service.list_tenants(services.pool)],
         )
     return Template(template, context={"ui": ui, **context}, status_code=status_code)
 
@@ -229,7 +229,7 @@ async def switch_tenant(
         raise UiForbidden(
             "only an admin key of the operator's tenant ('default') may switch tenant"
         )
-    if data.tenant not in {t.id for t in await admin.list_tenants(services.pool)}:
+    if data.tenant not in {t.id for t in await auth_service.list_tenants(services.pool)}:
         raise NotFoundException(f"no tenant {data.tenant!r}")
     request.set_session(msgspec.structs.replace(session, tenant=data.tenant).to_dict())
     return Redirect(safe_next(data.next), status_code=303)

@@ -46,7 +46,7 @@ from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from notifier.db import single_statement
-from notifier.problems import ProblemError
+from notifier.errors import ProblemError
 from notifier.services import Services
 from notifier.settings import Settings
 from notifier.ui import pages

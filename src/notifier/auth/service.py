@@ -1,4 +1,5 @@
-"""Managing tenants and API keys: the use cases behind ``notifier tenants`` and ``notifier keys``.
+"""Managing tenants and API keys: the use cases behind ``notifier tenants``, ``notifier keys``
+and the dashboard's tenant switch.
 
 Each function is one transaction. Only :func:`create_key` ever sees a key's secret, and it
 hands it back exactly once.

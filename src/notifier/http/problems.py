@@ -1,9 +1,14 @@
-"""RFC 9457 problem details: every error the API returns has this shape."""
+"""The HTTP edge of errors: every error the API returns is an RFC 9457 problem document.
+
+The OpenAPI descriptions of error answers, and Litestar's exception handlers: a
+:class:`~notifier.errors.ProblemError` raised by a use case, Litestar's own validation and
+HTTP errors, and infrastructure errors (database down, a transaction pooler) mapped to
+problem documents.
+"""
 
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import msgspec
@@ -20,53 +25,17 @@ from litestar.status_codes import (
 )
 from litestar.types import ExceptionHandlersMap
 
+from notifier.errors import (
+    PROBLEM_MEDIA_TYPE,
+    FieldProblem,
+    Problem,
+    ProblemError,
+    field_problem_at,
+    split_msgspec_path,
+)
 from notifier.queue import QueueError
 
-PROBLEM_MEDIA_TYPE = "application/problem+json"
 logger = logging.getLogger("notifier.api")
-
-
-class FieldProblem(msgspec.Struct, frozen=True):
-    """One input at fault: where it is (``field``) and what is wrong with it."""
-
-    field: str
-    message: str
-    source: str = "body"
-
-
-class Problem(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
-    """An RFC 9457 problem document.
-
-    ``detail`` and ``errors`` are always present (``errors`` may be empty), so clients
-    can read them without checking first.
-    """
-
-    title: str
-    status: int
-    detail: str
-    errors: list[FieldProblem]
-    type: str = "about:blank"
-    instance: str | None = None
-
-
-class ProblemError(Exception):
-    """Raised anywhere in a request to answer with a problem document."""
-
-    def __init__(
-        self,
-        status: int,
-        title: str,
-        detail: str | None = None,
-        *,
-        errors: list[FieldProblem] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(detail or title)
-        self.status = status
-        self.title = title
-        self.detail = detail
-        self.errors = errors or []
-        self.headers = headers or {}
 
 
 _RESPONSE_DESCRIPTIONS = {
@@ -91,7 +60,7 @@ def problem_responses(*statuses: int, needs_key: bool = True) -> dict[int, Respo
 
     Given for 400, they replace the default one Litestar documents for every handler with
     parameters, which describes its own error shape rather than ours. Every operation may
-    answer 422 for a query parameter it does not define (request_checks.py). Every API
+    answer 422 for a query parameter it does not define (http/request_checks.py). Every API
     operation needs a key, so every one may also answer 401, 403, 429 and 503.
     """
     always = (422, 401, 403, 429, 503) if needs_key else (422,)
@@ -104,23 +73,6 @@ def problem_responses(*statuses: int, needs_key: bool = True) -> dict[int, Respo
         )
         for status in dict.fromkeys((*statuses, *always))
     }
-
-
-def not_found(resource: str, resource_id: object) -> ProblemError:
-    """The 404 for an id that does not exist."""
-    return ProblemError(404, "Not Found", f"{resource} {resource_id} does not exist")
-
-
-def field_error(
-    field: str, message: str, *, status: int = 422, source: str = "body"
-) -> ProblemError:
-    """A 4xx naming one input at fault."""
-    return ProblemError(
-        status,
-        "Invalid request" if status == 400 else "Unprocessable Content",
-        f"{field}: {message}",
-        errors=[FieldProblem(field=field, message=message, source=source)],
-    )
 
 
 def problem_response(request: Request[Any, Any, Any], error: ProblemError) -> Response[Problem]:
@@ -137,36 +89,10 @@ def problem_response(request: Request[Any, Any, Any], error: ProblemError) -> Re
     )
 
 
-# msgspec says where a value is wrong as a JSON path at the end of its message.
-_MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
-# ... and names a missing or unexpected field only in the message.
-_NAMED_FIELD = re.compile(r"(?:missing required|contains unknown) field `(?P<name>[^`]+)`")
 # Litestar validates the request body as the handler argument called ``data``.
 _BODY_PATH = ".data"
 _NO_BODY = "Object missing required field `data`"
 _BODY_REQUIRED = FieldProblem(field="body", message="a JSON body is required")
-
-
-def _split_path(message: str) -> tuple[str, str | None]:
-    """``("Expected `int`, got `str`", ".data.limit")`` from msgspec's message."""
-    match = _MSGSPEC_PATH.search(message)
-    if match is None:
-        return message, None
-    return message[: match.start()], match.group("path")
-
-
-def _field_problem(message: str, path: str) -> FieldProblem:
-    """``path`` (``.a[0]``) as a field name, completed by the field msgspec names in words."""
-    field = path.lstrip(".")
-    if named := _NAMED_FIELD.search(message):
-        field = f"{field}.{named['name']}" if field else named["name"]
-    return FieldProblem(field=field or "body", message=message)
-
-
-def msgspec_problem(error: msgspec.ValidationError, *, prefix: str = "") -> FieldProblem:
-    """The field a msgspec validation error is about, under ``prefix`` (e.g. ``[2]``)."""
-    message, path = _split_path(str(error))
-    return _field_problem(message, prefix + (path or ""))
 
 
 def _body_problem(exc: ValidationException) -> FieldProblem | None:
@@ -178,12 +104,12 @@ def _body_problem(exc: ValidationException) -> FieldProblem | None:
     cause = exc.__cause__
     if not isinstance(cause, msgspec.ValidationError):
         return None
-    message, path = _split_path(str(cause))
+    message, path = split_msgspec_path(str(cause))
     if path is None:
         return _BODY_REQUIRED if message == _NO_BODY else None
     if path != _BODY_PATH and not path.startswith((_BODY_PATH + ".", _BODY_PATH + "[")):
         return None
-    return _field_problem(message, path.removeprefix(_BODY_PATH))
+    return field_problem_at(message, path.removeprefix(_BODY_PATH))
 
 
 def _validation_problems(exc: ValidationException) -> tuple[int, list[FieldProblem]]:
@@ -199,7 +125,7 @@ def _validation_problems(exc: ValidationException) -> tuple[int, list[FieldProbl
             problems.append(body)
             body = None  # msgspec stops at the body's first error: name it once
             continue
-        message, path = _split_path(str(item.get("message", "is invalid")))
+        message, path = split_msgspec_path(str(item.get("message", "is invalid")))
         key = item.get("key")
         field = path.lstrip(".") if path else (str(key) if key else "body")
         problems.append(FieldProblem(field=field, message=message, source=source))

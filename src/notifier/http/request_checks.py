@@ -33,7 +33,7 @@ from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugi
 from litestar.openapi.spec import OpenAPI, Parameter, RequestBody
 from litestar.routes import HTTPRoute
 
-from notifier.problems import FieldProblem, ProblemError, field_error
+from notifier.errors import FieldProblem, ProblemError, field_error
 
 if TYPE_CHECKING:
     from litestar import Litestar, Request

@@ -1,0 +1,237 @@
+"""The notification use cases: schedule, list, get, cancel and replay.
+
+Each function is one transaction of its own, on a connection from ``pool``; the API, the
+CLI and the dashboard call these. Invalid input or a state that does not allow the change
+raises :class:`notifier.errors.ProblemError`; another tenant's notification is a 404 like a
+missing one. Delivery itself is the ``deliver`` task (``notifications/tasks.py``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import Mapping
+
+from notifier import idempotency
+from notifier.api_types import (
+    check_payload_size,
+    check_storable,
+    checked_channel,
+    checked_instant,
+    checked_local_time,
+)
+from notifier.channels.base import Channel
+from notifier.db import Pool, transaction
+from notifier.endpoints.references import check_endpoint, endpoint_channel_and_recipient
+from notifier.errors import ProblemError, field_error, not_found
+from notifier.idempotency import IdempotentRequest, Outcome
+from notifier.notifications import queries
+from notifier.notifications.scheduling import (
+    NotificationDraft,
+    create_notifications,
+    defer_delivery,
+    plan_sends,
+)
+from notifier.notifications.schemas import (
+    Notification,
+    NotificationCreate,
+    NotificationDetail,
+    NotificationStatus,
+    notification_from_row,
+)
+from notifier.pagination import Cursor, Page, paginate
+from notifier.queue import jobs
+from notifier.recipients import email_address_problem, phone_number_problem
+from notifier.telemetry import current_traceparent
+
+CANCELLABLE = frozenset(
+    {NotificationStatus.PENDING, NotificationStatus.FAILED, NotificationStatus.DEAD}
+)
+
+
+def draft_notification(
+    data: NotificationCreate,
+    *,
+    channels: Mapping[str, Channel],
+    default_channel: str,
+    now: datetime.datetime,
+) -> NotificationDraft:
+    """Check a create request against the configured ``channels`` and plan its one send
+    (``lead_time_days`` before ``target_date``, as of ``now``); a 422 names the field at
+    fault. ``default_channel``: the channel when the request names none."""
+    check_storable(data)
+    check_payload_size("data", data.data)
+    data.target_date = checked_instant("target_date", data.target_date)
+    if data.email is not None and (problem := email_address_problem(data.email)):
+        raise field_error("email", problem)
+    if data.phone is not None and (problem := phone_number_problem(data.phone)):
+        raise field_error("phone", problem)
+    recipient: str | None
+    if data.endpoint is not None:
+        channel_name, recipient = endpoint_channel_and_recipient(data.endpoint, data.channel)
+        if data.recipient is not None:
+            raise field_error("recipient", "give either recipient or endpoint, not both")
+    else:
+        channel_name = data.channel or default_channel
+        # The seed shape carries both an email and a phone: SMS goes to the phone.
+        fallback = (
+            (data.phone or data.email) if channel_name == "sms" else (data.email or data.phone)
+        )
+        recipient = data.recipient or fallback
+    # A notification to an endpoint is checked against the endpoint (check_endpoint).
+    checked_channel(channels, channel_name, None if data.endpoint else recipient)
+    if recipient is None:
+        raise field_error("recipient", "give recipient, email or phone")
+    zone = checked_local_time(data.timezone, data.quiet_hours)
+    (send,) = plan_sends(
+        data.target_date,
+        [datetime.timedelta(days=data.lead_time_days)],
+        now,
+        zone=zone,
+        quiet_hours=data.quiet_hours,
+    )
+    return NotificationDraft(
+        notification_type=data.notification_type,
+        entity_id=data.entity_id,
+        channel=channel_name,
+        recipient=recipient,
+        email=data.email,
+        phone=data.phone,
+        target_date=data.target_date,
+        context=data.data,
+        send=send,
+        timezone=data.timezone,
+        quiet_hours=data.quiet_hours,
+        endpoint_id=data.endpoint,
+    )
+
+
+async def schedule(
+    pool: Pool,
+    channels: Mapping[str, Channel],
+    default_channel: str,
+    tenant_id: str,
+    request: NotificationCreate,
+    idempotent: IdempotentRequest | None = None,
+    *,
+    now: datetime.datetime | None = None,
+) -> Outcome[Notification]:
+    """Store the notification and its deliver job, due ``lead_time_days`` before
+    ``target_date``, in one transaction (201). A send time already past stores it
+    ``expired``, with no job.
+
+    The request is checked first (:func:`draft_notification`, with ``channels`` and
+    ``default_channel``; ``now``, the clock, defaults to the current time). With
+    ``idempotent``, a repeat answers the first notification and stores nothing new.
+    """
+    draft = draft_notification(
+        request,
+        channels=channels,
+        default_channel=default_channel,
+        now=now or datetime.datetime.now(datetime.UTC),
+    )
+    async with transaction(pool) as conn:
+
+        async def create() -> Outcome[Notification]:
+            await check_endpoint(conn, tenant_id, draft.endpoint_id)
+            (notification,) = await create_notifications(conn, tenant_id, [draft])
+            return Outcome(201, notification)
+
+        return await idempotency.once(conn, idempotent, Notification, create)
+
+
+async def list_notifications(
+    pool: Pool,
+    tenant_id: str,
+    *,
+    limit: int,
+    after: Cursor | None = None,
+    status: NotificationStatus | None = None,
+    notification_type: str | None = None,
+    entity_id: str | None = None,
+    created_after: datetime.datetime | None = None,
+    created_before: datetime.datetime | None = None,
+) -> Page[Notification]:
+    """A page of at most ``limit`` of the tenant's notifications, newest first, after the
+    cursor ``after``, filtered by whichever of the other arguments are given."""
+    async with transaction(pool) as conn:
+        rows = await queries.list_notifications(
+            conn,
+            tenant_id,
+            limit=limit + 1,
+            after=after,
+            status=status,
+            notification_type=notification_type,
+            entity_id=entity_id,
+            created_after=created_after,
+            created_before=created_before,
+        )
+    return paginate(rows, limit)
+
+
+async def get_notification(
+    pool: Pool, tenant_id: str, notification_id: uuid.UUID
+) -> NotificationDetail:
+    """The tenant's notification with every delivery attempt; a 404 if it has none."""
+    async with transaction(pool) as conn:
+        notification = await queries.get_notification(conn, tenant_id, notification_id)
+    if notification is None:
+        raise not_found("notification", notification_id)
+    return notification
+
+
+async def cancel(pool: Pool, tenant_id: str, notification_id: uuid.UUID) -> Notification:
+    """Cancel the notification and its waiting job in one transaction; it will never be sent.
+
+    If a delivery is in flight, this waits for it (the row lock): a notification that got
+    sent is a 409 instead of a cancel that did not happen. Cancelling a cancelled one
+    answers it again, as the first cancel did.
+    """
+    async with transaction(pool) as conn:
+        row = await queries.lock_notification(conn, notification_id, tenant_id=tenant_id)
+        if row is None:
+            raise not_found("notification", notification_id)
+        status, job_id = NotificationStatus(row["status"]), row["job_id"]
+        if status is NotificationStatus.CANCELLED:
+            return notification_from_row(row)  # the answer the first cancel gave
+        if status not in CANCELLABLE:
+            raise ProblemError(
+                409, "Conflict", f"notification {notification_id} is already {status}"
+            )
+        cancelled = await queries.set_status(conn, notification_id, NotificationStatus.CANCELLED)
+        if job_id is not None:
+            # Only a job still waiting can be cancelled; one already running finds the
+            # row cancelled once it gets the lock this transaction holds.
+            await jobs.cancel_waiting_job(conn, job_id)
+    return cancelled
+
+
+async def replay(
+    pool: Pool,
+    tenant_id: str,
+    notification_id: uuid.UUID,
+    idempotent: IdempotentRequest | None = None,
+) -> Outcome[Notification]:
+    """Make a failed or dead notification pending again, with a new deliver job due now,
+    in one transaction (202); a 409 for any other status. The new round continues the
+    caller's trace. With ``idempotent``, a repeat answers the first replay."""
+    async with transaction(pool) as conn:
+
+        async def start_new_round() -> Outcome[Notification]:
+            row = await queries.lock_notification(conn, notification_id, tenant_id=tenant_id)
+            if row is None:
+                raise not_found("notification", notification_id)
+            status = NotificationStatus(row["status"])
+            if not status.replayable:
+                raise ProblemError(
+                    409,
+                    "Conflict",
+                    f"only failed or dead notifications can be replayed; this one is {status}",
+                )
+            job_id = await defer_delivery(conn, notification_id, tenant_id=tenant_id)
+            notification = await queries.start_new_round(
+                conn, notification_id, job_id, current_traceparent()
+            )
+            return Outcome(202, notification)
+
+        return await idempotency.once(conn, idempotent, Notification, start_new_round)

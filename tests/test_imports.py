@@ -1,0 +1,61 @@
+"""The worker and the domain types run without the web stack: importing them loads no Litestar.
+
+The HTTP edge (notifier.http, the feature ``api.py`` modules, the dashboard) is the only code
+that imports Litestar; a schema or the worker that pulled it in would tie every process to
+it (and slow the worker's start). Checked in a fresh interpreter, since this test process
+has long imported everything.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+WITHOUT_LITESTAR = [
+    "notifier.worker",
+    "notifier.bootstrap",
+    "notifier.events.schemas",
+    "notifier.events.service",
+    "notifier.events.tasks",
+    "notifier.notifications.schemas",
+    "notifier.notifications.service",
+    "notifier.notifications.tasks",
+    "notifier.rules.service",
+    "notifier.templates.service",
+    "notifier.preferences.service",
+    "notifier.rate_limits.service",
+    "notifier.errors",
+    "notifier.api_types",
+    "notifier.idempotency",
+    "notifier.tenancy",
+    "notifier.auth.service",
+    "notifier.auth.commands",
+    "notifier.pagination",
+]
+
+
+def loaded_after_import(*modules: str) -> set[str]:
+    """The top-level packages loaded in a fresh interpreter after importing ``modules``."""
+    script = (
+        f"import sys, {', '.join(modules)}\n"
+        "print('\\n'.join(sorted({name.partition('.')[0] for name in sys.modules})))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    return set(result.stdout.split())
+
+
+@pytest.mark.serial
+def test_worker_and_domain_import_without_litestar() -> None:
+    loaded = loaded_after_import(*WITHOUT_LITESTAR)
+    assert "notifier" in loaded  # the imports themselves worked
+    assert "litestar" not in loaded
+
+
+@pytest.mark.serial
+def test_the_api_does_import_litestar() -> None:
+    """The check above can see Litestar when it is there."""
+    assert "litestar" in loaded_after_import("notifier.app")
