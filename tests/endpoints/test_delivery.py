@@ -3,12 +3,10 @@ receiver, every signature checked by the Standard Webhooks reference library."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 from typing import Any
 
 import psycopg
-import pytest
 from litestar.testing import AsyncTestClient
 
 from notifier.endpoints import service
@@ -300,7 +298,7 @@ async def test_an_endpoint_failing_too_often_is_disabled_and_its_notifications_w
     counted = services.metrics.endpoints_disabled._value.get()
 
     disabled = await service.disable_failing_endpoints(
-        _with(services, endpoint_disable_after_failures=2)
+        services.pool, services.metrics, failing_for=None, failures=2
     )
 
     assert disabled == 1
@@ -340,7 +338,12 @@ async def test_span_based_disable_needs_every_attempt_to_have_failed_that_long(
         """,
         [failing["id"], recovered["id"]],
     )
-    assert await service.disable_failing_endpoints(services) == 1
+    # The defaults: five days, no count.
+    thresholds = service.disable_thresholds(services.settings)
+    assert thresholds == {"failing_for": datetime.timedelta(days=5), "failures": None}
+    assert (
+        await service.disable_failing_endpoints(services.pool, services.metrics, **thresholds) == 1
+    )
     states = {e["id"]: e["enabled"] for e in (await client.get("/api/v1/endpoints/")).json()}
     assert states == {failing["id"]: False, recovered["id"]: True}
     assert await count_rows(db, "notifier.endpoint_events") == 1
@@ -404,22 +407,3 @@ async def _held(db: psycopg.AsyncConnection[Any], notification_id: str) -> bool:
     )
     row = await cursor.fetchone()
     return bool(row and row["held"])
-
-
-def _with(services: Services, **settings: Any) -> Services:
-    """``services`` with some settings changed (the same pool and metrics)."""
-    return dataclasses.replace(services, settings=services.settings.replace(**settings))
-
-
-@pytest.mark.serial
-async def test_an_endpoints_own_rate_limit_spaces_its_sends(
-    client: AsyncTestClient[Any], receiver: WebhookReceiver, worker: None
-) -> None:
-    endpoint = await create_endpoint(client, receiver.url, rate_limit={"per_second": 4, "burst": 1})
-    sent = [await notify_endpoint(client, endpoint["id"], entity_id=f"n{n}") for n in range(5)]
-    for notification in sent:
-        await wait_for_status(client, notification["id"], "sent")
-    with receiver.lock:
-        arrivals = sorted(request.arrived_at for request in receiver.requests)
-    # Five sends at four a second, one at a time: at least a second from first to last.
-    assert arrivals[-1] - arrivals[0] >= 0.95

@@ -27,6 +27,7 @@ from notifier.endpoints.schemas import (
     TestMessage,
     TestResult,
 )
+from notifier.endpoints.service import EndpointDeps
 from notifier.errors import field_error
 from notifier.http.body import StrictBody
 from notifier.http.params import Limit
@@ -99,7 +100,9 @@ class EndpointController(Controller):
     ) -> Response[EndpointCreated]:
         """The answer carries the endpoint's signing secret (``whsec_...``); afterwards only
         ``GET .../secret`` shows it."""
-        created = await service.create_endpoint(services, principal.tenant_id, data)
+        created = await service.create_endpoint(
+            EndpointDeps.of(services), principal.tenant_id, data
+        )
         return Response(created, status_code=201)
 
     @get(
@@ -112,7 +115,7 @@ class EndpointController(Controller):
         self, services: NamedDependency[Services], principal: NamedDependency[Principal]
     ) -> list[Endpoint]:
         """Every endpoint of the caller's tenant, oldest first."""
-        return await service.list_endpoints(services, principal.tenant_id)
+        return await service.list_endpoints(services.pool, principal.tenant_id)
 
     @get(
         "/{endpoint_id:uuid}",
@@ -127,7 +130,7 @@ class EndpointController(Controller):
         principal: NamedDependency[Principal],
     ) -> Endpoint:
         """The endpoint (without its secret), or 404."""
-        return await service.get_endpoint(services, principal.tenant_id, endpoint_id)
+        return await service.get_endpoint(services.pool, principal.tenant_id, endpoint_id)
 
     @patch(
         "/{endpoint_id:uuid}",
@@ -146,7 +149,9 @@ class EndpointController(Controller):
     ) -> Endpoint:
         """Change the fields given. ``enabled: false`` (with a ``disabled_reason``) holds
         its notifications, spending no attempt; ``enabled: true`` sends them now."""
-        return await service.update_endpoint(services, principal.tenant_id, endpoint_id, data)
+        return await service.update_endpoint(
+            EndpointDeps.of(services), principal.tenant_id, endpoint_id, data
+        )
 
     @delete(
         "/{endpoint_id:uuid}",
@@ -162,7 +167,7 @@ class EndpointController(Controller):
         principal: NamedDependency[Principal],
     ) -> None:
         """Its secrets are destroyed and its pending notifications fail."""
-        await service.delete_endpoint(services, principal.tenant_id, endpoint_id)
+        await service.delete_endpoint(services.pool, principal.tenant_id, endpoint_id)
 
     @get(
         "/{endpoint_id:uuid}/secret",
@@ -177,7 +182,9 @@ class EndpointController(Controller):
         principal: NamedDependency[Principal],
     ) -> SigningSecret:
         """Needs ``endpoints:write``: whoever holds the secret can sign as notifier."""
-        return await service.reveal_secret(services, principal.tenant_id, endpoint_id)
+        return await service.reveal_secret(
+            EndpointDeps.of(services), principal.tenant_id, endpoint_id
+        )
 
     @post(
         "/{endpoint_id:uuid}/secret/rotate",
@@ -198,7 +205,9 @@ class EndpointController(Controller):
         a signature by the old secret too, so receivers can switch at their pace."""
         rotation = _body_or_defaults(await request.body(), SecretRotation)
         overlap = service.parse_overlap(rotation.overlap)
-        return await service.rotate_secret(services, principal.tenant_id, endpoint_id, overlap)
+        return await service.rotate_secret(
+            EndpointDeps.of(services), principal.tenant_id, endpoint_id, overlap
+        )
 
     @get(
         "/{endpoint_id:uuid}/attempts",
@@ -219,7 +228,7 @@ class EndpointController(Controller):
         ``X-Next-Cursor`` (and ``Link``) give the next page."""
         before = _attempt_cursor(cursor)
         rows = await service.list_attempts(
-            services,
+            services.pool,
             principal.tenant_id,
             endpoint_id,
             limit=limit + 1,
@@ -255,7 +264,9 @@ class EndpointController(Controller):
     ) -> TestResult:
         """The answer says how the endpoint took it: status, duration, error."""
         message = _body_or_defaults(await request.body(), TestMessage)
-        return await service.send_test(services, principal.tenant_id, endpoint_id, message)
+        return await service.send_test(
+            EndpointDeps.of(services), principal.tenant_id, endpoint_id, message
+        )
 
     @post(
         "/{endpoint_id:uuid}/recover",
@@ -275,7 +286,7 @@ class EndpointController(Controller):
     ) -> Recovered:
         """Every one that failed or died at or after ``since`` becomes pending again and is
         sent now, all in one transaction (at most 10,000 per call)."""
-        return await service.recover(services, principal.tenant_id, endpoint_id, data.since)
+        return await service.recover(services.pool, principal.tenant_id, endpoint_id, data.since)
 
 
 class TenantSecretController(Controller):
@@ -295,7 +306,7 @@ class TenantSecretController(Controller):
         self, services: NamedDependency[Services], principal: NamedDependency[Principal]
     ) -> SigningSecret:
         """Made on first need; no other tenant's webhooks carry its signature."""
-        return await service.reveal_tenant_secret(services, principal.tenant_id)
+        return await service.reveal_tenant_secret(EndpointDeps.of(services), principal.tenant_id)
 
     @post(
         "/rotate",
@@ -314,4 +325,6 @@ class TenantSecretController(Controller):
         """As an endpoint's rotation: the old secret signs beside the new for ``overlap``."""
         rotation = _body_or_defaults(await request.body(), SecretRotation)
         overlap = service.parse_overlap(rotation.overlap)
-        return await service.rotate_tenant_secret(services, principal.tenant_id, overlap)
+        return await service.rotate_tenant_secret(
+            EndpointDeps.of(services), principal.tenant_id, overlap
+        )

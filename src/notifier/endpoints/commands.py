@@ -19,6 +19,7 @@ from notifier.bootstrap import open_services
 from notifier.db import transaction
 from notifier.endpoints import queries, service
 from notifier.endpoints.schemas import EndpointUpdate
+from notifier.endpoints.service import EndpointDeps
 from notifier.errors import ProblemError
 from notifier.secret_box import SecretBox, generate_key
 from notifier.settings import Settings
@@ -83,7 +84,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
     async with open_services(settings, name="notifier-cli", runs_jobs=False) as services:
         tenant = args.tenant
         if args.endpoints_command == "list":
-            for endpoint in await service.list_endpoints(services, tenant):
+            for endpoint in await service.list_endpoints(services.pool, tenant):
                 state = "enabled" if endpoint.enabled else f"disabled ({endpoint.disabled_reason})"
                 print(f"{endpoint.id}  {state}  {endpoint.url}")  # noqa: T201
         elif args.endpoints_command in {"disable", "enable"}:
@@ -93,7 +94,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
                 else EndpointUpdate(enabled=True)
             )
             endpoint = await service.update_endpoint(
-                services, tenant, args.endpoint_id, changes, actor="cli"
+                EndpointDeps.of(services), tenant, args.endpoint_id, changes, actor="cli"
             )
             print(msgspec.json.encode(endpoint).decode())  # noqa: T201
         else:
@@ -105,7 +106,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             if since.tzinfo is None:
                 print("notifier: --since needs a zone (Z or +01:00)", file=sys.stderr)  # noqa: T201
                 return 2
-            recovered = await service.recover(services, tenant, args.endpoint_id, since)
+            recovered = await service.recover(services.pool, tenant, args.endpoint_id, since)
             print(f"recovered {recovered.recovered} notification(s)")  # noqa: T201
     return 0
 

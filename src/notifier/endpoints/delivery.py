@@ -116,7 +116,9 @@ async def _make_tenant_secret(services: Services, tenant_id: str) -> dict[str, A
     hold every other delivery of the tenant at its unique index until those sends ended.
     """
     async with transaction(services.pool) as own:
-        return await tenant_secret_row(own, services.secret_box, services.settings, tenant_id)
+        return await tenant_secret_row(
+            own, services.secret_box, services.settings.webhook_secret, tenant_id
+        )
 
 
 async def note_endpoint_attempts(

@@ -6,6 +6,7 @@ Another tenant's endpoint is as unknown as a missing one: every lookup is by ten
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import uuid
@@ -16,7 +17,7 @@ import msgspec
 from notifier.api_types import check_payload_size, check_storable, checked_instant
 from notifier.channels.base import DeliveryError, OutgoingMessage, WebhookTarget
 from notifier.channels.webhook import WebhookChannel
-from notifier.db import Connection, transaction
+from notifier.db import Connection, Pool, transaction
 from notifier.endpoints import queries
 from notifier.endpoints.schemas import (
     Endpoint,
@@ -34,9 +35,11 @@ from notifier.endpoints.signing import overlap_problem, rotated, signing_keys, t
 from notifier.errors import ProblemError, field_error, not_found
 from notifier.notifications.scheduling import delivery_job
 from notifier.queue import jobs
-from notifier.secret_box import UndecryptableSecret, new_signing_secret
+from notifier.secret_box import SecretBox, UndecryptableSecret, new_signing_secret
 from notifier.services import Services
+from notifier.settings import Settings
 from notifier.telemetry import current_traceparent
+from notifier.telemetry.metrics import Metrics
 
 logger = logging.getLogger("notifier.endpoints")
 
@@ -71,16 +74,33 @@ RESERVED_HEADERS = frozenset(
 MAX_RELEASED_PER_RUN = 10_000
 
 
-def _webhook_channel(services: Services) -> WebhookChannel:
-    channel = services.channel(WebhookChannel.name)
-    assert isinstance(channel, WebhookChannel), "every process has the webhook channel"
-    return channel
+@dataclasses.dataclass(frozen=True, slots=True)
+class EndpointDeps:
+    """What the endpoint use cases that touch secrets or receivers need."""
+
+    pool: Pool
+    secret_box: SecretBox
+    webhook: WebhookChannel
+    # NOTIFIER_WEBHOOK_SECRET (deprecated): the default tenant's first bare-URL secret.
+    legacy_secret: str | None = None
+
+    @classmethod
+    def of(cls, services: Services) -> EndpointDeps:
+        """The dependencies out of a process's services."""
+        webhook = services.channel(WebhookChannel.name)
+        assert isinstance(webhook, WebhookChannel), "every process has the webhook channel"
+        return cls(
+            pool=services.pool,
+            secret_box=services.secret_box,
+            webhook=webhook,
+            legacy_secret=services.settings.webhook_secret,
+        )
 
 
-def _checked_columns(services: Services, draft: EndpointCreate) -> dict[str, Any]:
+def _checked_columns(webhook: WebhookChannel, draft: EndpointCreate) -> dict[str, Any]:
     """The columns of ``draft``; a 422 naming the field that could never work."""
     check_storable(draft)
-    if problem := _webhook_channel(services).validate_recipient(draft.url):
+    if problem := webhook.validate_recipient(draft.url):
         raise field_error("url", problem)
     for name in draft.headers:
         if name.lower() in RESERVED_HEADERS or name.lower().startswith("webhook-"):
@@ -109,15 +129,15 @@ async def _locked(conn: Connection, tenant_id: str, endpoint_id: uuid.UUID) -> d
 
 
 async def create_endpoint(
-    services: Services, tenant_id: str, draft: EndpointCreate
+    deps: EndpointDeps, tenant_id: str, draft: EndpointCreate
 ) -> EndpointCreated:
     """Store a new endpoint with a fresh signing secret, shown in the answer."""
-    columns = _checked_columns(services, draft)
+    columns = _checked_columns(deps.webhook, draft)
     secret = new_signing_secret()
-    async with transaction(services.pool) as conn:
+    async with transaction(deps.pool) as conn:
         row = await queries.insert_endpoint(
             conn,
-            columns | {"tenant_id": tenant_id, "secret": services.secret_box.encrypt(secret)},
+            columns | {"tenant_id": tenant_id, "secret": deps.secret_box.encrypt(secret)},
         )
         if not draft.enabled:
             await queries.record_endpoint_event(
@@ -127,16 +147,16 @@ async def create_endpoint(
     return EndpointCreated(**msgspec.structs.asdict(endpoint), secret=secret)
 
 
-async def list_endpoints(services: Services, tenant_id: str) -> list[Endpoint]:
+async def list_endpoints(pool: Pool, tenant_id: str) -> list[Endpoint]:
     """Every endpoint of the tenant, oldest first."""
-    async with transaction(services.pool) as conn:
+    async with transaction(pool) as conn:
         rows = await queries.list_endpoints(conn, tenant_id)
     return [endpoint_from_row(row) for row in rows]
 
 
-async def get_endpoint(services: Services, tenant_id: str, endpoint_id: uuid.UUID) -> Endpoint:
+async def get_endpoint(pool: Pool, tenant_id: str, endpoint_id: uuid.UUID) -> Endpoint:
     """One of the tenant's endpoints, or a 404."""
-    async with transaction(services.pool) as conn:
+    async with transaction(pool) as conn:
         row = await queries.get_endpoint(conn, tenant_id, endpoint_id)
     if row is None:
         raise not_found("endpoint", endpoint_id)
@@ -158,7 +178,7 @@ def _as_draft(row: dict[str, Any], changes: EndpointUpdate) -> EndpointCreate:
 
 
 async def update_endpoint(
-    services: Services,
+    deps: EndpointDeps,
     tenant_id: str,
     endpoint_id: uuid.UUID,
     changes: EndpointUpdate,
@@ -168,10 +188,10 @@ async def update_endpoint(
     """Change the fields given. Disabling holds the endpoint's notifications (they wait,
     spending no attempt); enabling sends what waited, now. Both are recorded as
     endpoint_events rows, in the same transaction."""
-    async with transaction(services.pool) as conn:
+    async with transaction(deps.pool) as conn:
         row = await _locked(conn, tenant_id, endpoint_id)
         draft = _as_draft(row, changes)
-        columns = _checked_columns(services, draft)
+        columns = _checked_columns(deps.webhook, draft)
         updated = await queries.update_endpoint(conn, endpoint_id, columns)
         if row["enabled"] and not updated["enabled"]:
             reason = updated["disabled_reason"] or f"disabled through the {actor}"
@@ -202,10 +222,10 @@ async def _release_held(conn: Connection, held: list[dict[str, Any]]) -> int:
     return len(held)
 
 
-async def delete_endpoint(services: Services, tenant_id: str, endpoint_id: uuid.UUID) -> None:
+async def delete_endpoint(pool: Pool, tenant_id: str, endpoint_id: uuid.UUID) -> None:
     """Delete the endpoint and its secrets. Its pending notifications fail, visibly; its
     attempt log stays with the notifications."""
-    async with transaction(services.pool) as conn:
+    async with transaction(pool) as conn:
         await _locked(conn, tenant_id, endpoint_id)
         await queries.fail_pending_of_endpoint(
             conn, endpoint_id, "not sent: its endpoint was deleted"
@@ -214,14 +234,14 @@ async def delete_endpoint(services: Services, tenant_id: str, endpoint_id: uuid.
 
 
 async def reveal_secret(
-    services: Services, tenant_id: str, endpoint_id: uuid.UUID
+    deps: EndpointDeps, tenant_id: str, endpoint_id: uuid.UUID
 ) -> SigningSecret:
     """The endpoint's current signing secret."""
-    async with transaction(services.pool) as conn:
+    async with transaction(deps.pool) as conn:
         row = await queries.get_endpoint(conn, tenant_id, endpoint_id)
     if row is None:
         raise not_found("endpoint", endpoint_id)
-    return _shown(services, row)
+    return _shown(deps.secret_box, row)
 
 
 def _undecryptable(exc: UndecryptableSecret) -> ProblemError:
@@ -230,11 +250,11 @@ def _undecryptable(exc: UndecryptableSecret) -> ProblemError:
     return ProblemError(503, "Service Unavailable", "a stored secret cannot be read right now")
 
 
-def _shown(services: Services, row: dict[str, Any]) -> SigningSecret:
+def _shown(box: SecretBox, row: dict[str, Any]) -> SigningSecret:
     now = datetime.datetime.now(datetime.UTC)
     expires = row["previous_expires_at"]
     try:
-        secret = services.secret_box.decrypt(row["secret"])
+        secret = box.decrypt(row["secret"])
     except UndecryptableSecret as exc:
         raise _undecryptable(exc) from None
     return SigningSecret(
@@ -257,14 +277,14 @@ def parse_overlap(text: str) -> datetime.timedelta:
 
 
 async def rotate_secret(
-    services: Services, tenant_id: str, endpoint_id: uuid.UUID, overlap: datetime.timedelta
+    deps: EndpointDeps, tenant_id: str, endpoint_id: uuid.UUID, overlap: datetime.timedelta
 ) -> SigningSecret:
     """A new secret for the endpoint; the current one keeps signing beside it for
     ``overlap`` (receivers accept a message if any signature verifies)."""
     now = datetime.datetime.now(datetime.UTC)
-    async with transaction(services.pool) as conn:
+    async with transaction(deps.pool) as conn:
         row = await _locked(conn, tenant_id, endpoint_id)
-        secret, columns = rotated(services.secret_box, row, overlap, now)
+        secret, columns = rotated(deps.secret_box, row, overlap, now)
         updated = await queries.replace_secret(conn, endpoint_id, **columns)
     return SigningSecret(
         secret=secret,
@@ -272,30 +292,30 @@ async def rotate_secret(
     )
 
 
-async def reveal_tenant_secret(services: Services, tenant_id: str) -> SigningSecret:
+async def reveal_tenant_secret(deps: EndpointDeps, tenant_id: str) -> SigningSecret:
     """The secret the tenant's bare-URL webhooks are signed with, made on first need."""
-    async with transaction(services.pool) as conn:
-        row = await tenant_secret_row(conn, services.secret_box, services.settings, tenant_id)
-    return _shown(services, row)
+    async with transaction(deps.pool) as conn:
+        row = await tenant_secret_row(conn, deps.secret_box, deps.legacy_secret, tenant_id)
+    return _shown(deps.secret_box, row)
 
 
 async def rotate_tenant_secret(
-    services: Services, tenant_id: str, overlap: datetime.timedelta
+    deps: EndpointDeps, tenant_id: str, overlap: datetime.timedelta
 ) -> SigningSecret:
     """A new secret for the tenant's bare-URL webhooks, the old signing beside it for
     ``overlap``."""
     now = datetime.datetime.now(datetime.UTC)
-    async with transaction(services.pool) as conn:
-        await tenant_secret_row(conn, services.secret_box, services.settings, tenant_id)
+    async with transaction(deps.pool) as conn:
+        await tenant_secret_row(conn, deps.secret_box, deps.legacy_secret, tenant_id)
         row = await queries.lock_tenant_secret(conn, tenant_id)
         assert row is not None
-        secret, columns = rotated(services.secret_box, row, overlap, now)
+        secret, columns = rotated(deps.secret_box, row, overlap, now)
         updated = await queries.replace_tenant_secret(conn, tenant_id, **columns)
     return SigningSecret(secret=secret, previous_secret_expires_at=updated["previous_expires_at"])
 
 
 async def list_attempts(
-    services: Services,
+    pool: Pool,
     tenant_id: str,
     endpoint_id: uuid.UUID,
     *,
@@ -304,7 +324,7 @@ async def list_attempts(
     outcome: str | None,
 ) -> list[EndpointAttempt]:
     """A page of the endpoint's attempts, newest first."""
-    async with transaction(services.pool) as conn:
+    async with transaction(pool) as conn:
         if await queries.get_endpoint(conn, tenant_id, endpoint_id) is None:
             raise not_found("endpoint", endpoint_id)
         rows = await queries.list_attempts(
@@ -314,7 +334,7 @@ async def list_attempts(
 
 
 async def send_test(
-    services: Services, tenant_id: str, endpoint_id: uuid.UUID, message: TestMessage
+    deps: EndpointDeps, tenant_id: str, endpoint_id: uuid.UUID, message: TestMessage
 ) -> TestResult:
     """POST a signed example message to the endpoint now, and say how it went.
 
@@ -324,12 +344,12 @@ async def send_test(
     check_storable(message)
     check_payload_size("payload", message.payload)
     now = datetime.datetime.now(datetime.UTC)
-    async with transaction(services.pool) as conn:
+    async with transaction(deps.pool) as conn:
         row = await queries.get_endpoint(conn, tenant_id, endpoint_id)
     if row is None:
         raise not_found("endpoint", endpoint_id)
     try:
-        keys = signing_keys(services.secret_box, row, now)
+        keys = signing_keys(deps.secret_box, row, now)
     except UndecryptableSecret as exc:
         raise _undecryptable(exc) from None
     target = WebhookTarget(
@@ -347,7 +367,7 @@ async def send_test(
         webhook=target,
     )
     try:
-        receipt = await _webhook_channel(services).send(outgoing)
+        receipt = await deps.webhook.send(outgoing)
     except DeliveryError as exc:
         return TestResult(
             delivered=False,
@@ -366,12 +386,12 @@ async def send_test(
 
 
 async def recover(
-    services: Services, tenant_id: str, endpoint_id: uuid.UUID, since: datetime.datetime
+    pool: Pool, tenant_id: str, endpoint_id: uuid.UUID, since: datetime.datetime
 ) -> Recovered:
     """Make every failed or dead notification of the endpoint that ended at or after
     ``since`` pending again, each with a deliver job due now, in one transaction."""
     since = checked_instant("since", since)
-    async with transaction(services.pool) as conn:
+    async with transaction(pool) as conn:
         await _locked(conn, tenant_id, endpoint_id)
         rows = await queries.lock_recoverable(conn, tenant_id, endpoint_id, since)
         if rows:
@@ -386,21 +406,23 @@ async def recover(
     return Recovered(recovered=len(rows))
 
 
-async def disable_failing_endpoints(services: Services) -> int:
-    """Disable the endpoints whose every attempt failed for too long or too often
-    (``NOTIFIER_ENDPOINT_DISABLE_AFTER_*``); how many. Each gets its reason and time, an
-    endpoint_events row and a count in ``notifier_endpoints_disabled_total``."""
-    settings = services.settings
-    span = (
-        datetime.timedelta(days=settings.endpoint_disable_after_days)
-        if settings.endpoint_disable_after_days
-        else None
-    )
-    count = settings.endpoint_disable_after_failures or None
-    if span is None and count is None:
+async def disable_failing_endpoints(
+    pool: Pool,
+    metrics: Metrics,
+    *,
+    failing_for: datetime.timedelta | None,
+    failures: int | None,
+) -> int:
+    """Disable the endpoints whose every attempt failed for ``failing_for`` or ``failures``
+    times in a row (None: that test is off; ``NOTIFIER_ENDPOINT_DISABLE_AFTER_*``); how
+    many. Each gets its reason and time, an endpoint_events row and a count in
+    ``notifier_endpoints_disabled_total``."""
+    if failing_for is None and failures is None:
         return 0
-    async with transaction(services.pool) as conn:
-        disabled = await queries.disable_failing_endpoints(conn, failing_for=span, failures=count)
+    async with transaction(pool) as conn:
+        disabled = await queries.disable_failing_endpoints(
+            conn, failing_for=failing_for, failures=failures
+        )
     for row in disabled:
         logger.warning(
             "endpoint %s of tenant %s disabled: %s",
@@ -408,17 +430,27 @@ async def disable_failing_endpoints(services: Services) -> int:
             row["tenant_id"],
             row["disabled_reason"],
         )
-    services.metrics.endpoints_disabled.inc(len(disabled))
+    metrics.endpoints_disabled.inc(len(disabled))
     return len(disabled)
 
 
-async def release_held_of_enabled_endpoints(services: Services) -> int:
+def disable_thresholds(settings: Settings) -> dict[str, Any]:
+    """The ``failing_for`` and ``failures`` of :func:`disable_failing_endpoints` that the
+    settings give."""
+    days = settings.endpoint_disable_after_days
+    return {
+        "failing_for": datetime.timedelta(days=days) if days else None,
+        "failures": settings.endpoint_disable_after_failures or None,
+    }
+
+
+async def release_held_of_enabled_endpoints(pool: Pool) -> int:
     """Send the held notifications of endpoints that are enabled again; how many.
 
     An enable releases its endpoint's held notifications itself; a delivery that found the
     endpoint disabled just before and held its notification after the enable committed
     leaves one behind, which this finds at the next maintenance run.
     """
-    async with transaction(services.pool) as conn:
+    async with transaction(pool) as conn:
         held = await queries.held_of_enabled_endpoints(conn, MAX_RELEASED_PER_RUN)
         return await _release_held(conn, held)

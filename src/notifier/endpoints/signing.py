@@ -14,7 +14,6 @@ from notifier.channels.webhook import decode_secret
 from notifier.db import Connection
 from notifier.endpoints import queries
 from notifier.secret_box import SecretBox, new_signing_secret
-from notifier.settings import Settings
 from notifier.tenancy import DEFAULT_TENANT
 
 # A rotation's overlap: the old secret keeps signing this long by default, at most a week.
@@ -34,11 +33,12 @@ def signing_keys(box: SecretBox, row: dict[str, Any], now: datetime.datetime) ->
 
 
 async def tenant_secret_row(
-    conn: Connection, box: SecretBox, settings: Settings, tenant_id: str
+    conn: Connection, box: SecretBox, legacy_secret: str | None, tenant_id: str
 ) -> dict[str, Any]:
     """The tenant's signing secret for bare-URL webhooks, made on first need.
 
-    The default tenant's first secret is ``NOTIFIER_WEBHOOK_SECRET`` when that is set, so
+    The default tenant's first secret is ``legacy_secret`` (``NOTIFIER_WEBHOOK_SECRET``)
+    when that is set, so
     that receivers of a single-tenant installation keep verifying across the upgrade; every
     other tenant gets a random one (docs/security.md). Once stored, the variable is no
     longer read for it.
@@ -46,11 +46,7 @@ async def tenant_secret_row(
     row = await queries.tenant_secret(conn, tenant_id)
     if row is not None:
         return row
-    first = (
-        settings.webhook_secret
-        if tenant_id == DEFAULT_TENANT and settings.webhook_secret
-        else new_signing_secret()
-    )
+    first = legacy_secret if tenant_id == DEFAULT_TENANT and legacy_secret else new_signing_secret()
     return await queries.insert_tenant_secret(conn, tenant_id, box.encrypt(first))
 
 
