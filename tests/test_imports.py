@@ -22,6 +22,8 @@ WITHOUT_LITESTAR = [
     "notifier.notifications.schemas",
     "notifier.notifications.service",
     "notifier.notifications.tasks",
+    "notifier.notifications.delivery",
+    "notifier.notifications.decisions",
     "notifier.rules.service",
     "notifier.templates.service",
     "notifier.preferences.service",

@@ -13,6 +13,7 @@ import msgspec
 
 from notifier.channels.base import Channel
 from notifier.errors import field_error, msgspec_problem
+from notifier.instants import EARLIEST_INSTANT, LATEST_INSTANT, storable
 from notifier.notifications.localtime import QuietHours, check_quiet_hours, zone_named
 from notifier.patterns import NO_WHITESPACE, whole
 
@@ -36,11 +37,6 @@ Recipient = Annotated[
 ]
 # Query filters compare with stored values no longer than this.
 MAX_FILTER_LENGTH = 200
-
-# Instants both PostgreSQL and Python represent in any time zone, with lead times of up to
-# ten years subtracted. Outside it, a stored value could not be read back.
-EARLIEST_INSTANT = datetime.datetime(1900, 1, 1, tzinfo=datetime.UTC)
-LATEST_INSTANT = datetime.datetime(9000, 1, 1, tzinfo=datetime.UTC)
 
 
 T = TypeVar("T")
@@ -115,7 +111,7 @@ def checked_instant(field: str, value: datetime.datetime) -> datetime.datetime:
     sends the arrays of a batch insert): "+23:31" was refused by the database, a 422 naming
     nothing. The instant is the same in UTC.
     """
-    if not EARLIEST_INSTANT <= value < LATEST_INSTANT:
+    if not storable(value):
         raise field_error(
             field,
             f"must be between {EARLIEST_INSTANT.isoformat()} and {LATEST_INSTANT.isoformat()}",

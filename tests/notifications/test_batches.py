@@ -15,9 +15,11 @@ import pytest
 from litestar.testing import AsyncTestClient
 from opentelemetry.trace import SpanKind
 
-from notifier.notifications import tasks
+from notifier.notifications import delivery
 from notifier.settings import Settings
+from notifier.telemetry import tracing
 from notifier.telemetry.tracing import current_traceparent
+from tests.notifications.rows import delivery_row
 from tests.notifications.test_delivery import job_of, running_worker, schedule, webhook_id
 from tests.preferences.test_api import opt_out
 from tests.support import WebhookReceiver, eventually, wait_for_status
@@ -214,15 +216,15 @@ def test_a_notification_taken_along_is_traced_in_its_own_trace(
     """Its job never runs, so the batch starts its span, continuing the trace it was
     created in (the job tracing middleware does that for the job's own notification)."""
     provider, exporter = recording_provider()
-    monkeypatch.setattr(tasks, "tracer", provider.get_tracer("notifier"))
-    monkeypatch.setattr(tasks, "tracing_enabled", lambda: True)
+    monkeypatch.setattr(tracing, "tracer", provider.get_tracer("notifier"))
+    monkeypatch.setattr(tracing, "tracing_enabled", lambda: True)
     with provider.get_tracer("tests").start_as_current_span(
         "POST /api/v1/notifications/"
     ) as origin:
         traceparent = current_traceparent()
     notification_id = uuid.uuid4()
-    taken_along = tasks.Attempt(
-        row={"id": notification_id, "traceparent": traceparent},
+    taken_along = delivery.Attempt(
+        row=delivery_row(id=notification_id, traceparent=traceparent),
         job_id=42,
         number=1,
         channel=None,
@@ -230,7 +232,7 @@ def test_a_notification_taken_along_is_traced_in_its_own_trace(
         message="not sent in this test",
     )
 
-    with tasks._span_for_batched(taken_along):
+    with delivery.span_for_batched(taken_along):
         pass
 
     (span,) = [span for span in exporter.get_finished_spans() if span.name == "deliver"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +10,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from notifier.app import create_app
-from notifier.notifications.tasks import _message, _unsubscribe_link
+from notifier.notifications.delivery import outgoing_message, unsubscribe_link
 from notifier.preferences.links import (
     InvalidToken,
     list_unsubscribe_headers,
@@ -21,6 +20,7 @@ from notifier.preferences.links import (
 )
 from notifier.settings import Settings
 from notifier.templates.rendering import RenderedMessage
+from tests.notifications.rows import delivery_row
 from tests.support import assert_problem
 
 SECRET = "unsubscribe-secret-for-tests-only-0123456789"
@@ -80,28 +80,25 @@ def test_links_and_headers_exist_only_when_configured() -> None:
 
 
 def test_channels_get_the_link_of_the_notification_they_send() -> None:
-    row = {
-        "id": uuid.uuid4(),
-        "tenant_id": "default",
-        "notification_type": "invoice.due",
-        "channel": "email",
-        "recipient": "ada@example.com",
-        "event_id": None,
-        "entity_id": "invoice-1",
-        "target_date": datetime.datetime(2027, 1, 1, tzinfo=datetime.UTC),
-        "template": None,
-        "context": {},
-    }
+    row = delivery_row(
+        channel="email",
+        notification_type="invoice.due",
+        recipient="ada@example.com",
+        entity_id="invoice-1",
+        target_date=datetime.datetime(2027, 1, 1, tzinfo=datetime.UTC),
+    )
     settings = Settings(unsubscribe_secret=SECRET, public_base_url=BASE_URL)
 
     content = RenderedMessage(subject="Invoice due", text="Pay it")
 
-    message = _message(row, 1, content, _unsubscribe_link(row, settings))
+    message = outgoing_message(row, 1, content, unsubscribe_link(row, settings))
 
     assert message.unsubscribe_url is not None
     scope = verify_token(SECRET, message.unsubscribe_url.rsplit("/", 1)[1])
     assert (scope.channel, scope.notification_type) == ("email", "invoice.due")
-    assert _message(row, 1, content, _unsubscribe_link(row, Settings())).unsubscribe_url is None
+    assert (
+        outgoing_message(row, 1, content, unsubscribe_link(row, Settings())).unsubscribe_url is None
+    )
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 
 from notifier.notifications import queries, stats
+from notifier.notifications.schemas import AttemptOutcome
 from notifier.services import Services
 from notifier.telemetry.overview import read_overview
 from notifier.ui import charts
@@ -97,17 +98,17 @@ async def test_a_delivery_writes_its_tenant_on_the_attempt(
         await queries.record_attempts(
             conn,
             [
-                {
-                    "notification_id": row["id"],
-                    "attempt": 1,
-                    "job_id": None,
-                    "channel": "log",
-                    "outcome": "delivered",
-                    "started_at": datetime.datetime.now(datetime.UTC),
-                    "status_code": None,
-                    "error": None,
-                    "status": None,
-                }
+                queries.AttemptRecord(
+                    notification_id=row["id"],
+                    attempt=1,
+                    job_id=None,
+                    channel="log",
+                    outcome=AttemptOutcome.DELIVERED,
+                    started_at=datetime.datetime.now(datetime.UTC),
+                    status_code=None,
+                    error=None,
+                    status=None,
+                )
             ],
         )
 

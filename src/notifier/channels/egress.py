@@ -19,7 +19,7 @@ import socket
 from collections.abc import Sequence
 from typing import TypeAlias
 
-import yarl
+import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -28,6 +28,7 @@ IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 # The well-known NAT64 prefix (RFC 6052): 64:ff9b::a.b.c.d reaches a.b.c.d through a gateway.
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class BlockedAddressError(Exception):
@@ -108,14 +109,19 @@ def origin_of(url: str) -> str:
     for ``127.0.0.1``), so that a per-host limit cannot be escaped by writing the URL
     differently. A URL that cannot be parsed is its own origin (its send fails anyway)."""
     try:
-        target = yarl.URL(url)
-    except ValueError:
+        target = httpx.URL(url)
+    except httpx.InvalidURL:
         return url
-    host = (target.raw_host or "").rstrip(".").lower()
+    host = target.raw_host.decode("ascii").rstrip(".").lower()
     address = numeric_host(host)
     if address is not None:
         host = f"[{address}]" if address.version == 6 else str(address)
-    return f"{target.scheme}://{host}:{target.port}"
+    return f"{target.scheme}://{host}:{port_of(target)}"
+
+
+def port_of(url: httpx.URL) -> int | None:
+    """The port a connection to ``url`` goes to: the one it names, else its scheme's."""
+    return url.port if url.port is not None else DEFAULT_PORTS.get(url.scheme)
 
 
 def host_problem(host: str, allowed: Sequence[IPNetwork] = ()) -> str | None:

@@ -19,7 +19,6 @@ from typing import Any
 import aiohttp
 import httpx
 import msgspec
-import yarl
 from opentelemetry import propagate
 from opentelemetry.util.types import AttributeValue
 
@@ -38,6 +37,7 @@ from notifier.channels.egress import (
     check_addresses,
     host_problem,
     numeric_host,
+    port_of,
 )
 from notifier.telemetry.tracing import client_span, redacted_url
 
@@ -252,22 +252,26 @@ class WebhookChannel:
         :data:`~notifier.channels.base.MAX_ANSWER_BYTES` bytes.
 
         aiohttp connects to an address literal without asking the resolver, so a literal is
-        vetted here. The request is a CLIENT span carrying the trace context to the receiver.
+        vetted here. The URL is parsed once, by httpx as :meth:`validate_recipient` parsed
+        it, and aiohttp is handed that parse's normalized form (ASCII, IDNA-encoded,
+        percent-encoded), which it reads as the same host and port: the host vetted is the
+        host connected to. The request is a CLIENT span carrying the trace context to the
+        receiver.
         """
-        target = yarl.URL(url)
-        host = target.host or ""
+        target = httpx.URL(url)
+        host = target.host
         if (address := numeric_host(host)) is not None:
             check_addresses(host, [address], self._allowed_networks)
         attributes: dict[str, AttributeValue] = {
             "http.request.method": "POST",
             "url.full": redacted_url(url),
             "server.address": host,
-            "server.port": target.port or 0,
+            "server.port": port_of(target) or 0,
         }
         with client_span("POST", attributes=attributes) as span:
             propagate.inject(headers)
             async with self._client().post(
-                target, data=body, headers=headers, allow_redirects=False
+                str(target), data=body, headers=headers, allow_redirects=False
             ) as response:
                 span.set_attribute("http.response.status_code", response.status)
                 answer = await read_at_most(response, MAX_ANSWER_BYTES)

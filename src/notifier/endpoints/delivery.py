@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import msgspec
+
 from notifier.channels.base import WebhookTarget
 from notifier.channels.webhook import WebhookChannel
 from notifier.db import Connection, transaction
@@ -21,6 +23,7 @@ from notifier.endpoints import queries
 from notifier.endpoints.schemas import type_matches
 from notifier.endpoints.signing import signing_keys, tenant_secret_row
 from notifier.notifications import queries as notification_queries
+from notifier.notifications.queries import LockedDelivery
 from notifier.notifications.schemas import NotificationStatus
 from notifier.services import Services
 
@@ -54,63 +57,72 @@ def decide(endpoint: dict[str, Any] | None, notification_type: str) -> Decision:
 
 
 async def route_webhooks(
-    conn: Connection, services: Services, rows: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+    conn: Connection, services: Services, batch: list[LockedDelivery]
+) -> list[LockedDelivery]:
     """Those of the (locked, pending) notifications still to send, each webhook among them
-    given its ``webhook_target`` (and its endpoint's URL as ``recipient``, so host caps and
+    given its ``webhook`` target (and its endpoint's URL as ``recipient``, so host caps and
     URL checks see where it really goes).
 
     Notifications whose endpoint is disabled are held (no job, no attempt: re-enabling
     sends them); those their endpoint refuses (deleted, filtered out) fail now.
     """
-    webhooks = [row for row in rows if row["channel"] == WebhookChannel.name]
-    if not webhooks:
-        return rows
+    if not any(locked.notification.channel == WebhookChannel.name for locked in batch):
+        return batch
     now = datetime.datetime.now(datetime.UTC)
-    endpoint_ids = sorted({row["endpoint_id"] for row in webhooks if row["endpoint_id"]})
+    endpoint_ids = sorted(
+        {locked.notification.endpoint_id for locked in batch if locked.notification.endpoint_id}
+    )
     endpoints = await queries.endpoints_for_delivery(conn, endpoint_ids) if endpoint_ids else {}
     # Decrypted once per batch (about 70 us each), however many of its messages they sign.
     tenant_keys: dict[str, tuple[bytes, ...]] = {}
     endpoint_keys: dict[uuid.UUID, tuple[bytes, ...]] = {}
     held: list[uuid.UUID] = []
-    dropped: set[uuid.UUID] = set()
+    routed: list[LockedDelivery] = []
     box = services.secret_box
-    for row in webhooks:
-        if row["endpoint_id"] is None:
-            tenant = row["tenant_id"]
-            if tenant not in tenant_keys:
-                secret_row = await queries.tenant_secret(conn, tenant)
-                if secret_row is None:
-                    secret_row = await _make_tenant_secret(services, tenant)
-                tenant_keys[tenant] = signing_keys(box, secret_row, now)
-            row["webhook_target"] = WebhookTarget(url=row["recipient"], secrets=tenant_keys[tenant])
+    for locked in batch:
+        row = locked.notification
+        if row.channel != WebhookChannel.name:
+            routed.append(locked)
             continue
-        endpoint = endpoints.get(row["endpoint_id"])
-        verdict, reason = decide(endpoint, row["notification_type"])
+        if row.endpoint_id is None:
+            if row.tenant_id not in tenant_keys:
+                secret_row = await queries.tenant_secret(conn, row.tenant_id)
+                if secret_row is None:
+                    secret_row = await _make_tenant_secret(services, row.tenant_id)
+                tenant_keys[row.tenant_id] = signing_keys(box, secret_row, now)
+            target = WebhookTarget(url=row.recipient, secrets=tenant_keys[row.tenant_id])
+            routed.append(_with_target(locked, target))
+            continue
+        endpoint = endpoints.get(row.endpoint_id)
+        verdict, reason = decide(endpoint, row.notification_type)
         if verdict is Verdict.HOLD:
-            held.append(row["id"])
-            dropped.add(row["id"])
+            held.append(row.id)
         elif verdict is Verdict.REFUSE:
             await notification_queries.set_status(
-                conn, row["id"], NotificationStatus.FAILED, last_error=f"not sent: {reason}"
+                conn, row.id, NotificationStatus.FAILED, last_error=f"not sent: {reason}"
             )
-            logger.warning("notification %s not sent: %s", row["id"], reason)
-            dropped.add(row["id"])
+            logger.warning("notification %s not sent: %s", row.id, reason)
         else:
             assert endpoint is not None
-            row["recipient"] = endpoint["url"]
             if endpoint["id"] not in endpoint_keys:
                 endpoint_keys[endpoint["id"]] = signing_keys(box, endpoint, now)
-            row["webhook_target"] = WebhookTarget(
+            target = WebhookTarget(
                 url=endpoint["url"],
                 secrets=endpoint_keys[endpoint["id"]],
                 headers=tuple(endpoint["headers"].items()),
                 endpoint_id=endpoint["id"],
             )
+            routed.append(_with_target(locked, target))
     if held:
         await queries.hold_notifications(conn, held)
         logger.info("%d notification(s) wait for their disabled endpoint", len(held))
-    return [row for row in rows if row["id"] not in dropped]
+    return routed
+
+
+def _with_target(locked: LockedDelivery, target: WebhookTarget) -> LockedDelivery:
+    """``locked`` sent to ``target``: its recipient becomes the URL it goes to."""
+    row = msgspec.structs.replace(locked.notification, recipient=target.url, webhook=target)
+    return LockedDelivery(row, locked.job_id)
 
 
 async def _make_tenant_secret(services: Services, tenant_id: str) -> dict[str, Any]:

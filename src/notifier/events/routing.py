@@ -9,6 +9,7 @@ import msgspec
 
 from notifier.endpoints.references import endpoint_recipient
 from notifier.events.schemas import Event
+from notifier.instants import storable
 from notifier.notifications.localtime import zone_named
 from notifier.notifications.scheduling import NotificationDraft, PlannedSend, plan_sends
 from notifier.notifications.schemas import NotificationStatus
@@ -17,13 +18,6 @@ from notifier.rules.schemas import Rule
 
 class RoutingError(ValueError):
     """The event's payload lacks what a rule needs."""
-
-
-# Target dates Python can subtract any lead time (up to ten years) from, and read back
-# from PostgreSQL in any time zone. Outside them, processing the event would crash and be
-# retried forever, instead of storing a visible failed notification.
-EARLIEST_TARGET_DATE = datetime.datetime(1900, 1, 1, tzinfo=datetime.UTC)
-LATEST_TARGET_DATE = datetime.datetime(9000, 1, 1, tzinfo=datetime.UTC)
 
 
 def lookup(payload: dict[str, Any], path: str) -> Any:
@@ -70,7 +64,7 @@ def parse_target_date(value: Any, path: str) -> datetime.datetime:
 
 def _in_range(value: datetime.datetime, path: str) -> datetime.datetime:
     """``value`` in UTC, if in range: PostgreSQL reads offsets beyond 15:59 in text as errors."""
-    if not EARLIEST_TARGET_DATE <= value < LATEST_TARGET_DATE:
+    if not storable(value):
         raise RoutingError(f"payload field {path!r} is out of range")
     return value.astimezone(datetime.UTC)
 

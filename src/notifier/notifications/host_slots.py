@@ -52,10 +52,10 @@ from typing import Any, NamedTuple
 
 from notifier.db import Connection
 from notifier.notifications import queries
+from notifier.notifications.queries import DeliveryRow
 from notifier.notifications.scheduling import defer_delivery
 from notifier.queue import jobs
 from notifier.queue.retry import backoff_seconds
-from notifier.rate_limits.queries import hand_over_job
 from notifier.services import Services
 
 logger = logging.getLogger("notifier.delivery")
@@ -75,7 +75,7 @@ class HostBusy(NamedTuple):
 class Waiting(NamedTuple):
     """A notification of a batch handed back to wait for a slot of ``origin``."""
 
-    row: dict[str, Any]
+    row: DeliveryRow
     job_id: int | None
     origin: str
     # This job's own notification (its job is running), not one taken along.
@@ -350,19 +350,19 @@ async def put_off(
         delay = wait_seconds(before, timeout)
         at = now + datetime.timedelta(seconds=delay)
         if wait.own:
-            notification_id = wait.row["id"]
+            notification_id = wait.row.id
             new_job = await defer_delivery(
                 conn,
                 notification_id,
                 at,
-                tenant_id=wait.row["tenant_id"],
+                tenant_id=wait.row.tenant_id,
                 slot_waits=before + 1,
             )
-            await hand_over_job(conn, notification_id, wait.job_id, new_job)
+            await queries.hand_over_job(conn, notification_id, wait.job_id, new_job)
         elif wait.job_id is not None:
             postponed[wait.job_id] = at
             postponed_waits[wait.job_id] = {"slot_waits": before + 1}
-        services.metrics.host_slot_waits.labels(channel=wait.row["channel"]).inc()
+        services.metrics.host_slot_waits.labels(channel=wait.row.channel).inc()
         delays.setdefault(wait.origin, []).append(delay)
     # Their runs and their notifications' attempts stay as they were.
     await jobs.reschedule_jobs(conn, postponed, merge_args=postponed_waits)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from typing import Any, NotRequired, TypedDict
+from typing import Any
 
+import msgspec
 import psycopg
 
+from notifier.channels.base import WebhookTarget
 from notifier.db import Connection
+from notifier.notifications.localtime import QuietHours
 from notifier.notifications.schemas import (
+    AttemptOutcome,
     DeliveryAttempt,
     Notification,
     NotificationDetail,
@@ -18,6 +22,14 @@ from notifier.notifications.schemas import (
 )
 from notifier.pagination import Cursor
 from notifier.queue import DELIVERIES_QUEUE, jobs
+from notifier.rate_limits.gcra import Limit
+
+
+async def _the_notification(cursor: psycopg.AsyncCursor[dict[str, Any]]) -> Notification:
+    """The one notification row a statement returned (``RETURNING *``)."""
+    row = await cursor.fetchone()
+    assert row is not None
+    return notification_from_row(row)
 
 
 async def insert_notification(conn: Connection, values: dict[str, Any]) -> Notification:
@@ -39,9 +51,7 @@ async def insert_notification(conn: Connection, values: dict[str, Any]) -> Notif
         """,
         values,
     )
-    row = await cursor.fetchone()
-    assert row is not None
-    return notification_from_row(row)
+    return await _the_notification(cursor)
 
 
 async def get_notification(
@@ -159,26 +169,70 @@ async def set_status(
         """,
         {"id": notification_id, "status": status, "last_error": last_error},
     )
-    row = await cursor.fetchone()
-    assert row is not None
-    return notification_from_row(row)
+    return await _the_notification(cursor)
 
 
-async def lock_for_delivery(conn: Connection, notification_id: uuid.UUID) -> dict[str, Any] | None:
-    """The notification row locked as by :func:`lock_notification`, for the worker.
+class DeliveryRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A pending notification as the delivery reads it, locked (see :func:`lock_notification`)."""
 
-    With it come the tenant's rate-limit override for the row's channel
-    (``rate_per_second``, ``rate_burst``; NULL without one), read in the same round trip,
-    and the bucket it counts against (``rate_bucket``: the channel). A webhook endpoint's
-    own rate limit takes the place of the tenant's, with a bucket of its own.
-    """
+    id: uuid.UUID
+    tenant_id: str
+    notification_type: str
+    channel: str
+    recipient: str
+    status: NotificationStatus
+    attempts: int
+    send_at: datetime.datetime
+    target_date: datetime.datetime | None
+    lead_time: datetime.timedelta
+    event_id: uuid.UUID | None = None
+    entity_id: str | None = None
+    template: str | None = None
+    context: dict[str, Any] = msgspec.field(default_factory=dict)
+    timezone: str | None = None
+    quiet_hours: QuietHours | None = None
+    # The W3C trace context its delivery continues.
+    traceparent: str | None = None
+    # The tenant's own limit on the channel, if it set one, or its endpoint's.
+    rate_limit: Limit | None = None
+    # The bucket that limit counts against: the channel, or "endpoint:<id>" for an
+    # endpoint's own limit (None: the channel).
+    rate_bucket: str | None = None
+    # A webhook to one of the tenant's endpoints (notifier.endpoints), and, once
+    # notifier.endpoints.delivery.route_webhooks resolved it, where and how it is sent
+    # (its recipient then is the URL it goes to).
+    endpoint_id: uuid.UUID | None = None
+    webhook: WebhookTarget | None = None
+
+
+def _delivery_row(row: dict[str, Any]) -> DeliveryRow:
+    per_second, burst = row.pop("rate_per_second", None), row.pop("rate_burst", None)
+    row["quiet_hours"] = QuietHours.from_column(row["quiet_hours"])
+    delivery = msgspec.convert(row, DeliveryRow, from_attributes=False, strict=False)
+    if per_second is None:
+        return delivery
+    return msgspec.structs.replace(delivery, rate_limit=Limit(per_second, burst))
+
+
+class LockedDelivery(msgspec.Struct, frozen=True):
+    """A notification locked for delivery, and the deliver job acting on it (None: a job
+    deferred without an id, as the outbox trigger's were before migration 0004)."""
+
+    notification: DeliveryRow
+    job_id: int | None
+
+
+async def lock_for_delivery(conn: Connection, notification_id: uuid.UUID) -> DeliveryRow | None:
+    """The notification locked as by :func:`lock_notification`, for the worker, with the
+    tenant's rate-limit override for its channel, read in the same round trip. A webhook
+    endpoint's own rate limit takes the place of the tenant's, with a bucket of its own."""
     cursor = await conn.execute(
         """
         SELECT n.*,
                coalesce(e.rate_per_second, limits.per_second) AS rate_per_second,
                coalesce(e.rate_burst, limits.burst) AS rate_burst,
-               CASE WHEN e.rate_per_second IS NULL THEN n.channel
-                    ELSE 'endpoint:' || e.id END AS rate_bucket
+               CASE WHEN e.rate_per_second IS NOT NULL THEN 'endpoint:' || e.id END
+                   AS rate_bucket
         FROM notifier.notifications AS n
         LEFT JOIN notifier.rate_limits AS limits
             ON limits.tenant_id = n.tenant_id AND limits.channel = n.channel
@@ -188,7 +242,8 @@ async def lock_for_delivery(conn: Connection, notification_id: uuid.UUID) -> dic
         """,
         [notification_id],
     )
-    return await cursor.fetchone()
+    row = await cursor.fetchone()
+    return None if row is None else _delivery_row(row)
 
 
 # Due, waiting deliver jobs of one group with their pending notifications, each locked with
@@ -218,15 +273,14 @@ async def lock_due_deliveries(
     tenant_id: str | None,
     priority: int,
     limit: int,
-) -> list[dict[str, Any]]:
+) -> list[LockedDelivery]:
     """Up to ``limit`` pending notifications of ``channel`` whose deliver jobs are due and
     waiting in the group of ``tenant_id`` (None: jobs that name no tenant) and ``priority``,
     each locked with its job (rows other workers hold are skipped).
 
     A batch takes only its own group's jobs: the fetch shares out turns by group
     (migration 0011), and a batch is one turn. Notifications whose tenant has a rate limit
-    on the channel, or whose endpoint has one, are left to their own jobs. Each row carries its job's id as
-    ``batch_job_id``.
+    on the channel, or whose endpoint has one, are left to their own jobs.
     """
     group = jobs.due_jobs_parameters(
         queue=DELIVERIES_QUEUE,
@@ -236,29 +290,47 @@ async def lock_due_deliveries(
         limit=limit,
     )
     cursor = await conn.execute(_LOCK_DUE_DELIVERIES, {**group, "channel": channel})
-    return await cursor.fetchall()
+    locked = []
+    for row in await cursor.fetchall():
+        job_id = row.pop("batch_job_id")
+        locked.append(LockedDelivery(_delivery_row(row), job_id))
+    return locked
 
 
-class AttemptRecord(TypedDict):
+async def hand_over_job(
+    conn: Connection, notification_id: uuid.UUID, old_job_id: int | None, new_job_id: int
+) -> None:
+    """Make ``new_job_id`` the pending notification's job, if ``old_job_id`` still was.
+
+    A cancel that came first leaves the row as it is; the new job then finds the
+    notification cancelled and sends nothing.
+    """
+    await conn.execute(
+        """
+        UPDATE notifier.notifications SET job_id = %(new)s, updated_at = now()
+        WHERE id = %(id)s AND status = 'pending' AND job_id IS NOT DISTINCT FROM %(old)s
+        """,
+        {"id": notification_id, "old": old_job_id, "new": new_job_id},
+    )
+
+
+class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
     """One delivery attempt, as :func:`record_attempts` writes it."""
 
     notification_id: uuid.UUID
     attempt: int
     job_id: int | None
     channel: str
-    outcome: str
+    outcome: AttemptOutcome
     started_at: datetime.datetime
     status_code: int | None
     error: str | None
     # The (locked) notification's new status, or None to leave it.
     status: NotificationStatus | None
     # For the endpoint's attempt log: its id, the request's duration, the answer's start.
-    endpoint_id: NotRequired[uuid.UUID | None]
-    duration_ms: NotRequired[int | None]
-    answer: NotRequired[str | None]
-
-
-_ATTEMPT_LOG_DEFAULTS = {"endpoint_id": None, "duration_ms": None, "answer": None}
+    endpoint_id: uuid.UUID | None = None
+    duration_ms: int | None = None
+    answer: str | None = None
 
 
 async def record_attempts(conn: Connection, records: list[AttemptRecord]) -> None:
@@ -291,7 +363,7 @@ async def record_attempts(conn: Connection, records: list[AttemptRecord]) -> Non
                    %(answer)s::text
             FROM counted
             """,
-            [_ATTEMPT_LOG_DEFAULTS | record for record in records],
+            [msgspec.structs.asdict(record) for record in records],
         )
 
 
@@ -312,9 +384,7 @@ async def start_new_round(
         """,
         {"id": notification_id, "job_id": job_id, "traceparent": traceparent},
     )
-    row = await cursor.fetchone()
-    assert row is not None
-    return notification_from_row(row)
+    return await _the_notification(cursor)
 
 
 async def note_error(conn: Connection, notification_id: uuid.UUID, error: str) -> None:

@@ -107,21 +107,6 @@ def _plan_in_time(
     return plan
 
 
-def retry_outside_quiet_hours(notification: dict[str, Any], delay_seconds: float) -> float:
-    """``delay_seconds``, stretched so a retry of ``notification`` lands outside its quiet hours.
-
-    Quiet hours apply to every send, not only the first: a retry due at 03:00 waits for the
-    window's end like the planned send did.
-    """
-    quiet_hours = QuietHours.from_column(notification["quiet_hours"])
-    if quiet_hours is None:
-        return delay_seconds
-    zone = zone_named(notification["timezone"] or "UTC")
-    now = datetime.datetime.now(datetime.UTC)
-    due = now + datetime.timedelta(seconds=delay_seconds)
-    return (leave_quiet_hours(due, zone, quiet_hours) - now).total_seconds()
-
-
 class NotificationDraft(msgspec.Struct, kw_only=True):
     """Everything needed to store one notification, before it has an id or a job."""
 

@@ -32,6 +32,14 @@ class NotificationStatus(enum.StrEnum):
         return self in {NotificationStatus.FAILED, NotificationStatus.DEAD}
 
 
+class AttemptOutcome(enum.StrEnum):
+    """What one delivery attempt came to, as ``delivery_attempts.outcome`` stores it."""
+
+    DELIVERED = "delivered"  # a channel accepted it: the notification is sent
+    RETRY = "retry"  # failed, tried again later
+    FAILED = "failed"  # failed for good: the notification is failed, or dead
+
+
 class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``POST /api/v1/notifications/``: the seed shape plus optional channel fields."""
 

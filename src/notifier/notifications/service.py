@@ -3,7 +3,8 @@
 Each function is one transaction of its own, on a connection from ``pool``; the API, the
 CLI and the dashboard call these. Invalid input or a state that does not allow the change
 raises :class:`notifier.errors.ProblemError`; another tenant's notification is a 404 like a
-missing one. Delivery itself is the ``deliver`` task (``notifications/tasks.py``).
+missing one. Delivery itself is the ``deliver`` task (``notifications/tasks.py``), which runs
+``notifications/delivery.py``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Sequence
+from typing import Protocol
 
 from notifier.db import Connection
 from notifier.pagination import Cursor
@@ -83,10 +84,26 @@ async def delete_opt_out(conn: Connection, tenant_id: str, opt_out_id: uuid.UUID
     return cursor.rowcount == 1
 
 
+class Addressed(Protocol):
+    """What an opt-out is matched against: a notification's tenant, recipient, channel and
+    type."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def recipient(self) -> str: ...
+    @property
+    def channel(self) -> str: ...
+    @property
+    def notification_type(self) -> str: ...
+
+
 async def covering_opt_outs(
-    conn: Connection, notifications: list[dict[str, Any]]
+    conn: Connection, notifications: Sequence[Addressed]
 ) -> dict[uuid.UUID, OptOut]:
-    """For each notification row an opt-out covers, the oldest such opt-out, by the
+    """For each notification an opt-out covers, the oldest such opt-out, by the
     notification's id; one query for all of them."""
     cursor = await conn.execute(
         """
@@ -109,11 +126,11 @@ async def covering_opt_outs(
         ) AS opt_out
         """,
         [
-            [n["id"] for n in notifications],
-            [n["tenant_id"] for n in notifications],
-            [n["recipient"] for n in notifications],
-            [n["channel"] for n in notifications],
-            [n["notification_type"] for n in notifications],
+            [n.id for n in notifications],
+            [n.tenant_id for n in notifications],
+            [n.recipient for n in notifications],
+            [n.channel for n in notifications],
+            [n.notification_type for n in notifications],
         ],
     )
     return {row["notification_id"]: opt_out_from_row(row) for row in await cursor.fetchall()}

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Sequence
 
 from notifier.db import Connection
-from notifier.preferences.queries import covering_opt_outs
+from notifier.preferences.queries import Addressed, covering_opt_outs
 from notifier.preferences.schemas import OptOut
 
 
 async def suppression_reasons(
-    conn: Connection, notifications: list[dict[str, Any]]
+    conn: Connection, notifications: Sequence[Addressed]
 ) -> dict[uuid.UUID, str]:
     """Why each (locked) notification that must not be sent must not, by its id.
 

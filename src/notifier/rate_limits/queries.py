@@ -3,28 +3,10 @@
 from __future__ import annotations
 
 import datetime
-import uuid
 from typing import Any
 
 from notifier.db import Connection
 from notifier.rate_limits.gcra import Bucket
-
-
-async def hand_over_job(
-    conn: Connection, notification_id: uuid.UUID, old_job_id: int | None, new_job_id: int
-) -> None:
-    """Make ``new_job_id`` the pending notification's job, if ``old_job_id`` still was.
-
-    A cancel that came first leaves the row as it is; the new job then finds the
-    notification cancelled and sends nothing.
-    """
-    await conn.execute(
-        """
-        UPDATE notifier.notifications SET job_id = %(new)s, updated_at = now()
-        WHERE id = %(id)s AND status = 'pending' AND job_id IS NOT DISTINCT FROM %(old)s
-        """,
-        {"id": notification_id, "old": old_job_id, "new": new_job_id},
-    )
 
 
 async def lock_bucket(

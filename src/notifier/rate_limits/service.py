@@ -15,29 +15,23 @@ from notifier.channels.base import Channel
 from notifier.db import Pool, transaction
 from notifier.errors import not_found
 from notifier.rate_limits import queries
-from notifier.rate_limits.limiter import default_limit
-from notifier.rate_limits.schemas import LimitSource, RateLimit, RateLimitSet
+from notifier.rate_limits.gcra import Limit
+from notifier.rate_limits.limiter import limit_in_force
+from notifier.rate_limits.schemas import RateLimit, RateLimitSet
 from notifier.settings import Settings
 
 
 def effective_limit(settings: Settings, channel: str, override: dict[str, Any] | None) -> RateLimit:
-    """The limit in force for ``channel``: the tenant's ``override`` row, else the default."""
-    if override is not None:
-        return RateLimit(
-            channel=channel,
-            per_second=override["per_second"],
-            burst=override["burst"],
-            source=LimitSource.TENANT,
-            updated_at=override["updated_at"],
-        )
-    default = default_limit(settings, channel)
-    if default is None:
-        return RateLimit(channel=channel, per_second=None, burst=None, source=LimitSource.NONE)
+    """The limit in force for ``channel``: the tenant's ``override`` row, else the default
+    (the rule the deliveries obey, :func:`~notifier.rate_limits.limiter.limit_in_force`)."""
+    own = None if override is None else Limit(override["per_second"], override["burst"])
+    in_force = limit_in_force(settings, channel, own)
     return RateLimit(
         channel=channel,
-        per_second=default.per_second,
-        burst=default.burst,
-        source=LimitSource.DEFAULT,
+        per_second=in_force.limit.per_second if in_force.limit else None,
+        burst=in_force.limit.burst if in_force.limit else None,
+        source=in_force.source,
+        updated_at=override["updated_at"] if override else None,
     )
 
 

@@ -12,7 +12,7 @@ import logging
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from importlib.metadata import version
 from typing import Any
 
@@ -193,6 +193,49 @@ def client_span(
         yield span
 
 
+def consumer_span(
+    task_name: str,
+    *,
+    job_id: int | None,
+    queue: str,
+    traceparent: str | None,
+    attempt: int | None = None,
+    acting_on: Mapping[str, Any] | None = None,
+    batched: bool = False,
+) -> AbstractContextManager[Any]:
+    """The CONSUMER span of a job's work, a child of the trace ``traceparent`` names (a new
+    trace without one); nothing while tracing is off.
+
+    Every job's run gets one (:func:`job_tracing_middleware`), and so does each
+    notification a delivery batch takes along (``batched``), whose own job never runs.
+    ``attempt`` counts the job's runs; ``acting_on`` holds the ids of the event or
+    notification the work is about (``event_id``, ``notification_id``).
+    """
+    if not tracing_enabled():
+        return nullcontext()
+    attributes: dict[str, AttributeValue] = {
+        "messaging.system": "procrastinate",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": queue,
+        "messaging.message.id": str(job_id),
+        "notifier.task": task_name,
+    }
+    if attempt is not None:
+        attributes["notifier.job.attempt"] = attempt
+    for key in ("event_id", "notification_id"):
+        if acting_on and key in acting_on:
+            attributes[f"notifier.{key.replace('_id', '.id')}"] = str(acting_on[key])
+    if batched:
+        attributes["notifier.batched"] = True
+    return tracer.start_as_current_span(
+        task_name.removeprefix("notifier."),
+        context=context_from_traceparent(traceparent),
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+    )
+
+
 # The row each task acts on, which carries the trace context it continues.
 _TRACED_ROWS = {
     PROCESS_EVENT_TASK: ("notifier.events", "event_id"),
@@ -226,22 +269,13 @@ def job_tracing_middleware(pool: Pool) -> AroundJob:
     async def trace_job(job: JobInfo, call_next: Callable[[], Awaitable[Any]]) -> Any:
         if not tracing_enabled():
             return await call_next()
-        parent = context_from_traceparent(await _stored_traceparent(pool, job.task_name, job.args))
-        attributes: dict[str, AttributeValue] = {
-            "messaging.system": "procrastinate",
-            "messaging.operation.type": "process",
-            "messaging.operation.name": "process",
-            "messaging.destination.name": job.queue,
-            "messaging.message.id": str(job.id),
-            "notifier.task": job.task_name,
-            "notifier.job.attempt": job.attempts + 1,
-        }
-        for key in ("event_id", "notification_id"):
-            if key in job.args:
-                attributes[f"notifier.{key.replace('_id', '.id')}"] = str(job.args[key])
-        name = job.task_name.removeprefix("notifier.")
-        with tracer.start_as_current_span(
-            name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+        with consumer_span(
+            job.task_name,
+            job_id=job.id,
+            queue=job.queue,
+            traceparent=await _stored_traceparent(pool, job.task_name, job.args),
+            attempt=job.attempts + 1,
+            acting_on=job.args,
         ):
             return await call_next()
 
