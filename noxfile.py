@@ -128,3 +128,20 @@ def screenshots(session: nox.Session) -> None:
     which docs/ui.md shows."""
     sync(session)
     session.run("python", "-m", "tests.ui.screenshots", "docs/ui")
+
+
+@nox.session
+def chaos(session: nox.Session) -> None:
+    """The chaos suite of issue 21 at full duration (about 25 minutes): every scenario against
+    real processes on a cluster of its own, then the failover; prints the figures.
+    NOTIFIER_CHAOS_RATE sets the offered load (default 50/s); args go to pytest."""
+    sync(session)
+    session.run(
+        "pytest",
+        "tests/chaos",
+        "-m",
+        "chaos",
+        "-q",
+        *session.posargs,
+        env={"NOTIFIER_CHAOS_SCALE": os.environ.get("NOTIFIER_CHAOS_SCALE", "1")},
+    )

@@ -182,7 +182,8 @@ async def test_try_it_works_as_written_and_delivers(
         if curl.method == "POST" and curl.path.startswith("/api/v1/events"):
             last["event"] = body["id"]
         if curl.method == "GET" and curl.path.startswith("/api/v1/notifications"):
-            last["pending"] = next(n["id"] for n in body if n["status"] == "pending")
+            pending = [n["id"] for n in body if n["status"] == "pending"]
+            last["pending"] = pending[0] if pending else last.get("pending", "?")
     assert len(answers) >= 10
 
     async def delivered() -> bool:
@@ -205,6 +206,7 @@ async def test_try_it_works_as_written_and_delivers(
         )
     ).fetchall()
     statuses = sorted(r["status"] for r in rows)
-    assert statuses == ["cancelled", "pending", "pending"], rows
+    # The reminders for the first date were superseded when it moved.
+    assert statuses == ["cancelled", "pending", "pending", "superseded", "superseded"], rows
     soonest = min(r["due_in"] for r in rows if r["status"] == "pending")
     assert datetime.timedelta(0) < soonest <= datetime.timedelta(minutes=1), rows

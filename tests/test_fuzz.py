@@ -110,6 +110,18 @@ SEMANTIC_REJECTIONS = [
     # Sizes of encoded JSON (bytes, not characters), nesting, NUL (PostgreSQL's text refuses it).
     (r"body", r"must be at most \d+ bytes$"),
     (r".*", r"must be at most \d+ bytes as JSON|must not nest deeper than|NUL character"),
+    # A rule key's template grammar (placeholders naming payload paths); which fields a rule
+    # needs depends on its action; a cancel by query needs one of two parameters.
+    (r"key", r"payload field|brace outside|a cancel rule needs|give key or entity_id"),
+    (r"channel|recipient|recipient_field", r"a cancel rule makes no notification"),
+    (r"channel", r"a notify rule needs the channel"),
+    # A digest's window grammar and range, and the fields a digest needs or cannot have.
+    (r"digest\.window", r"is not an ISO 8601 duration|must be from PT1S to P7D"),
+    (r"key", r"a digest collects the events of one key"),
+    (r"date_field", r"a digest goes out when its window ends"),
+    # Whether a phone reads as a number is the numbering plans' to say, and matters only
+    # when it is the SMS recipient (a channel chosen in another field).
+    (r"phone", r"phone number"),
     # What a CloudEvent's base64 data decodes to (notifier stores a JSON object only).
     (r"data_base64|\[\d+\]\.data_base64", r"base64 of a JSON object|data or data_base64"),
     # Template source the sandbox cannot compile, or a preview that cannot render.

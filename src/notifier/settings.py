@@ -21,6 +21,7 @@ from msgspec import Meta
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from notifier.rate_limits.gcra import MAX_BURST, MAX_PER_SECOND, MIN_PER_SECOND, check_limit
+from notifier.recipients import phone_region_problem
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/notifier"
 ENV_PREFIX = "NOTIFIER_"
@@ -100,6 +101,9 @@ class Settings:
 
     # Channel for notifications created over REST without an explicit one.
     default_channel: str = "log"
+    # ISO 3166 region ("IN", "US", "GB") that national phone numbers ("9999912345") of the
+    # notifications API are read in. Unset: only numbers with a country code ("+91...") are.
+    default_phone_region: str | None = None
     webhook_timeout_seconds: PositiveFloat = 10.0
     # Deprecated: the one secret every tenant's webhooks were signed with. Now each tenant
     # has its own (notifier.endpoints.signing); this one is only taken over, once, as the
@@ -262,6 +266,10 @@ class Settings:
             raise SettingsError(
                 f"{ENV_PREFIX}WEBHOOK_SECRET: not a Standard Webhooks secret (whsec_ and base64)"
             )
+        if self.default_phone_region is not None and (
+            problem := phone_region_problem(self.default_phone_region)
+        ):
+            raise SettingsError(f"{ENV_PREFIX}DEFAULT_PHONE_REGION: {problem}")
         try:
             parse_networks(self.webhook_allowed_networks)
         except ValueError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from collections.abc import Sequence
 from typing import Any, LiteralString, NamedTuple
@@ -180,3 +181,55 @@ async def list_events(
         },
     )
     return [event_from_row(row) for row in await cursor.fetchall()]
+
+
+class KeyHolder(NamedTuple):
+    """The latest event of a (tenant, rule, key): the one whose reminders stand."""
+
+    event_id: uuid.UUID
+    event_time: datetime.datetime
+
+
+async def key_holders(
+    conn: Connection, tenant_id: str, rule_keys: list[tuple[uuid.UUID, str]]
+) -> dict[tuple[uuid.UUID, str], KeyHolder]:
+    """The latest event recorded for each ``(rule id, key)`` of the tenant that has one."""
+    cursor = await conn.execute(
+        """
+        SELECT rule_id, key, event_id, event_time FROM notifier.reminder_keys
+        WHERE tenant_id = %s
+          AND (rule_id, key) IN (SELECT * FROM unnest(%s::uuid[], %s::text[]))
+        """,
+        [tenant_id, [rule_id for rule_id, _ in rule_keys], [key for _, key in rule_keys]],
+    )
+    return {
+        (row["rule_id"], row["key"]): KeyHolder(row["event_id"], row["event_time"])
+        for row in await cursor.fetchall()
+    }
+
+
+async def hold_keys(
+    conn: Connection,
+    tenant_id: str,
+    rule_keys: list[tuple[uuid.UUID, str]],
+    holder: KeyHolder,
+) -> None:
+    """Record ``holder`` as the latest event of each ``(rule id, key)`` (keys locked)."""
+    if not rule_keys:
+        return
+    await conn.execute(
+        """
+        INSERT INTO notifier.reminder_keys (tenant_id, rule_id, key, event_id, event_time)
+        SELECT %(tenant_id)s, rule_id, key, %(event_id)s, %(event_time)s
+        FROM unnest(%(rule_ids)s::uuid[], %(keys)s::text[]) AS claimed (rule_id, key)
+        ON CONFLICT (tenant_id, rule_id, key)
+            DO UPDATE SET event_id = excluded.event_id, event_time = excluded.event_time
+        """,
+        {
+            "tenant_id": tenant_id,
+            "event_id": holder.event_id,
+            "event_time": holder.event_time,
+            "rule_ids": [rule_id for rule_id, _ in rule_keys],
+            "keys": [key for _, key in rule_keys],
+        },
+    )

@@ -13,7 +13,8 @@ from notifier.instants import storable
 from notifier.notifications.localtime import zone_named
 from notifier.notifications.scheduling import NotificationDraft, PlannedSend, plan_sends
 from notifier.notifications.schemas import NotificationStatus
-from notifier.rules.schemas import Rule
+from notifier.rules.keys import render_key
+from notifier.rules.schemas import Rule, RuleAction
 
 
 class RoutingError(ValueError):
@@ -75,6 +76,8 @@ def drafts_for_event(
     """One draft per rule and lead time; a rule the payload cannot satisfy yields a failed draft."""
     drafts = []
     for rule in rules:
+        if rule.action is RuleAction.CANCEL:
+            continue  # makes no notification (notifier.events.superseding)
         common: dict[str, Any] = {
             "notification_type": event.type,
             "channel": rule.channel,
@@ -99,6 +102,7 @@ def drafts_for_event(
                 else None
             )
             timezone = _timezone(event.payload, rule)
+            key = rule_key(rule, event.payload)
         except RoutingError as exc:
             failed = PlannedSend(datetime.timedelta(0), now, NotificationStatus.FAILED)
             drafts.append(
@@ -118,9 +122,25 @@ def drafts_for_event(
                     send=send,
                     target_date=target_date,
                     timezone=timezone,
+                    key=key,
+                    digest_window=(
+                        msgspec.convert(rule.digest.window, datetime.timedelta)
+                        if rule.digest
+                        else None
+                    ),
                 )
             )
     return drafts
+
+
+def rule_key(rule: Rule, payload: dict[str, Any]) -> str | None:
+    """The key ``rule`` gives an event with ``payload``; None for a rule without one."""
+    if rule.key is None:
+        return None
+    try:
+        return render_key(rule.key, payload)
+    except ValueError as exc:
+        raise RoutingError(str(exc)) from None
 
 
 def _timezone(payload: dict[str, Any], rule: Rule) -> str | None:

@@ -19,12 +19,13 @@ from notifier import idempotency
 from notifier.api_types import check_payload_size, check_storable, checked_instant
 from notifier.db import Pool, transaction
 from notifier.errors import not_found
-from notifier.events import queries
+from notifier.events import digests, queries
 from notifier.events.cloudevents import NewEvent
 from notifier.events.publisher import EventPublisher
 from notifier.events.queries import PublishedEvent, TenantEvent
 from notifier.events.routing import drafts_for_event
 from notifier.events.schemas import Event, EventDetail
+from notifier.events.superseding import apply_keys
 from notifier.idempotency import IdempotentRequest, Outcome
 from notifier.notifications.queries import list_notifications
 from notifier.notifications.scheduling import create_notifications
@@ -129,7 +130,8 @@ async def process(
             return
         tenant_id, event = locked
         rules = await matching_rules(conn, tenant_id, event.type)
-        drafts = drafts_for_event(event, rules, now or datetime.datetime.now(datetime.UTC))
+        planned_at = now or datetime.datetime.now(datetime.UTC)
+        drafts = drafts_for_event(event, rules, planned_at)
         if len(drafts) > max_notifications:
             # All or nothing: an arbitrary first `limit` recipients would be a silent partial
             # send, and storing the excess as failed rows would let one event flood the table.
@@ -141,17 +143,26 @@ async def process(
             await queries.mark_processed(conn, event.id, error=error)
             logger.warning("event %s (%s): %s", event_id, event.type, error)
             return
-        notifications = await create_notifications(conn, tenant_id, drafts)
-        await queries.mark_processed(conn, event.id)
+        # Keys: supersede the pending reminders of older events, cancel by cancel rules;
+        # digest rules' drafts join their key's open digest instead (or open one).
+        to_digests = [draft for draft in drafts if digests.is_digest(draft)]
+        keyed = await apply_keys(
+            conn, tenant_id, event, rules, [d for d in drafts if not digests.is_digest(d)]
+        )
+        opened = await digests.collect(conn, tenant_id, event, to_digests, planned_at)
+        notifications = await create_notifications(conn, tenant_id, keyed.drafts + opened)
+        await queries.mark_processed(conn, event.id, error="; ".join(keyed.errors) or None)
     if event.producer != "api":
         # The API counted its own events; the outbox's are first seen here.
         metrics.count_event(event.type, producer=event.producer)
     logger.info(
-        "event %s (%s): %d rules matched, %d notifications",
+        "event %s (%s): %d rules matched, %d notifications, %d superseded, %d cancelled",
         event_id,
         event.type,
         len(rules),
         len(notifications),
+        keyed.superseded,
+        keyed.cancelled,
     )
 
 

@@ -34,6 +34,9 @@ TypeFilter = Annotated[
     str | None, QueryParameter(max_length=MAX_FILTER_LENGTH, description="Exact type")
 ]
 EntityFilter = Annotated[str | None, QueryParameter(max_length=MAX_FILTER_LENGTH)]
+KeyFilter = Annotated[
+    str | None, QueryParameter(min_length=1, max_length=MAX_FILTER_LENGTH, description="Exact key")
+]
 
 # A query parameter holding an instant. Litestar's own conversion of query parameters is
 # lax (it reads "0.5" as a Unix time) and skips AwareDatetime's zone check: handlers parse

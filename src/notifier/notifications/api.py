@@ -7,19 +7,29 @@ import uuid
 
 from litestar import Controller, Response, delete, get, post
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from notifier.api_types import check_storable, query_instant
 from notifier.auth.guard import BEARER_SECURITY, requires
 from notifier.http.body import StrictBody
-from notifier.http.params import CursorParameter, EntityFilter, InstantQuery, Limit, TypeFilter
+from notifier.http.params import (
+    CursorParameter,
+    EntityFilter,
+    InstantQuery,
+    KeyFilter,
+    Limit,
+    TypeFilter,
+)
 from notifier.http.problems import problem_responses
 from notifier.idempotency import IdempotentRequest
 from notifier.notifications import service
 from notifier.notifications.schemas import (
+    CancelledCount,
     Notification,
     NotificationCreate,
     NotificationDetail,
+    NotificationReplacement,
     NotificationStatus,
 )
 from notifier.pagination import DEFAULT_LIMIT, Cursor, next_link
@@ -38,7 +48,13 @@ class NotificationController(Controller):
         "/",
         status_code=201,
         summary="Schedule a notification",
-        responses=problem_responses(400, 413, 415, 422),
+        responses=problem_responses(400, 413, 415, 422)
+        | {
+            200: ResponseSpec(
+                NotificationReplacement,
+                description="A pending notification of the same key was replaced by this one",
+            )
+        },
         guards=[requires(Scope.NOTIFICATIONS_WRITE)],
         dto=StrictBody[NotificationCreate],
         return_dto=None,
@@ -52,6 +68,10 @@ class NotificationController(Controller):
     ) -> Response[Notification]:
         """Store the notification and its deliver job, scheduled ``lead_time_days`` before
         ``target_date``, in one transaction. A target date in the past stores it ``expired``.
+
+        With a ``key``, a pending notification of the tenant with that key is replaced (it
+        ends ``superseded``) in the same transaction: **200** with the new one and the
+        ``replaced`` id.
         """
         outcome = await service.schedule(
             services.pool,
@@ -60,8 +80,30 @@ class NotificationController(Controller):
             principal.tenant_id,
             data,
             idempotent,
+            default_phone_region=services.settings.default_phone_region,
         )
         return Response(outcome.body, status_code=outcome.status)
+
+    @delete(
+        "/",
+        status_code=200,
+        summary="Cancel every pending notification of a key or entity",
+        responses=problem_responses(400, 409, 422),
+        guards=[requires(Scope.NOTIFICATIONS_WRITE)],
+    )
+    async def cancel_matching(
+        self,
+        services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
+        key: KeyFilter = None,
+        entity_id: EntityFilter = None,
+    ) -> CancelledCount:
+        """Cancel the tenant's pending notifications with ``key`` and/or ``entity_id`` (both
+        given: those matching both), and their jobs, in one transaction; how many."""
+        check_storable({"key": key, "entity_id": entity_id}, source="query")
+        return await service.cancel_matching(
+            services.pool, principal.tenant_id, key=key, entity_id=entity_id
+        )
 
     @get(
         "/",
@@ -78,13 +120,15 @@ class NotificationController(Controller):
         status: FromQuery[NotificationStatus | None] = None,
         type: TypeFilter = None,
         entity_id: EntityFilter = None,
+        key: KeyFilter = None,
         created_after: InstantQuery = None,
         created_before: InstantQuery = None,
     ) -> Response[list[Notification]]:
-        """Filter by status, type, entity and creation time; ``Link`` names the next page."""
+        """Filter by status, type, entity, key and creation time; ``Link`` names the next
+        page."""
         after_time = query_instant("created_after", created_after)
         before_time = query_instant("created_before", created_before)
-        check_storable({"type": type, "entity_id": entity_id}, source="query")
+        check_storable({"type": type, "entity_id": entity_id, "key": key}, source="query")
         page, following = await service.list_notifications(
             services.pool,
             principal.tenant_id,
@@ -93,6 +137,7 @@ class NotificationController(Controller):
             status=status,
             notification_type=type,
             entity_id=entity_id,
+            key=key,
             created_after=after_time,
             created_before=before_time,
         )
@@ -101,6 +146,7 @@ class NotificationController(Controller):
             "status": status,
             "type": type,
             "entity_id": entity_id,
+            "key": key,
             "created_after": after_time.isoformat() if after_time else None,
             "created_before": before_time.isoformat() if before_time else None,
         }

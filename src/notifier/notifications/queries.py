@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import psycopg
@@ -39,12 +39,14 @@ async def insert_notification(conn: Connection, values: dict[str, Any]) -> Notif
         INSERT INTO notifier.notifications (
             id, tenant_id, event_id, rule_id, notification_type, entity_id, channel, recipient,
             email, phone, template, context, target_date, lead_time, send_at, status,
-            last_error, job_id, timezone, quiet_hours, traceparent, endpoint_id
+            last_error, job_id, timezone, quiet_hours, traceparent, key, cancelled_by_event_id,
+            digest_count, digest_open, endpoint_id
         ) VALUES (
             %(id)s, %(tenant_id)s, %(event_id)s, %(rule_id)s, %(notification_type)s,
             %(entity_id)s, %(channel)s, %(recipient)s, %(email)s, %(phone)s, %(template)s,
             %(context)s, %(target_date)s, %(lead_time)s, %(send_at)s, %(status)s,
             %(last_error)s, %(job_id)s, %(timezone)s, %(quiet_hours)s, %(traceparent)s,
+            %(key)s, %(cancelled_by_event_id)s, %(digest_count)s, %(digest_open)s,
             %(endpoint_id)s
         )
         RETURNING *
@@ -113,6 +115,7 @@ async def list_notifications(
     notification_type: str | None = None,
     entity_id: str | None = None,
     event_id: uuid.UUID | None = None,
+    key: str | None = None,
     created_after: datetime.datetime | None = None,
     created_before: datetime.datetime | None = None,
 ) -> list[Notification]:
@@ -125,6 +128,7 @@ async def list_notifications(
           AND (%(type)s::text IS NULL OR notification_type = %(type)s)
           AND (%(entity_id)s::text IS NULL OR entity_id = %(entity_id)s)
           AND (%(event_id)s::uuid IS NULL OR event_id = %(event_id)s)
+          AND (%(key)s::text IS NULL OR key = %(key)s)
           AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s)
           AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s)
           AND (%(after_created_at)s::timestamptz IS NULL
@@ -138,6 +142,7 @@ async def list_notifications(
             "type": notification_type,
             "entity_id": entity_id,
             "event_id": event_id,
+            "key": key,
             "created_after": created_after,
             "created_before": created_before,
             "after_created_at": after.created_at if after else None,
@@ -459,3 +464,129 @@ async def give_back_host_slots(conn: Connection, slots: list[tuple[str, int]]) -
             """,
             [[origin for origin, _ in slots], [slot for _, slot in slots]],
         )
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+
+class EndedNotification(NamedTuple):
+    """A pending notification a key ended (superseded or cancelled), and its job."""
+
+    id: uuid.UUID
+    job_id: int | None
+
+
+async def lock_keys(conn: Connection, lock_ids: list[int]) -> None:
+    """Take transaction-level advisory locks on ``lock_ids``, in the order given.
+
+    Callers give them sorted, so that two transactions wanting the same keys cannot each
+    hold one the other waits for. (The single-``bigint`` form: a space apart from the
+    two-``int`` locks of host slots.)
+    """
+    if lock_ids:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(lock_id) FROM unnest(%s::bigint[]) AS lock_id",
+            [lock_ids],
+        )
+
+
+async def end_pending_of_rule_keys(
+    conn: Connection,
+    tenant_id: str,
+    rule_keys: list[tuple[uuid.UUID, str]],
+    *,
+    status: NotificationStatus,
+    event_id: uuid.UUID,
+) -> list[EndedNotification]:
+    """Move the tenant's pending notifications of each ``(rule id, key)`` to ``status``
+    (superseded or cancelled) on behalf of ``event_id``; the ones moved.
+
+    A notification a worker is sending stays locked until the send is recorded; this waits
+    for it, then finds it no longer pending and leaves it. Rows are locked in id order, as
+    every other many-row cancel does, so that two of them cannot deadlock.
+    """
+    if not rule_keys:
+        return []
+    cursor = await conn.execute(
+        """
+        WITH locked AS (
+            SELECT id FROM notifier.notifications
+            WHERE tenant_id = %(tenant_id)s AND status = 'pending' AND key IS NOT NULL
+              AND (rule_id, key) IN (
+                  SELECT * FROM unnest(%(rule_ids)s::uuid[], %(keys)s::text[])
+              )
+            ORDER BY id
+            FOR UPDATE
+        )
+        UPDATE notifier.notifications AS n
+        SET status = %(status)s, cancelled_by_event_id = %(event_id)s, cancelled_at = now(),
+            updated_at = now()
+        FROM locked WHERE n.id = locked.id
+        RETURNING n.id, n.job_id
+        """,
+        {
+            "status": status,
+            "event_id": event_id,
+            "tenant_id": tenant_id,
+            "rule_ids": [rule_id for rule_id, _ in rule_keys],
+            "keys": [key for _, key in rule_keys],
+        },
+    )
+    return [EndedNotification(row["id"], row["job_id"]) for row in await cursor.fetchall()]
+
+
+async def replace_pending_of_key(
+    conn: Connection, tenant_id: str, key: str, replacement: uuid.UUID
+) -> list[EndedNotification]:
+    """Mark the tenant's other pending notifications of ``key`` made through the API (not by
+    rules) superseded by ``replacement``; the ones marked."""
+    cursor = await conn.execute(
+        """
+        WITH locked AS (
+            SELECT id FROM notifier.notifications
+            WHERE tenant_id = %(tenant_id)s AND status = 'pending' AND key = %(key)s
+              AND rule_id IS NULL AND id <> %(replacement)s
+            ORDER BY id
+            FOR UPDATE
+        )
+        UPDATE notifier.notifications AS n
+        SET status = 'superseded', replaced_by_id = %(replacement)s, cancelled_at = now(),
+            updated_at = now()
+        FROM locked WHERE n.id = locked.id
+        RETURNING n.id, n.job_id
+        """,
+        {"tenant_id": tenant_id, "key": key, "replacement": replacement},
+    )
+    return [EndedNotification(row["id"], row["job_id"]) for row in await cursor.fetchall()]
+
+
+async def lock_pending_matching(
+    conn: Connection, tenant_id: str, *, key: str | None, entity_id: str | None, limit: int
+) -> list[EndedNotification]:
+    """Up to ``limit`` of the tenant's pending notifications with ``key`` and ``entity_id``
+    (each None: any), locked; in id order, so that concurrent callers lock alike."""
+    cursor = await conn.execute(
+        """
+        SELECT id, job_id FROM notifier.notifications
+        WHERE tenant_id = %(tenant_id)s AND status = 'pending'
+          AND (%(key)s::text IS NULL OR key = %(key)s)
+          AND (%(entity_id)s::text IS NULL OR entity_id = %(entity_id)s)
+        ORDER BY id
+        LIMIT %(limit)s
+        FOR UPDATE
+        """,
+        {"tenant_id": tenant_id, "key": key, "entity_id": entity_id, "limit": limit},
+    )
+    return [EndedNotification(row["id"], row["job_id"]) for row in await cursor.fetchall()]
+
+
+async def cancel_many(conn: Connection, notification_ids: list[uuid.UUID]) -> None:
+    """Cancel (locked, pending) notifications, stamping ``cancelled_at``."""
+    await conn.execute(
+        """
+        UPDATE notifier.notifications
+        SET status = 'cancelled', cancelled_at = now(), updated_at = now()
+        WHERE id = ANY(%s)
+        """,
+        [notification_ids],
+    )

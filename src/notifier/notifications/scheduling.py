@@ -129,6 +129,15 @@ class NotificationDraft(msgspec.Struct, kw_only=True):
     error: str | None = None
     # A webhook to one of the tenant's endpoints (notifier.endpoints) rather than a URL.
     endpoint_id: uuid.UUID | None = None
+    # What it is about (notifier.notifications.keys); the event that superseded it, when it
+    # is stored superseded because it arrived after a newer event for its key.
+    key: str | None = None
+    cancelled_by_event_id: uuid.UUID | None = None
+    # Digests (notifier.events.digests): the rule's window, on a draft routing made; the
+    # events counted in it and whether more may join, on a digest to store.
+    digest_window: datetime.timedelta | None = None
+    digest_count: int | None = None
+    digest_open: bool | None = None
 
 
 def delivery_job(

@@ -9,9 +9,19 @@ from typing import Annotated, Any
 
 import msgspec
 
-from notifier.api_types import AwareDatetime, ChannelName, EventType, Payload, Recipient
+from notifier.api_types import ChannelName, EventType, Payload, Recipient
 from notifier.notifications.localtime import QuietHours, TimeZoneName
-from notifier.recipients import E164_PATTERN
+from notifier.recipients import MAX_PHONE_LENGTH
+
+NotificationKey = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=200,
+        description="What the notification is about: one pending notification per key",
+        examples=["password-expiry-user-42"],
+    ),
+]
 
 
 class NotificationStatus(enum.StrEnum):
@@ -25,6 +35,8 @@ class NotificationStatus(enum.StrEnum):
     FAILED = "failed"  # a permanent error: retrying cannot help
     DEAD = "dead"  # every attempt failed
     SUPPRESSED = "suppressed"  # the recipient opted out; never sent
+    # A newer event (or request) for its key took its place; never sent.
+    SUPERSEDED = "superseded"
 
     @property
     def replayable(self) -> bool:
@@ -45,7 +57,11 @@ class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
 
     notification_type: EventType
     entity_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    target_date: AwareDatetime
+    # Seed clients send it without an offset, meaning UTC (as the seed read it).
+    target_date: Annotated[
+        datetime.datetime,
+        msgspec.Meta(description="An ISO 8601 date-time; one without an offset is UTC"),
+    ]
     lead_time_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 7
     # Checked with notifier.recipients; the schema says so for clients and the fuzz tests.
     email: (
@@ -54,7 +70,15 @@ class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
         ]
         | None
     ) = None
-    phone: Annotated[str, msgspec.Meta(max_length=16, pattern=E164_PATTERN)] | None = None
+    # Stored in E.164 form when it reads as a number (national ones in
+    # NOTIFIER_DEFAULT_PHONE_REGION), else as given; an SMS recipient must read as one.
+    phone: (
+        Annotated[
+            str,
+            msgspec.Meta(min_length=1, max_length=MAX_PHONE_LENGTH, examples=["+14155550123"]),
+        ]
+        | None
+    ) = None
     # Beyond the seed API: where to send it. The recipient defaults to email, then phone.
     channel: ChannelName | None = None
     recipient: Recipient | None = None
@@ -64,6 +88,9 @@ class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     quiet_hours: QuietHours | None = None
     # One of the tenant's webhook endpoints (its id), instead of a recipient URL.
     endpoint: uuid.UUID | None = None
+    # A pending notification of the tenant with this key (made through the API) is
+    # replaced by this one: answered 200 with its id in ``replaced``.
+    key: NotificationKey | None = None
 
 
 class DeliveryAttempt(msgspec.Struct, kw_only=True):
@@ -108,6 +135,28 @@ class Notification(msgspec.Struct, kw_only=True):
     quiet_hours: QuietHours | None = None
     # The webhook endpoint it goes to, if it names one (recipient is then "endpoint:<id>").
     endpoint: uuid.UUID | None = None
+    key: str | None = None
+    # The event whose rule superseded (status superseded) or cancelled it.
+    cancelled_by_event_id: uuid.UUID | None = None
+    # The notification that replaced it through the API (status superseded).
+    replaced_by_id: uuid.UUID | None = None
+    # A digest: how many events it holds (its ``events``), and whether more may still join.
+    digest_count: int | None = None
+    digest_open: bool | None = None
+
+
+class NotificationReplacement(Notification, kw_only=True):
+    """``POST /api/v1/notifications/`` with a ``key``: the new notification and the id of
+    the pending one of that key it replaced (None only while decoding a stored 201, which
+    has none: :func:`notifier.notifications.service.schedule` answers those as they were)."""
+
+    replaced: uuid.UUID | None = None
+
+
+class CancelledCount(msgspec.Struct, kw_only=True):
+    """``DELETE /api/v1/notifications/?key=...``: how many pending ones were cancelled."""
+
+    cancelled: int
 
 
 class NotificationDetail(Notification, kw_only=True):

@@ -1,4 +1,5 @@
-"""The notification use cases: schedule, list, get, cancel and replay.
+"""The notification use cases: schedule, list, get, cancel (one, or by key or entity) and
+replay.
 
 Each function is one transaction of its own, on a connection from ``pool``; the API, the
 CLI and the dashboard call these. Invalid input or a state that does not allow the change
@@ -12,6 +13,8 @@ from __future__ import annotations
 import datetime
 import uuid
 from collections.abc import Mapping
+
+import msgspec
 
 from notifier import idempotency
 from notifier.api_types import (
@@ -27,22 +30,29 @@ from notifier.endpoints.references import check_endpoint, endpoint_channel_and_r
 from notifier.errors import ProblemError, field_error, not_found
 from notifier.idempotency import IdempotentRequest, Outcome
 from notifier.notifications import queries
+from notifier.notifications.keys import (
+    MAX_CANCELLED_AT_ONCE,
+    TooManyMatches,
+    cancel_pending_matching,
+    schedule_replacing,
+)
 from notifier.notifications.scheduling import (
     NotificationDraft,
-    create_notifications,
     defer_delivery,
     plan_sends,
 )
 from notifier.notifications.schemas import (
+    CancelledCount,
     Notification,
     NotificationCreate,
     NotificationDetail,
+    NotificationReplacement,
     NotificationStatus,
     notification_from_row,
 )
 from notifier.pagination import Cursor, Page, paginate
 from notifier.queue import jobs
-from notifier.recipients import email_address_problem, phone_number_problem
+from notifier.recipients import e164_phone, email_address_problem, phone_number_problem
 from notifier.telemetry import current_traceparent
 
 CANCELLABLE = frozenset(
@@ -56,17 +66,23 @@ def draft_notification(
     channels: Mapping[str, Channel],
     default_channel: str,
     now: datetime.datetime,
+    default_phone_region: str | None = None,
 ) -> NotificationDraft:
     """Check a create request against the configured ``channels`` and plan its one send
     (``lead_time_days`` before ``target_date``, as of ``now``); a 422 names the field at
-    fault. ``default_channel``: the channel when the request names none."""
+    fault. ``default_channel``: the channel when the request names none.
+
+    A ``target_date`` without an offset is UTC, as the seed API read it. A ``phone`` is kept
+    in E.164 form where it reads as a number (national ones in ``default_phone_region``),
+    else as given; only as the SMS recipient must it read as one.
+    """
     check_storable(data)
     check_payload_size("data", data.data)
+    if data.target_date.tzinfo is None:
+        data.target_date = data.target_date.replace(tzinfo=datetime.UTC)
     data.target_date = checked_instant("target_date", data.target_date)
     if data.email is not None and (problem := email_address_problem(data.email)):
         raise field_error("email", problem)
-    if data.phone is not None and (problem := phone_number_problem(data.phone)):
-        raise field_error("phone", problem)
     recipient: str | None
     if data.endpoint is not None:
         channel_name, recipient = endpoint_channel_and_recipient(data.endpoint, data.channel)
@@ -79,6 +95,17 @@ def draft_notification(
             (data.phone or data.email) if channel_name == "sms" else (data.email or data.phone)
         )
         recipient = data.recipient or fallback
+    recipient_field = (
+        "recipient" if data.recipient else "phone" if recipient == data.phone else "email"
+    )
+    if channel_name == "sms" and recipient is not None:
+        # The SMS recipient must be a number the provider can dial, whichever field gave it.
+        if (problem := phone_number_problem(recipient, default_phone_region)) is not None:
+            raise field_error(recipient_field, problem)
+        recipient = e164_phone(recipient, default_phone_region)
+    phone = data.phone
+    if phone is not None:
+        phone = e164_phone(phone, default_phone_region) or phone
     # A notification to an endpoint is checked against the endpoint (check_endpoint).
     checked_channel(channels, channel_name, None if data.endpoint else recipient)
     if recipient is None:
@@ -97,13 +124,14 @@ def draft_notification(
         channel=channel_name,
         recipient=recipient,
         email=data.email,
-        phone=data.phone,
+        phone=phone,
         target_date=data.target_date,
         context=data.data,
         send=send,
         timezone=data.timezone,
         quiet_hours=data.quiet_hours,
         endpoint_id=data.endpoint,
+        key=data.key,
     )
 
 
@@ -116,29 +144,72 @@ async def schedule(
     idempotent: IdempotentRequest | None = None,
     *,
     now: datetime.datetime | None = None,
+    default_phone_region: str | None = None,
 ) -> Outcome[Notification]:
     """Store the notification and its deliver job, due ``lead_time_days`` before
     ``target_date``, in one transaction (201). A send time already past stores it
     ``expired``, with no job.
 
-    The request is checked first (:func:`draft_notification`, with ``channels`` and
-    ``default_channel``; ``now``, the clock, defaults to the current time). With
-    ``idempotent``, a repeat answers the first notification and stores nothing new.
+    With a ``key``, the tenant's pending notification of that key (made through the API)
+    ends ``superseded`` by the new one in the same transaction (200, a
+    :class:`NotificationReplacement` naming it; :mod:`notifier.notifications.keys`).
+
+    The request is checked first (:func:`draft_notification`, with ``channels``,
+    ``default_channel`` and ``default_phone_region``; ``now``, the clock, defaults to the
+    current time). With ``idempotent``, a repeat answers the first notification and stores
+    nothing new.
     """
     draft = draft_notification(
         request,
         channels=channels,
         default_channel=default_channel,
         now=now or datetime.datetime.now(datetime.UTC),
+        default_phone_region=default_phone_region,
     )
     async with transaction(pool) as conn:
 
         async def create() -> Outcome[Notification]:
             await check_endpoint(conn, tenant_id, draft.endpoint_id)
-            (notification,) = await create_notifications(conn, tenant_id, [draft])
-            return Outcome(201, notification)
+            scheduled = await schedule_replacing(conn, tenant_id, draft)
+            if scheduled.replaced is None:
+                return Outcome(201, scheduled.notification)
+            return Outcome(
+                200,
+                NotificationReplacement(
+                    **msgspec.structs.asdict(scheduled.notification), replaced=scheduled.replaced
+                ),
+            )
 
-        return await idempotency.once(conn, idempotent, Notification, create)
+        # A stored 201 has no "replaced": it decodes as a replacement of none, given back
+        # as the plain notification it was.
+        outcome = await idempotency.once(conn, idempotent, NotificationReplacement, create)
+    if isinstance(outcome.body, NotificationReplacement) and outcome.body.replaced is None:
+        fields = msgspec.structs.asdict(outcome.body)
+        del fields["replaced"]
+        return Outcome(outcome.status, Notification(**fields), replayed=outcome.replayed)
+    return outcome
+
+
+async def cancel_matching(
+    pool: Pool, tenant_id: str, *, key: str | None, entity_id: str | None
+) -> CancelledCount:
+    """Cancel the tenant's pending notifications with ``key`` and/or ``entity_id`` (both
+    given: those matching both) and their waiting jobs, in one transaction; how many.
+    A 422 naming ``key`` with neither, a 409 (nothing cancelled) past
+    :data:`~notifier.notifications.keys.MAX_CANCELLED_AT_ONCE` matches."""
+    if key is None and entity_id is None:
+        raise field_error("key", "give key or entity_id (or both)", source="query")
+    async with transaction(pool) as conn:
+        try:
+            count = await cancel_pending_matching(conn, tenant_id, key=key, entity_id=entity_id)
+        except TooManyMatches:
+            raise ProblemError(
+                409,
+                "Conflict",
+                f"more than {MAX_CANCELLED_AT_ONCE} pending notifications match; "
+                "nothing was cancelled: narrow the match (key and entity_id together)",
+            ) from None
+    return CancelledCount(cancelled=count)
 
 
 async def list_notifications(
@@ -150,6 +221,7 @@ async def list_notifications(
     status: NotificationStatus | None = None,
     notification_type: str | None = None,
     entity_id: str | None = None,
+    key: str | None = None,
     created_after: datetime.datetime | None = None,
     created_before: datetime.datetime | None = None,
 ) -> Page[Notification]:
@@ -164,6 +236,7 @@ async def list_notifications(
             status=status,
             notification_type=notification_type,
             entity_id=entity_id,
+            key=key,
             created_after=created_after,
             created_before=created_before,
         )

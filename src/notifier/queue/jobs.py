@@ -269,6 +269,22 @@ async def cancel_waiting_job(conn: Connection, job_id: int) -> bool:
     return row is not None and row["id"] is not None
 
 
+async def cancel_waiting_jobs(conn: Connection, job_ids: Sequence[int]) -> int:
+    """Cancel each job that still waits, in one statement; how many were. Running ones run on."""
+    if not job_ids:
+        return 0
+    cursor = await conn.execute(
+        """
+        SELECT count(cancelled) AS cancelled
+        FROM unnest(%s::bigint[]) AS job (id),
+             LATERAL procrastinate_cancel_job_v1(job.id, false, false) AS cancelled
+        """,
+        [list(job_ids)],
+    )
+    row = await cursor.fetchone()
+    return int(row["cancelled"]) if row else 0
+
+
 # --- maintenance -----------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import datetime
 import uuid
 
 import msgspec
+from psycopg.types.json import Jsonb
 
 from notifier.db import Connection
 from notifier.notifications.localtime import QuietHours
@@ -17,6 +18,7 @@ def _rule_params(rule: RuleCreate, lead_times: list[datetime.timedelta]) -> dict
     return msgspec.structs.asdict(rule) | {
         "lead_times": lead_times,
         "quiet_hours": QuietHours.to_column(rule.quiet_hours),
+        "digest": Jsonb(msgspec.to_builtins(rule.digest)) if rule.digest else None,
     }
 
 
@@ -28,10 +30,12 @@ async def insert_rule(
         """
         INSERT INTO notifier.routing_rules
             (tenant_id, name, event_type, channel, recipient_field, recipient, date_field,
-             lead_times, template, enabled, timezone, timezone_field, quiet_hours, endpoint_id)
+             lead_times, template, enabled, timezone, timezone_field, quiet_hours, key, action,
+             digest, endpoint_id)
         VALUES (%(tenant_id)s, %(name)s, %(event_type)s, %(channel)s, %(recipient_field)s,
                 %(recipient)s, %(date_field)s, %(lead_times)s, %(template)s, %(enabled)s,
-                %(timezone)s, %(timezone_field)s, %(quiet_hours)s, %(endpoint)s)
+                %(timezone)s, %(timezone_field)s, %(quiet_hours)s, %(key)s, %(action)s,
+                %(digest)s, %(endpoint)s)
         RETURNING *
         """,
         _rule_params(rule, lead_times) | {"tenant_id": tenant_id},
@@ -103,6 +107,7 @@ async def update_rule(
             date_field = %(date_field)s, lead_times = %(lead_times)s,
             template = %(template)s, enabled = %(enabled)s, timezone = %(timezone)s,
             timezone_field = %(timezone_field)s, quiet_hours = %(quiet_hours)s,
+            key = %(key)s, action = %(action)s, digest = %(digest)s,
             endpoint_id = %(endpoint)s
         WHERE tenant_id = %(tenant_id)s AND id = %(id)s
         RETURNING *
@@ -121,3 +126,17 @@ async def delete_rule(conn: Connection, tenant_id: str, rule_id: uuid.UUID) -> b
         [tenant_id, rule_id],
     )
     return cursor.rowcount == 1
+
+
+async def rules_sharing_key(conn: Connection, tenant_id: str, key_template: str) -> list[uuid.UUID]:
+    """The tenant's notify rules with ``key_template`` as their key (enabled or not), by id:
+    the rules whose reminders a cancel rule of that key cancels."""
+    cursor = await conn.execute(
+        """
+        SELECT id FROM notifier.routing_rules
+        WHERE tenant_id = %s AND key = %s AND action = 'notify'
+        ORDER BY id
+        """,
+        [tenant_id, key_template],
+    )
+    return [row["id"] for row in await cursor.fetchall()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import enum
 import uuid
 from typing import Annotated, Any
 
@@ -11,6 +12,7 @@ import msgspec
 from notifier.api_types import ChannelName, Recipient
 from notifier.notifications.localtime import QuietHours, TimeZoneName
 from notifier.patterns import NO_WHITESPACE, WHITESPACE, whole
+from notifier.rules.keys import MAX_KEY_LENGTH
 from notifier.templates.schemas import TemplateName
 
 # A dotted path into the event payload: "email", "user.contact.email".
@@ -48,13 +50,39 @@ LeadTimes = Annotated[
     ),
 ]
 RuleName = Annotated[str, msgspec.Meta(max_length=200)]
+KeyTemplate = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=MAX_KEY_LENGTH,
+        description="Payload fields in braces naming what the reminders are about",
+        examples=["{user_id}", "subscription-{subscription.id}"],
+    ),
+]
+
+
+class DigestSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """A rule's digest: its events of one key, collected into one notification per window.
+
+    The window opens with the first event of a key and the digest goes out when it ends.
+    """
+
+    window: IsoDuration
+
+
+class RuleAction(enum.StrEnum):
+    """What a matching event does through the rule."""
+
+    NOTIFY = "notify"  # make notifications (superseding the key's pending ones)
+    CANCEL = "cancel"  # cancel the pending ones of the rules with the same key template
 
 
 class RuleCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``POST /api/v1/rules/``. Lead times are ISO 8601 durations, e.g. ``"P7D"``."""
 
     event_type: EventTypePattern
-    channel: ChannelName
+    # Required to notify; a cancel rule has none (nor a recipient).
+    channel: ChannelName | None = None
     recipient_field: FieldPath | None = None
     recipient: Recipient | None = None
     date_field: FieldPath | None = None
@@ -72,13 +100,18 @@ class RuleCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # One of the tenant's webhook endpoints (its id), instead of recipient or
     # recipient_field; the channel is then webhook.
     endpoint: uuid.UUID | None = None
+    # Reminders about the same key supersede each other; see notifier.rules.keys.
+    key: KeyTemplate | None = None
+    action: RuleAction = RuleAction.NOTIFY
+    # One notification per key and window instead of one per event (needs a key).
+    digest: DigestSpec | None = None
 
 
 class RuleUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``PATCH /api/v1/rules/{id}``: the fields to change; ``null`` clears an optional one."""
 
     event_type: EventTypePattern | msgspec.UnsetType = msgspec.UNSET
-    channel: ChannelName | msgspec.UnsetType = msgspec.UNSET
+    channel: ChannelName | msgspec.UnsetType | None = msgspec.UNSET
     recipient_field: FieldPath | msgspec.UnsetType | None = msgspec.UNSET
     recipient: Recipient | msgspec.UnsetType | None = msgspec.UNSET
     date_field: FieldPath | msgspec.UnsetType | None = msgspec.UNSET
@@ -90,6 +123,9 @@ class RuleUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timezone_field: FieldPath | msgspec.UnsetType | None = msgspec.UNSET
     quiet_hours: QuietHours | msgspec.UnsetType | None = msgspec.UNSET
     endpoint: uuid.UUID | msgspec.UnsetType | None = msgspec.UNSET
+    key: KeyTemplate | msgspec.UnsetType | None = msgspec.UNSET
+    action: RuleAction | msgspec.UnsetType = msgspec.UNSET
+    digest: DigestSpec | msgspec.UnsetType | None = msgspec.UNSET
 
     def applied_to(self, rule: Rule) -> RuleCreate:
         """``rule`` with these changes, as a whole rule to validate and store."""
@@ -109,7 +145,7 @@ class Rule(msgspec.Struct, kw_only=True):
     id: uuid.UUID
     name: str
     event_type: str
-    channel: str
+    channel: str | None
     recipient_field: str | None
     recipient: str | None
     date_field: str | None
@@ -121,6 +157,9 @@ class Rule(msgspec.Struct, kw_only=True):
     timezone_field: str | None = None
     quiet_hours: QuietHours | None = None
     endpoint: uuid.UUID | None = None
+    key: str | None = None
+    action: RuleAction = RuleAction.NOTIFY
+    digest: DigestSpec | None = None
 
 
 def rule_from_row(row: dict[str, Any]) -> Rule:
@@ -128,4 +167,7 @@ def rule_from_row(row: dict[str, Any]) -> Rule:
     fields = {name: row[name] for name in Rule.__struct_fields__ if name in row}
     fields["quiet_hours"] = QuietHours.from_column(row.get("quiet_hours"))
     fields["endpoint"] = row.get("endpoint_id")
+    fields["action"] = RuleAction(row.get("action", RuleAction.NOTIFY))
+    digest = row.get("digest")
+    fields["digest"] = msgspec.convert(digest, DigestSpec) if digest is not None else None
     return Rule(**fields)

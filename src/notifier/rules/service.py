@@ -21,7 +21,8 @@ from notifier.endpoints.references import check_endpoint, endpoint_channel_and_r
 from notifier.errors import field_error, not_found
 from notifier.idempotency import IdempotentRequest, Outcome
 from notifier.rules import queries
-from notifier.rules.schemas import Rule, RuleCreate, RuleUpdate
+from notifier.rules.keys import key_template_problem
+from notifier.rules.schemas import Rule, RuleAction, RuleCreate, RuleUpdate
 from notifier.templates.catalog import find_template
 
 # As for notifications' lead_time_days: reminders up to ten years ahead.
@@ -48,6 +49,19 @@ def parse_lead_times(durations: list[str]) -> list[datetime.timedelta]:
 def validate_rule(rule: RuleCreate, channels: Mapping[str, Channel]) -> list[datetime.timedelta]:
     """Reject a rule that could never deliver, naming the field at fault; its lead times."""
     check_storable(rule)
+    if rule.key is not None and (problem := key_template_problem(rule.key)):
+        raise field_error("key", problem)
+    if rule.action is RuleAction.CANCEL:
+        if rule.key is None:
+            raise field_error("key", "a cancel rule needs the key of the reminders it cancels")
+        for unused in ("channel", "recipient", "recipient_field"):
+            if getattr(rule, unused) is not None:
+                raise field_error(unused, "a cancel rule makes no notification: leave it out")
+        return parse_lead_times(rule.lead_times)
+    if rule.channel is None:
+        raise field_error("channel", "a notify rule needs the channel it delivers through")
+    if rule.digest is not None:
+        check_digest(rule)
     checked_channel(channels, rule.channel, rule.recipient)
     if rule.endpoint is not None:
         endpoint_channel_and_recipient(rule.endpoint, rule.channel)
@@ -57,6 +71,34 @@ def validate_rule(rule: RuleCreate, channels: Mapping[str, Channel]) -> list[dat
         raise field_error("recipient", "give exactly one of recipient and recipient_field")
     checked_local_time(rule.timezone, rule.quiet_hours)
     return parse_lead_times(rule.lead_times)
+
+
+# A digest's window: long enough to collect, short enough that its events are still news.
+MIN_DIGEST_WINDOW = datetime.timedelta(seconds=1)
+MAX_DIGEST_WINDOW = datetime.timedelta(days=7)
+
+
+def digest_window(window: str) -> datetime.timedelta:
+    """The ``digest.window`` duration, checked: a 422 naming it unless one second to 7 days."""
+    try:
+        parsed = msgspec.convert(window, datetime.timedelta)
+    except msgspec.ValidationError as exc:
+        raise field_error(
+            "digest.window", f"is not an ISO 8601 duration such as PT10M: {exc}"
+        ) from None
+    if not MIN_DIGEST_WINDOW <= parsed <= MAX_DIGEST_WINDOW:
+        raise field_error("digest.window", "must be from PT1S to P7D")
+    return parsed
+
+
+def check_digest(rule: RuleCreate) -> None:
+    """A 422 naming the field that keeps ``rule`` (a notify rule) from being a digest."""
+    assert rule.digest is not None
+    digest_window(rule.digest.window)
+    if rule.key is None:
+        raise field_error("key", "a digest collects the events of one key: give a key")
+    if rule.date_field is not None:
+        raise field_error("date_field", "a digest goes out when its window ends: leave it out")
 
 
 async def check_template(conn: Connection, tenant_id: str, name: str | None) -> None:
