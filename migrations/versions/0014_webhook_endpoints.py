@@ -18,7 +18,7 @@
   endpoint's attempt log (newest first, keyset paged on ``id``).
 
 Revision ID: 0014
-Revises: 0013
+Revises: 0015
 Create Date: 2026-12-07
 """
 
@@ -27,7 +27,8 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0014"
-down_revision = "0013"
+# Re-chained after 0015 (reminder keys, merged first): its rule constraint is extended here.
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
@@ -100,10 +101,15 @@ ALTER TABLE notifier.routing_rules
     ADD COLUMN endpoint_id uuid,
     ADD CONSTRAINT routing_rules_endpoint_fkey FOREIGN KEY (tenant_id, endpoint_id)
         REFERENCES notifier.endpoints (tenant_id, id),
-    DROP CONSTRAINT routing_rules_one_recipient_check,
-    ADD CONSTRAINT routing_rules_one_recipient_check CHECK (
-        CASE WHEN endpoint_id IS NULL THEN (recipient_field IS NULL) <> (recipient IS NULL)
-             ELSE recipient_field IS NULL AND recipient IS NULL END);
+    DROP CONSTRAINT routing_rules_action_fields_check,
+    ADD CONSTRAINT routing_rules_action_fields_check CHECK (
+        CASE action
+            WHEN 'notify' THEN channel IS NOT NULL AND CASE
+                WHEN endpoint_id IS NULL THEN (recipient_field IS NULL) <> (recipient IS NULL)
+                ELSE recipient_field IS NULL AND recipient IS NULL END
+            ELSE key IS NOT NULL AND channel IS NULL AND recipient_field IS NULL
+                AND recipient IS NULL AND endpoint_id IS NULL
+        END);
 
 ALTER TABLE notifier.delivery_attempts
     ADD COLUMN endpoint_id uuid REFERENCES notifier.endpoints (id) ON DELETE SET NULL,
@@ -119,11 +125,14 @@ ALTER TABLE notifier.delivery_attempts
     DROP COLUMN endpoint_id, DROP COLUMN duration_ms, DROP COLUMN answer;
 DELETE FROM notifier.routing_rules WHERE endpoint_id IS NOT NULL;
 ALTER TABLE notifier.routing_rules
-    DROP CONSTRAINT routing_rules_one_recipient_check,
+    DROP CONSTRAINT routing_rules_action_fields_check,
     DROP CONSTRAINT routing_rules_endpoint_fkey,
     DROP COLUMN endpoint_id,
-    ADD CONSTRAINT routing_rules_one_recipient_check
-        CHECK ((recipient_field IS NULL) <> (recipient IS NULL));
+    ADD CONSTRAINT routing_rules_action_fields_check CHECK (
+        CASE action
+            WHEN 'notify' THEN channel IS NOT NULL AND (recipient_field IS NULL) <> (recipient IS NULL)
+            ELSE key IS NOT NULL AND channel IS NULL AND recipient_field IS NULL AND recipient IS NULL
+        END);
 DROP INDEX notifier.notifications_endpoint_status_idx;
 ALTER TABLE notifier.notifications
     DROP CONSTRAINT notifications_endpoint_fkey,

@@ -54,7 +54,7 @@ def validate_rule(rule: RuleCreate, channels: Mapping[str, Channel]) -> list[dat
     if rule.action is RuleAction.CANCEL:
         if rule.key is None:
             raise field_error("key", "a cancel rule needs the key of the reminders it cancels")
-        for unused in ("channel", "recipient", "recipient_field"):
+        for unused in ("channel", "recipient", "recipient_field", "endpoint"):
             if getattr(rule, unused) is not None:
                 raise field_error(unused, "a cancel rule makes no notification: leave it out")
         return parse_lead_times(rule.lead_times)
