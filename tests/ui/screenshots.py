@@ -14,8 +14,10 @@ import asyncio
 import os
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
+import httpx
 import psycopg
 from bench.ui_pages import load_delivered, serving
 from psycopg.conninfo import make_conninfo
@@ -24,6 +26,8 @@ from selenium.webdriver.common.keys import Keys
 
 from notifier import migrate
 from notifier.auth import service as auth_service
+from notifier.bootstrap import open_services
+from notifier.events import service as events_service
 from notifier.settings import Settings
 from notifier.tenancy import Scope
 from tests.ui.browser import chromium
@@ -34,6 +38,51 @@ SELECT 'deliveries', 'notifier.deliver', '{"tenant_id": "default"}',
        now() - n * interval '2 seconds'
 FROM generate_series(1, 40) AS n
 """
+
+
+def add_examples(settings: Settings, base: str, key: str) -> None:
+    """A rule, and events it turns into notifications (through the REST API, then the
+    events service as the worker's task would: no worker runs here)."""
+    published = []
+    headers = {"authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=base, headers=headers, timeout=30) as api:
+        api.post(
+            "/api/v1/rules/",
+            json={
+                "name": "Invoice reminders",
+                "event_type": "invoice.created",
+                "channel": "log",
+                "recipient_field": "customer.email",
+                "date_field": "due_date",
+                "lead_times": ["P7D", "P1D"],
+            },
+        ).raise_for_status()
+        for number in range(3):
+            answer = api.post(
+                "/api/v1/events/",
+                json={
+                    "type": "invoice.created",
+                    "payload": {
+                        "invoice": f"INV-{1040 + number}",
+                        "customer": {"email": f"billing{number}@example.com"},
+                        "due_date": "2030-01-31T09:00:00Z",
+                    },
+                },
+            )
+            answer.raise_for_status()
+            published.append(uuid.UUID(answer.json()["id"]))
+
+    async def process() -> None:
+        async with open_services(settings, name="notifier-screenshots") as services:
+            for event_id in published:
+                await events_service.process(
+                    services.pool,
+                    services.metrics,
+                    event_id,
+                    max_notifications=settings.max_notifications_per_event,
+                )
+
+    asyncio.run(process())
 
 
 def capture(out: Path) -> list[Path]:
@@ -78,6 +127,32 @@ def capture(out: Path) -> list[Path]:
             shoot("sign-in-error")
             driver.find_element(By.ID, "key").send_keys(key, Keys.ENTER)
             shoot("overview")
+            add_examples(settings, base, key)
+            driver.get(f"{base}/ui/notifications")
+            shoot("notifications")
+            driver.get(f"{base}/ui/notifications?status=failed")
+            driver.find_element(By.ID, "bulk-replay").click()
+            shoot("bulk-confirm")
+            driver.get(f"{base}/ui/notifications?status=failed")
+            driver.find_element(By.CSS_SELECTOR, "#notifications tbody a").click()
+            shoot("notification")
+            driver.get(f"{base}/ui/notifications/new")
+            shoot("notification-new")
+            driver.get(f"{base}/ui/events")
+            shoot("events")
+            driver.find_element(By.CSS_SELECTOR, "#events tbody a").click()
+            shoot("event")
+            driver.get(f"{base}/ui/rules")
+            shoot("rules")
+            driver.find_element(By.CSS_SELECTOR, "#rules tbody a").click()
+            shoot("rule")
+            driver.get(f"{base}/ui/templates")
+            shoot("templates")
+            driver.get(f"{base}/ui/templates/generic")
+            driver.find_element(By.ID, "preview-button").click()
+            shoot("template")
+            driver.get(f"{base}/ui/keys")
+            shoot("keys")
     finally:
         with psycopg.connect(make_conninfo(server, dbname="postgres"), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())

@@ -153,3 +153,18 @@ async def delete_keys_named(conn: Connection, tenant_id: str, name: str) -> int:
 async def touch_key(conn: Connection, key_id: str) -> None:
     """Record that the key was used (callers throttle this to about once a minute)."""
     await conn.execute("UPDATE notifier.api_keys SET last_used_at = now() WHERE id = %s", [key_id])
+
+
+async def revoke_tenant_key(conn: Connection, tenant_id: str, key_id: str) -> ApiKey | None:
+    """Revoke one of the tenant's keys (keeping its first revocation time); None if the
+    tenant has no key of that id."""
+    cursor = await conn.execute(
+        """
+        UPDATE notifier.api_keys SET revoked_at = coalesce(revoked_at, now())
+        WHERE id = %s AND tenant_id = %s
+        RETURNING *
+        """,
+        [key_id, tenant_id],
+    )
+    row = await cursor.fetchone()
+    return _api_key(row) if row else None

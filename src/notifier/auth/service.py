@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from notifier.auth import queries
 from notifier.auth.keys import issue_key, parse_token, secret_matches
 from notifier.db import Pool, create_pool, transaction
+from notifier.errors import not_found
 from notifier.rate_limits.gcra import MIN_PER_SECOND, check_limit
 from notifier.settings import Settings
 from notifier.tenancy import DEFAULT_TENANT, Scope
@@ -158,3 +159,13 @@ async def _works(pool: Pool, token: str) -> bool:
         and stored.key.revoked_at is None
         and stored.key.expires_at is None
     )
+
+
+async def revoke_tenant_key(pool: Pool, tenant_id: str, key_id: str) -> queries.ApiKey:
+    """Revoke one of the tenant's keys (the dashboard's API keys page); another tenant's
+    key is a 404 like a missing one. It stops working within ``api_key_cache_seconds``."""
+    async with transaction(pool) as conn:
+        key = await queries.revoke_tenant_key(conn, tenant_id, key_id)
+    if key is None:
+        raise not_found("API key", key_id)
+    return key

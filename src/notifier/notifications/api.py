@@ -32,6 +32,7 @@ from notifier.notifications.schemas import (
     NotificationReplacement,
     NotificationStatus,
 )
+from notifier.notifications.selection import BulkOutcome, NotificationFilter
 from notifier.pagination import DEFAULT_LIMIT, Cursor, next_link
 from notifier.services import Services
 from notifier.tenancy import Principal, Scope
@@ -207,3 +208,43 @@ class NotificationController(Controller):
             services.pool, principal.tenant_id, notification_id, idempotent
         )
         return Response(outcome.body, status_code=outcome.status)
+
+    @post(
+        "/replay",
+        status_code=200,
+        summary="Replay the failed and dead notifications matching a filter",
+        responses=problem_responses(400, 413, 415, 422),
+        guards=[requires(Scope.NOTIFICATIONS_WRITE)],
+        dto=StrictBody[NotificationFilter],
+        return_dto=None,
+    )
+    async def replay_many(
+        self,
+        data: JSONBody[NotificationFilter],
+        services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
+    ) -> BulkOutcome:
+        """Up to ``limit`` of them (oldest first), in one transaction: each pending again
+        with a deliver job due now. ``{}`` matches every failed and dead one."""
+        count = await service.replay_many(services.pool, principal.tenant_id, data)
+        return BulkOutcome(count=count)
+
+    @post(
+        "/cancel",
+        status_code=200,
+        summary="Cancel the pending notifications matching a filter",
+        responses=problem_responses(400, 413, 415, 422),
+        guards=[requires(Scope.NOTIFICATIONS_WRITE)],
+        dto=StrictBody[NotificationFilter],
+        return_dto=None,
+    )
+    async def cancel_many(
+        self,
+        data: JSONBody[NotificationFilter],
+        services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
+    ) -> BulkOutcome:
+        """Up to ``limit`` of them (oldest first) and their jobs, in one transaction; one
+        being delivered at that moment is left to its delivery."""
+        count = await service.cancel_many(services.pool, principal.tenant_id, data)
+        return BulkOutcome(count=count)

@@ -466,6 +466,21 @@ async def give_back_host_slots(conn: Connection, slots: list[tuple[str, int]]) -
         )
 
 
+async def message_inputs(
+    conn: Connection, tenant_id: str, notification_id: uuid.UUID
+) -> dict[str, Any] | None:
+    """What one of the tenant's notifications renders its message from, or None."""
+    cursor = await conn.execute(
+        """
+        SELECT id, tenant_id, notification_type, recipient, entity_id, target_date,
+               lead_time, channel, template, context
+        FROM notifier.notifications WHERE tenant_id = %s AND id = %s
+        """,
+        [tenant_id, notification_id],
+    )
+    return await cursor.fetchone()
+
+
 # --- keys ---------------------------------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ from notifier.db import Pool, transaction
 from notifier.endpoints.references import check_endpoint, endpoint_channel_and_recipient
 from notifier.errors import ProblemError, field_error, not_found
 from notifier.idempotency import IdempotentRequest, Outcome
-from notifier.notifications import queries
+from notifier.notifications import queries, selection
 from notifier.notifications.keys import (
     MAX_CANCELLED_AT_ONCE,
     TooManyMatches,
@@ -39,6 +39,7 @@ from notifier.notifications.keys import (
 from notifier.notifications.scheduling import (
     NotificationDraft,
     defer_delivery,
+    delivery_job,
     plan_sends,
 )
 from notifier.notifications.schemas import (
@@ -50,10 +51,16 @@ from notifier.notifications.schemas import (
     NotificationStatus,
     notification_from_row,
 )
+from notifier.notifications.selection import NotificationFilter
 from notifier.pagination import Cursor, Page, paginate
 from notifier.queue import jobs
 from notifier.recipients import e164_phone, email_address_problem, phone_number_problem
 from notifier.telemetry import current_traceparent
+from notifier.templates import catalog
+from notifier.templates.pool import RendererUnavailable, RenderPool
+from notifier.templates.rendering import MessageFields, TemplateProblem
+from notifier.templates.schemas import Preview
+from notifier.templates.service import renderer_unavailable, template_error
 
 CANCELLABLE = frozenset(
     {NotificationStatus.PENDING, NotificationStatus.FAILED, NotificationStatus.DEAD}
@@ -309,3 +316,132 @@ async def replay(
             return Outcome(202, notification)
 
         return await idempotency.once(conn, idempotent, Notification, start_new_round)
+
+
+# Choosing by filter, and bulk actions (the dashboard's list; API and dashboard bulk) -----
+
+# What each bulk action acts on: replay the ones that can never be sent otherwise, cancel
+# the ones still waiting.
+BULK_STATUSES = {
+    "replay": [NotificationStatus.FAILED, NotificationStatus.DEAD],
+    "cancel": [NotificationStatus.PENDING],
+}
+
+
+def checked_filter(where: NotificationFilter) -> NotificationFilter:
+    """A 422 naming the field if the filter holds text PostgreSQL cannot store or a time
+    outside the range every stored time lies in."""
+    check_storable(where)
+    for name in ("created_after", "created_before"):
+        moment = getattr(where, name)
+        if moment is not None:
+            checked_instant(name, moment)
+    return where
+
+
+async def search(
+    pool: Pool,
+    tenant_id: str,
+    where: NotificationFilter,
+    *,
+    limit: int,
+    after: Cursor | None = None,
+) -> Page[Notification]:
+    """A page of at most ``limit`` of the tenant's notifications matching ``where`` (also
+    by recipient and channel, unlike :func:`list_notifications`), newest first."""
+    checked_filter(where)
+    async with transaction(pool) as conn:
+        rows = await selection.select_matching(conn, tenant_id, where, limit=limit + 1, after=after)
+    return paginate(rows, limit)
+
+
+async def count_for_bulk(pool: Pool, tenant_id: str, action: str, where: NotificationFilter) -> int:
+    """How many notifications ``replay_many`` or ``cancel_many`` (``action``) would change
+    now, counting no further than ``BULK_LIMIT + 1`` (more than one run's worth)."""
+    checked_filter(where)
+    statuses = where.statuses_within(BULK_STATUSES[action])
+    if not statuses:
+        return 0
+    async with transaction(pool) as conn:
+        return await selection.count_matching(
+            conn, tenant_id, where, statuses, cap=selection.BULK_LIMIT + 1
+        )
+
+
+async def replay_many(pool: Pool, tenant_id: str, where: NotificationFilter) -> int:
+    """Replay up to ``BULK_LIMIT`` of the tenant's failed and dead notifications matching
+    ``where`` (oldest first), as :func:`replay` does one: pending again with a deliver job
+    due now, all in one transaction. How many were replayed."""
+    checked_filter(where)
+    statuses = where.statuses_within(BULK_STATUSES["replay"])
+    if not statuses:
+        return 0
+    async with transaction(pool) as conn:
+        locked = await selection.lock_matching(
+            conn, tenant_id, where, statuses, limit=selection.BULK_LIMIT
+        )
+        if not locked:
+            return 0
+        ids = [row.id for row in locked]
+        job_ids = await jobs.defer_jobs(
+            conn, [delivery_job(notification_id, tenant_id=tenant_id) for notification_id in ids]
+        )
+        return await selection.start_new_rounds(
+            conn, dict(zip(ids, job_ids, strict=True)), current_traceparent()
+        )
+
+
+async def cancel_many(pool: Pool, tenant_id: str, where: NotificationFilter) -> int:
+    """Cancel up to ``BULK_LIMIT`` of the tenant's pending notifications matching ``where``
+    (oldest first) and their waiting jobs, in one transaction. One being delivered at that
+    moment is left as it is (its delivery decides). How many were cancelled."""
+    checked_filter(where)
+    statuses = where.statuses_within(BULK_STATUSES["cancel"])
+    if not statuses:
+        return 0
+    async with transaction(pool) as conn:
+        locked = await selection.lock_matching(
+            conn, tenant_id, where, statuses, limit=selection.BULK_LIMIT
+        )
+        if not locked:
+            return 0
+        cancelled = await selection.mark_cancelled(conn, [row.id for row in locked])
+        # A job already running finds its row cancelled once it gets the lock held here.
+        await jobs.cancel_waiting_jobs(conn, [r.job_id for r in locked if r.job_id is not None])
+        return cancelled
+
+
+async def render_message(
+    pool: Pool, renderer: RenderPool, tenant_id: str, notification_id: uuid.UUID
+) -> Preview:
+    """The tenant's notification's message as its next delivery would render it now, with
+    today's template (no unsubscribe link); sends nothing. A 404 if the tenant has no such
+    notification; a 422 if its template is missing or does not render."""
+    async with transaction(pool) as conn:
+        row = await queries.message_inputs(conn, tenant_id, notification_id)
+        if row is None:
+            raise not_found("notification", notification_id)
+        try:
+            source = await catalog.template_for(
+                conn, tenant_id, row["template"], row["notification_type"]
+            )
+        except catalog.TemplateNotFound as exc:
+            raise ProblemError(422, "Unprocessable Content", str(exc)) from None
+    fields = MessageFields(
+        notification_id=str(row["id"]),
+        notification_type=row["notification_type"],
+        recipient=row["recipient"],
+        entity_id=row["entity_id"],
+        target_date=row["target_date"],
+        lead_time=row["lead_time"],
+        channel=row["channel"],
+    )
+    try:
+        rendered = await renderer.render(tenant_id, source, row["context"], fields)
+    except TemplateProblem as exc:
+        raise template_error(exc) from None
+    except RendererUnavailable as exc:
+        raise renderer_unavailable(exc) from None
+    return Preview(
+        template=source.name, subject=rendered.subject, text=rendered.text, html=rendered.html
+    )

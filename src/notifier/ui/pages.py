@@ -50,7 +50,7 @@ SIGN_IN_REASONS = {
 
 @dataclass(frozen=True, slots=True)
 class NavItem:
-    """A navigation entry; ``route`` None: the page comes with the service layer (phase 2)."""
+    """A navigation entry; ``route`` None: a page still to come (webhook endpoints, issue 16)."""
 
     label: str
     route: str | None
@@ -59,12 +59,12 @@ class NavItem:
 
 NAVIGATION = (
     NavItem("Overview", "ui-overview", Scope.NOTIFICATIONS_READ),
-    NavItem("Notifications", None, Scope.NOTIFICATIONS_READ),
-    NavItem("Events", None, Scope.EVENTS_READ),
-    NavItem("Rules", None, Scope.RULES_READ),
-    NavItem("Templates", None, Scope.TEMPLATES_READ),
+    NavItem("Notifications", "ui-notifications", Scope.NOTIFICATIONS_READ),
+    NavItem("Events", "ui-events", Scope.EVENTS_READ),
+    NavItem("Rules", "ui-rules", Scope.RULES_READ),
+    NavItem("Templates", "ui-templates", Scope.TEMPLATES_READ),
     NavItem("Endpoints", None, Scope.ADMIN),
-    NavItem("API keys", None, Scope.ADMIN),
+    NavItem("API keys", "ui-keys", Scope.ADMIN),
 )
 
 
@@ -324,6 +324,11 @@ def duration(seconds: float | None) -> str:
 def utc(moment: datetime.datetime) -> str:
     """A timestamp as the pages show it."""
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def utc_seconds(moment: datetime.datetime) -> str:
+    """A timestamp to the second (timelines, where minutes are too coarse)."""
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 ROUTES = [sign_in_form, sign_in]

@@ -49,7 +49,14 @@ from notifier.db import single_statement
 from notifier.errors import ProblemError
 from notifier.services import Services
 from notifier.settings import Settings
-from notifier.ui import pages
+from notifier.ui import (
+    event_pages,
+    key_pages,
+    notification_pages,
+    pages,
+    rule_pages,
+    template_pages,
+)
 from notifier.ui.auth import SignInRequired, UiForbidden, signed_in
 from notifier.ui.queries import ui_secret
 from notifier.ui.sessions import STORE_NAME, PostgresStore, session_config
@@ -127,6 +134,7 @@ def template_environment() -> Environment:
     )
     environment.filters["duration"] = pages.duration
     environment.filters["utc"] = pages.utc
+    environment.filters["utc_seconds"] = pages.utc_seconds
     return environment
 
 
@@ -256,7 +264,18 @@ class DashboardPlugin(InitPluginProtocol):
             idle=datetime.timedelta(minutes=settings.ui_session_idle_minutes),
             path=UI_PATH,
         )
-        signed_in_pages = Router("/", route_handlers=pages.SIGNED_IN_ROUTES, guards=[signed_in])
+        signed_in_pages = Router(
+            "/",
+            route_handlers=[
+                *pages.SIGNED_IN_ROUTES,
+                *notification_pages.ROUTES,
+                *event_pages.ROUTES,
+                *rule_pages.ROUTES,
+                *template_pages.ROUTES,
+                *key_pages.ROUTES,
+            ],
+            guards=[signed_in],
+        )
         return Router(
             UI_PATH,
             route_handlers=[*pages.ROUTES, signed_in_pages],
