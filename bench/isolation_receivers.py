@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import psycopg
+from cryptography.fernet import Fernet
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -47,6 +48,10 @@ from notifier.queue import tables as queue_tables  # noqa: E402
 DATABASE = "notifier_bench_isolation_receivers"
 RSS_TARGET_MB = 150.0
 LAG_TARGET_SECONDS = 2.0
+
+
+# The key of stored secrets for the processes this benchmark starts (one per run).
+BENCH_SECRETS_KEYS = Fernet.generate_key().decode()
 
 
 def seed(url: str, recipient: str, count: int) -> float:
@@ -102,6 +107,7 @@ class Run:
         """A `notifier worker` process with default settings but ``settings``; its pid."""
         env = {
             "NOTIFIER_DATABASE_URL": self.url,
+            "NOTIFIER_SECRETS_KEYS": BENCH_SECRETS_KEYS,
             "NOTIFIER_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
             **{f"NOTIFIER_{name.upper()}": value for name, value in settings.items()},
         }

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.fernet import Fernet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.suite import (  # the repository root first, then its bench package
@@ -59,6 +60,10 @@ A_INTERVAL_SECONDS = 0.25
 PROBE_INTERVAL_SECONDS = 0.05
 TARGET_LIVE_P99_MS = 100.0
 TARGET_LAG_P99_S = 1.0
+
+
+# The key of stored secrets for the processes this benchmark starts (one per run).
+BENCH_SECRETS_KEYS = Fernet.generate_key().decode()
 
 
 def notifier(*args: str, url: str) -> str:
@@ -187,7 +192,11 @@ def measure(args: argparse.Namespace, procs: Processes) -> tuple[Load, list[floa
     receiver = f"http://127.0.0.1:{receiver_port}"
     api = f"http://127.0.0.1:{api_port}"
     procs.start(PYTHON, "bench/receiver.py", str(receiver_port))
-    env = {"NOTIFIER_DATABASE_URL": url, "NOTIFIER_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8"}
+    env = {
+        "NOTIFIER_DATABASE_URL": url,
+        "NOTIFIER_SECRETS_KEYS": BENCH_SECRETS_KEYS,
+        "NOTIFIER_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+    }
     quiet = (PYTHON, "-m", "notifier", "--log-level", "ERROR")
     procs.start(*quiet, "api", "--port", str(api_port), env=env)
     procs.start(*quiet, "worker", env=env)

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+from cryptography.fernet import Fernet
 from psycopg.conninfo import make_conninfo
 
 from notifier import migrate
@@ -39,6 +40,10 @@ INSERT_SELECT = (
     "SELECT 'bulk.created', jsonb_build_object('n', n, 'email', 'user' || n || '@example.com') "
     "FROM generate_series(1, %s) AS n"
 )
+
+
+# The key of stored secrets for the processes this benchmark starts (one per run).
+BENCH_SECRETS_KEYS = Fernet.generate_key().decode()
 
 
 def timed_insert(url: str, table: str, rows: int) -> float:
@@ -142,6 +147,7 @@ def main() -> int:
         env = {
             **os.environ,
             "NOTIFIER_DATABASE_URL": url,
+            "NOTIFIER_SECRETS_KEYS": BENCH_SECRETS_KEYS,
             "NOTIFIER_DATABASE_POOL_MAX_SIZE": str(args.concurrency + 5),
             "NOTIFIER_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
         }

@@ -39,6 +39,7 @@ from typing import Any, LiteralString
 
 import psutil
 import psycopg
+from cryptography.fernet import Fernet
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench import bulk, code_sql, wrk
@@ -73,6 +74,10 @@ DUE_JOB = queue_jobs.JobToDefer(task=DELIVER_TASK, args={"due": True})
 # Where notifier's webhook body carries the notification's id; the pg-boss peer puts its
 # job's id there (bench/pgboss/work.js replaces the marker).
 ID_MARKER = "{{id}}"
+
+
+# The key of stored secrets for the processes this benchmark starts (one per run).
+BENCH_SECRETS_KEYS = Fernet.generate_key().decode()
 
 
 @dataclass
@@ -380,6 +385,7 @@ class Bench:
         """A worker's environment: default settings but the database and ``extra``."""
         return {
             "NOTIFIER_DATABASE_URL": self.url,
+            "NOTIFIER_SECRETS_KEYS": BENCH_SECRETS_KEYS,
             # Four workers of concurrency 10 each, plus the API, within max_connections.
             "NOTIFIER_DATABASE_POOL_MAX_SIZE": "13",
             # The receiver is on loopback, which webhooks may not reach by default.
@@ -442,6 +448,7 @@ class Bench:
             *(PYTHON, "-m", "notifier", "--log-level", LOG_LEVEL, "api", "--port", str(port)),
             env={
                 "NOTIFIER_DATABASE_URL": database_url,
+                "NOTIFIER_SECRETS_KEYS": BENCH_SECRETS_KEYS,
                 # Notifications created through the API may name the loopback receiver.
                 "NOTIFIER_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
             },

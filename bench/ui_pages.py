@@ -30,6 +30,7 @@ from contextlib import contextmanager
 import httpx
 import psycopg
 import uvicorn
+from cryptography.fernet import Fernet
 from psycopg.conninfo import make_conninfo
 
 from bench import bulk
@@ -95,6 +96,10 @@ SELECT id, %(tenant)s, 1, 'webhook', 'retry', 503,
        finished_at - interval '5 seconds', finished_at - interval '4.9 seconds'
 FROM planned WHERE n %% 10 = 0
 """
+
+
+# The key of stored secrets for the processes this benchmark starts (one per run).
+BENCH_SECRETS_KEYS = Fernet.generate_key().decode()
 
 
 def load_delivered(url: str, rows: int, tenant_id: str) -> None:
@@ -188,7 +193,7 @@ def main() -> None:
             f"{args.rows:,} pending notifications, {args.delivered:,} delivered in the last day "
             f"for each of 2 tenants; loaded in {time.monotonic() - started:.0f} s"
         )
-        settings = Settings(database_url=url)
+        settings = Settings(database_url=url, secrets_keys=BENCH_SECRETS_KEYS)
 
         async def make_key() -> str:
             async with auth_service.admin_pool(settings) as pool:

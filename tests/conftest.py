@@ -44,6 +44,7 @@ from tests.databases import Clones
 from tests.hostile_receiver import HostileReceiver, hostile_receiver
 from tests.support import (
     LOOPBACK_NETWORKS,
+    SECRETS_KEYS,
     WEBHOOK_SECRET,
     FakeSmsProvider,
     ReceivedRequest,
@@ -182,6 +183,7 @@ def settings(database_url: str) -> Settings:
         retry_max_seconds=2.0,
         webhook_timeout_seconds=2.0,
         webhook_secret=WEBHOOK_SECRET,
+        secrets_keys=SECRETS_KEYS,
         # The test receivers listen on loopback, which webhooks may not reach by default.
         webhook_allowed_networks=LOOPBACK_NETWORKS,
     )
@@ -306,8 +308,9 @@ def receiver() -> Iterator[WebhookReceiver]:
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
-            self.send_header("content-length", "0")
+            self.send_header("content-length", str(len(state.answer_body)))
             self.end_headers()
+            self.wfile.write(state.answer_body)
 
         def log_message(self, format: str, *args: Any) -> None:
             """Keep test output quiet."""

@@ -77,6 +77,8 @@ class ReceivedRequest:
     path: str
     headers: dict[str, str]
     body: bytes
+    # time.monotonic() when it arrived.
+    arrived_at: float = field(default_factory=time.monotonic)
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -94,6 +96,8 @@ class WebhookReceiver:
     responses: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     default_status: int = 200
     delay_seconds: float = 0.0
+    # The body of every answer.
+    answer_body: bytes = b""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def script(self, *statuses: int | tuple[int, dict[str, str]]) -> None:
@@ -113,6 +117,8 @@ class WebhookReceiver:
 # The Standard Webhooks secret the test settings sign with.
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"test-secret-of-32-bytes-length!!").decode()
 PROBLEM_JSON = "application/problem+json"
+# NOTIFIER_SECRETS_KEYS of the tests: a fixed Fernet key (32 bytes, url-safe base64).
+SECRETS_KEYS = base64.urlsafe_b64encode(b"notifier-tests-fernet-key-32byte").decode()
 # NOTIFIER_WEBHOOK_ALLOWED_NETWORKS of the tests: their receivers run on loopback.
 LOOPBACK_NETWORKS = "127.0.0.0/8,::1/128"
 

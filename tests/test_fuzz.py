@@ -97,6 +97,16 @@ SEMANTIC_REJECTIONS = [
     # An ISO 8601 duration's grammar and range; instants PostgreSQL and Python both hold.
     (r"lead_times\[\d+\]", r"is not an ISO 8601 duration|must not be negative|must not exceed"),
     (r"target_date|occurred_at|\[\d+\]\.occurred_at", r"must be between "),
+    # Endpoints: a URL vetted like every webhook target; another field decides whether a
+    # reason or an endpoint may be given; headers notifier sets itself; a rotation's overlap.
+    (r"url", r".*"),
+    (r"endpoint", r"no endpoint |give endpoint, recipient or recipient_field"),
+    (r"channel", r"an endpoint is reached by webhook"),
+    (r"recipient", r"give either recipient or endpoint"),
+    (r"disabled_reason", r"only a disabled endpoint has one"),
+    (r"headers(\..*)?", r"is set by notifier itself|names a header twice"),
+    (r"overlap", r"is not an ISO 8601 duration|must be at most P7D|must not be negative"),
+    (r"since", r"must be between "),
     # Sizes of encoded JSON (bytes, not characters), nesting, NUL (PostgreSQL's text refuses it).
     (r"body", r"must be at most \d+ bytes$"),
     (r".*", r"must be at most \d+ bytes as JSON|must not nest deeper than|NUL character"),

@@ -22,7 +22,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0016"
-down_revision = "0015"  # given as "0013"; re-chained after main merged 0015
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 

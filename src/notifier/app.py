@@ -18,6 +18,7 @@ from litestar.types import Message, Scope
 from notifier.auth.guard import BEARER_SCHEME, Authenticator, check_guarded
 from notifier.bootstrap import open_services
 from notifier.docs_ui import DOCS_PATH, docs_router, swagger_ui_plugin
+from notifier.endpoints.api import EndpointController, TenantSecretController
 from notifier.events.api import EventController
 from notifier.events.publisher import EventPublisher
 from notifier.health import health, liveness, readiness
@@ -99,6 +100,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
             EventController,
             NotificationController,
             RuleController,
+            EndpointController,
+            TenantSecretController,
             PreferenceController,
             UnsubscribeController,
             RateLimitController,

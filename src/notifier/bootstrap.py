@@ -19,6 +19,7 @@ from notifier.events import tasks as event_tasks
 from notifier.notifications import tasks as notification_tasks
 from notifier.queue import DELIVER_TASK, MAINTENANCE_TASK, PROCESS_EVENT_TASK
 from notifier.queue.app import QueueApp, Task, create_app, open_app
+from notifier.secret_box import SecretBox
 from notifier.services import Services
 from notifier.settings import Settings, parse_networks
 from notifier.telemetry.metrics import Metrics
@@ -57,8 +58,9 @@ def create_channels(settings: Settings) -> dict[str, Channel]:
     """Every channel this process can deliver through, by name."""
     channels: list[Channel] = [
         LogChannel(),
+        # Each message carries its own signing secrets (notifier.endpoints.delivery).
         WebhookChannel(
-            secret=settings.webhook_secret,
+            secret=None,
             timeout_seconds=settings.webhook_timeout_seconds,
             user_agent=settings.webhook_user_agent,
             allowed_networks=parse_networks(settings.webhook_allowed_networks),
@@ -99,6 +101,8 @@ async def open_services(
     the one asynchronous-commit connection it fetches jobs on. The API only defers jobs,
     always on its business connections, so it needs nothing but the shared pool.
     """
+    # First: without its keys, no process may start (stored secrets would be unreadable).
+    secret_box = SecretBox.from_settings(settings)
     channels = create_channels(settings)
     queue = create_queue_app(settings)
     renderer = create_renderer(settings)
@@ -120,6 +124,7 @@ async def open_services(
                 queue=queue,
                 channels=channels,
                 renderer=renderer,
+                secret_box=secret_box,
                 metrics=metrics,
             )
     finally:

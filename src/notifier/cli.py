@@ -1,4 +1,5 @@
-"""The ``notifier`` command: migrate, api, worker, dev, producer, tenants, keys."""
+"""The ``notifier`` command: migrate, api, worker, dev, producer, tenants, keys, endpoints,
+secrets."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from notifier.auth import commands as key_commands
 from notifier.auth import service as auth_service
 from notifier.bootstrap import open_services
 from notifier.db import connect_options
+from notifier.endpoints import commands as endpoint_commands
 from notifier.queue import ALL_QUEUES
+from notifier.secret_box import SecretBox, generate_key
 from notifier.settings import Settings, SettingsError
 from notifier.telemetry import setup_telemetry
 from notifier.telemetry.metrics import Metrics, serve_worker_metrics
@@ -102,7 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=".notifier-dev/api-key",
         help="where the default tenant's dev API key is kept across restarts (default %(default)s)",
     )
+    dev.add_argument(
+        "--secrets-key-file",
+        help="where the dev key of stored secrets is kept when NOTIFIER_SECRETS_KEYS is unset "
+        "(default: secrets-key beside the --key-file)",
+    )
     key_commands.add_commands(commands)
+    endpoint_commands.add_commands(commands)
     return parser
 
 
@@ -184,6 +193,9 @@ def develop_locally(settings: Settings, args: argparse.Namespace) -> None:
     # handles both while it serves, then raises the signal again: SIGTERM's default action
     # would end the process there, before any cleanup.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if not settings.secrets_keys:
+        key_file = Path(args.secrets_key_file or Path(args.key_file).parent / "secrets-key")
+        settings = settings.replace(secrets_keys=dev_secrets_key(key_file))
     with contextlib.suppress(KeyboardInterrupt), local_database(settings, args.data_dir) as dev:
         migrations.migrate(dev)
         key = dev_key(dev, Path(args.key_file))
@@ -196,6 +208,20 @@ def develop_locally(settings: Settings, args: argparse.Namespace) -> None:
         )
         logger.info("API on http://%s:%d (docs at /schema)", dev.api_host, dev.api_port)
         run_loop(develop(dev))
+
+
+def dev_secrets_key(key_file: Path) -> str:
+    """The key of stored secrets for ``notifier dev``, made once and kept in ``key_file``
+    (owner-only): a production process refuses to start without NOTIFIER_SECRETS_KEYS."""
+    if key_file.is_file():
+        return key_file.read_text().strip()
+    key = generate_key()
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    logger.info("made a key for stored secrets in %s (NOTIFIER_SECRETS_KEYS unset)", key_file)
+    return key
 
 
 def dev_key(settings: Settings, key_file: Path) -> str:
@@ -297,6 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return run_command(settings, args)
+    except SettingsError as exc:  # NOTIFIER_SECRETS_KEYS, read by the commands that need it
+        print(f"notifier: {exc}", file=sys.stderr)  # noqa: T201 - CLI error message
+        return 2
     finally:
         telemetry.shutdown()
 
@@ -312,9 +341,13 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
         return manage_producer(settings, args)
     elif args.command in {"tenants", "keys"}:
         return key_commands.run(settings, args)
+    elif args.command in {"endpoints", "secrets"}:
+        return endpoint_commands.run(settings, args)
     elif args.command == "api":
+        SecretBox.from_settings(settings)  # refuse to start without a key, before serving
         serve_api(settings)
     elif args.command == "worker":
+        SecretBox.from_settings(settings)
         run_loop(work(settings, args.queues or ALL_QUEUES, args.concurrency))
     elif args.command == "dev":
         develop_locally(settings, args)

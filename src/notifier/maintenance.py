@@ -6,6 +6,7 @@ import logging
 
 from notifier import idempotency
 from notifier.db import transaction
+from notifier.endpoints import service as endpoints
 from notifier.queue import JobInfo, jobs
 from notifier.services import Services
 
@@ -57,9 +58,16 @@ async def run_maintenance(services: Services, job: JobInfo, timestamp: int) -> N
         )
     async with transaction(services.pool) as conn:
         pruned = await idempotency.prune(conn, older_than_hours=settings.idempotency_ttl_hours)
+    disabled = await endpoints.disable_failing_endpoints(
+        services.pool, services.metrics, **endpoints.disable_thresholds(settings)
+    )
+    released = await endpoints.release_held_of_enabled_endpoints(services.pool)
     logger.info(
-        "maintenance at %s: %d stalled jobs requeued, %d keys pruned",
+        "maintenance at %s: %d stalled jobs requeued, %d keys pruned, %d failing endpoints "
+        "disabled, %d held notifications released",
         timestamp,
         requeued,
         pruned,
+        disabled,
+        released,
     )

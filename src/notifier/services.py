@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from notifier.channels.base import Channel
 from notifier.db import Pool
 from notifier.queue.app import QueueApp
+from notifier.secret_box import SecretBox
 from notifier.settings import Settings
 from notifier.telemetry.metrics import Metrics
 from notifier.templates.pool import RenderPool
@@ -24,6 +25,8 @@ class Services:
     queue: QueueApp
     channels: dict[str, Channel]
     renderer: RenderPool
+    # Decrypts and encrypts stored secrets (webhook signing secrets).
+    secret_box: SecretBox
     metrics: Metrics = field(default_factory=Metrics)
 
     def channel(self, name: str) -> Channel | None:

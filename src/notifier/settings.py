@@ -5,6 +5,7 @@ Everything else receives a :class:`Settings` instance; nothing reads the environ
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import difflib
 import functools
@@ -112,8 +113,19 @@ class Settings:
     # notifications API are read in. Unset: only numbers with a country code ("+91...") are.
     default_phone_region: str | None = None
     webhook_timeout_seconds: PositiveFloat = 10.0
-    # Standard Webhooks secret ("whsec_" + base64). Unset: webhooks are sent unsigned.
+    # Deprecated: the one secret every tenant's webhooks were signed with. Now each tenant
+    # has its own (notifier.endpoints.signing); this one is only taken over, once, as the
+    # default tenant's, so its receivers keep verifying (docs/security.md, migration).
     webhook_secret: str | None = None
+    # Comma-separated Fernet keys that encrypt stored secrets (webhook signing secrets):
+    # the first encrypts, all decrypt (key rotation). Required by `notifier api` and
+    # `notifier worker`; `notifier dev` makes one. See notifier.secret_box.
+    secrets_keys: str | None = dataclasses.field(default=None, repr=False)
+    # An endpoint whose every attempt has failed for this long is disabled (by the
+    # maintenance task, with a reason and an endpoint_events row). 0 turns the span off.
+    endpoint_disable_after_days: NonNegativeFloat = 5.0
+    # ... or after this many failed attempts in a row. 0: the span alone decides.
+    endpoint_disable_after_failures: NonNegativeInt = 0
     webhook_user_agent: str = "notifier-webhooks/0.1"
     # Comma-separated CIDRs webhooks may reach although they are not public (loopback,
     # private, link-local...). Empty: public addresses only.
@@ -258,6 +270,10 @@ class Settings:
                     f"{ENV_PREFIX}RATE_LIMIT_{channel.upper()}_PER_SECOND, "
                     f"{ENV_PREFIX}RATE_LIMIT_BURST: {problem}"
                 )
+        if self.webhook_secret and not _is_signing_secret(self.webhook_secret):
+            raise SettingsError(
+                f"{ENV_PREFIX}WEBHOOK_SECRET: not a Standard Webhooks secret (whsec_ and base64)"
+            )
         if self.default_phone_region is not None and (
             problem := phone_region_problem(self.default_phone_region)
         ):
@@ -303,6 +319,15 @@ def _mask_password(database_url: str) -> str:
         return database_url
     params["password"] = MASK
     return make_conninfo("", **params)
+
+
+def _is_signing_secret(secret: str) -> bool:
+    """Whether ``secret`` is ``whsec_`` (optional) and base64 of at least one byte."""
+    encoded = secret.removeprefix("whsec_")
+    try:
+        return bool(base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True))
+    except ValueError:
+        return False
 
 
 def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

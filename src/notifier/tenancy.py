@@ -27,6 +27,8 @@ class Scope(enum.StrEnum):
     TEMPLATES_READ = "templates:read"
     PREFERENCES_WRITE = "preferences:write"
     PREFERENCES_READ = "preferences:read"
+    ENDPOINTS_WRITE = "endpoints:write"
+    ENDPOINTS_READ = "endpoints:read"
     ADMIN = "admin"
 
 

@@ -50,7 +50,7 @@ from tests.faults.support import (
     wait_until,
     webhook_id,
 )
-from tests.support import LOOPBACK_NETWORKS, WEBHOOK_SECRET, free_port
+from tests.support import LOOPBACK_NETWORKS, SECRETS_KEYS, WEBHOOK_SECRET, free_port
 
 SCALE = float(os.environ.get("NOTIFIER_CHAOS_SCALE", "0.1"))
 RATE = float(os.environ.get("NOTIFIER_CHAOS_RATE", "50"))
@@ -85,6 +85,7 @@ def service_environment(database_url: str, **overrides: Any) -> dict[str, str]:
     values: dict[str, Any] = {
         "DATABASE_URL": database_url,
         "WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "SECRETS_KEYS": SECRETS_KEYS,
         "WEBHOOK_ALLOWED_NETWORKS": LOOPBACK_NETWORKS,
         # One line per delivery would cost the CPU the run measures; errors still show.
         "LOG_LEVEL": "WARNING",

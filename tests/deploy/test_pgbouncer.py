@@ -29,6 +29,7 @@ from notifier.settings import Settings
 from tests.deploy.pgbouncer import PgBouncer, find_pgbouncer
 from tests.support import (
     LOOPBACK_NETWORKS,
+    SECRETS_KEYS,
     WebhookReceiver,
     bearer,
     free_port,
@@ -106,6 +107,7 @@ def test_notifier_migrates_publishes_lists_and_delivers_through_pgbouncer(
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "NOTIFIER_"))},
         "NOTIFIER_DATABASE_URL": pgbouncer.url(),
+        "NOTIFIER_SECRETS_KEYS": SECRETS_KEYS,
         **BEHIND_PGBOUNCER,
         "NOTIFIER_WORKER_POLL_INTERVAL_SECONDS": "0.1",
         "NOTIFIER_WORKER_CONCURRENCY": "4",

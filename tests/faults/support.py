@@ -27,7 +27,7 @@ from notifier.notifications.scheduling import NotificationDraft, PlannedSend, cr
 from notifier.notifications.schemas import NotificationStatus
 from notifier.services import Services
 from notifier.tenancy import DEFAULT_TENANT
-from tests.support import LOOPBACK_NETWORKS, eventually
+from tests.support import LOOPBACK_NETWORKS, SECRETS_KEYS, eventually
 
 # `nox -s faults` sets this: every case at its full size. Otherwise (the normal test run,
 # CI) the same cases run at reduced sizes.
@@ -63,6 +63,7 @@ def worker_environment(database_url: str, **overrides: Any) -> dict[str, str]:
     """The environment of a ``python -m notifier worker`` against the test database."""
     values: dict[str, Any] = {
         "DATABASE_URL": database_url,
+        "SECRETS_KEYS": SECRETS_KEYS,
         "DATABASE_POOL_MIN_SIZE": 1,
         "WORKER_CONCURRENCY": 4,
         "WORKER_POLL_INTERVAL_SECONDS": 0.1,

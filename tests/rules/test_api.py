@@ -60,6 +60,7 @@ async def test_create_rule_answers_201_with_the_stored_rule(client: AsyncTestCli
         "timezone": None,
         "timezone_field": None,
         "quiet_hours": None,
+        "endpoint": None,
         "key": None,
         "action": "notify",
         "digest": None,

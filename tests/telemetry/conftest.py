@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from tests.support import LOOPBACK_NETWORKS, bearer, free_port, wait_until_healthy
+from tests.support import LOOPBACK_NETWORKS, SECRETS_KEYS, bearer, free_port, wait_until_healthy
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,7 @@ def deployment(
     common = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "NOTIFIER_"))},
         "NOTIFIER_DATABASE_URL": database_url,
+        "NOTIFIER_SECRETS_KEYS": SECRETS_KEYS,
         "NOTIFIER_DATABASE_POOL_MIN_SIZE": "1",
         "NOTIFIER_WORKER_POLL_INTERVAL_SECONDS": "0.1",
         "NOTIFIER_WORKER_CONCURRENCY": "2",

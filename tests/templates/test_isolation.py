@@ -26,6 +26,7 @@ from notifier.settings import Settings
 from tests.conftest import CreateApiKey
 from tests.support import (
     LOOPBACK_NETWORKS,
+    SECRETS_KEYS,
     WebhookReceiver,
     assert_problem,
     bearer,
@@ -216,6 +217,7 @@ def test_sigterm_stops_api_and_worker_promptly_with_their_renderers(
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "NOTIFIER_"))},
         "NOTIFIER_DATABASE_URL": settings.database_url,
+        "NOTIFIER_SECRETS_KEYS": SECRETS_KEYS,
         "NOTIFIER_DATABASE_POOL_MIN_SIZE": "1",
         "NOTIFIER_WORKER_POLL_INTERVAL_SECONDS": "0.1",
         "NOTIFIER_WEBHOOK_ALLOWED_NETWORKS": LOOPBACK_NETWORKS,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import re
 import uuid
@@ -16,6 +17,8 @@ MAX_ANSWER_BYTES = 64 * 1024
 # Characters of an answer kept in an error message, which the attempt records.
 ANSWER_EXCERPT_CHARS = 200
 _UNPRINTABLE = re.compile(r"[\x00-\x20\x7f-\x9f]+")
+# Bytes of a webhook answer kept with its attempt, for the endpoint's attempt log.
+ANSWER_LOG_BYTES = 1024
 
 
 def answer_excerpt(body: bytes) -> str:
@@ -28,6 +31,21 @@ def answer_excerpt(body: bytes) -> str:
     if len(text) > ANSWER_EXCERPT_CHARS or (len(head) < len(body) and text):
         return text[: ANSWER_EXCERPT_CHARS - 3].rstrip() + "..."
     return text
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WebhookTarget:
+    """Where and how one webhook goes: resolved per notification at delivery
+    (:func:`notifier.endpoints.delivery.route_webhooks`) from its endpoint or its tenant.
+
+    ``secrets`` are the raw keys to sign with: one, or two during a rotation's overlap
+    (each gives a signature). They never appear in a repr, so never in a log or trace.
+    """
+
+    url: str
+    secrets: tuple[bytes, ...] = dataclasses.field(repr=False)
+    headers: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)
+    endpoint_id: uuid.UUID | None = None
 
 
 class OutgoingMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,6 +66,8 @@ class OutgoingMessage(msgspec.Struct, frozen=True, kw_only=True):
     subject: str = ""
     text: str = ""
     html: str | None = None
+    # Webhooks only: the URL, signing secrets and headers (None: unsigned, to recipient).
+    webhook: WebhookTarget | None = None
 
     @property
     def idempotency_key(self) -> str:
@@ -60,6 +80,9 @@ class DeliveryReceipt(msgspec.Struct, frozen=True, kw_only=True):
 
     status_code: int | None = None
     detail: str | None = None
+    # How long the request took, and the start of the answer (webhooks; for attempt logs).
+    duration_ms: int | None = None
+    answer: bytes = b""
 
 
 class DeliveryError(Exception):
@@ -72,11 +95,15 @@ class DeliveryError(Exception):
         retryable: bool,
         status_code: int | None = None,
         retry_after_seconds: float | None = None,
+        answer: bytes = b"",
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.status_code = status_code
         self.retry_after_seconds = retry_after_seconds
+        # The start of the receiver's answer, if any; the channel sets duration_ms.
+        self.answer = answer
+        self.duration_ms: int | None = None
 
 
 class Channel(Protocol):

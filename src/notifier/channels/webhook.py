@@ -23,6 +23,7 @@ from opentelemetry import propagate
 from opentelemetry.util.types import AttributeValue
 
 from notifier.channels.base import (
+    ANSWER_LOG_BYTES,
     MAX_ANSWER_BYTES,
     DeliveryError,
     DeliveryReceipt,
@@ -183,22 +184,46 @@ class WebhookChannel:
         return f"must not point at {problem}" if problem else None
 
     async def send(self, message: OutgoingMessage) -> DeliveryReceipt:
-        """POST once and classify the answer."""
-        body = webhook_body(message)
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": message.idempotency_key,
-            "webhook-timestamp": str(int(time.time())),
-        }
-        if self._secret is not None:
-            headers["webhook-signature"] = sign(
-                self._secret, headers["webhook-id"], int(headers["webhook-timestamp"]), body
+        """POST once and classify the answer; the receipt or error carries the duration."""
+        started = time.monotonic()
+        try:
+            receipt = await self._send(message)
+        except DeliveryError as exc:
+            exc.duration_ms = round((time.monotonic() - started) * 1000)
+            raise
+        return msgspec.structs.replace(
+            receipt, duration_ms=round((time.monotonic() - started) * 1000)
+        )
+
+    def _signed_headers(self, message: OutgoingMessage, body: bytes) -> tuple[str, dict[str, str]]:
+        """The URL to POST to and the request's headers, signed with every secret of the
+        message's target (space-separated signatures during a rotation's overlap)."""
+        target = message.webhook
+        # A target's own headers first: the protocol's below always win.
+        headers = dict(target.headers) if target is not None else {}
+        headers.update(
+            {
+                "content-type": "application/json",
+                "webhook-id": message.idempotency_key,
+                "webhook-timestamp": str(int(time.time())),
+            }
+        )
+        keys = target.secrets if target is not None else (self._secret,) if self._secret else ()
+        timestamp = int(headers["webhook-timestamp"])
+        if keys:
+            headers["webhook-signature"] = " ".join(
+                sign(key, headers["webhook-id"], timestamp, body) for key in keys
             )
+        return (target.url if target is not None else message.recipient), headers
+
+    async def _send(self, message: OutgoingMessage) -> DeliveryReceipt:
+        body = webhook_body(message)
+        url, headers = self._signed_headers(message, body)
         try:
             # One deadline for the whole request: a receiver that trickles its answer a byte
             # at a time must not hold this worker slot for ever.
             async with self._in_flight, asyncio.timeout(self._timeout_seconds):
-                status, retry_after, answer = await self._post(message.recipient, body, headers)
+                status, retry_after, answer = await self._post(url, body, headers)
         except BlockedAddressError as exc:
             raise DeliveryError(
                 f"refused to connect: {exc} (NOTIFIER_WEBHOOK_ALLOWED_NETWORKS can allow it)",
@@ -277,12 +302,13 @@ async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
 def classify_response(status: int, retry_after: str | None, answer: bytes = b"") -> DeliveryReceipt:
     """Map an HTTP status to success, or raise a retryable or permanent DeliveryError whose
     message quotes the start of the answer's body, if any."""
+    head = answer[:ANSWER_LOG_BYTES]
     if 200 <= status < 300:
-        return DeliveryReceipt(status_code=status)
+        return DeliveryReceipt(status_code=status, answer=head)
     said = f": {excerpt}" if (excerpt := answer_excerpt(answer)) else ""
     if status == 410:
         raise DeliveryError(
-            f"receiver answered 410 Gone{said}", retryable=False, status_code=status
+            f"receiver answered 410 Gone{said}", retryable=False, status_code=status, answer=head
         )
     if status >= 500 or status in RETRYABLE_CLIENT_STATUSES:
         wait = parse_retry_after(retry_after) if status in THROTTLING_STATUSES else None
@@ -291,5 +317,8 @@ def classify_response(status: int, retry_after: str | None, answer: bytes = b"")
             retryable=True,
             status_code=status,
             retry_after_seconds=wait,
+            answer=head,
         )
-    raise DeliveryError(f"receiver answered {status}{said}", retryable=False, status_code=status)
+    raise DeliveryError(
+        f"receiver answered {status}{said}", retryable=False, status_code=status, answer=head
+    )

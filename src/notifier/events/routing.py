@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 
+from notifier.endpoints.references import endpoint_recipient
 from notifier.events.schemas import Event
 from notifier.instants import storable
 from notifier.notifications.localtime import zone_named
@@ -99,9 +100,15 @@ def drafts_for_event(
             "context": event.payload,
             "entity_id": _entity_id(event.payload),
             "quiet_hours": rule.quiet_hours,
+            "endpoint_id": rule.endpoint,
         }
         try:
-            recipient = rule.recipient or recipient_at(event.payload, rule.recipient_field or "")
+            if rule.endpoint is not None:
+                recipient = endpoint_recipient(rule.endpoint)
+            else:
+                recipient = rule.recipient or recipient_at(
+                    event.payload, rule.recipient_field or ""
+                )
             target_date = (
                 parse_target_date(lookup(event.payload, rule.date_field), rule.date_field)
                 if rule.date_field

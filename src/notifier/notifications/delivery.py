@@ -20,6 +20,7 @@ from notifier.channels.base import Channel, DeliveryError, DeliveryReceipt, Outg
 from notifier.channels.egress import origin_of
 from notifier.channels.webhook import WebhookChannel
 from notifier.db import Connection, transaction
+from notifier.endpoints.delivery import note_endpoint_attempts, route_webhooks
 from notifier.notifications import host_slots, queries
 from notifier.notifications.decisions import (
     QuietWindow,
@@ -164,9 +165,10 @@ async def _lock_own(
         logger.info("notification %s is %s; not sending", notification_id, status)
         return None
     now = datetime.datetime.now(datetime.UTC)
-    if not await _still_to_send(services, conn, [LockedDelivery(row, None)], now):
+    still = await _still_to_send(services, conn, [LockedDelivery(row, None)], now)
+    if not still:
         return None
-    return row
+    return still[0].notification
 
 
 async def _take_slot_or_hand_over(
@@ -181,7 +183,7 @@ async def _take_slot_or_hand_over(
     waits. A slot taken for a notification that is then cancelled is lost, which errs on
     the side of the provider's quota.
     """
-    slot = await take_send_slot(conn, row.tenant_id, row.channel, limit)
+    slot = await take_send_slot(conn, row.tenant_id, row.rate_bucket or row.channel, limit)
     if slot is None:
         return True
     new_job = await defer_delivery(conn, row.id, slot, tenant_id=row.tenant_id)
@@ -225,14 +227,13 @@ async def _send_batch(
         None if isinstance(result, HostBusy) else _judge(services, attempt, result)
         for attempt, result in zip(attempts, results, strict=True)
     ]
-    await queries.record_attempts(
-        conn,
-        [
-            _attempt_record(attempt, verdict, started_at=now)
-            for attempt, verdict in zip(attempts, verdicts, strict=True)
-            if verdict is not None
-        ],
-    )
+    records = [
+        _attempt_record(attempt, verdict, result, started_at=now)
+        for attempt, verdict, result in zip(attempts, verdicts, results, strict=True)
+        if verdict is not None
+    ]
+    await queries.record_attempts(conn, records)
+    await note_endpoint_attempts(conn, [(r.endpoint_id, r.outcome) for r in records])
     waiting = [
         host_slots.Waiting(attempt.row, attempt.job_id, result.origin, own=index == 0)
         for index, (attempt, result) in enumerate(zip(attempts, results, strict=True))
@@ -263,7 +264,8 @@ async def _still_to_send(
     services: Services, conn: Connection, batch: list[LockedDelivery], now: datetime.datetime
 ) -> list[LockedDelivery]:
     """Those of the (locked, pending) notifications still to be sent; the others are marked
-    expired (saying why, counted) or suppressed here."""
+    expired (saying why, counted) or suppressed here, or held or failed by their endpoint.
+    Webhooks among them get their target (URL, signing secrets, headers)."""
     grace = datetime.timedelta(seconds=services.settings.expiry_grace_seconds)
     in_time = []
     for locked in batch:
@@ -290,7 +292,8 @@ async def _still_to_send(
             conn, notification_id, NotificationStatus.SUPPRESSED, last_error=reason
         )
         logger.info("notification %s not sent: %s", notification_id, reason)
-    return [locked for locked in in_time if locked.notification.id not in reasons]
+    unsuppressed = [locked for locked in in_time if locked.notification.id not in reasons]
+    return await route_webhooks(conn, services, unsuppressed)
 
 
 async def _note_unexpected_error(
@@ -334,6 +337,7 @@ def outgoing_message(
         subject=content.subject,
         text=content.text,
         html=content.html,
+        webhook=row.webhook,
     )
 
 
@@ -559,10 +563,17 @@ def _judge(
 
 
 def _attempt_record(
-    attempt: Attempt, verdict: Verdict, *, started_at: datetime.datetime
+    attempt: Attempt, verdict: Verdict, result: SendResult, *, started_at: datetime.datetime
 ) -> queries.AttemptRecord:
     """What :func:`queries.record_attempts` writes of the attempt."""
+    duration_ms, answer = None, b""
+    if isinstance(result, DeliveryReceipt | DeliveryError):
+        duration_ms, answer = result.duration_ms, result.answer
     return queries.AttemptRecord(
+        endpoint_id=attempt.row.endpoint_id,
+        duration_ms=duration_ms,
+        # Kept for an endpoint's attempt log only (a bare URL has no log to show it in).
+        answer=_answer_text(answer) if answer and attempt.row.endpoint_id else None,
         notification_id=attempt.row.id,
         attempt=attempt.number,
         job_id=attempt.job_id,
@@ -573,3 +584,8 @@ def _attempt_record(
         error=verdict.error,
         status=verdict.status,
     )
+
+
+def _answer_text(answer: bytes) -> str:
+    """The start of an answer as text PostgreSQL can store (no NUL)."""
+    return answer.decode(errors="replace").replace("\x00", "\ufffd")

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import msgspec
 import psycopg
 
+from notifier.channels.base import WebhookTarget
 from notifier.db import Connection
 from notifier.notifications.localtime import QuietHours
 from notifier.notifications.schemas import (
@@ -39,14 +40,14 @@ async def insert_notification(conn: Connection, values: dict[str, Any]) -> Notif
             id, tenant_id, event_id, rule_id, notification_type, entity_id, channel, recipient,
             email, phone, template, context, target_date, lead_time, send_at, status,
             last_error, job_id, timezone, quiet_hours, traceparent, key, cancelled_by_event_id,
-            digest_count, digest_open, expires_at
+            digest_count, digest_open, expires_at, endpoint_id
         ) VALUES (
             %(id)s, %(tenant_id)s, %(event_id)s, %(rule_id)s, %(notification_type)s,
             %(entity_id)s, %(channel)s, %(recipient)s, %(email)s, %(phone)s, %(template)s,
             %(context)s, %(target_date)s, %(lead_time)s, %(send_at)s, %(status)s,
             %(last_error)s, %(job_id)s, %(timezone)s, %(quiet_hours)s, %(traceparent)s,
             %(key)s, %(cancelled_by_event_id)s, %(digest_count)s, %(digest_open)s,
-            %(expires_at)s
+            %(expires_at)s, %(endpoint_id)s
         )
         RETURNING *
         """,
@@ -200,8 +201,16 @@ class DeliveryRow(msgspec.Struct, frozen=True, kw_only=True):
     quiet_hours: QuietHours | None = None
     # The W3C trace context its delivery continues.
     traceparent: str | None = None
-    # The tenant's own limit on the channel, if it set one.
+    # The tenant's own limit on the channel, if it set one, or its endpoint's.
     rate_limit: Limit | None = None
+    # The bucket that limit counts against: the channel, or "endpoint:<id>" for an
+    # endpoint's own limit (None: the channel).
+    rate_bucket: str | None = None
+    # A webhook to one of the tenant's endpoints (notifier.endpoints), and, once
+    # notifier.endpoints.delivery.route_webhooks resolved it, where and how it is sent
+    # (its recipient then is the URL it goes to).
+    endpoint_id: uuid.UUID | None = None
+    webhook: WebhookTarget | None = None
 
 
 def _delivery_row(row: dict[str, Any]) -> DeliveryRow:
@@ -223,13 +232,19 @@ class LockedDelivery(msgspec.Struct, frozen=True):
 
 async def lock_for_delivery(conn: Connection, notification_id: uuid.UUID) -> DeliveryRow | None:
     """The notification locked as by :func:`lock_notification`, for the worker, with the
-    tenant's rate-limit override for its channel, read in the same round trip."""
+    tenant's rate-limit override for its channel, read in the same round trip. A webhook
+    endpoint's own rate limit takes the place of the tenant's, with a bucket of its own."""
     cursor = await conn.execute(
         """
-        SELECT n.*, limits.per_second AS rate_per_second, limits.burst AS rate_burst
+        SELECT n.*,
+               coalesce(e.rate_per_second, limits.per_second) AS rate_per_second,
+               coalesce(e.rate_burst, limits.burst) AS rate_burst,
+               CASE WHEN e.rate_per_second IS NOT NULL THEN 'endpoint:' || e.id END
+                   AS rate_bucket
         FROM notifier.notifications AS n
         LEFT JOIN notifier.rate_limits AS limits
             ON limits.tenant_id = n.tenant_id AND limits.channel = n.channel
+        LEFT JOIN notifier.endpoints AS e ON e.id = n.endpoint_id
         WHERE n.id = %s
         FOR UPDATE OF n
         """,
@@ -248,6 +263,10 @@ _LOCK_DUE_DELIVERIES = jobs.lock_due_jobs_with(
       AND NOT EXISTS (
           SELECT 1 FROM notifier.rate_limits AS limits
           WHERE limits.tenant_id = n.tenant_id AND limits.channel = n.channel
+      )
+      AND NOT EXISTS (
+          SELECT 1 FROM notifier.endpoints AS e
+          WHERE e.id = n.endpoint_id AND e.rate_per_second IS NOT NULL
       )""",
     lock="n",
     job_id="batch_job_id",
@@ -269,7 +288,7 @@ async def lock_due_deliveries(
 
     A batch takes only its own group's jobs: the fetch shares out turns by group
     (migration 0011), and a batch is one turn. Notifications whose tenant has a rate limit
-    on the channel are left to their own jobs.
+    on the channel, or whose endpoint has one, are left to their own jobs.
     """
     group = jobs.due_jobs_parameters(
         queue=DELIVERIES_QUEUE,
@@ -316,6 +335,10 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None
     # The (locked) notification's new status, or None to leave it.
     status: NotificationStatus | None
+    # For the endpoint's attempt log: its id, the request's duration, the answer's start.
+    endpoint_id: uuid.UUID | None = None
+    duration_ms: int | None = None
+    answer: str | None = None
 
 
 async def record_attempts(conn: Connection, records: list[AttemptRecord]) -> None:
@@ -339,12 +362,13 @@ async def record_attempts(conn: Connection, records: list[AttemptRecord]) -> Non
             -- The attempt names its tenant, for the dashboard's per-tenant charts.
             INSERT INTO notifier.delivery_attempts
                 (notification_id, tenant_id, attempt, job_id, channel, outcome, status_code,
-                 error, started_at, finished_at)
+                 error, started_at, finished_at, endpoint_id, duration_ms, answer)
             SELECT %(notification_id)s::uuid, tenant_id, %(attempt)s::integer,
                    %(job_id)s::bigint, %(channel)s::text, %(outcome)s::text,
                    %(status_code)s::integer, %(error)s::text, %(started_at)s::timestamptz,
                    -- now() is when the transaction began, before the send: use the clock.
-                   clock_timestamp()
+                   clock_timestamp(), %(endpoint_id)s::uuid, %(duration_ms)s::integer,
+                   %(answer)s::text
             FROM counted
             """,
             [msgspec.structs.asdict(record) for record in records],

@@ -215,6 +215,8 @@ class NotificationDraft(msgspec.Struct, kw_only=True):
     quiet_hours: QuietHours | None = None
     # A draft the routing could not complete is stored as failed, visibly, with the reason.
     error: str | None = None
+    # A webhook to one of the tenant's endpoints (notifier.endpoints) rather than a URL.
+    endpoint_id: uuid.UUID | None = None
     # What it is about (notifier.notifications.keys); the event that superseded it, when it
     # is stored superseded because it arrived after a newer event for its key.
     key: str | None = None

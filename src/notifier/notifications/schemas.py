@@ -87,6 +87,8 @@ class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     # The recipient's IANA zone: lead days are counted on its clock, quiet hours read in it.
     timezone: TimeZoneName | None = None
     quiet_hours: QuietHours | None = None
+    # One of the tenant's webhook endpoints (its id), instead of a recipient URL.
+    endpoint: uuid.UUID | None = None
     # A pending notification of the tenant with this key (made through the API) is
     # replaced by this one: answered 200 with its id in ``replaced``.
     key: NotificationKey | None = None
@@ -135,6 +137,8 @@ class Notification(msgspec.Struct, kw_only=True):
     cancelled_at: datetime.datetime | None = None
     timezone: str | None = None
     quiet_hours: QuietHours | None = None
+    # The webhook endpoint it goes to, if it names one (recipient is then "endpoint:<id>").
+    endpoint: uuid.UUID | None = None
     key: str | None = None
     expires_at: datetime.datetime | None = None
     # The event whose rule superseded (status superseded) or cancelled it.
@@ -173,4 +177,5 @@ def notification_from_row(row: dict[str, Any]) -> Notification:
     fields = {name: row[name] for name in Notification.__struct_fields__ if name in row}
     fields["lead_time_days"] = int(days) if days.is_integer() else days
     fields["quiet_hours"] = QuietHours.from_column(row.get("quiet_hours"))
+    fields["endpoint"] = row.get("endpoint_id")
     return Notification(**fields)

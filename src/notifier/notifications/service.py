@@ -26,6 +26,7 @@ from notifier.api_types import (
 )
 from notifier.channels.base import Channel
 from notifier.db import Pool, transaction
+from notifier.endpoints.references import check_endpoint, endpoint_channel_and_recipient
 from notifier.errors import ProblemError, field_error, not_found
 from notifier.idempotency import IdempotentRequest, Outcome
 from notifier.notifications import queries, selection
@@ -95,10 +96,18 @@ def draft_notification(
         data.expires_at = checked_instant("expires_at", data.expires_at)
     if data.email is not None and (problem := email_address_problem(data.email)):
         raise field_error("email", problem)
-    channel_name = data.channel or default_channel
-    # The seed shape carries both an email and a phone: SMS goes to the phone.
-    fallback = (data.phone or data.email) if channel_name == "sms" else (data.email or data.phone)
-    recipient = data.recipient or fallback
+    recipient: str | None
+    if data.endpoint is not None:
+        channel_name, recipient = endpoint_channel_and_recipient(data.endpoint, data.channel)
+        if data.recipient is not None:
+            raise field_error("recipient", "give either recipient or endpoint, not both")
+    else:
+        channel_name = data.channel or default_channel
+        # The seed shape carries both an email and a phone: SMS goes to the phone.
+        fallback = (
+            (data.phone or data.email) if channel_name == "sms" else (data.email or data.phone)
+        )
+        recipient = data.recipient or fallback
     recipient_field = (
         "recipient" if data.recipient else "phone" if recipient == data.phone else "email"
     )
@@ -110,7 +119,8 @@ def draft_notification(
     phone = data.phone
     if phone is not None:
         phone = e164_phone(phone, default_phone_region) or phone
-    checked_channel(channels, channel_name, recipient)
+    # A notification to an endpoint is checked against the endpoint (check_endpoint).
+    checked_channel(channels, channel_name, None if data.endpoint else recipient)
     if recipient is None:
         raise field_error("recipient", "give recipient, email or phone")
     zone = checked_local_time(data.timezone, data.quiet_hours)
@@ -135,6 +145,7 @@ def draft_notification(
         send=send,
         timezone=data.timezone,
         quiet_hours=data.quiet_hours,
+        endpoint_id=data.endpoint,
         key=data.key,
     )
 
@@ -177,6 +188,7 @@ async def schedule(
     async with transaction(pool) as conn:
 
         async def create() -> Outcome[Notification]:
+            await check_endpoint(conn, tenant_id, draft.endpoint_id)
             scheduled = await schedule_replacing(conn, tenant_id, draft)
             if metrics is not None:
                 metrics.count_expired([draft.send.expiry])

@@ -38,11 +38,11 @@ async def insert_rule(
         INSERT INTO notifier.routing_rules
             (tenant_id, name, event_type, channel, recipient_field, recipient, date_field,
              lead_times, template, enabled, timezone, timezone_field, quiet_hours, key, action,
-             digest, deliver_within)
+             digest, deliver_within, endpoint_id)
         VALUES (%(tenant_id)s, %(name)s, %(event_type)s, %(channel)s, %(recipient_field)s,
                 %(recipient)s, %(date_field)s, %(lead_times)s, %(template)s, %(enabled)s,
                 %(timezone)s, %(timezone_field)s, %(quiet_hours)s, %(key)s, %(action)s,
-                %(digest)s, %(deliver_within)s)
+                %(digest)s, %(deliver_within)s, %(endpoint)s)
         RETURNING *
         """,
         _rule_params(rule, lead_times) | {"tenant_id": tenant_id},
@@ -115,7 +115,7 @@ async def update_rule(
             template = %(template)s, enabled = %(enabled)s, timezone = %(timezone)s,
             timezone_field = %(timezone_field)s, quiet_hours = %(quiet_hours)s,
             key = %(key)s, action = %(action)s, digest = %(digest)s,
-            deliver_within = %(deliver_within)s
+            deliver_within = %(deliver_within)s, endpoint_id = %(endpoint)s
         WHERE tenant_id = %(tenant_id)s AND id = %(id)s
         RETURNING *
         """,

@@ -97,6 +97,9 @@ class RuleCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timezone: TimeZoneName | None = None
     timezone_field: FieldPath | None = None
     quiet_hours: QuietHours | None = None
+    # One of the tenant's webhook endpoints (its id), instead of recipient or
+    # recipient_field; the channel is then webhook.
+    endpoint: uuid.UUID | None = None
     # Reminders about the same key supersede each other; see notifier.rules.keys.
     key: KeyTemplate | None = None
     action: RuleAction = RuleAction.NOTIFY
@@ -122,6 +125,7 @@ class RuleUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timezone: TimeZoneName | msgspec.UnsetType | None = msgspec.UNSET
     timezone_field: FieldPath | msgspec.UnsetType | None = msgspec.UNSET
     quiet_hours: QuietHours | msgspec.UnsetType | None = msgspec.UNSET
+    endpoint: uuid.UUID | msgspec.UnsetType | None = msgspec.UNSET
     key: KeyTemplate | msgspec.UnsetType | None = msgspec.UNSET
     action: RuleAction | msgspec.UnsetType = msgspec.UNSET
     digest: DigestSpec | msgspec.UnsetType | None = msgspec.UNSET
@@ -157,6 +161,7 @@ class Rule(msgspec.Struct, kw_only=True):
     timezone: str | None = None
     timezone_field: str | None = None
     quiet_hours: QuietHours | None = None
+    endpoint: uuid.UUID | None = None
     key: str | None = None
     action: RuleAction = RuleAction.NOTIFY
     digest: DigestSpec | None = None
@@ -167,6 +172,7 @@ def rule_from_row(row: dict[str, Any]) -> Rule:
     """The response struct from a ``notifier.routing_rules`` row (internal columns left out)."""
     fields = {name: row[name] for name in Rule.__struct_fields__ if name in row}
     fields["quiet_hours"] = QuietHours.from_column(row.get("quiet_hours"))
+    fields["endpoint"] = row.get("endpoint_id")
     fields["action"] = RuleAction(row.get("action", RuleAction.NOTIFY))
     digest = row.get("digest")
     fields["digest"] = msgspec.convert(digest, DigestSpec) if digest is not None else None

@@ -17,6 +17,7 @@ from notifier import idempotency
 from notifier.api_types import check_storable, checked_channel, checked_local_time
 from notifier.channels.base import Channel
 from notifier.db import Connection, Pool, transaction
+from notifier.endpoints.references import check_endpoint, endpoint_channel_and_recipient
 from notifier.errors import field_error, not_found
 from notifier.idempotency import IdempotentRequest, Outcome
 from notifier.rules import queries
@@ -53,7 +54,7 @@ def validate_rule(rule: RuleCreate, channels: Mapping[str, Channel]) -> list[dat
     if rule.action is RuleAction.CANCEL:
         if rule.key is None:
             raise field_error("key", "a cancel rule needs the key of the reminders it cancels")
-        for unused in ("channel", "recipient", "recipient_field"):
+        for unused in ("channel", "recipient", "recipient_field", "endpoint"):
             if getattr(rule, unused) is not None:
                 raise field_error(unused, "a cancel rule makes no notification: leave it out")
         return parse_lead_times(rule.lead_times)
@@ -62,7 +63,11 @@ def validate_rule(rule: RuleCreate, channels: Mapping[str, Channel]) -> list[dat
     if rule.digest is not None:
         check_digest(rule)
     checked_channel(channels, rule.channel, rule.recipient)
-    if (rule.recipient is None) == (rule.recipient_field is None):
+    if rule.endpoint is not None:
+        endpoint_channel_and_recipient(rule.endpoint, rule.channel)
+        if rule.recipient is not None or rule.recipient_field is not None:
+            raise field_error("endpoint", "give endpoint, recipient or recipient_field: one")
+    elif (rule.recipient is None) == (rule.recipient_field is None):
         raise field_error("recipient", "give exactly one of recipient and recipient_field")
     checked_local_time(rule.timezone, rule.quiet_hours)
     parse_deliver_within(rule.deliver_within)
@@ -139,6 +144,7 @@ async def create_rule(
 
         async def insert() -> Outcome[Rule]:
             await check_template(conn, tenant_id, rule.template)
+            await check_endpoint(conn, tenant_id, rule.endpoint)
             return Outcome(201, await queries.insert_rule(conn, tenant_id, rule, lead_times))
 
         return await idempotency.once(conn, idempotent, Rule, insert)
@@ -175,6 +181,7 @@ async def update_rule(
         changed = change.applied_to(current)
         lead_times = validate_rule(changed, channels)
         await check_template(conn, tenant_id, changed.template)
+        await check_endpoint(conn, tenant_id, changed.endpoint)
         return await queries.update_rule(conn, tenant_id, rule_id, changed, lead_times)
 
 

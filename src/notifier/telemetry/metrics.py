@@ -79,6 +79,12 @@ class Metrics:
         )
         # The one channel with a per-host cap, shown from zero so that rate() sees the first.
         self.host_slot_waits.labels(channel="webhook")
+        self.endpoints_disabled = Counter(
+            "notifier_endpoints_disabled",
+            "Webhook endpoints disabled automatically because every attempt failed for "
+            "too long (NOTIFIER_ENDPOINT_DISABLE_AFTER_*).",
+            registry=self.registry,
+        )
         self.delivery_lag = Histogram(
             "notifier_delivery_lag_seconds",
             "From a notification's scheduled send time to a channel accepting it.",
