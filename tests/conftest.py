@@ -133,6 +133,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     counts = collections.Counter(item.nodeid for item in items)
     if duplicates := [nodeid for nodeid, count in counts.items() if count > 1]:
         raise pytest.UsageError(f"tests share node ids, pytest-xdist would run one: {duplicates}")
+    for item in items:
+        item.add_marker(tier_of(item))
+
+
+# Markers of whole processes, browsers or clusters: the end-to-end tier.
+END_TO_END_MARKERS = {"faults", "chaos", "browser", "soak"}
+
+
+def tier_of(item: pytest.Item) -> str:
+    """The tier a test is in, from what it uses (so no file can sit in the wrong one):
+    ``unit`` needs no database, ``e2e`` runs real processes, a browser or a cluster of its
+    own, ``integration`` is the rest (the real PostgreSQL, in-process app and workers)."""
+    if END_TO_END_MARKERS & {mark.name for mark in item.iter_markers()} or (
+        "live_api" in getattr(item, "fixturenames", ())
+    ):
+        return "e2e"
+    if "postgresql_server" in getattr(item, "fixturenames", ()):
+        return "integration"
+    return "unit"
 
 
 @pytest.fixture(autouse=True)
