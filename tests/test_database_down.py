@@ -15,7 +15,7 @@ from litestar.testing import AsyncTestClient
 
 from notifier.app import create_app
 from notifier.settings import Settings
-from tests.support import assert_problem, count_rows, eventually
+from tests.support import SECRETS_KEYS, assert_problem, count_rows, eventually
 
 
 @pytest.fixture
@@ -27,6 +27,7 @@ async def client_without_database() -> AsyncIterator[AsyncTestClient[Any]]:
         database_url=f"postgresql://postgres@127.0.0.1:{port}/notifier",
         database_pool_min_size=1,
         database_timeout_seconds=1.0,
+        secrets_keys=SECRETS_KEYS,
     )
     async with AsyncTestClient(app=create_app(settings)) as client:
         yield client

@@ -96,7 +96,7 @@ SEMANTIC_REJECTIONS = [
     (r"email", r"is not a valid email address"),
     # An ISO 8601 duration's grammar and range; instants PostgreSQL and Python both hold.
     (r"lead_times\[\d+\]", r"is not an ISO 8601 duration|must not be negative|must not exceed"),
-    (r"target_date|occurred_at|\[\d+\]\.occurred_at", r"must be between "),
+    (r"target_date|occurred_at|expires_at|since|\[\d+\]\.occurred_at", r"must be between "),
     # Endpoints: a URL vetted like every webhook target; another field decides whether a
     # reason or an endpoint may be given; headers notifier sets itself; a rotation's overlap.
     (r"url", r".*"),

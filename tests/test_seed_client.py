@@ -18,7 +18,7 @@ from litestar.testing import AsyncTestClient
 
 from notifier.app import create_app
 from notifier.settings import Settings
-from tests.support import FakeSmsProvider, assert_problem, count_rows
+from tests.support import SECRETS_KEYS, FakeSmsProvider, assert_problem, count_rows
 
 SEED_NOTIFICATION = {
     "notification_type": "user.signup",
@@ -34,7 +34,9 @@ async def seed_client(
     database_url: str, api_headers: dict[str, str]
 ) -> AsyncIterator[AsyncTestClient[Any]]:
     """The app with every setting at its default but the database: what a seed client meets."""
-    async with AsyncTestClient(app=create_app(Settings(database_url=database_url))) as client:
+    async with AsyncTestClient(
+        app=create_app(Settings(database_url=database_url, secrets_keys=SECRETS_KEYS))
+    ) as client:
         client.headers.update(api_headers)
         yield client
 
@@ -99,7 +101,9 @@ async def test_the_seed_client_flow_passes_unchanged(
 async def test_a_phone_that_reads_as_a_number_is_stored_in_e164_form(
     database_url: str, api_headers: dict[str, str]
 ) -> None:
-    settings = Settings(database_url=database_url, default_phone_region="IN")
+    settings = Settings(
+        database_url=database_url, default_phone_region="IN", secrets_keys=SECRETS_KEYS
+    )
     async with AsyncTestClient(app=create_app(settings)) as client:
         client.headers.update(api_headers)
         national = await client.post(
@@ -124,6 +128,7 @@ def sms_settings(database_url: str, sms_provider: FakeSmsProvider) -> Settings:
         sms_provider="json",
         sms_api_url=sms_provider.url + "/sms",
         sms_from="ACME",
+        secrets_keys=SECRETS_KEYS,
     )
 
 

@@ -12,6 +12,7 @@ from litestar.testing import AsyncTestClient
 
 from tests.auth.test_scopes import ROUTE_SCOPES
 from tests.conftest import CreateApiKey
+from tests.endpoints.routes import ENDPOINT_PATH, ENDPOINT_ROUTES
 from tests.support import bearer, eventually
 
 RULE = {"event_type": "user.signup", "channel": "log", "recipient_field": "email"}
@@ -74,11 +75,16 @@ async def owned(client: AsyncTestClient[Any], db: psycopg.AsyncConnection[Any]) 
     }
 
 
+# A webhook endpoint's routes are checked by tests/endpoints/test_api.py (each needs an
+# endpoint with a receiver of its own).
+ENDPOINT_ID_ROUTES = {(method, ENDPOINT_PATH + suffix) for method, suffix, _ in ENDPOINT_ROUTES}
+
+
 def test_every_route_with_an_id_is_checked_here() -> None:
     with_ids = {operation for operation in ROUTE_SCOPES if "{" in operation[1]}
     with_ids -= TENANT_NAMESPACED_ROUTES
 
-    assert with_ids == set(ID_ROUTES)
+    assert with_ids == set(ID_ROUTES) | ENDPOINT_ID_ROUTES
 
 
 def without(text: str, resource_id: str) -> str:

@@ -50,6 +50,8 @@ METRIC_FAMILIES: dict[str, MetricFamily] = {
     "notifier_events_received": MetricFamily("counter", frozenset({"type", "producer"}), PROCESS),
     "notifier_deliveries": MetricFamily("counter", frozenset({"channel", "outcome"}), PROCESS),
     "notifier_host_slot_waits": MetricFamily("counter", frozenset({"channel"}), PROCESS),
+    "notifier_endpoints_disabled": MetricFamily("counter", frozenset(), PROCESS),
+    "notifier_notifications_expired": MetricFamily("counter", frozenset({"reason"}), PROCESS),
     "notifier_delivery_lag_seconds": MetricFamily("histogram", frozenset(), PROCESS),
     "notifier_publish_batch_size": MetricFamily("histogram", frozenset(), PROCESS),
     "notifier_notifications": MetricFamily("gauge", frozenset({"status"}), DATABASE),

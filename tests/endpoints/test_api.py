@@ -15,6 +15,7 @@ from notifier.bootstrap import open_services
 from notifier.secret_box import SecretBox
 from notifier.settings import Settings, SettingsError
 from tests.conftest import CreateApiKey
+from tests.endpoints.routes import ENDPOINT_ROUTES
 from tests.endpoints.support import create_endpoint
 from tests.support import SECRETS_KEYS, WEBHOOK_SECRET, assert_problem, bearer
 
@@ -177,17 +178,7 @@ async def test_a_patch_is_checked_as_a_whole_endpoint(client: AsyncTestClient[An
     assert (await client.get(f"/api/v1/endpoints/{created['id']}")).json()["url"] == URL
 
 
-# Every endpoint route, as (method, path after the endpoint's id, body).
-ROUTES = [
-    ("GET", "", None),
-    ("PATCH", "", {"description": "mine now"}),
-    ("DELETE", "", None),
-    ("GET", "/secret", None),
-    ("POST", "/secret/rotate", {}),
-    ("GET", "/attempts", None),
-    ("POST", "/test", {}),
-    ("POST", "/recover", {"since": "2026-01-01T00:00:00Z"}),
-]
+ROUTES = ENDPOINT_ROUTES
 
 
 @pytest.mark.parametrize(

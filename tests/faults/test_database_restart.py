@@ -30,7 +30,7 @@ from tests.faults.support import (
     wait_until,
     worker_environment,
 )
-from tests.support import PROBLEM_JSON, WEBHOOK_SECRET, bearer, eventually
+from tests.support import PROBLEM_JSON, SECRETS_KEYS, WEBHOOK_SECRET, bearer, eventually
 
 DATABASE_TIMEOUT = 2.0
 
@@ -63,6 +63,7 @@ def settings(cluster: OwnedCluster) -> Settings:
         database_pool_min_size=2,
         database_timeout_seconds=DATABASE_TIMEOUT,
         webhook_secret=WEBHOOK_SECRET,
+        secrets_keys=SECRETS_KEYS,
     )
 
 

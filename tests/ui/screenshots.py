@@ -30,6 +30,7 @@ from notifier.bootstrap import open_services
 from notifier.events import service as events_service
 from notifier.settings import Settings
 from notifier.tenancy import Scope
+from tests.support import SECRETS_KEYS
 from tests.ui.browser import chromium
 
 DUE_JOBS = """
@@ -98,7 +99,7 @@ def capture(out: Path) -> list[Path]:
         load_delivered(url, 5_000, "acme")
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(DUE_JOBS.encode())
-        settings = Settings(database_url=url)
+        settings = Settings(database_url=url, secrets_keys=SECRETS_KEYS)
 
         async def make_key() -> str:
             async with auth_service.admin_pool(settings) as pool:
