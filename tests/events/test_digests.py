@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.support import WebhookReceiver, assert_problem, eventually
+from tests.support import SECRETS_KEYS, WebhookReceiver, assert_problem, eventually
 
 
 async def digest_rule(client: AsyncTestClient[Any], **fields: Any) -> dict[str, Any]:
@@ -167,6 +167,7 @@ async def test_a_sigkilled_worker_leaves_every_event_in_exactly_one_digest(
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")},
         "NOTIFIER_DATABASE_URL": database_url,
+        "NOTIFIER_SECRETS_KEYS": SECRETS_KEYS,
         "NOTIFIER_WORKER_CONCURRENCY": "4",
         "NOTIFIER_STALLED_WORKER_SECONDS": "2",
         "NOTIFIER_LOG_FORMAT": "text",

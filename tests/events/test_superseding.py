@@ -24,7 +24,7 @@ from notifier.notifications.scheduling import NotificationDraft, PlannedSend
 from notifier.notifications.schemas import NotificationStatus
 from notifier.queue import PROCESS_EVENT_TASK
 from tests.hostile_receiver import HostileReceiver
-from tests.support import assert_problem, eventually
+from tests.support import SECRETS_KEYS, assert_problem, eventually
 
 UTC = datetime.UTC
 DAY = datetime.timedelta(days=1)
@@ -400,7 +400,10 @@ async def start_workers(database_url: str, tmp_path: Path) -> list[asyncio.subpr
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")},
         "NOTIFIER_DATABASE_URL": database_url,
-        "NOTIFIER_WORKER_CONCURRENCY": "4",
+        "NOTIFIER_SECRETS_KEYS": SECRETS_KEYS,
+        # Two slots each: with four, one worker could drain the whole batch before the
+        # other woke, and the test would see no key split between them.
+        "NOTIFIER_WORKER_CONCURRENCY": "2",
         "NOTIFIER_LOG_FORMAT": "text",
     }
     processes = []
