@@ -294,7 +294,9 @@ async def worker(services: Services) -> AsyncIterator[None]:
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.wait_for(task, timeout=10)
+        # Generous: cancelling waits for the jobs in flight (a send may take its whole
+        # timeout on a loaded machine) and for a settle write being retried.
+        await asyncio.wait_for(task, timeout=30)
 
 
 @pytest.fixture
