@@ -57,10 +57,12 @@ logger = logging.getLogger("notifier.delivery")
 
 class JobGroup(NamedTuple):
     """The jobs a deliver job's batch is taken from: its tenant's (None: jobs deferred
-    before migration 0011) at its priority, as the fetch groups them."""
+    before migration 0011) at its priority, as the fetch groups them, behind ``after`` (the
+    deliver job's own place in the group) when given."""
 
     tenant_id: str | None
     priority: int
+    after: jobs.JobPosition | None = None
 
 
 class Draft(NamedTuple):
@@ -218,6 +220,7 @@ async def _send_batch(
             tenant_id=group.tenant_id,
             priority=group.priority,
             limit=settings.delivery_batch_size - 1,
+            after=group.after,
         )
         batch += await _still_to_send(services, conn, taken_along, now)
     sources: TemplateCache = {}
