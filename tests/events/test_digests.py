@@ -5,10 +5,6 @@ also when a worker is SIGKILLed while processing them."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,7 +13,15 @@ import psycopg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.support import SECRETS_KEYS, WebhookReceiver, assert_problem, eventually
+from tests.support import (
+    WebhookReceiver,
+    assert_problem,
+    eventually,
+    kill_worker,
+    start_worker,
+    stop_workers,
+    worker_environment,
+)
 
 
 async def digest_rule(client: AsyncTestClient[Any], **fields: Any) -> dict[str, Any]:
@@ -164,28 +168,12 @@ async def test_a_sigkilled_worker_leaves_every_event_in_exactly_one_digest(
         str(post_id): [e["id"] for e in response.json() if e["payload"]["post_id"] == post_id]
         for post_id in (1, 2, 3)
     }
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")},
-        "NOTIFIER_DATABASE_URL": database_url,
-        "NOTIFIER_SECRETS_KEYS": SECRETS_KEYS,
-        "NOTIFIER_WORKER_CONCURRENCY": "4",
-        "NOTIFIER_STALLED_WORKER_SECONDS": "2",
-        "NOTIFIER_LOG_FORMAT": "text",
-    }
+    env = worker_environment(
+        database_url, NOTIFIER_WORKER_CONCURRENCY="4", NOTIFIER_STALLED_WORKER_SECONDS="2"
+    )
 
     async def start(name: str) -> asyncio.subprocess.Process:
-        with (tmp_path / f"{name}.log").open("wb") as log:
-            return await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "notifier",
-                "worker",
-                "--queue",
-                "events",
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        return await start_worker(env, tmp_path / f"{name}.log")
 
     async def processed_count() -> int:
         cursor = await db.execute(
@@ -197,19 +185,14 @@ async def test_a_sigkilled_worker_leaves_every_event_in_exactly_one_digest(
     first = await start("killed")
     try:
         await eventually(lambda: _at_least(processed_count, 10), timeout=60, interval=0.01)
-        first.send_signal(signal.SIGKILL)
-        await first.wait()
     finally:
-        if first.returncode is None:
-            first.kill()
-            await first.wait()
+        await kill_worker(first)
     killed_after = await processed_count()
     second = await start("recovering")
     try:
         await all_processed(db, len(batch), timeout=90)
     finally:
-        second.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(second.wait(), timeout=30)
+        await stop_workers([second])
     logs = "".join((tmp_path / f"{name}.log").read_text() for name in ("killed", "recovering"))
 
     assert killed_after < len(batch), "the kill came after the work was done"
