@@ -145,7 +145,12 @@ def drafts_for_event(
                     key=key,
                     digest_window=(
                         msgspec.convert(rule.digest.window, datetime.timedelta)
-                        if rule.digest
+                        if rule.digest and rule.digest.window
+                        else None
+                    ),
+                    digest_until=(
+                        datetime.time.fromisoformat(rule.digest.until)
+                        if rule.digest and rule.digest.until
                         else None
                     ),
                 )
