@@ -478,3 +478,38 @@ async def test_two_workers_processing_events_of_one_key_at_once_leave_the_newest
         "GROUP BY key"
     )
     assert {row["key"]: row["n"] for row in await cursor.fetchall()} == {str(u): 2 for u in users}
+
+
+async def test_a_cloudevent_whose_time_is_older_arrives_late_and_is_superseded_itself(
+    client: AsyncTestClient[Any], db: psycopg.AsyncConnection[Any], worker: None
+) -> None:
+    """CloudEvents ``time`` orders a key's events as ``occurred_at`` does."""
+    await expiry_rule(client)
+
+    async def cloudevent(event_id: str, expires_in_days: float, at: datetime.datetime) -> str:
+        response = await client.post(
+            "/api/v1/events/",
+            json={
+                "specversion": "1.0",
+                "id": event_id,
+                "source": "https://accounts.example.com",
+                "type": "password.expiring",
+                "time": at.isoformat(),
+                "data": expiring(42, expires_in_days),
+            },
+            headers={"content-type": "application/cloudevents+json"},
+        )
+        assert response.status_code == 201, response.text
+        stored: str = response.json()["id"]
+        return stored
+
+    newer = await cloudevent("change-2", 30, NOW)
+    await processed(db, newer)
+    late = await cloudevent("change-1", 10, NOW - datetime.timedelta(minutes=5))
+    await processed(db, late)
+
+    assert [n["status"] for n in await notifications_of(db, late)] == ["superseded"] * 2
+    assert {n["cancelled_by_event_id"] for n in await notifications_of(db, late)} == {
+        uuid.UUID(newer)
+    }
+    assert [n["status"] for n in await notifications_of(db, newer)] == ["pending"] * 2
