@@ -138,6 +138,12 @@ def pair(first: float, second: float, fmt: str = ",.0f") -> str:
     return f"{first:{fmt}} / {second:{fmt}}"
 
 
+def ratio_text(ours: float, theirs: float) -> str:
+    """``ours / theirs`` for the table; blank where the baseline measured nothing (a drain
+    shorter than the CPU sampling interval reads no CPU at all)."""
+    return f"{ours / theirs:.2f}" if theirs else ""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -794,7 +800,7 @@ class Bench:
             f"PostgreSQL CPU us per event ({label}; baseline: pgbench per tx)",
             " / ".join(f"{value:.0f}" for value in server),
             f"{base['server_cpu_us']:.0f}",
-            f"{server[0] / base['server_cpu_us']:.2f}",
+            ratio_text(server[0], base["server_cpu_us"]),
         )
         wal = [ours["wal_bytes"]] + ([theirs["wal_bytes"]] if theirs else [])
         self.report.add(
@@ -802,7 +808,7 @@ class Bench:
             f"WAL bytes per event ({label}; baseline: pgbench per tx)",
             " / ".join(f"{value:,.0f}" for value in wal),
             f"{base['wal_bytes']:,.0f}",
-            f"{wal[0] / base['wal_bytes']:.2f}",
+            ratio_text(wal[0], base["wal_bytes"]),
         )
 
     def generator_ceiling(self) -> None:
@@ -1158,7 +1164,7 @@ class Bench:
             "PostgreSQL CPU us per delivery (first to last arrival) vs pg-boss",
             f"{mine['server']:.0f}",
             f"{theirs['server']:.0f}",
-            f"{mine['server'] / theirs['server']:.2f}",
+            ratio_text(mine["server"], theirs["server"]),
             "<= 150",
             verdict(mine["server"] <= 150),
         )
@@ -1167,7 +1173,7 @@ class Bench:
             "worker CPU us per delivery (first to last arrival) vs pg-boss",
             f"{mine['workers']:.0f}",
             f"{theirs['workers']:.0f}",
-            f"{mine['workers'] / theirs['workers']:.2f}",
+            ratio_text(mine["workers"], theirs["workers"]),
             "<= 300",
             verdict(mine["workers"] <= 300),
         )
@@ -1176,7 +1182,7 @@ class Bench:
             "WAL bytes per delivery (workers' start to last arrival) vs pg-boss",
             f"{ours.wal_bytes / count:,.0f}",
             f"{http.wal_bytes / count:,.0f}",
-            f"{ours.wal_bytes / http.wal_bytes:.2f}",
+            ratio_text(ours.wal_bytes, http.wal_bytes),
         )
         self.compare(name, "deliveries/s vs pg-boss 10 no-op ceiling", ours, noop, None)
         if processes == 1:
@@ -1185,7 +1191,7 @@ class Bench:
                 "webhook body bytes per POST, notifier vs pg-boss (same receiver)",
                 f"{ours.body_bytes:.0f}",
                 f"{http.body_bytes:.0f}",
-                f"{ours.body_bytes / http.body_bytes:.2f}",
+                ratio_text(ours.body_bytes, http.body_bytes),
             )
 
     def fetch_lever(self, count: int) -> None:
