@@ -283,7 +283,7 @@ async def test_a_digest_goes_out_at_its_time_of_day_and_the_next_waits_for_the_n
 ) -> None:
     zone = "Pacific/Auckland"
     # Far enough ahead that both events are processed before it, even on a loaded machine.
-    until = wall_clock_in(zone, datetime.timedelta(seconds=8), seconds=True)
+    until = wall_clock_in(zone, datetime.timedelta(seconds=12), seconds=True)
     await digest_rule(
         client,
         channel="webhook",
@@ -296,7 +296,7 @@ async def test_a_digest_goes_out_at_its_time_of_day_and_the_next_waits_for_the_n
         await client.post("/api/v1/events/", json=comment(9, n))
     await all_processed(db, 2)
 
-    await eventually(lambda: _received(receiver, 1), timeout=20)
+    await eventually(lambda: _received(receiver, 1), timeout=40)
     await client.post("/api/v1/events/", json=comment(9, 3))
     await all_processed(db, 3)
 
