@@ -115,6 +115,7 @@ async def process(
     max_notifications: int,
     now: datetime.datetime | None = None,
     expiry_grace: datetime.timedelta = DEFAULT_EXPIRY_GRACE,
+    default_phone_region: str | None = None,
 ) -> None:
     """Apply the routing rules to one event, in one transaction: its notifications and
     their deliver jobs, and the event marked processed.
@@ -123,7 +124,9 @@ async def process(
     than ``max_notifications`` makes none and is marked processed with the reason. ``now``
     (the clock, default the current time) plans the send times; target dates are judged
     from when the event was accepted, with ``expiry_grace`` (NOTIFIER_EXPIRY_GRACE_SECONDS).
-    Events from the outbox are counted in ``metrics`` here (the API's were counted when
+    SMS recipients are resolved to E.164 with ``default_phone_region``
+    (NOTIFIER_DEFAULT_PHONE_REGION), as the API resolves them. Events from the outbox are
+    counted in ``metrics`` here (the API's were counted when
     published), and so are notifications made expired.
     """
     async with transaction(pool) as conn:
@@ -134,7 +137,9 @@ async def process(
         tenant_id, event = locked
         rules = await matching_rules(conn, tenant_id, event.type)
         planned_at = now or datetime.datetime.now(datetime.UTC)
-        drafts = drafts_for_event(event, rules, planned_at, grace=expiry_grace)
+        drafts = drafts_for_event(
+            event, rules, planned_at, grace=expiry_grace, phone_region=default_phone_region
+        )
         if len(drafts) > max_notifications:
             # All or nothing: an arbitrary first `limit` recipients would be a silent partial
             # send, and storing the excess as failed rows would let one event flood the table.

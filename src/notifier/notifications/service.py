@@ -55,7 +55,7 @@ from notifier.notifications.schemas import (
 from notifier.notifications.selection import NotificationFilter
 from notifier.pagination import Cursor, Page, paginate
 from notifier.queue import jobs
-from notifier.recipients import e164_phone, email_address_problem, phone_number_problem
+from notifier.recipients import e164_phone, email_address_problem, sms_recipient
 from notifier.telemetry import current_traceparent
 from notifier.telemetry.metrics import Metrics
 from notifier.templates import catalog
@@ -113,9 +113,10 @@ def draft_notification(
     )
     if channel_name == "sms" and recipient is not None:
         # The SMS recipient must be a number the provider can dial, whichever field gave it.
-        if (problem := phone_number_problem(recipient, default_phone_region)) is not None:
-            raise field_error(recipient_field, problem)
-        recipient = e164_phone(recipient, default_phone_region)
+        try:
+            recipient = sms_recipient(recipient, default_phone_region)
+        except ValueError as exc:
+            raise field_error(recipient_field, str(exc)) from None
     phone = data.phone
     if phone is not None:
         phone = e164_phone(phone, default_phone_region) or phone
