@@ -15,7 +15,7 @@ import msgspec
 
 from notifier.api_types import checked_instant
 from notifier.errors import ProblemError, msgspec_problem, split_msgspec_path
-from notifier.notifications.selection import NotificationFilter
+from notifier.notifications.schemas import NotificationFilter
 
 StructT = TypeVar("StructT", bound=msgspec.Struct)
 
