@@ -48,6 +48,13 @@ PAGES = [
     ("notifications", "/ui/notifications"),
     ("failed", "/ui/notifications?status=failed"),
     ("by recipient", "/ui/notifications?recipient=http%3A%2F%2F127.0.0.1%3A9%2Fhistory"),
+    # Every loaded notification is a webhook: the common channel, and one that has none.
+    ("by channel", "/ui/notifications?channel=webhook"),
+    ("rare channel", "/ui/notifications?channel=email"),
+    (
+        "recipient+st",
+        "/ui/notifications?status=failed&recipient=http%3A%2F%2F127.0.0.1%3A9%2Fhistory",
+    ),
     ("bulk replay", "/ui/notifications/bulk/replay?status=failed"),
     ("create", "/ui/notifications/new"),
     ("events", "/ui/events"),

@@ -242,7 +242,12 @@ async def overview(
     """Queues, workers and the tenant's deliveries of the last hour and day."""
     principal = current_principal(request)
     assert principal is not None  # the guard put it there
-    data = await read_overview(services.pool, services.settings, principal.tenant_id)
+    data = await read_overview(
+        services.pool,
+        services.settings,
+        principal.tenant_id,
+        history=services.delivery_history,
+    )
     return await page(
         request, "overview.html", current="ui-overview", overview=data, charts=overview_charts(data)
     )
