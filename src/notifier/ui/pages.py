@@ -50,7 +50,7 @@ SIGN_IN_REASONS = {
 
 @dataclass(frozen=True, slots=True)
 class NavItem:
-    """A navigation entry; ``route`` None: a page still to come (webhook endpoints, issue 16)."""
+    """A navigation entry; ``route`` None: a page still to come."""
 
     label: str
     route: str | None
@@ -63,7 +63,7 @@ NAVIGATION = (
     NavItem("Events", "ui-events", Scope.EVENTS_READ),
     NavItem("Rules", "ui-rules", Scope.RULES_READ),
     NavItem("Templates", "ui-templates", Scope.TEMPLATES_READ),
-    NavItem("Endpoints", None, Scope.ADMIN),
+    NavItem("Endpoints", "ui-endpoints", Scope.ENDPOINTS_READ),
     NavItem("API keys", "ui-keys", Scope.ADMIN),
 )
 
