@@ -201,3 +201,45 @@ async def test_a_read_only_key_sees_no_cancel_is_refused_if_it_forces_one_and_an
     assert "notifications:write" in seen["forced"]
     assert seen["status after"] == "pending"
     assert seen["other tenant"].startswith("Not found")
+
+
+async def test_cancel_a_pending_one_from_its_page(
+    browser: webdriver.Chrome,
+    live_api: str,
+    api_key: str,
+    api_headers: dict[str, str],
+    receiver: WebhookReceiver,
+) -> None:
+    async with httpx.AsyncClient(base_url=live_api, headers=api_headers) as api:
+        # Due tomorrow, its deliver job waiting.
+        body = webhook(receiver, "inv-cancel")
+        body["lead_time_days"] = 0
+        pending = (await api.post("/api/v1/notifications/", json=body)).json()
+        assert pending["status"] == "pending"
+
+    def cancel_it() -> dict[str, str]:
+        sign_in(browser, live_api, api_key, "/ui/notifications?status=pending")
+        browser.find_element(By.CSS_SELECTOR, f'tr[data-id="{pending["id"]}"] a').click()
+        WebDriverWait(browser, 10).until(lambda d: pending["id"] in d.current_url)
+        before = text_of(browser, "#status")
+        browser.find_element(By.ID, "cancel").click()
+        WebDriverWait(browser, 10).until(lambda d: "done=cancelled" in d.current_url)
+        return {
+            "before": before,
+            "after": text_of(browser, "#status"),
+            "notice": text_of(browser, "#notice"),
+            "buttons": str(len(browser.find_elements(By.CSS_SELECTOR, "#cancel, #replay"))),
+            "final": browser.find_elements(By.CSS_SELECTOR, "#timeline li")[-1].text,
+        }
+
+    seen = await asyncio.to_thread(cancel_it)
+
+    assert seen["before"] == "pending"
+    assert seen["after"] == "cancelled"
+    assert seen["notice"].startswith("Cancelled 1 notification;")
+    assert seen["buttons"] == "0"
+    assert "Cancelled" in seen["final"]
+    async with httpx.AsyncClient(base_url=live_api, headers=api_headers) as api:
+        stored = (await api.get(f"/api/v1/notifications/{pending['id']}")).json()
+    assert stored["status"] == "cancelled"
+    assert stored["delivery_attempts"] == []
