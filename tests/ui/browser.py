@@ -58,3 +58,22 @@ def chromium(profile: Path, *, width: int = 1366, height: int = 900) -> Iterator
         yield driver
     finally:
         driver.quit()
+
+
+def submit_forged_form(driver: webdriver.Chrome, action: str) -> None:
+    """POST an empty form to ``action`` with the page's own CSRF token: what a key lacking
+    a scope could forge from a page it may see (the guard, not the token, must refuse)."""
+    driver.execute_script(
+        """
+        const form = document.createElement('form');
+        form.method = 'post';
+        form.action = arguments[0];
+        const token = document.createElement('input');
+        token.type = 'hidden'; token.name = '_csrf_token';
+        token.value = document.querySelector('input[name=_csrf_token]').value;
+        form.appendChild(token);
+        document.body.appendChild(form);
+        form.submit();
+        """,
+        action,
+    )

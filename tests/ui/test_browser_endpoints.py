@@ -20,7 +20,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from notifier.tenancy import Scope
 from tests.conftest import CreateApiKey
 from tests.support import WebhookReceiver, eventually
-from tests.ui.browser import chromium
+from tests.ui.browser import chromium, submit_forged_form
 
 pytestmark = pytest.mark.browser
 
@@ -180,20 +180,7 @@ async def test_a_read_only_key_sees_no_control_and_another_tenants_endpoint_is_4
             ),
         }
         # Forge the disable form with the page's own CSRF token: the guard must refuse.
-        browser.execute_script(
-            """
-            const form = document.createElement('form');
-            form.method = 'post';
-            form.action = arguments[0];
-            const token = document.createElement('input');
-            token.type = 'hidden'; token.name = '_csrf_token';
-            token.value = document.querySelector('input[name=_csrf_token]').value;
-            form.appendChild(token);
-            document.body.appendChild(form);
-            form.submit();
-            """,
-            f"/ui/endpoints/{ids['default']}/enabled",
-        )
+        submit_forged_form(browser, f"/ui/endpoints/{ids['default']}/enabled")
         WebDriverWait(browser, 10).until(lambda d: d.title.startswith("Not allowed"))
         seen["forced"] = text_of(browser, "main")
         browser.get(f"{live_api}/ui/endpoints/{ids['default']}")

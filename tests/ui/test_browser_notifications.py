@@ -22,7 +22,7 @@ from notifier.settings import Settings
 from notifier.tenancy import Scope
 from tests.conftest import CreateApiKey
 from tests.support import WebhookReceiver, eventually
-from tests.ui.browser import chromium
+from tests.ui.browser import chromium, submit_forged_form
 
 pytestmark = pytest.mark.browser
 
@@ -172,20 +172,7 @@ async def test_a_read_only_key_sees_no_cancel_is_refused_if_it_forces_one_and_an
             "cancel buttons": str(len(browser.find_elements(By.ID, "cancel"))),
         }
         # Forge the cancel form with the page's own CSRF token: the guard must refuse.
-        browser.execute_script(
-            """
-            const form = document.createElement('form');
-            form.method = 'post';
-            form.action = arguments[0];
-            const token = document.createElement('input');
-            token.type = 'hidden'; token.name = '_csrf_token';
-            token.value = document.querySelector('input[name=_csrf_token]').value;
-            form.appendChild(token);
-            document.body.appendChild(form);
-            form.submit();
-            """,
-            f"/ui/notifications/{ids['default']}/cancel",
-        )
+        submit_forged_form(browser, f"/ui/notifications/{ids['default']}/cancel")
         WebDriverWait(browser, 10).until(lambda d: d.title.startswith("Not allowed"))
         seen["forced"] = text_of(browser, "main")
         browser.get(f"{live_api}/ui/notifications/{ids['default']}")

@@ -37,7 +37,7 @@ IDLE_QUEUE = TenantQueueState(
 
 T = TypeVar("T")
 
-# A minute's attempts and lags are kept once this long has passed since it ended. A
+# A quarter hour's attempts and lags are kept once this long has passed since it ended. A
 # delivery stamps ``sent_at`` with its transaction's start and commits after its send (at
 # most a channel's timeout, 10 s by default, and its waits for a host slot): five minutes
 # leave room for the slowest, and a full read every ``refresh`` mends any it missed.
@@ -46,17 +46,19 @@ SETTLED_AFTER = datetime.timedelta(minutes=5)
 
 @dataclass(frozen=True, slots=True)
 class _Settled:
-    """One tenant's per-minute history before ``until`` (the minutes with none absent)."""
+    """One tenant's deliveries before ``until`` (a quarter hour's start): attempts per
+    minute, lag histograms per quarter hour (the day's chart) and per minute (the hour's)."""
 
     read_at: datetime.datetime
     until: datetime.datetime
     attempts: dict[datetime.datetime, stats.OutcomeCounts]
-    lags: dict[datetime.datetime, dict[int, int]]
+    day_lags: dict[datetime.datetime, dict[int, int]]
+    minute_lags: dict[datetime.datetime, dict[int, int]]
 
 
 class DeliveryHistory:
-    """Per tenant, the per-minute attempts and lag histograms of the last day's settled
-    minutes, for the ``tenants`` that asked last; each taken afresh every ``refresh``."""
+    """Per tenant, what the overview read of the last day's settled quarter hours, for the
+    ``tenants`` that asked last; each read afresh every ``refresh``."""
 
     def __init__(
         self, *, tenants: int = 200, refresh: datetime.timedelta = datetime.timedelta(minutes=15)
@@ -72,7 +74,7 @@ class DeliveryHistory:
         """What is kept of the tenant, unless it is due for a full read."""
         with self._lock:
             kept = self._by_tenant.get(tenant_id)
-            if kept is None or now - kept.read_at >= self.refresh or kept.until > now:
+            if kept is None or not kept.read_at <= now < kept.read_at + self.refresh:
                 return None
             self._by_tenant.move_to_end(tenant_id)
             return kept
@@ -85,10 +87,10 @@ class DeliveryHistory:
                 self._by_tenant.popitem(last=False)
 
 
-def _before(
-    per_minute: Mapping[datetime.datetime, T], since: datetime.datetime, until: datetime.datetime
+def _within(
+    periods: Mapping[datetime.datetime, T], since: datetime.datetime, until: datetime.datetime
 ) -> dict[datetime.datetime, T]:
-    return {minute: value for minute, value in per_minute.items() if since <= minute < until}
+    return {start: value for start, value in periods.items() if since <= start < until}
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,14 +112,10 @@ async def read_overview(
     history: DeliveryHistory | None = None,
 ) -> Overview:
     """The tenant's queues and deliveries, and the live workers (shared by all tenants).
-    With ``history``, only the minutes it has not kept are read from the database."""
+    With ``history``, only the deliveries since what it kept are read from the database."""
     now = now or datetime.datetime.now(datetime.UTC)
     day_since, hour_since = stats.windows(now)
     kept = history.settled(tenant_id, now) if history is not None else None
-    if kept is not None and kept.until < day_since:
-        kept = None
-    # Minutes are aligned on day_since (a quarter hour): kept.until is one of them.
-    read_since = kept.until if kept is not None else day_since
     timeout = min(OVERVIEW_TIMEOUT_SECONDS, settings.database_timeout_seconds)
 
     @asynccontextmanager
@@ -141,37 +139,44 @@ async def read_overview(
 
     async def attempts_part() -> dict[datetime.datetime, stats.OutcomeCounts]:
         async with reading() as conn:
-            return await stats.attempts_per_minute(conn, tenant_id, read_since)
+            since = kept.until if kept is not None else day_since
+            return await stats.attempts_per_minute(conn, tenant_id, since)
 
-    async def lags_part() -> dict[datetime.datetime, dict[int, int]]:
+    async def lags_part() -> tuple[dict[datetime.datetime, dict[int, int]], ...]:
         async with reading() as conn:
-            return await stats.lag_histograms(conn, tenant_id, read_since, stats.MINUTE)
+            if kept is not None:
+                # The minutes since: the hour's chart, and regrouped, the day's end.
+                minutes = await stats.lag_histograms(conn, tenant_id, kept.until, stats.MINUTE)
+                return stats.regroup(minutes, stats.DAY_BUCKET), minutes
+            return (
+                await stats.lag_histograms(conn, tenant_id, day_since, stats.DAY_BUCKET),
+                await stats.lag_histograms(conn, tenant_id, hour_since, stats.MINUTE),
+            )
 
-    (queues, workers), fresh_attempts, fresh_lags = await asyncio.gather(
+    (queues, workers), fresh_attempts, (fresh_day, fresh_minutes) = await asyncio.gather(
         queue_part(), attempts_part(), lags_part()
     )
     per_minute = {**(kept.attempts if kept else {}), **fresh_attempts}
-    minute_lags = {**(kept.lags if kept else {}), **fresh_lags}
+    day_lags = {**(kept.day_lags if kept else {}), **fresh_day}
+    minute_lags = {**(kept.minute_lags if kept else {}), **fresh_minutes}
     if history is not None:
-        until = max(read_since, stats.floor(now - SETTLED_AFTER, stats.MINUTE))
+        until = stats.floor(now - SETTLED_AFTER, stats.DAY_BUCKET)
+        if kept is not None:
+            until = max(until, kept.until)
         history.keep(
             tenant_id,
             _Settled(
                 read_at=kept.read_at if kept is not None else now,
                 until=until,
-                attempts=_before(per_minute, day_since, until),
-                lags=_before(minute_lags, day_since, until),
+                attempts=_within(per_minute, day_since, until),
+                day_lags=_within(day_lags, day_since, until),
+                minute_lags=_within(minute_lags, hour_since, until),
             ),
         )
     return Overview(
         tenant_id=tenant_id,
         workers_alive=workers,
         queues={name: queues.get(name, IDLE_QUEUE) for name in sorted({*ALL_QUEUES, *queues})},
-        deliveries=stats.build(
-            now,
-            per_minute,
-            stats.regroup(minute_lags, stats.DAY_BUCKET),
-            _before(minute_lags, hour_since, now + stats.MINUTE),
-        ),
+        deliveries=stats.build(now, per_minute, day_lags, minute_lags),
         overdue_after_seconds=settings.overdue_job_seconds,
     )

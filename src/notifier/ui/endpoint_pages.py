@@ -31,8 +31,8 @@ from notifier.endpoints.service import EndpointDeps
 from notifier.errors import ProblemError
 from notifier.services import Services
 from notifier.tenancy import Scope
-from notifier.ui.auth import SCOPE_OPT, current_principal
-from notifier.ui.forms import FormErrors, convert_fields
+from notifier.ui.auth import SCOPE_OPT, current_tenant
+from notifier.ui.forms import FormErrors, convert_fields, service_errors
 from notifier.ui.pages import UI_PATH, page
 
 READ = {SCOPE_OPT: Scope.ENDPOINTS_READ.value}
@@ -41,12 +41,6 @@ LIST_PATH = f"{UI_PATH}/endpoints"
 FORM_FIELDS = ("url", "description", "type_filter", "headers", "rate_per_second", "rate_burst")
 # How many of its latest attempts an endpoint's page shows.
 RECENT_ATTEMPTS = 20
-
-
-def _tenant(request: Request[Any, Any, Any]) -> str:
-    principal = current_principal(request)
-    assert principal is not None  # the guard put it there
-    return principal.tenant_id
 
 
 def endpoint_values(endpoint: Endpoint) -> dict[str, str]:
@@ -95,16 +89,12 @@ def _fields(values: dict[str, str], *, blank_as_none: bool) -> dict[str, Any]:
     return fields
 
 
+# The API's body names the rate limit as one field; the form shows it as two.
+ALIASES = {"rate_limit": "rate_per_second"}
+
+
 def _service_errors(exc: ProblemError) -> dict[str, str]:
-    """A 4xx of the use case as messages by form field (``headers.X-A`` -> headers)."""
-    if exc.status >= 500 or not exc.errors:
-        raise exc
-    errors: dict[str, str] = {}
-    for problem in exc.errors:
-        field = problem.field.split("[")[0].split(".")[0]
-        field = "rate_per_second" if field == "rate_limit" else field
-        errors.setdefault(field if field in FORM_FIELDS else "url", problem.message)
-    return errors
+    return service_errors(exc, FORM_FIELDS, fallback="url", aliases=ALIASES)
 
 
 def _converted(type_: type[Any], values: dict[str, str], *, blank_as_none: bool) -> Any:
@@ -112,9 +102,7 @@ def _converted(type_: type[Any], values: dict[str, str], *, blank_as_none: bool)
     try:
         return convert_fields(type_, _fields(values, blank_as_none=blank_as_none))
     except FormErrors as exc:
-        raise FormErrors(
-            {("rate_per_second" if k == "rate_limit" else k): v for k, v in exc.errors.items()}
-        ) from None
+        raise FormErrors({ALIASES.get(k, k): v for k, v in exc.errors.items()}) from None
 
 
 async def _endpoint_page(
@@ -130,7 +118,7 @@ async def _endpoint_page(
     """One endpoint: its form (read only without ``endpoints:write``), state, actions and
     latest attempts; with the secret just made, or the test just sent, if any."""
     services: Services = request.app.state.services
-    tenant = _tenant(request)
+    tenant = current_tenant(request)
     endpoint = await service.get_endpoint(services.pool, tenant, endpoint_id)
     attempts = await service.list_attempts(
         services.pool, tenant, endpoint_id, limit=RECENT_ATTEMPTS, before_id=None, outcome=None
@@ -155,7 +143,7 @@ async def endpoint_list(
     request: Request[Any, Any, Any], services: NamedDependency[Services]
 ) -> Template:
     """Every endpoint of the tenant, oldest first."""
-    endpoints = await service.list_endpoints(services.pool, _tenant(request))
+    endpoints = await service.list_endpoints(services.pool, current_tenant(request))
     return await page(request, "endpoints.html", current="ui-endpoints", endpoints=endpoints)
 
 
@@ -187,7 +175,9 @@ async def endpoint_create(
     values = _form_values(await request.form())
     try:
         draft = _converted(EndpointCreate, values, blank_as_none=False)
-        created = await service.create_endpoint(EndpointDeps.of(services), _tenant(request), draft)
+        created = await service.create_endpoint(
+            EndpointDeps.of(services), current_tenant(request), draft
+        )
     except FormErrors as exc:
         return await _new_form(request, values, exc.errors)
     except ProblemError as exc:
@@ -216,7 +206,11 @@ async def endpoint_update(
     try:
         change = _converted(EndpointUpdate, values, blank_as_none=True)
         await service.update_endpoint(
-            EndpointDeps.of(services), _tenant(request), endpoint_id, change, actor="dashboard"
+            EndpointDeps.of(services),
+            current_tenant(request),
+            endpoint_id,
+            change,
+            actor="dashboard",
         )
     except FormErrors as exc:
         return await _endpoint_page(
@@ -252,7 +246,7 @@ async def endpoint_toggle(
     if not enabled and reason is not None:
         change = EndpointUpdate(enabled=False, disabled_reason=reason[:1000])
     await service.update_endpoint(
-        EndpointDeps.of(services), _tenant(request), endpoint_id, change, actor="dashboard"
+        EndpointDeps.of(services), current_tenant(request), endpoint_id, change, actor="dashboard"
     )
     done = "enabled" if enabled else "disabled"
     return Redirect(f"{LIST_PATH}/{endpoint_id}?done={done}", status_code=303)
@@ -266,7 +260,7 @@ async def endpoint_test(
 ) -> Template:
     """POST a signed example message to it now; its page, saying what it answered."""
     result = await service.send_test(
-        EndpointDeps.of(services), _tenant(request), endpoint_id, TestMessage()
+        EndpointDeps.of(services), current_tenant(request), endpoint_id, TestMessage()
     )
     return await _endpoint_page(request, endpoint_id, test=result)
 
@@ -289,7 +283,7 @@ async def endpoint_rotate(
             request, endpoint_id, errors={"overlap": message}, status_code=422
         )
     secret = await service.rotate_secret(
-        EndpointDeps.of(services), _tenant(request), endpoint_id, overlap
+        EndpointDeps.of(services), current_tenant(request), endpoint_id, overlap
     )
     return await _endpoint_page(request, endpoint_id, secret=secret)
 

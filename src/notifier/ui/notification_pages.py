@@ -37,7 +37,7 @@ from notifier.notifications.selection import BULK_LIMIT
 from notifier.pagination import DEFAULT_LIMIT, Cursor
 from notifier.services import Services
 from notifier.tenancy import Scope
-from notifier.ui.auth import SCOPE_OPT, current_principal
+from notifier.ui.auth import SCOPE_OPT, current_tenant
 from notifier.ui.forms import (
     FILTER_FIELDS,
     FormErrors,
@@ -60,12 +60,6 @@ DONE_NOTICES = {
     "replayed": "Replayed {count} notification{s}: each is pending again, due now.",
     "cancelled": "Cancelled {count} notification{s}; they will never be sent.",
 }
-
-
-def _tenant(request: Request[Any, Any, Any]) -> str:
-    principal = current_principal(request)
-    assert principal is not None  # the guard put it there
-    return principal.tenant_id
 
 
 def _with_query(path: str, query: dict[str, str]) -> str:
@@ -94,7 +88,7 @@ async def notification_list(
         where = notification_filter(values)
         after = Cursor.decode(cursor_text) if cursor_text else None
         notifications, following = await service.list_notifications(
-            services.pool, _tenant(request), where, limit=DEFAULT_LIMIT, after=after
+            services.pool, current_tenant(request), where, limit=DEFAULT_LIMIT, after=after
         )
     except FormErrors as exc:
         errors = exc.errors
@@ -143,7 +137,7 @@ async def bulk_confirm(
     verb, which, _ = _bulk_action(action)
     values = filter_values(request.query_params)
     where = _confirmed_filter(values)
-    count = await service.count_for_bulk(services.pool, _tenant(request), action, where)
+    count = await service.count_for_bulk(services.pool, current_tenant(request), action, where)
     return await page(
         request,
         "bulk_confirm.html",
@@ -170,7 +164,7 @@ async def bulk_run(
     values = filter_values({name: str(form.get(name, "")) for name in FILTER_FIELDS})
     where = _confirmed_filter(values)
     run = service.replay_many if action == "replay" else service.cancel_many
-    count = await run(services.pool, _tenant(request), where)
+    count = await run(services.pool, current_tenant(request), where)
     return Redirect(
         _with_query(LIST_PATH, {**values, "done": done, "count": str(count)}), status_code=303
     )
@@ -238,7 +232,7 @@ async def notification_detail(
     notification_id: FromPath[uuid.UUID],
 ) -> Template:
     """One notification: its fields, timeline, rendered message and the actions it allows."""
-    tenant = _tenant(request)
+    tenant = current_tenant(request)
     notification = await service.get_notification(services.pool, tenant, notification_id)
     message_problem = None
     try:
@@ -287,7 +281,7 @@ async def notification_action(
     if action not in SINGLE_ACTIONS:
         raise NotFoundException("There is no such action.")
     run, done = SINGLE_ACTIONS[action]
-    await run(services.pool, _tenant(request), notification_id)
+    await run(services.pool, current_tenant(request), notification_id)
     return Redirect(f"{LIST_PATH}/{notification_id}?done={done}&count=1", status_code=303)
 
 
@@ -366,7 +360,7 @@ async def notification_create(
             services.pool,
             services.channels,
             services.settings.default_channel,
-            _tenant(request),
+            current_tenant(request),
             _create_request(values),
             expiry_grace=datetime.timedelta(seconds=services.settings.expiry_grace_seconds),
             metrics=services.metrics,
