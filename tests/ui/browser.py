@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = os.environ.get("NOTIFIER_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("NOTIFIER_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -77,3 +79,19 @@ def submit_forged_form(driver: webdriver.Chrome, action: str) -> None:
         """,
         action,
     )
+
+
+def forced_then_seen(
+    driver: webdriver.Chrome, base: str, *, action: str, page: str, css: str, other_page: str
+) -> dict[str, str]:
+    """Forge a POST to ``action`` from the page shown (:func:`submit_forged_form`) and wait
+    for the refusal; then what ``css`` of ``page`` reads, and the title of
+    ``other_page`` (another tenant's). Keys: forced (the refusal's text), after, other."""
+    submit_forged_form(driver, action)
+    WebDriverWait(driver, 10).until(lambda d: d.title.startswith("Not allowed"))
+    seen = {"forced": driver.find_element(By.CSS_SELECTOR, "main").text}
+    driver.get(f"{base}{page}")
+    seen["after"] = driver.find_element(By.CSS_SELECTOR, css).text
+    driver.get(f"{base}{other_page}")
+    seen["other"] = driver.title
+    return seen

@@ -20,7 +20,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from notifier.tenancy import Scope
 from tests.conftest import CreateApiKey
 from tests.support import WebhookReceiver, eventually
-from tests.ui.browser import chromium, submit_forged_form
+from tests.ui.browser import chromium, forced_then_seen
 
 pytestmark = pytest.mark.browser
 
@@ -180,13 +180,17 @@ async def test_a_read_only_key_sees_no_control_and_another_tenants_endpoint_is_4
             ),
         }
         # Forge the disable form with the page's own CSRF token: the guard must refuse.
-        submit_forged_form(browser, f"/ui/endpoints/{ids['default']}/enabled")
-        WebDriverWait(browser, 10).until(lambda d: d.title.startswith("Not allowed"))
-        seen["forced"] = text_of(browser, "main")
-        browser.get(f"{live_api}/ui/endpoints/{ids['default']}")
-        seen["state after"] = text_of(browser, "#state")
-        browser.get(f"{live_api}/ui/endpoints/{ids['acme']}")
-        seen["other tenant"] = browser.title
+        forced = forced_then_seen(
+            browser,
+            live_api,
+            action=f"/ui/endpoints/{ids['default']}/enabled",
+            page=f"/ui/endpoints/{ids['default']}",
+            css="#state",
+            other_page=f"/ui/endpoints/{ids['acme']}",
+        )
+        seen["forced"] = forced["forced"]
+        seen["state after"] = forced["after"]
+        seen["other tenant"] = forced["other"]
         return seen
 
     seen = await asyncio.to_thread(look_and_force)

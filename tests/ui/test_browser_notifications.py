@@ -22,7 +22,7 @@ from notifier.settings import Settings
 from notifier.tenancy import Scope
 from tests.conftest import CreateApiKey
 from tests.support import WebhookReceiver, eventually
-from tests.ui.browser import chromium, submit_forged_form
+from tests.ui.browser import chromium, forced_then_seen
 
 pytestmark = pytest.mark.browser
 
@@ -172,13 +172,17 @@ async def test_a_read_only_key_sees_no_cancel_is_refused_if_it_forces_one_and_an
             "cancel buttons": str(len(browser.find_elements(By.ID, "cancel"))),
         }
         # Forge the cancel form with the page's own CSRF token: the guard must refuse.
-        submit_forged_form(browser, f"/ui/notifications/{ids['default']}/cancel")
-        WebDriverWait(browser, 10).until(lambda d: d.title.startswith("Not allowed"))
-        seen["forced"] = text_of(browser, "main")
-        browser.get(f"{live_api}/ui/notifications/{ids['default']}")
-        seen["status after"] = text_of(browser, "#status")
-        browser.get(f"{live_api}/ui/notifications/{ids['acme']}")
-        seen["other tenant"] = browser.title
+        forced = forced_then_seen(
+            browser,
+            live_api,
+            action=f"/ui/notifications/{ids['default']}/cancel",
+            page=f"/ui/notifications/{ids['default']}",
+            css="#status",
+            other_page=f"/ui/notifications/{ids['acme']}",
+        )
+        seen["forced"] = forced["forced"]
+        seen["status after"] = forced["after"]
+        seen["other tenant"] = forced["other"]
         return seen
 
     seen = await asyncio.to_thread(look_and_force)
