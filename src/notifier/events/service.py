@@ -27,8 +27,9 @@ from notifier.events.routing import drafts_for_event
 from notifier.events.schemas import Event, EventDetail
 from notifier.events.superseding import apply_keys
 from notifier.idempotency import IdempotentRequest, Outcome
-from notifier.notifications.queries import list_notifications
 from notifier.notifications.scheduling import DEFAULT_EXPIRY_GRACE, create_notifications
+from notifier.notifications.schemas import NotificationFilter
+from notifier.notifications.selection import select_matching
 from notifier.pagination import MAX_LIMIT, Cursor, Page, paginate
 from notifier.rules.queries import matching_rules
 from notifier.telemetry import current_traceparent
@@ -198,8 +199,8 @@ async def get_event(pool: Pool, tenant_id: str, event_id: uuid.UUID) -> EventDet
         event = await queries.get_event(conn, tenant_id, event_id)
         if event is None:
             raise not_found("event", event_id)
-        notifications = await list_notifications(
-            conn, tenant_id, event_id=event_id, limit=MAX_LIMIT
+        notifications = await select_matching(
+            conn, tenant_id, NotificationFilter(event_id=event_id), limit=MAX_LIMIT
         )
     return EventDetail(
         **{name: getattr(event, name) for name in Event.__struct_fields__},
