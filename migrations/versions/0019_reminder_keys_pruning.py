@@ -8,7 +8,7 @@ left. Rows there are on upgrade count as written then, so none goes before a ful
 ``reminder_keys_held_at_idx`` finds the old ones without reading the table.
 
 Revision ID: 0019
-Revises: 0017
+Revises: 0018
 Create Date: 2026-12-07
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0019"
-down_revision = "0017"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 
