@@ -11,7 +11,7 @@ for it, which the function itself returns after the call. Now the fetch looks at
 first and calls the function only for a job that has one: the same order, the same rule.
 
 Revision ID: 0020 (the lead may renumber this on merge)
-Revises: 0017
+Revises: 0019
 Create Date: 2026-12-07
 """
 
@@ -20,7 +20,8 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0020"
-down_revision = "0017"
+# Written on 0017; chained after 0019 once main had 0018 and 0019.
+down_revision = "0019"
 branch_labels = None
 depends_on = None
 
