@@ -125,6 +125,7 @@ def job_info(job: procrastinate.jobs.Job) -> JobInfo:
         priority=job.priority,
         attempts=job.attempts,
         args=job.task_kwargs,
+        scheduled_at=job.scheduled_at,
     )
 
 
