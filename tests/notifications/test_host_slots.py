@@ -345,7 +345,10 @@ async def test_two_worker_processes_share_a_fast_host_without_putting_batches_of
             await stop_workers(processes)
     put_off = put_off_in_logs(tmp_path)
     assert workers == {"workers": 2}  # both processes delivered
-    assert put_off <= count // 20, put_off
+    # Alone on the machine 0 to a few dozen, under a parallel test run up to 150 (the first
+    # batches of both processes take the host at once, and the first sends are slow); 481
+    # before hand-overs, alone.
+    assert put_off <= count // 5, put_off
     assert len(host.snapshot()) == count + len(warm)  # each sent once
     assert host.max_open_requests <= 8
     assert await advisory_locks(db) == 0

@@ -22,14 +22,24 @@ been sending for less than the channel's timeout: a healthy host takes a whole b
 through ``cap`` connections in milliseconds, while a hanging one costs one timeout per slot,
 not one per notification.
 
+**Hand-overs.** A lane that has held its slot for :data:`HAND_OVER_SECONDS` gives it back
+between two sends and asks again, without waiting, for as many slots of its host as the
+batch has notifications left (its other slots counted): a batch of another process waiting
+in PostgreSQL for that slot gets it on the spot (PostgreSQL grants a lock given back to its
+waiter before anyone else can try it), and this batch goes on through the slots still
+free. So batches of several processes share a healthy host instead of the first one
+keeping every slot until it has sent all it has, while the others are put off. A lane to a
+hanging host hands nothing over: it ends after its one slow send.
+
 **Waiting.** A batch that got no slot of a host asks again, every :data:`RETRY_SECONDS`,
 while its other sends are in flight. Once nothing else is in flight, it waits for a slot
-only where waiting pays. While this process's sends to that host keep ending quickly, it
+only where waiting pays. While this process's sends to that host have just ended quickly, it
 asks again each time a batch here gives slots back: the batches of a worker queue for a
 busy healthy host, whose slots turn over in milliseconds, instead of going round the queue.
 If the slots are all held by other processes, it waits in PostgreSQL (which hands a slot
 over the moment it is given back) for at most :data:`ELSEWHERE_PATIENCE_SECONDS`, as those
-may be sending to a hanging host. A host whose sends here are slow is not waited for. What
+may be sending to a hanging host; a healthy host's lanes hand a slot over sooner, and a
+batch that got one this way has the whole patience again for its next wait. A host whose sends here are slow is not waited for. What
 is still unsent then is handed back untouched by :func:`put_off`: no attempt is recorded or
 counted; its job is due again later, after a wait that doubles with each wait of that
 delivery, from :data:`FIRST_WAIT_SECONDS` up to the channel's timeout (by then every slot
