@@ -120,6 +120,12 @@ async def publish(
     return outcome
 
 
+# A batch takes no more events along once its events make this many notifications: one
+# transaction stays bounded (this plus NOTIFIER_MAX_NOTIFICATIONS_PER_EVENT) when events
+# fan out to many recipients.
+BATCH_NOTIFICATIONS = 5_000
+
+
 class JobGroup(NamedTuple):
     """The jobs a process_event job's batch is taken from: its tenant's (None: jobs deferred
     before migration 0011) at its priority, as the fetch groups them."""
@@ -227,10 +233,13 @@ async def _process_batch(
             batch += [(item.tenant_id, item.event, item.job_id, item.traceparent) for item in taken]
         planned_at = now or datetime.datetime.now(datetime.UTC)
         planner = _Planner(conn, max_notifications, planned_at, expiry_grace)
-        plans = []
+        plans: list[_Plan] = []
+        planned = 0  # notifications the batch makes so far
         for tenant_id, event, job_id, traceparent in batch:
+            if job_id is not None and planned >= BATCH_NOTIFICATIONS:
+                break  # the rest keep their jobs, waiting, for the next batch
             try:
-                plans.append(await planner.plan(tenant_id, event, job_id, traceparent))
+                plan = await planner.plan(tenant_id, event, job_id, traceparent)
             except psycopg.Error:
                 raise  # the transaction is lost: the batch fails as a whole
             except Exception:
@@ -238,6 +247,9 @@ async def _process_batch(
                     raise
                 # Pure routing code failed on this event: it runs (and retries) alone.
                 logger.warning("event %s left out of a batch", event.id, exc_info=True)
+                continue
+            plans.append(plan)
+            planned += len(plan.drafts) + len(plan.to_digests)
         return await _store(conn, plans, planned_at)
 
 
