@@ -319,9 +319,14 @@ async def store_notifications(conn: Connection, to_store: list[DraftToStore]) ->
         (uuid.uuid4(), NotificationStatus.FAILED if item.draft.error else item.draft.send.status)
         for item in to_store
     ]
+    # A job due already is deferred to run now, not scheduled for a past instant: the same
+    # turn in the fetch, one procrastinate event row fewer ("scheduled") per notification.
+    now = datetime.datetime.now(datetime.UTC)
     to_defer = {
         notification_id: delivery_job(
-            notification_id, item.draft.send.send_at, tenant_id=item.tenant_id
+            notification_id,
+            item.draft.send.send_at if item.draft.send.send_at > now else None,
+            tenant_id=item.tenant_id,
         )
         for (notification_id, status), item in zip(planned, to_store, strict=True)
         if status is NotificationStatus.PENDING
