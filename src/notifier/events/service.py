@@ -32,13 +32,14 @@ from notifier.events.schemas import Event, EventDetail
 from notifier.events.superseding import KeyClaims, apply_keys, claim_keys, key_lock_id
 from notifier.idempotency import IdempotentRequest, Outcome
 from notifier.notifications import queries as notification_queries
-from notifier.notifications.queries import list_notifications
 from notifier.notifications.scheduling import (
     DEFAULT_EXPIRY_GRACE,
     DraftToStore,
     NotificationDraft,
     store_notifications,
 )
+from notifier.notifications.schemas import NotificationFilter
+from notifier.notifications.selection import select_matching
 from notifier.pagination import MAX_LIMIT, Cursor, Page, paginate
 from notifier.queue import EVENTS_QUEUE, PROCESS_EVENT_TASK, jobs
 from notifier.rules.queries import matching_rules
@@ -170,6 +171,7 @@ async def process(
     batch_size: int = 1,
     now: datetime.datetime | None = None,
     expiry_grace: datetime.timedelta = DEFAULT_EXPIRY_GRACE,
+    default_phone_region: str | None = None,
 ) -> None:
     """Apply the routing rules to an event and, with a ``group``, to up to ``batch_size``
     - 1 other events whose process_event jobs wait due in it (NOTIFIER_EVENT_BATCH_SIZE),
@@ -181,7 +183,9 @@ async def process(
     the reason. ``now`` (the clock, default the current time) plans the send times; target
     dates are judged from when the event was accepted, with ``expiry_grace``
     (NOTIFIER_EXPIRY_GRACE_SECONDS). Events from the outbox are counted in ``metrics`` here
-    (the API's were counted when published), and so are notifications made expired.
+    (the API's were counted when published), and so are notifications made expired. SMS
+    recipients are resolved to E.164 with ``default_phone_region``
+    (NOTIFIER_DEFAULT_PHONE_REGION), as the API resolves them.
 
     An event taken along that fails is left out of the batch, its job left waiting to run
     (and retry) on its own; if the batch as a whole fails, the event is processed again on
@@ -190,7 +194,11 @@ async def process(
     take_along = batch_size - 1 if group is not None else 0
     try:
         outcomes = await _process_batch(
-            pool, event_id, group, take_along, max_notifications, now, expiry_grace
+            pool,
+            event_id,
+            group,
+            take_along,
+            _Planner(max_notifications, now, expiry_grace, default_phone_region),
         )
     except Exception:
         if take_along <= 0:
@@ -199,7 +207,11 @@ async def process(
             "event %s: its batch failed; processing it on its own", event_id, exc_info=True
         )
         outcomes = await _process_batch(
-            pool, event_id, None, 0, max_notifications, now, expiry_grace
+            pool,
+            event_id,
+            None,
+            0,
+            _Planner(max_notifications, now, expiry_grace, default_phone_region),
         )
     for outcome in outcomes:
         _report(metrics, outcome)
@@ -210,9 +222,7 @@ async def _process_batch(
     event_id: uuid.UUID,
     group: JobGroup | None,
     take_along: int,
-    max_notifications: int,
-    now: datetime.datetime | None,
-    expiry_grace: datetime.timedelta,
+    planner: _Planner,
 ) -> list[_Outcome]:
     """Process the event and up to ``take_along`` others of ``group``, in one transaction;
     what each made, once committed."""
@@ -231,15 +241,14 @@ async def _process_batch(
                 limit=take_along,
             )
             batch += [(item.tenant_id, item.event, item.job_id, item.traceparent) for item in taken]
-        planned_at = now or datetime.datetime.now(datetime.UTC)
-        planner = _Planner(conn, max_notifications, planned_at, expiry_grace)
+        planned_at = planner.now or datetime.datetime.now(datetime.UTC)
         plans: list[_Plan] = []
         planned = 0  # notifications the batch makes so far
         for tenant_id, event, job_id, traceparent in batch:
             if job_id is not None and planned >= BATCH_NOTIFICATIONS:
                 break  # the rest keep their jobs, waiting, for the next batch
             try:
-                plan = await planner.plan(tenant_id, event, job_id, traceparent)
+                plan = await planner.plan(conn, planned_at, tenant_id, event, job_id, traceparent)
             except psycopg.Error:
                 raise  # the transaction is lost: the batch fails as a whole
             except Exception:
@@ -258,26 +267,34 @@ class _Planner:
 
     def __init__(
         self,
-        conn: Connection,
         max_notifications: int,
-        planned_at: datetime.datetime,
+        now: datetime.datetime | None,
         expiry_grace: datetime.timedelta,
+        phone_region: str | None,
     ) -> None:
-        self.conn = conn
         self.max_notifications = max_notifications
-        self.planned_at = planned_at
+        self.now = now
         self.expiry_grace = expiry_grace
+        self.phone_region = phone_region
         self.rules: dict[tuple[str, str], list[Rule]] = {}
         self.sharing_key: dict[str, dict[str, list[uuid.UUID]]] = {}
 
     async def plan(
-        self, tenant_id: str, event: Event, job_id: int | None, traceparent: str | None
+        self,
+        conn: Connection,
+        planned_at: datetime.datetime,
+        tenant_id: str,
+        event: Event,
+        job_id: int | None,
+        traceparent: str | None,
     ) -> _Plan:
         rules = self.rules.get((tenant_id, event.type))
         if rules is None:
-            rules = await matching_rules(self.conn, tenant_id, event.type)
+            rules = await matching_rules(conn, tenant_id, event.type)
             self.rules[(tenant_id, event.type)] = rules
-        drafts = drafts_for_event(event, rules, self.planned_at, grace=self.expiry_grace)
+        drafts = drafts_for_event(
+            event, rules, planned_at, grace=self.expiry_grace, phone_region=self.phone_region
+        )
         if len(drafts) > self.max_notifications:
             # All or nothing: an arbitrary first `limit` recipients would be a silent partial
             # send, and storing the excess as failed rows would let one event flood the table.
@@ -292,7 +309,7 @@ class _Planner:
         to_digests = [draft for draft in drafts if digests.is_digest(draft)]
         keyed = [draft for draft in drafts if not digests.is_digest(draft)]
         claims = await claim_keys(
-            self.conn,
+            conn,
             tenant_id,
             event,
             rules,
@@ -448,8 +465,8 @@ async def get_event(pool: Pool, tenant_id: str, event_id: uuid.UUID) -> EventDet
         event = await queries.get_event(conn, tenant_id, event_id)
         if event is None:
             raise not_found("event", event_id)
-        notifications = await list_notifications(
-            conn, tenant_id, event_id=event_id, limit=MAX_LIMIT
+        notifications = await select_matching(
+            conn, tenant_id, NotificationFilter(event_id=event_id), limit=MAX_LIMIT
         )
     return EventDetail(
         **{name: getattr(event, name) for name in Event.__struct_fields__},

@@ -28,4 +28,5 @@ async def process_event(
         group=service.JobGroup(tenant_id, job.priority),
         batch_size=services.settings.event_batch_size,
         expiry_grace=datetime.timedelta(seconds=services.settings.expiry_grace_seconds),
+        default_phone_region=services.settings.default_phone_region,
     )
