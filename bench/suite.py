@@ -138,6 +138,12 @@ def pair(first: float, second: float, fmt: str = ",.0f") -> str:
     return f"{first:{fmt}} / {second:{fmt}}"
 
 
+def ratio_text(ours: float, theirs: float) -> str:
+    """``ours / theirs`` for the table; blank where the baseline measured nothing (a drain
+    shorter than the CPU sampling interval reads no CPU at all)."""
+    return f"{ours / theirs:.2f}" if theirs else ""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -184,6 +190,13 @@ def sql(url: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
 
 def scalar(url: str, statement: str, params: Any = None) -> Any:
     return sql(url, statement, params)[0][0]
+
+
+def wal_position(url: str) -> int:
+    """Where the server's WAL ends now, in bytes from its start. WAL is the cluster's, not a
+    database's: what other databases write meanwhile counts too, so the per-unit figures
+    are for a quiet server."""
+    return int(scalar(url, "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"))
 
 
 def add_due_job(url: str) -> None:
@@ -318,6 +331,8 @@ class Drain:
     watch: CpuWatch
     # Mean size of the bodies POSTed, for drains timed at the receiver.
     body_bytes: float = math.nan
+    # WAL the server wrote from the workers' start to the last completion.
+    wal_bytes: float = math.nan
 
     @property
     def from_first(self) -> float:
@@ -348,6 +363,7 @@ class Drain:
             "per_second_from_first": self.from_first,
             "per_second_from_start": self.from_start,
             "start_to_first_s": self.first - self.started,
+            "wal_bytes_per_job": self.wal_bytes / self.count,
             "cpu_us_per_job_first_to_last": self.cpu_us(),
             "cpu_us_per_job_from_start": {
                 "server": whole.server / self.count * 1e6,
@@ -577,6 +593,7 @@ class Bench:
             script = Path(tmp, "publish.sql")
             script.write_text(script_text)
             info = conninfo_to_dict(self.url)
+            wal_before = wal_position(self.url)
             watch = self.cpu_watch(self.url).start()
             started = time.time()
             out = subprocess.run(
@@ -611,6 +628,7 @@ class Bench:
             )
             ended = time.time()
             watch.stop()
+            wal_bytes = wal_position(self.url) - wal_before
             latencies = [
                 int(line.split()[2]) / 1000
                 for log in Path(tmp).glob("log*")
@@ -629,6 +647,7 @@ class Bench:
             "p99_ms": percentile(latencies, 0.99),
             "transactions": transactions,
             "server_cpu_us": watch.between(started, ended).server / transactions * 1e6,
+            "wal_bytes": wal_bytes / transactions,
         }
 
     def measured(self, run: Callable[[], dict[str, Any]], accepted: str) -> dict[str, Any]:
@@ -637,11 +656,13 @@ class Bench:
         stored (all of them, and at most one per client more: wrk counts no answer it cut
         off when its time was up, though the API still stores that event)."""
         before = self.stored_events()
+        wal_before = wal_position(self.url)
         watch = self.cpu_watch(self.url, [api.pid for api in self.apis]).start()
         started = time.time()
         result = run()
         ended = time.time()
         watch.stop()
+        wal_bytes = wal_position(self.url) - wal_before
         stored = self.stored_events() - before
         ok = int(result[accepted])
         slack = result.get("cut_off", 0)
@@ -649,6 +670,7 @@ class Bench:
         used = watch.between(started, ended)
         result["api_cpu_us"] = used.processes / max(1, ok) * 1e6
         result["server_cpu_us"] = used.server / max(1, ok) * 1e6
+        result["wal_bytes"] = wal_bytes / max(1, ok)
         result["stored"] = stored
         return result
 
@@ -778,7 +800,15 @@ class Bench:
             f"PostgreSQL CPU us per event ({label}; baseline: pgbench per tx)",
             " / ".join(f"{value:.0f}" for value in server),
             f"{base['server_cpu_us']:.0f}",
-            f"{server[0] / base['server_cpu_us']:.2f}",
+            ratio_text(server[0], base["server_cpu_us"]),
+        )
+        wal = [ours["wal_bytes"]] + ([theirs["wal_bytes"]] if theirs else [])
+        self.report.add(
+            name,
+            f"WAL bytes per event ({label}; baseline: pgbench per tx)",
+            " / ".join(f"{value:,.0f}" for value in wal),
+            f"{base['wal_bytes']:,.0f}",
+            ratio_text(wal[0], base["wal_bytes"]),
         )
 
     def generator_ceiling(self) -> None:
@@ -825,6 +855,7 @@ class Bench:
         empty_queue_and_notifications(self.url)
         self.reset_receiver()
         self.seed_due(count)
+        wal_before = wal_position(self.url)
         watch = self.cpu_watch(self.url).start()
         started = time.time()
         workers = [
@@ -837,10 +868,12 @@ class Bench:
             lambda: self.sent() >= count, timeout=self.args.timeout, interval=0.1, what="delivery"
         )
         watch.stop()
+        wal_bytes = wal_position(self.url) - wal_before
         if not self.webhook_sample:
             self.keep_webhook_sample()
         first, last, body_bytes = self.arrivals(count)
-        return Drain(count, started, first, last, watch, body_bytes), [w.pid for w in workers]
+        drain = Drain(count, started, first, last, watch, body_bytes, wal_bytes)
+        return drain, [w.pid for w in workers]
 
     def keep_webhook_sample(self) -> None:
         """notifier's webhook as the receiver got it: what the pg-boss peer sends."""
@@ -997,6 +1030,7 @@ class Bench:
             body.write_text(self.webhook_sample["body"])
             argv += [self.receiver_url + "/hooks", str(body)]
         self.reset_receiver()
+        wal_before = wal_position(url)
         watch = self.cpu_watch(url).start()
         started = time.time()
         workers = [
@@ -1018,19 +1052,20 @@ class Bench:
             what=f"pg-boss {mode} drain",
         )
         watch.stop()
+        wal_bytes = wal_position(url) - wal_before
         for worker in workers:
             self.procs.stop(worker)
         self.report.raw["pgboss_runs"].append(queue)
         if mode == "http":
             first, last, body_bytes = self.arrivals(count)
-            return Drain(count, started, first, last, watch, body_bytes)
+            return Drain(count, started, first, last, watch, body_bytes, wal_bytes)
         first, last = sql(
             url,
             "SELECT extract(epoch FROM min(started_on)), extract(epoch FROM max(completed_on))"
             " FROM pgboss.job WHERE name = %s",
             [queue],
         )[0]
-        return Drain(count, started, float(first), float(last), watch)
+        return Drain(count, started, float(first), float(last), watch, wal_bytes=wal_bytes)
 
     def compare(
         self, name: str, figure: str, ours: Drain, base: Drain, target: float | None
@@ -1129,7 +1164,7 @@ class Bench:
             "PostgreSQL CPU us per delivery (first to last arrival) vs pg-boss",
             f"{mine['server']:.0f}",
             f"{theirs['server']:.0f}",
-            f"{mine['server'] / theirs['server']:.2f}",
+            ratio_text(mine["server"], theirs["server"]),
             "<= 150",
             verdict(mine["server"] <= 150),
         )
@@ -1138,9 +1173,16 @@ class Bench:
             "worker CPU us per delivery (first to last arrival) vs pg-boss",
             f"{mine['workers']:.0f}",
             f"{theirs['workers']:.0f}",
-            f"{mine['workers'] / theirs['workers']:.2f}",
+            ratio_text(mine["workers"], theirs["workers"]),
             "<= 300",
             verdict(mine["workers"] <= 300),
+        )
+        self.report.add(
+            name,
+            "WAL bytes per delivery (workers' start to last arrival) vs pg-boss",
+            f"{ours.wal_bytes / count:,.0f}",
+            f"{http.wal_bytes / count:,.0f}",
+            ratio_text(ours.wal_bytes, http.wal_bytes),
         )
         self.compare(name, "deliveries/s vs pg-boss 10 no-op ceiling", ours, noop, None)
         if processes == 1:
@@ -1149,7 +1191,7 @@ class Bench:
                 "webhook body bytes per POST, notifier vs pg-boss (same receiver)",
                 f"{ours.body_bytes:.0f}",
                 f"{http.body_bytes:.0f}",
-                f"{ours.body_bytes / http.body_bytes:.2f}",
+                ratio_text(ours.body_bytes, http.body_bytes),
             )
 
     def fetch_lever(self, count: int) -> None:

@@ -1,5 +1,5 @@
 """Helpers the tests share: polling, problem documents, pagination, row counts, the receiver,
-the SMTP server and the fake SMS provider."""
+the SMTP server, the fake SMS provider and `notifier worker` processes."""
 
 from __future__ import annotations
 
@@ -9,14 +9,19 @@ import datetime
 import email
 import email.policy
 import json
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -275,3 +280,58 @@ class FakeSmsProvider:
         """The form fields of request ``index`` (Twilio's shape)."""
         fields = urllib.parse.parse_qs(self.received()[index].body.decode(), strict_parsing=True)
         return {name: values[0] for name, values in fields.items()}
+
+
+# --- `notifier worker` processes ---------------------------------------------------------
+
+
+def worker_environment(database_url: str, **settings: str) -> dict[str, str]:
+    """The environment of a worker process on the test's database: this process's variables
+    without its NOTIFIER_ ones (the developer's own must not leak in), the test secrets key,
+    text logs, and ``settings`` (``NOTIFIER_WORKER_CONCURRENCY="2"``) on top."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")},
+        "NOTIFIER_DATABASE_URL": database_url,
+        "NOTIFIER_SECRETS_KEYS": SECRETS_KEYS,
+        "NOTIFIER_LOG_FORMAT": "text",
+        **settings,
+    }
+
+
+async def start_worker(
+    env: dict[str, str], log: Path, *, queues: tuple[str, ...] = ("events",)
+) -> asyncio.subprocess.Process:
+    """A `notifier worker` process on ``queues``, its output (stdout and stderr) in ``log``."""
+    arguments = [argument for queue in queues for argument in ("--queue", queue)]
+    with log.open("wb") as output:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "notifier",
+            "worker",
+            *arguments,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def kill_worker(process: asyncio.subprocess.Process) -> None:
+    """SIGKILL ``process`` (no chance to finish or release anything) and reap it."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGKILL)
+    await process.wait()
+
+
+async def stop_workers(processes: list[asyncio.subprocess.Process], timeout: float = 30) -> None:
+    """SIGTERM each running one of ``processes`` and wait for all to exit; one that does not
+    within ``timeout`` seconds is killed, and the timeout raised."""
+    for process in processes:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+    try:
+        for process in processes:
+            await asyncio.wait_for(process.wait(), timeout=timeout)
+    finally:
+        for process in processes:
+            await kill_worker(process)

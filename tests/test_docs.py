@@ -154,6 +154,20 @@ def evaluate(python: str) -> str:
     ).stdout.strip()
 
 
+async def superseded_by(client: AsyncTestClient[Any], curl: Curl, event_id: str) -> Any:
+    """The answer of ``curl`` (a list of notifications) once it is two superseded by
+    ``event_id``; asked again until then."""
+    answer: Any = None
+
+    async def two_superseded() -> bool:
+        nonlocal answer
+        answer = await client.request(curl.method, curl.path, headers=curl.headers)
+        return sorted(n["cancelled_by_event_id"] for n in answer.json()) == [event_id] * 2
+
+    await eventually(two_superseded)
+    return answer
+
+
 async def test_try_it_works_as_written_and_delivers(
     client: AsyncTestClient[Any],
     worker: None,
@@ -164,6 +178,7 @@ async def test_try_it_works_as_written_and_delivers(
     variables = {"NOTIFIER_KEY": api_key}
     last: dict[str, str] = {}
     answers: list[tuple[str, int]] = []
+    superseded_seen = False
     for command in shell_commands(readme_section("Try it")):
         if assignment := re.fullmatch(r"(\w+)=\$\((.*)\)", command):
             program = shlex.split(assignment[2])
@@ -176,6 +191,11 @@ async def test_try_it_works_as_written_and_delivers(
         response = await client.request(
             curl.method, curl.path, headers=curl.headers, content=curl.body
         )
+        if "status=superseded" in curl.path:
+            # What the README promises there: the old date's two reminders, superseded by
+            # the event that moved the date (the worker processes both events meanwhile).
+            response = await superseded_by(client, curl, last["event"])
+            superseded_seen = True
         answers.append((command, response.status_code))
         assert 200 <= response.status_code < 300, (command, response.text)
         body = response.json()
@@ -185,6 +205,7 @@ async def test_try_it_works_as_written_and_delivers(
             pending = [n["id"] for n in body if n["status"] == "pending"]
             last["pending"] = pending[0] if pending else last.get("pending", "?")
     assert len(answers) >= 10
+    assert superseded_seen, "the README's Try it no longer lists the superseded reminders"
 
     async def delivered() -> bool:
         rows = await (

@@ -58,6 +58,16 @@ def test_worker_and_domain_import_without_litestar() -> None:
 
 
 @pytest.mark.serial
+def test_the_command_module_loads_no_web_stack_nor_migrations() -> None:
+    """`notifier worker` runs through notifier.cli: the web stack and alembic are imported by
+    the commands that use them, so that a worker does not carry them (about 30 MB)."""
+    loaded = loaded_after_import("notifier.cli")
+    assert "notifier" in loaded
+    assert loaded.isdisjoint({"litestar", "uvicorn", "alembic", "sqlalchemy"})
+
+
+@pytest.mark.serial
 def test_the_api_does_import_litestar() -> None:
     """The check above can see Litestar when it is there."""
     assert "litestar" in loaded_after_import("notifier.app")
+    assert {"alembic", "sqlalchemy"} <= loaded_after_import("notifier.migrate")

@@ -393,3 +393,64 @@ async def test_expired_idempotency_keys_are_pruned(
     await run_maintenance(services, maintenance_job(), timestamp=int(time.time()))
 
     assert await rows(db, "SELECT key FROM notifier.idempotency_keys") == [{"key": "new"}]
+
+
+async def test_reminder_keys_are_pruned_once_old_and_nothing_of_the_key_is_pending(
+    services: Services,
+    client: AsyncTestClient[Any],
+    db: psycopg.AsyncConnection[Any],
+    worker: None,
+) -> None:
+    rule = await client.post(
+        "/api/v1/rules/",
+        json={
+            "event_type": "password.expiring",
+            "channel": "log",
+            "recipient_field": "email",
+            "date_field": "expires_at",
+            "lead_times": ["P1D"],
+            "key": "{user_id}",
+        },
+    )
+    assert rule.status_code == 201, rule.text
+    expires_at = (datetime.datetime.now(UTC) + datetime.timedelta(days=10)).isoformat()
+
+    async def expiring(*users: str) -> None:
+        for user in users:
+            response = await client.post(
+                "/api/v1/events/",
+                json={
+                    "type": "password.expiring",
+                    "payload": {
+                        "user_id": user,
+                        "email": "a@example.com",
+                        "expires_at": expires_at,
+                    },
+                },
+            )
+            assert response.status_code == 201, response.text
+
+        async def processed() -> bool:
+            cursor = await db.execute(
+                "SELECT count(*) AS n FROM notifier.events WHERE processed_at IS NULL"
+            )
+            return (await cursor.fetchone()) == {"n": 0}
+
+        await eventually(processed, timeout=20)
+
+    await expiring("done", "pending", "recent", "renewed")
+    # "done" and "renewed" have nothing pending; "recent" was written lately.
+    await db.execute(
+        "UPDATE notifier.notifications SET status = 'sent' WHERE key IN ('done', 'renewed')"
+    )
+    await db.execute(
+        "UPDATE notifier.reminder_keys SET held_at = now() - interval '31 days' "
+        "WHERE key <> 'recent'"
+    )
+    await db.execute("UPDATE notifier.notifications SET status = 'sent' WHERE key = 'recent'")
+    await expiring("renewed")  # a new event writes its key again: it starts a new retention
+
+    await run_maintenance(services, maintenance_job(), timestamp=int(time.time()))
+
+    kept = await rows(db, "SELECT key FROM notifier.reminder_keys ORDER BY key")
+    assert [row["key"] for row in kept] == ["pending", "recent", "renewed"]

@@ -17,7 +17,10 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from notifier.app import create_app
+from notifier.bootstrap import open_services
+from notifier.queue import EVENTS_QUEUE
 from notifier.settings import Settings
+from notifier.worker import run_worker
 from tests.support import SECRETS_KEYS, FakeSmsProvider, assert_problem, count_rows
 
 SEED_NOTIFICATION = {
@@ -177,3 +180,60 @@ async def test_an_sms_recipient_that_is_no_number_is_a_422_saying_how_to_fix_it(
     assert "+14155550123" in text
     assert "\\\\" not in text  # no regular expression, doubly escaped, for a message
     assert await count_rows(db, "notifier.notifications") == 0
+
+
+@pytest.mark.parametrize(
+    ("phone", "recipient"),
+    [
+        pytest.param("9999912345", "+919999912345", id="national"),
+        pytest.param("+91 99999-12345", "+919999912345", id="spelt-out"),
+        pytest.param(9999912345, "+919999912345", id="a-json-number"),
+        pytest.param("12345", None, id="no-number"),
+    ],
+)
+async def test_a_rules_sms_recipient_resolves_as_the_apis_does_or_fails_saying_why(
+    sms_settings: Settings,
+    api_headers: dict[str, str],
+    db: psycopg.AsyncConnection[Any],
+    phone: str | int,
+    recipient: str | None,
+) -> None:
+    settings = sms_settings.replace(default_phone_region="IN")
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        client.headers.update(api_headers)
+        rule = await client.post(
+            "/api/v1/rules/",
+            json={"event_type": "user.signup", "channel": "sms", "recipient_field": "phone"},
+        )
+        assert rule.status_code == 201, rule.text
+        event = await client.post(
+            "/api/v1/events/", json={"type": "user.signup", "payload": {"phone": phone}}
+        )
+        assert event.status_code == 201, event.text
+        through_api = await client.post(
+            "/api/v1/notifications/",
+            json=SEED_NOTIFICATION
+            | {"phone": str(phone), "target_date": "2030-01-01T00:00:00Z", "channel": "sms"},
+        )
+    async with open_services(settings, name="notifier-test") as services:
+        await run_worker(services, queues=[EVENTS_QUEUE], wait=False, install_signal_handlers=False)
+
+    cursor = await db.execute(
+        "SELECT status, recipient, last_error FROM notifier.notifications WHERE event_id = %s",
+        [event.json()["id"]],
+    )
+    (made,) = await cursor.fetchall()
+    if recipient is not None:
+        assert (made["status"], made["recipient"], made["last_error"]) == (
+            "pending",
+            recipient,
+            None,
+        )
+        assert through_api.json()["recipient"] == recipient
+    else:
+        assert made["status"] == "failed"
+        # The API's answer for the same number, and where it came from.
+        assert_problem(through_api, 422, "phone")
+        (api_error,) = through_api.json()["errors"]
+        assert made["last_error"] == f"payload field 'phone' ('12345') {api_error['message']}"
+        assert "E.164" in made["last_error"]

@@ -16,11 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import uvicorn
 
-from notifier import migrate as migrations
 from notifier import outbox
-from notifier.app import create_app
 from notifier.auth import commands as key_commands
 from notifier.auth import service as auth_service
 from notifier.bootstrap import open_services
@@ -141,8 +138,17 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(main)
 
 
+# The web stack (Litestar, uvicorn) and the migrations' (alembic, SQLAlchemy) are imported by
+# the commands that use them only: `notifier worker` would otherwise carry about 30 MB of
+# modules it never runs (docs/performance.md, "Memory"; tests/test_imports.py).
+
+
 def serve_api(settings: Settings) -> None:
     """Run uvicorn in the foreground."""
+    import uvicorn  # noqa: PLC0415 - the web stack, for the commands that serve only
+
+    from notifier.app import create_app  # noqa: PLC0415
+
     app = create_app(settings)
     freeze_startup_objects()
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_config=None)
@@ -169,6 +175,10 @@ async def work(settings: Settings, queues: Sequence[str], concurrency: int | Non
 
 async def develop(settings: Settings) -> None:
     """API and worker in one event loop; Ctrl-C stops both. ``/metrics`` counts for both."""
+    import uvicorn  # noqa: PLC0415 - the web stack, for the commands that serve only
+
+    from notifier.app import create_app  # noqa: PLC0415
+
     metrics = Metrics()
     config = uvicorn.Config(
         create_app(settings, metrics=metrics),
@@ -191,6 +201,7 @@ async def develop(settings: Settings) -> None:
 def develop_locally(settings: Settings, args: argparse.Namespace) -> None:
     """``notifier dev``: a database (the configured one, or an embedded one), migrated, then
     API and worker in one process until Ctrl-C or SIGTERM."""
+    from notifier import migrate as migrations  # noqa: PLC0415 - alembic, when migrating only
     from notifier.devserver import local_database  # noqa: PLC0415 - dev-only dependency
 
     # SIGTERM stops it like Ctrl-C, so that the embedded PostgreSQL is stopped too. uvicorn
@@ -281,6 +292,8 @@ def manage_producer(settings: Settings, args: argparse.Namespace) -> int:
 
 def check_migrations(settings: Settings) -> int:
     """``notifier migrate --check``: for init containers and deploy scripts that must wait."""
+    from notifier import migrate as migrations  # noqa: PLC0415 - alembic, when migrating only
+
     try:
         pending = migrations.pending_revisions(settings.database_url, connect_options(settings))
     except psycopg.OperationalError as exc:
@@ -339,6 +352,8 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "migrate" and args.check:
         return check_migrations(settings)
     if args.command == "migrate":
+        from notifier import migrate as migrations  # noqa: PLC0415 - alembic, when migrating only
+
         created = migrations.migrate(settings)
         logger.info("database %s; schema at head", "created" if created else "exists")
     elif args.command == "producer":

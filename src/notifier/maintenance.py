@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 
 from notifier import idempotency
 from notifier.db import transaction
 from notifier.endpoints import service as endpoints
+from notifier.events import queries as event_queries
 from notifier.queue import JobInfo, jobs
 from notifier.services import Services
 
@@ -16,6 +18,9 @@ logger = logging.getLogger("notifier.maintenance")
 STALLED_JOBS_LOCK = "notifier.maintenance.stalled_jobs"
 # Finished jobs that are pruned; failed ones are kept for admins to inspect and retry.
 PRUNED_JOB_STATUSES = ("succeeded", "cancelled", "aborted")
+# Reminder keys deleted per run at most: a short transaction each minute catches up with
+# any backlog (600,000 an hour) without holding many row locks at once.
+REMINDER_KEYS_PRUNED_PER_RUN = 10_000
 
 
 async def requeue_stalled_jobs(services: Services) -> int:
@@ -45,7 +50,8 @@ async def requeue_stalled_jobs(services: Services) -> int:
 
 
 async def run_maintenance(services: Services, job: JobInfo, timestamp: int) -> None:
-    """Requeue stalled jobs, delete old finished jobs and expired idempotency keys.
+    """Requeue stalled jobs, delete old finished jobs, expired idempotency keys and reminder
+    keys no longer needed.
 
     Runs every minute on whichever worker takes it; procrastinate's periodic defer lock
     makes it run once per minute however many workers there are.
@@ -58,16 +64,23 @@ async def run_maintenance(services: Services, job: JobInfo, timestamp: int) -> N
         )
     async with transaction(services.pool) as conn:
         pruned = await idempotency.prune(conn, older_than_hours=settings.idempotency_ttl_hours)
+    async with transaction(services.pool) as conn:
+        keys_pruned = await event_queries.prune_reminder_keys(
+            conn,
+            older_than=datetime.timedelta(days=settings.reminder_keys_retention_days),
+            limit=REMINDER_KEYS_PRUNED_PER_RUN,
+        )
     disabled = await endpoints.disable_failing_endpoints(
         services.pool, services.metrics, **endpoints.disable_thresholds(settings)
     )
     released = await endpoints.release_held_of_enabled_endpoints(services.pool)
     logger.info(
-        "maintenance at %s: %d stalled jobs requeued, %d keys pruned, %d failing endpoints "
-        "disabled, %d held notifications released",
+        "maintenance at %s: %d stalled jobs requeued, %d idempotency keys and %d reminder "
+        "keys pruned, %d failing endpoints disabled, %d held notifications released",
         timestamp,
         requeued,
         pruned,
+        keys_pruned,
         disabled,
         released,
     )

@@ -74,3 +74,17 @@ def phone_number_problem(number: str, default_region: str | None = None) -> str 
         "(NOTIFIER_DEFAULT_PHONE_REGION) nor one with a country code: give it in E.164 "
         "form, '+' then country code and number (+14155550123)"
     )
+
+
+def sms_recipient(number: str, default_region: str | None = None) -> str:
+    """The E.164 number an SMS to ``number`` goes to; ValueError saying how to fix it if
+    it is none (:func:`phone_number_problem`).
+
+    The one resolution of SMS recipients: the REST API's (``recipient`` or ``phone``) and
+    routing rules' (a payload field or the rule's own) both go through it.
+    """
+    resolved = e164_phone(number, default_region)
+    if resolved is None:
+        problem = phone_number_problem(number, default_region)
+        raise ValueError(problem or "is not a phone number")
+    return resolved

@@ -10,6 +10,7 @@ from notifier.queue.app import QueueApp
 from notifier.secret_box import SecretBox
 from notifier.settings import Settings
 from notifier.telemetry.metrics import Metrics
+from notifier.telemetry.overview import DeliveryHistory
 from notifier.templates.pool import RenderPool
 
 
@@ -28,6 +29,8 @@ class Services:
     # Decrypts and encrypts stored secrets (webhook signing secrets).
     secret_box: SecretBox
     metrics: Metrics = field(default_factory=Metrics)
+    # The dashboard overview's settled minutes of each tenant's deliveries.
+    delivery_history: DeliveryHistory = field(default_factory=DeliveryHistory)
 
     def channel(self, name: str) -> Channel | None:
         """The channel called ``name``, if this process has it configured."""

@@ -94,6 +94,10 @@ class Settings:
     # Succeeded/cancelled jobs older than this are pruned; failed ones are kept for admins.
     prune_jobs_after_hours: NonNegativeInt = 72
     idempotency_ttl_hours: PositiveInt = 24
+    # A reminder key's record of its latest event (what tells a late older event from a
+    # newer one) is pruned this long after it was last written, once nothing of the key is
+    # pending: an older event arriving later than that would count as the newest.
+    reminder_keys_retention_days: PositiveInt = 30
 
     # A notification with a target date and no deadline of the client's (expires_at, a
     # rule's deliver_within) expires only once its target date passed this long ago, counted

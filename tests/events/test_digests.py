@@ -5,10 +5,9 @@ also when a worker is SIGKILLed while processing them."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
+import datetime
+import uuid
+import zoneinfo
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,18 @@ import psycopg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.support import SECRETS_KEYS, WebhookReceiver, assert_problem, eventually
+from notifier.events import service as events_service
+from notifier.notifications.localtime import next_wall_time
+from notifier.services import Services
+from tests.support import (
+    WebhookReceiver,
+    assert_problem,
+    eventually,
+    kill_worker,
+    start_worker,
+    stop_workers,
+    worker_environment,
+)
 
 
 async def digest_rule(client: AsyncTestClient[Any], **fields: Any) -> dict[str, Any]:
@@ -71,6 +81,15 @@ async def digests(db: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
         pytest.param({"digest": {"window": "PT0S"}}, "digest.window", id="window-zero"),
         pytest.param({"digest": {"window": "P8D"}}, "digest.window", id="window-over-a-week"),
         pytest.param({"digest": {"window": "soon"}}, "digest.window", id="window-not-a-duration"),
+        pytest.param({"digest": {}}, "digest", id="neither-window-nor-until"),
+        pytest.param(
+            {"digest": {"window": "PT1M", "until": "09:00"}}, "digest.until", id="window-and-until"
+        ),
+        pytest.param({"digest": {"until": "24:00"}}, "digest.until", id="until-not-a-time"),
+        pytest.param({"digest": {"until": "9am"}}, "digest.until", id="until-not-hh-mm"),
+        pytest.param(
+            {"digest": {"until": "09:00"}, "timezone": "Mars/Olympus"}, "timezone", id="until-zone"
+        ),
     ],
 )
 async def test_an_unusable_digest_is_a_422_naming_the_field(
@@ -149,14 +168,34 @@ async def _received(receiver: WebhookReceiver, count: int) -> bool:
     return len(receiver.received()) >= count
 
 
+def wall_clock_in(zone: str, ahead: datetime.timedelta, *, seconds: bool = False) -> str:
+    """The time of day in ``zone`` ``ahead`` from now, as a rule's ``digest.until``."""
+    local = (datetime.datetime.now(datetime.UTC) + ahead).astimezone(zoneinfo.ZoneInfo(zone))
+    return local.strftime("%H:%M:%S" if seconds else "%H:%M")
+
+
 @pytest.mark.serial
+@pytest.mark.parametrize(
+    "window",
+    [
+        pytest.param(lambda: {"digest": {"window": "PT60S"}}, id="rolling-window"),
+        pytest.param(
+            lambda: {
+                "digest": {"until": wall_clock_in("Asia/Kolkata", datetime.timedelta(hours=6))},
+                "timezone": "Asia/Kolkata",
+            },
+            id="until-a-time-of-day",
+        ),
+    ],
+)
 async def test_a_sigkilled_worker_leaves_every_event_in_exactly_one_digest(
     client: AsyncTestClient[Any],
     db: psycopg.AsyncConnection[Any],
     database_url: str,
     tmp_path: Path,
+    window: Any,
 ) -> None:
-    await digest_rule(client)
+    await digest_rule(client, **window())
     batch = [comment(post_id, n) for n in range(40) for post_id in (1, 2, 3)]
     response = await client.post("/api/v1/events/", json=batch)
     assert response.status_code == 201, response.text
@@ -164,28 +203,12 @@ async def test_a_sigkilled_worker_leaves_every_event_in_exactly_one_digest(
         str(post_id): [e["id"] for e in response.json() if e["payload"]["post_id"] == post_id]
         for post_id in (1, 2, 3)
     }
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")},
-        "NOTIFIER_DATABASE_URL": database_url,
-        "NOTIFIER_SECRETS_KEYS": SECRETS_KEYS,
-        "NOTIFIER_WORKER_CONCURRENCY": "4",
-        "NOTIFIER_STALLED_WORKER_SECONDS": "2",
-        "NOTIFIER_LOG_FORMAT": "text",
-    }
+    env = worker_environment(
+        database_url, NOTIFIER_WORKER_CONCURRENCY="4", NOTIFIER_STALLED_WORKER_SECONDS="2"
+    )
 
     async def start(name: str) -> asyncio.subprocess.Process:
-        with (tmp_path / f"{name}.log").open("wb") as log:
-            return await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "notifier",
-                "worker",
-                "--queue",
-                "events",
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        return await start_worker(env, tmp_path / f"{name}.log")
 
     async def processed_count() -> int:
         cursor = await db.execute(
@@ -197,19 +220,14 @@ async def test_a_sigkilled_worker_leaves_every_event_in_exactly_one_digest(
     first = await start("killed")
     try:
         await eventually(lambda: _at_least(processed_count, 10), timeout=60, interval=0.01)
-        first.send_signal(signal.SIGKILL)
-        await first.wait()
     finally:
-        if first.returncode is None:
-            first.kill()
-            await first.wait()
+        await kill_worker(first)
     killed_after = await processed_count()
     second = await start("recovering")
     try:
         await all_processed(db, len(batch), timeout=90)
     finally:
-        second.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(second.wait(), timeout=30)
+        await stop_workers([second])
     logs = "".join((tmp_path / f"{name}.log").read_text() for name in ("killed", "recovering"))
 
     assert killed_after < len(batch), "the kill came after the work was done"
@@ -225,3 +243,110 @@ async def test_a_sigkilled_worker_leaves_every_event_in_exactly_one_digest(
 
 async def _at_least(count: Any, wanted: int) -> bool:
     return int(await count()) >= wanted
+
+
+# --- until a time of day on the recipient's clock -------------------------------------------
+
+
+async def test_events_until_a_time_of_day_make_one_digest_due_then_on_the_recipients_clock(
+    client: AsyncTestClient[Any], db: psycopg.AsyncConnection[Any], worker: None
+) -> None:
+    until = wall_clock_in("America/New_York", datetime.timedelta(hours=3))
+    rule = await digest_rule(
+        client,
+        digest={"until": until},
+        timezone="UTC",  # the fallback: the payload names each recipient's zone
+        timezone_field="tz",
+    )
+    assert rule["digest"] == {"until": until}  # as given, without a "window": null
+    before = datetime.datetime.now(datetime.UTC)
+    for n in (1, 2, 3):
+        event = comment(5, n)
+        event["payload"]["tz"] = "America/New_York"
+        response = await client.post("/api/v1/events/", json=event)
+        assert response.status_code == 201, response.text
+    await all_processed(db, 3)
+
+    (digest,) = await digests(db)
+    assert (digest["digest_count"], digest["status"], digest["job"]) == (3, "pending", "todo")
+    new_york = zoneinfo.ZoneInfo("America/New_York")
+    expected = next_wall_time(before, datetime.time.fromisoformat(until), new_york)
+    assert digest["send_at"] == expected
+    assert digest["send_at"].astimezone(new_york).strftime("%H:%M") == until
+
+
+async def test_a_digest_goes_out_at_its_time_of_day_and_the_next_waits_for_the_next_day(
+    client: AsyncTestClient[Any],
+    db: psycopg.AsyncConnection[Any],
+    worker: None,
+    receiver: WebhookReceiver,
+) -> None:
+    zone = "Pacific/Auckland"
+    # Far enough ahead that both events are processed before it, even on a loaded machine.
+    until = wall_clock_in(zone, datetime.timedelta(seconds=12), seconds=True)
+    await digest_rule(
+        client,
+        channel="webhook",
+        recipient_field=None,
+        recipient=receiver.url,
+        digest={"until": until},
+        timezone=zone,
+    )
+    for n in (1, 2):
+        await client.post("/api/v1/events/", json=comment(9, n))
+    await all_processed(db, 2)
+
+    await eventually(lambda: _received(receiver, 1), timeout=40)
+    await client.post("/api/v1/events/", json=comment(9, 3))
+    await all_processed(db, 3)
+
+    sent, following = await digests(db)
+    assert (sent["status"], sent["digest_count"]) == ("sent", 2)
+    assert (following["status"], following["digest_count"]) == ("pending", 1)
+    # The same time of day, a calendar day later on Auckland's clock.
+    auckland = zoneinfo.ZoneInfo(zone)
+    first, second = (d["send_at"].astimezone(auckland) for d in (sent, following))
+    assert first.time() == second.time() == datetime.time.fromisoformat(until)
+    assert second.date() == first.date() + datetime.timedelta(days=1)
+
+
+@pytest.mark.parametrize(
+    ("opened_at", "until", "due"),
+    [
+        # Berlin springs forward on 2027-03-28 (02:00 -> 03:00): 09:00 is 07:00 UTC that day,
+        # 08:00 UTC the day before.
+        pytest.param(
+            "2027-03-27T10:00:00+00:00", "09:00", "2027-03-28T07:00:00+00:00", id="spring"
+        ),
+        pytest.param(
+            "2027-03-27T07:59:00+00:00", "09:00", "2027-03-27T08:00:00+00:00", id="before"
+        ),
+        # 02:30 does not exist that night: the digest goes at 03:30 CEST.
+        pytest.param("2027-03-27T22:00:00+00:00", "02:30", "2027-03-28T01:30:00+00:00", id="gap"),
+        # Berlin falls back on 2027-10-31 (03:00 -> 02:00): 02:30 happens twice; the first.
+        pytest.param("2027-10-30T22:00:00+00:00", "02:30", "2027-10-31T00:30:00+00:00", id="fold"),
+    ],
+)
+async def test_a_digest_until_a_time_of_day_across_a_dst_change(
+    client: AsyncTestClient[Any],
+    db: psycopg.AsyncConnection[Any],
+    services: Services,
+    opened_at: str,
+    until: str,
+    due: str,
+) -> None:
+    await digest_rule(client, digest={"until": until}, timezone="Europe/Berlin")
+    response = await client.post("/api/v1/events/", json=comment(3, 1))
+    assert response.status_code == 201, response.text
+
+    # Processed as if at `opened_at` (no worker runs in this test: the clock is the test's).
+    await events_service.process(
+        services.pool,
+        services.metrics,
+        uuid.UUID(response.json()["id"]),
+        max_notifications=10,
+        now=datetime.datetime.fromisoformat(opened_at),
+    )
+
+    (digest,) = await digests(db)
+    assert digest["send_at"] == datetime.datetime.fromisoformat(due)

@@ -635,5 +635,18 @@ def test_a_broken_rule_does_not_stop_the_others() -> None:
 
 def test_numeric_recipient_field_is_accepted_as_text() -> None:
     rule = make_rule(recipient=None, recipient_field="phone", channel="sms")
-    (draft,) = drafts_for_event(make_event({"phone": 4915112345678}), [rule], NOW)
-    assert (draft.recipient, draft.error) == ("4915112345678", None)
+    (draft,) = drafts_for_event(make_event({"phone": 15112345678}), [rule], NOW, phone_region="DE")
+    assert (draft.recipient, draft.error) == ("+4915112345678", None)
+
+
+def test_an_sms_recipient_is_resolved_in_the_phone_region_or_fails_the_draft() -> None:
+    rule = make_rule(recipient=None, recipient_field="phone", channel="sms")
+    event = make_event({"phone": "030 901820"})
+
+    (national,) = drafts_for_event(event, [rule], NOW, phone_region="DE")
+    (unresolved,) = drafts_for_event(event, [rule], NOW)
+
+    assert (national.recipient, national.error) == ("+4930901820", None)
+    assert unresolved.error is not None
+    assert unresolved.error.startswith("payload field 'phone' ('030 901820') is not a phone")
+    assert "NOTIFIER_DEFAULT_PHONE_REGION" in unresolved.error

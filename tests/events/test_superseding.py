@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,7 +20,13 @@ from notifier.notifications.scheduling import NotificationDraft, PlannedSend
 from notifier.notifications.schemas import NotificationStatus
 from notifier.queue import PROCESS_EVENT_TASK
 from tests.hostile_receiver import HostileReceiver
-from tests.support import SECRETS_KEYS, assert_problem, eventually
+from tests.support import (
+    assert_problem,
+    eventually,
+    start_worker,
+    stop_workers,
+    worker_environment,
+)
 
 UTC = datetime.UTC
 DAY = datetime.timedelta(days=1)
@@ -397,32 +399,10 @@ async def test_the_sql_outbox_supersedes_through_the_same_rules(
 
 async def start_workers(database_url: str, tmp_path: Path) -> list[asyncio.subprocess.Process]:
     """Two `notifier worker` processes on the test's database's events queue."""
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")},
-        "NOTIFIER_DATABASE_URL": database_url,
-        "NOTIFIER_SECRETS_KEYS": SECRETS_KEYS,
-        # Two slots each: with four, one worker could drain the whole batch before the
-        # other woke, and the test would see no key split between them.
-        "NOTIFIER_WORKER_CONCURRENCY": "2",
-        "NOTIFIER_LOG_FORMAT": "text",
-    }
-    processes = []
-    for index in range(2):
-        with (tmp_path / f"worker-{index}.log").open("wb") as log:
-            processes.append(
-                await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "notifier",
-                    "worker",
-                    "--queue",
-                    "events",
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-    return processes
+    # Two slots each: with four, one worker could drain the whole batch before the other
+    # woke, and the test would see no key split between them.
+    env = worker_environment(database_url, NOTIFIER_WORKER_CONCURRENCY="2")
+    return [await start_worker(env, tmp_path / f"worker-{index}.log") for index in range(2)]
 
 
 @pytest.mark.serial
@@ -471,10 +451,7 @@ async def test_two_workers_processing_events_of_one_key_at_once_leave_the_newest
         )
         worker_of = {row["event_id"]: row["worker_id"] for row in await cursor.fetchall()}
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            await asyncio.wait_for(process.wait(), timeout=30)
+        await stop_workers(processes)
     logs = "".join((tmp_path / f"worker-{i}.log").read_text() for i in range(2))
 
     # Both workers took events, and took events of one user between them.
@@ -501,3 +478,38 @@ async def test_two_workers_processing_events_of_one_key_at_once_leave_the_newest
         "GROUP BY key"
     )
     assert {row["key"]: row["n"] for row in await cursor.fetchall()} == {str(u): 2 for u in users}
+
+
+async def test_a_cloudevent_whose_time_is_older_arrives_late_and_is_superseded_itself(
+    client: AsyncTestClient[Any], db: psycopg.AsyncConnection[Any], worker: None
+) -> None:
+    """CloudEvents ``time`` orders a key's events as ``occurred_at`` does."""
+    await expiry_rule(client)
+
+    async def cloudevent(event_id: str, expires_in_days: float, at: datetime.datetime) -> str:
+        response = await client.post(
+            "/api/v1/events/",
+            json={
+                "specversion": "1.0",
+                "id": event_id,
+                "source": "https://accounts.example.com",
+                "type": "password.expiring",
+                "time": at.isoformat(),
+                "data": expiring(42, expires_in_days),
+            },
+            headers={"content-type": "application/cloudevents+json"},
+        )
+        assert response.status_code == 201, response.text
+        stored: str = response.json()["id"]
+        return stored
+
+    newer = await cloudevent("change-2", 30, NOW)
+    await processed(db, newer)
+    late = await cloudevent("change-1", 10, NOW - datetime.timedelta(minutes=5))
+    await processed(db, late)
+
+    assert [n["status"] for n in await notifications_of(db, late)] == ["superseded"] * 2
+    assert {n["cancelled_by_event_id"] for n in await notifications_of(db, late)} == {
+        uuid.UUID(newer)
+    }
+    assert [n["status"] for n in await notifications_of(db, newer)] == ["pending"] * 2

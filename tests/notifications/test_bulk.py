@@ -11,8 +11,11 @@ import psycopg
 import pytest
 
 from notifier.notifications import selection, service
-from notifier.notifications.schemas import NotificationCreate, NotificationStatus
-from notifier.notifications.selection import NotificationFilter
+from notifier.notifications.schemas import (
+    NotificationCreate,
+    NotificationFilter,
+    NotificationStatus,
+)
 from notifier.services import Services
 from tests.conftest import CreateApiKey
 

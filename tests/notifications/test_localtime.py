@@ -15,6 +15,7 @@ from notifier.notifications.localtime import (
     days_before,
     instants_at,
     leave_quiet_hours,
+    next_wall_time,
     zone_named,
 )
 from notifier.notifications.scheduling import PlannedSend, plan_sends
@@ -287,3 +288,69 @@ def test_whole_lead_days_keep_the_wall_clock_time_unless_it_is_skipped(
     assert abs((target - send_at) - days * DAY) <= HOUR
     if not _ends_in_a_gap(send_at, zone, local_target.time().replace(tzinfo=None)):
         assert local_send.time() == local_target.time()
+
+
+# --- digests "until" a time of day ---------------------------------------------------------
+
+NINE = datetime.time(9, 0)
+
+
+def test_the_next_nine_oclock_is_today_before_it_and_tomorrow_from_it() -> None:
+    assert next_wall_time(berlin(2026, 12, 7, 8, 59), NINE, BERLIN) == berlin(2026, 12, 7, 9)
+    assert next_wall_time(berlin(2026, 12, 7, 9), NINE, BERLIN) == berlin(2026, 12, 8, 9)
+    assert next_wall_time(berlin(2026, 12, 7, 23), NINE, BERLIN) == berlin(2026, 12, 8, 9)
+
+
+def test_the_next_nine_oclock_across_spring_forward_is_23_hours_after_the_last() -> None:
+    """Berlin 2027-03-28: 09:00 CET on the 27th is 08:00 UTC, 09:00 CEST the next day 07:00."""
+    saturday = next_wall_time(utc(2027, 3, 27, 7), NINE, BERLIN)
+    sunday = next_wall_time(saturday, NINE, BERLIN)
+    assert (saturday, sunday) == (utc(2027, 3, 27, 8), utc(2027, 3, 28, 7))
+    assert sunday - saturday == 23 * HOUR
+
+
+def test_the_next_nine_oclock_across_fall_back_is_25_hours_after_the_last() -> None:
+    saturday = next_wall_time(utc(2026, 10, 24, 6), NINE, BERLIN)
+    sunday = next_wall_time(saturday, NINE, BERLIN)
+    assert (saturday, sunday) == (utc(2026, 10, 24, 7), utc(2026, 10, 25, 8))
+    assert sunday - saturday == 25 * HOUR
+
+
+def test_a_time_in_the_spring_forward_gap_is_shifted_by_the_gap() -> None:
+    """02:30 does not happen in Berlin on 2027-03-28: the digest goes at 03:30 CEST."""
+    until = datetime.time(2, 30)
+    assert next_wall_time(berlin(2027, 3, 28, 0), until, BERLIN) == berlin(2027, 3, 28, 3, 30)
+    assert next_wall_time(berlin(2027, 3, 28, 0), until, BERLIN) == utc(2027, 3, 28, 1, 30)
+
+
+def test_a_repeated_time_counts_once_a_night() -> None:
+    """02:30 happens twice in Berlin on 2026-10-25 (00:30 and 01:30 UTC): only the first is a
+    window's end; from between the two readings the next end is the next night's."""
+    until = datetime.time(2, 30)
+    assert next_wall_time(utc(2026, 10, 25, 0), until, BERLIN) == utc(2026, 10, 25, 0, 30)
+    assert next_wall_time(utc(2026, 10, 25, 0, 30), until, BERLIN) == utc(2026, 10, 26, 1, 30)
+    assert next_wall_time(utc(2026, 10, 25, 1), until, BERLIN) == utc(2026, 10, 26, 1, 30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    after=st.datetimes(
+        min_value=datetime.datetime(2026, 1, 1),
+        max_value=datetime.datetime(2028, 12, 31),
+        timezones=st.just(UTC),
+    ),
+    wall=st.times(),
+    zone=st.sampled_from(["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "UTC"]),
+)
+def test_the_next_wall_time_is_after_within_a_day_and_once_a_day(
+    after: datetime.datetime, wall: datetime.time, zone: str
+) -> None:
+    clock = zoneinfo.ZoneInfo(zone)
+    end = next_wall_time(after, wall, clock)
+    following = next_wall_time(end, wall, clock)
+
+    assert after < end <= after + DAY + 2 * HOUR
+    # Windows follow each other a calendar day apart on the recipient's clock.
+    assert following.astimezone(clock).date() == end.astimezone(clock).date() + DAY
+    # ... and each is the first reading of `wall` that day (shifted forward in a gap).
+    assert end == instants_at(end.astimezone(clock).date(), wall, clock)[0]

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = os.environ.get("NOTIFIER_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("NOTIFIER_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -58,3 +60,38 @@ def chromium(profile: Path, *, width: int = 1366, height: int = 900) -> Iterator
         yield driver
     finally:
         driver.quit()
+
+
+def submit_forged_form(driver: webdriver.Chrome, action: str) -> None:
+    """POST an empty form to ``action`` with the page's own CSRF token: what a key lacking
+    a scope could forge from a page it may see (the guard, not the token, must refuse)."""
+    driver.execute_script(
+        """
+        const form = document.createElement('form');
+        form.method = 'post';
+        form.action = arguments[0];
+        const token = document.createElement('input');
+        token.type = 'hidden'; token.name = '_csrf_token';
+        token.value = document.querySelector('input[name=_csrf_token]').value;
+        form.appendChild(token);
+        document.body.appendChild(form);
+        form.submit();
+        """,
+        action,
+    )
+
+
+def forced_then_seen(
+    driver: webdriver.Chrome, base: str, *, action: str, page: str, css: str, other_page: str
+) -> dict[str, str]:
+    """Forge a POST to ``action`` from the page shown (:func:`submit_forged_form`) and wait
+    for the refusal; then what ``css`` of ``page`` reads, and the title of
+    ``other_page`` (another tenant's). Keys: forced (the refusal's text), after, other."""
+    submit_forged_form(driver, action)
+    WebDriverWait(driver, 10).until(lambda d: d.title.startswith("Not allowed"))
+    seen = {"forced": driver.find_element(By.CSS_SELECTOR, "main").text}
+    driver.get(f"{base}{page}")
+    seen["after"] = driver.find_element(By.CSS_SELECTOR, css).text
+    driver.get(f"{base}{other_page}")
+    seen["other"] = driver.title
+    return seen

@@ -40,6 +40,13 @@ SELECT 'deliveries', 'notifier.deliver', '{"tenant_id": "default"}',
 FROM generate_series(1, 40) AS n
 """
 
+ENDPOINT_ATTEMPTS = """
+UPDATE notifier.delivery_attempts
+SET endpoint_id = %s, duration_ms = 40 + (id %% 90),
+    error = CASE WHEN outcome = 'delivered' THEN NULL ELSE 'HTTP ' || status_code END
+WHERE tenant_id = 'default' AND (outcome <> 'retry' OR id %% 500 = 0)
+"""
+
 
 def add_examples(settings: Settings, base: str, key: str) -> None:
     """A rule, and events it turns into notifications (through the REST API, then the
@@ -154,6 +161,21 @@ def capture(out: Path) -> list[Path]:
             shoot("template")
             driver.get(f"{base}/ui/keys")
             shoot("keys")
+            driver.get(f"{base}/ui/endpoints/new")
+            driver.find_element(By.ID, "f-url").send_keys("https://hooks.example.com/billing")
+            driver.find_element(By.ID, "f-description").send_keys("Billing receiver")
+            driver.find_element(By.ID, "f-type_filter").send_keys("invoice.*, payment.failed")
+            driver.find_element(By.ID, "save").click()
+            shoot("endpoint-created")
+            endpoint_id = driver.find_element(By.CSS_SELECTOR, "h1 code").text
+            with psycopg.connect(url, autocommit=True) as conn:
+                # The day's deliveries went to it (a few of the retries, which the loader
+                # writes last: the latest attempts are not all retries).
+                conn.execute(ENDPOINT_ATTEMPTS.encode(), [endpoint_id])
+            driver.get(f"{base}/ui/endpoints/{endpoint_id}")
+            shoot("endpoint")
+            driver.get(f"{base}/ui/endpoints")
+            shoot("endpoints")
     finally:
         with psycopg.connect(make_conninfo(server, dbname="postgres"), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())

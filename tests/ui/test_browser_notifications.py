@@ -22,7 +22,7 @@ from notifier.settings import Settings
 from notifier.tenancy import Scope
 from tests.conftest import CreateApiKey
 from tests.support import WebhookReceiver, eventually
-from tests.ui.browser import chromium
+from tests.ui.browser import chromium, forced_then_seen
 
 pytestmark = pytest.mark.browser
 
@@ -172,26 +172,17 @@ async def test_a_read_only_key_sees_no_cancel_is_refused_if_it_forces_one_and_an
             "cancel buttons": str(len(browser.find_elements(By.ID, "cancel"))),
         }
         # Forge the cancel form with the page's own CSRF token: the guard must refuse.
-        browser.execute_script(
-            """
-            const form = document.createElement('form');
-            form.method = 'post';
-            form.action = arguments[0];
-            const token = document.createElement('input');
-            token.type = 'hidden'; token.name = '_csrf_token';
-            token.value = document.querySelector('input[name=_csrf_token]').value;
-            form.appendChild(token);
-            document.body.appendChild(form);
-            form.submit();
-            """,
-            f"/ui/notifications/{ids['default']}/cancel",
+        forced = forced_then_seen(
+            browser,
+            live_api,
+            action=f"/ui/notifications/{ids['default']}/cancel",
+            page=f"/ui/notifications/{ids['default']}",
+            css="#status",
+            other_page=f"/ui/notifications/{ids['acme']}",
         )
-        WebDriverWait(browser, 10).until(lambda d: d.title.startswith("Not allowed"))
-        seen["forced"] = text_of(browser, "main")
-        browser.get(f"{live_api}/ui/notifications/{ids['default']}")
-        seen["status after"] = text_of(browser, "#status")
-        browser.get(f"{live_api}/ui/notifications/{ids['acme']}")
-        seen["other tenant"] = browser.title
+        seen["forced"] = forced["forced"]
+        seen["status after"] = forced["after"]
+        seen["other tenant"] = forced["other"]
         return seen
 
     seen = await asyncio.to_thread(look_and_force)
@@ -201,3 +192,45 @@ async def test_a_read_only_key_sees_no_cancel_is_refused_if_it_forces_one_and_an
     assert "notifications:write" in seen["forced"]
     assert seen["status after"] == "pending"
     assert seen["other tenant"].startswith("Not found")
+
+
+async def test_cancel_a_pending_one_from_its_page(
+    browser: webdriver.Chrome,
+    live_api: str,
+    api_key: str,
+    api_headers: dict[str, str],
+    receiver: WebhookReceiver,
+) -> None:
+    async with httpx.AsyncClient(base_url=live_api, headers=api_headers) as api:
+        # Due tomorrow, its deliver job waiting.
+        body = webhook(receiver, "inv-cancel")
+        body["lead_time_days"] = 0
+        pending = (await api.post("/api/v1/notifications/", json=body)).json()
+        assert pending["status"] == "pending"
+
+    def cancel_it() -> dict[str, str]:
+        sign_in(browser, live_api, api_key, "/ui/notifications?status=pending")
+        browser.find_element(By.CSS_SELECTOR, f'tr[data-id="{pending["id"]}"] a').click()
+        WebDriverWait(browser, 10).until(lambda d: pending["id"] in d.current_url)
+        before = text_of(browser, "#status")
+        browser.find_element(By.ID, "cancel").click()
+        WebDriverWait(browser, 10).until(lambda d: "done=cancelled" in d.current_url)
+        return {
+            "before": before,
+            "after": text_of(browser, "#status"),
+            "notice": text_of(browser, "#notice"),
+            "buttons": str(len(browser.find_elements(By.CSS_SELECTOR, "#cancel, #replay"))),
+            "final": browser.find_elements(By.CSS_SELECTOR, "#timeline li")[-1].text,
+        }
+
+    seen = await asyncio.to_thread(cancel_it)
+
+    assert seen["before"] == "pending"
+    assert seen["after"] == "cancelled"
+    assert seen["notice"].startswith("Cancelled 1 notification;")
+    assert seen["buttons"] == "0"
+    assert "Cancelled" in seen["final"]
+    async with httpx.AsyncClient(base_url=live_api, headers=api_headers) as api:
+        stored = (await api.get(f"/api/v1/notifications/{pending['id']}")).json()
+    assert stored["status"] == "cancelled"
+    assert stored["delivery_attempts"] == []

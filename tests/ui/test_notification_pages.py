@@ -417,12 +417,36 @@ CONTROL = re.compile(r"<(input|select|textarea)\b([^>]*)>")
 ATTRIBUTE = re.compile(r'\b(type|id)="([^"]*)"')
 
 
+def unlabelled(html: str) -> list[str]:
+    """The form controls of a page that no ``<label for>`` names."""
+    labelled = set(re.findall(r'<label for="([^"]+)"', html))
+    return [
+        f"<{tag}{attributes}>"
+        for tag, attributes in CONTROL.findall(html)
+        if (found := dict(ATTRIBUTE.findall(attributes))).get("type") != "hidden"
+        and found.get("id") not in labelled
+    ]
+
+
 async def test_every_control_of_every_page_has_a_label(
     browser: AsyncTestClient[Any], api_key: str, services: Services
 ) -> None:
     notification = await schedule(services)
     await sign_in(browser, api_key)
+    form = await browser.get("/ui/endpoints/new")
+    created = await browser.post(
+        "/ui/endpoints/new",
+        data={"url": "https://hooks.example.com/in", "_csrf_token": csrf_token(form.text)},
+    )
+    assert created.status_code == 201, created.text
+    endpoint = re.search(r"<h1>Endpoint <span class=\"sub\"><code>([^<]+)</code>", created.text)
+    assert endpoint is not None
+    assert unlabelled(created.text) == []  # the new endpoint's page, its secret shown
     pages = [
+        "/ui",
+        "/ui/endpoints",
+        "/ui/endpoints/new",
+        f"/ui/endpoints/{endpoint.group(1)}",
         "/ui/notifications",
         f"/ui/notifications/{notification}",
         "/ui/notifications/bulk/cancel",
@@ -435,10 +459,6 @@ async def test_every_control_of_every_page_has_a_label(
         "/ui/keys",
     ]
     for path in pages:
-        html = (await browser.get(path)).text
-        labelled = set(re.findall(r'<label for="([^"]+)"', html))
-        for tag, attributes in CONTROL.findall(html):
-            found = dict(ATTRIBUTE.findall(attributes))
-            if found.get("type") == "hidden":
-                continue
-            assert found.get("id") in labelled, f"{path}: <{tag}{attributes}> has no label"
+        answer = await browser.get(path)
+        assert answer.status_code == 200, path
+        assert unlabelled(answer.text) == [], path

@@ -1,8 +1,11 @@
-"""Digests: a rule with ``"digest": {"window": "PT10M"}`` collects the events of one key into
-one notification per window, whose template sees them as ``events``.
+"""Digests: a rule with ``"digest": {"window": "PT10M"}`` or ``{"until": "09:00"}`` collects
+the events of one key into one notification per window, whose template sees them as
+``events``.
 
 The first event of a key opens a digest: a pending notification due when the window ends,
-``digest_open``. Each later event of the key joins it (``events`` grows by one, in the
+``digest_open``: ``window`` after that event, or at the next ``until`` on the recipient's
+clock (the draft's ``timezone``, UTC without one; see
+:func:`notifier.notifications.localtime.next_wall_time` for DST). Each later event of the key joins it (``events`` grows by one, in the
 transaction that marks the event processed) until the window has ended; an event after
 that opens the next digest. So:
 
@@ -11,7 +14,11 @@ that opens the next digest. So:
 - never two open digests for one key: events of one key take an advisory lock on (tenant,
   rule, key) first, and a unique index allows one open pending digest per key anyway;
 - a digest being sent holds its row lock; an event joining waits for it and, finding it
-  sent, opens the next one.
+  sent, opens the next one;
+- windows of a key never overlap: a window opens no earlier than the database's clock
+  (under the key's lock), by which the previous one was judged ended, so an ``until``
+  window always ends at a later time of day than the one before it, even when the
+  worker's clock lags the database's.
 
 A digest holds at most :data:`MAX_DIGEST_EVENTS` events: the one that fills it closes it
 early (it goes out at once) and the next event opens another.
@@ -31,6 +38,7 @@ from psycopg.types.json import Jsonb
 from notifier.db import Connection
 from notifier.events.schemas import Event
 from notifier.notifications import queries as notification_queries
+from notifier.notifications.localtime import next_wall_time, zone_named
 from notifier.notifications.scheduling import NotificationDraft, PlannedSend
 from notifier.notifications.schemas import NotificationStatus
 from notifier.queue import jobs
@@ -64,7 +72,7 @@ def digest_item(event: Event) -> dict[str, Any]:
 def is_digest(draft: NotificationDraft) -> bool:
     """Whether routing made ``draft`` for a digest rule (and could: a failed one is stored)."""
     return (
-        draft.digest_window is not None
+        (draft.digest_window is not None or draft.digest_until is not None)
         and draft.error is None
         and draft.rule_id is not None
         and draft.key is not None
@@ -92,20 +100,44 @@ async def collect(
     item = digest_item(event)
     opened = []
     for (rule_id, key), draft in sorted(by_key.items(), key=lambda pair: str(pair[0])):
-        window = draft.digest_window or datetime.timedelta(0)
         joined = await join_open_digest(conn, tenant_id, rule_id, key, item)
         if joined:
             continue
+        # Read after the join: the database's clock judged the last window ended, so one
+        # opening no earlier ends strictly later (the next `until` is after this instant).
+        opened_at = max(now, await database_now(conn))
         opened.append(
             msgspec.structs.replace(
                 draft,
-                send=PlannedSend(datetime.timedelta(0), now + window, NotificationStatus.PENDING),
+                send=PlannedSend(
+                    datetime.timedelta(0),
+                    window_end(draft, opened_at),
+                    NotificationStatus.PENDING,
+                ),
                 context={"events": [item]},
                 digest_count=1,
                 digest_open=True,
             )
         )
     return opened
+
+
+def window_end(draft: NotificationDraft, opened_at: datetime.datetime) -> datetime.datetime:
+    """When a digest of ``draft``'s rule opened at ``opened_at`` goes out: ``window`` later,
+    or at the next ``until`` on the clock of the draft's zone (UTC without one)."""
+    if draft.digest_until is not None:
+        zone = zone_named(draft.timezone or "UTC")
+        return next_wall_time(opened_at, draft.digest_until, zone)
+    return opened_at + (draft.digest_window or datetime.timedelta(0))
+
+
+async def database_now(conn: Connection) -> datetime.datetime:
+    """The database's clock now (not the transaction's start)."""
+    cursor = await conn.execute("SELECT clock_timestamp() AS now")
+    row = await cursor.fetchone()
+    assert row is not None
+    now: datetime.datetime = row["now"]
+    return now
 
 
 async def join_open_digest(

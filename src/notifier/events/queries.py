@@ -223,7 +223,8 @@ async def hold_keys(
         SELECT %(tenant_id)s, rule_id, key, %(event_id)s, %(event_time)s
         FROM unnest(%(rule_ids)s::uuid[], %(keys)s::text[]) AS claimed (rule_id, key)
         ON CONFLICT (tenant_id, rule_id, key)
-            DO UPDATE SET event_id = excluded.event_id, event_time = excluded.event_time
+            DO UPDATE SET event_id = excluded.event_id, event_time = excluded.event_time,
+                          held_at = now()
         """,
         {
             "tenant_id": tenant_id,
@@ -233,3 +234,37 @@ async def hold_keys(
             "keys": [key for _, key in rule_keys],
         },
     )
+
+
+async def prune_reminder_keys(
+    conn: Connection, *, older_than: datetime.timedelta, limit: int
+) -> int:
+    """Delete at most ``limit`` key rows last written before ``older_than`` ago whose key
+    has no pending notification of its rule; how many went.
+
+    A row orders the events of its key: without it, an older event arriving late would
+    count as the newest. Past the retention no such event is expected, and with nothing
+    pending there is nothing it could wrongly supersede. A key written meanwhile (by an
+    event holding its lock) is re-checked by the DELETE and kept; rows another run is
+    deleting are skipped.
+    """
+    cursor = await conn.execute(
+        """
+        DELETE FROM notifier.reminder_keys AS held
+        WHERE (held.tenant_id, held.rule_id, held.key) IN (
+            SELECT old.tenant_id, old.rule_id, old.key FROM notifier.reminder_keys AS old
+            WHERE old.held_at < now() - %(older_than)s
+              AND NOT EXISTS (
+                  SELECT FROM notifier.notifications AS n
+                  WHERE n.tenant_id = old.tenant_id AND n.key = old.key
+                    AND n.rule_id = old.rule_id AND n.status = 'pending'
+              )
+            ORDER BY old.held_at
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        )
+          AND held.held_at < now() - %(older_than)s
+        """,
+        {"older_than": older_than, "limit": limit},
+    )
+    return cursor.rowcount

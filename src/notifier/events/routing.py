@@ -18,6 +18,7 @@ from notifier.notifications.scheduling import (
     plan_sends,
 )
 from notifier.notifications.schemas import NotificationStatus
+from notifier.recipients import sms_recipient
 from notifier.rules.keys import render_key
 from notifier.rules.schemas import Rule, RuleAction
 
@@ -81,11 +82,14 @@ def drafts_for_event(
     now: datetime.datetime,
     *,
     grace: datetime.timedelta = DEFAULT_EXPIRY_GRACE,
+    phone_region: str | None = None,
 ) -> list[NotificationDraft]:
     """One draft per rule and lead time; a rule the payload cannot satisfy yields a failed draft.
 
     The event's ``created_at`` is when notifier accepted it: however long it waited to be
     processed, its target dates are judged from then (``grace``: NOTIFIER_EXPIRY_GRACE_SECONDS).
+    An SMS recipient is resolved to E.164 as the API resolves one, national numbers in
+    ``phone_region`` (NOTIFIER_DEFAULT_PHONE_REGION); one that is no number fails the draft.
     """
     drafts = []
     for rule in rules:
@@ -109,6 +113,8 @@ def drafts_for_event(
                 recipient = rule.recipient or recipient_at(
                     event.payload, rule.recipient_field or ""
                 )
+                if rule.channel == "sms":
+                    recipient = _sms_recipient(rule, recipient, phone_region)
             target_date = (
                 parse_target_date(lookup(event.payload, rule.date_field), rule.date_field)
                 if rule.date_field
@@ -145,12 +151,31 @@ def drafts_for_event(
                     key=key,
                     digest_window=(
                         msgspec.convert(rule.digest.window, datetime.timedelta)
-                        if rule.digest
+                        if rule.digest and rule.digest.window
+                        else None
+                    ),
+                    digest_until=(
+                        datetime.time.fromisoformat(rule.digest.until)
+                        if rule.digest and rule.digest.until
                         else None
                     ),
                 )
             )
     return drafts
+
+
+def _sms_recipient(rule: Rule, number: str, phone_region: str | None) -> str:
+    """``number`` in E.164 form (:func:`notifier.recipients.sms_recipient`), else a
+    RoutingError naming where it came from and how to fix it."""
+    try:
+        return sms_recipient(number, phone_region)
+    except ValueError as exc:
+        source = (
+            "the rule's recipient"
+            if rule.recipient is not None
+            else f"payload field {rule.recipient_field!r}"
+        )
+        raise RoutingError(f"{source} ({number!r}) {exc}") from None
 
 
 def rule_key(rule: Rule, payload: dict[str, Any]) -> str | None:

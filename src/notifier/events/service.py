@@ -27,8 +27,9 @@ from notifier.events.routing import drafts_for_event
 from notifier.events.schemas import Event, EventDetail
 from notifier.events.superseding import apply_keys
 from notifier.idempotency import IdempotentRequest, Outcome
-from notifier.notifications.queries import list_notifications
 from notifier.notifications.scheduling import DEFAULT_EXPIRY_GRACE, create_notifications
+from notifier.notifications.schemas import NotificationFilter
+from notifier.notifications.selection import select_matching
 from notifier.pagination import MAX_LIMIT, Cursor, Page, paginate
 from notifier.rules.queries import matching_rules
 from notifier.telemetry import current_traceparent
@@ -115,6 +116,7 @@ async def process(
     max_notifications: int,
     now: datetime.datetime | None = None,
     expiry_grace: datetime.timedelta = DEFAULT_EXPIRY_GRACE,
+    default_phone_region: str | None = None,
 ) -> None:
     """Apply the routing rules to one event, in one transaction: its notifications and
     their deliver jobs, and the event marked processed.
@@ -123,7 +125,9 @@ async def process(
     than ``max_notifications`` makes none and is marked processed with the reason. ``now``
     (the clock, default the current time) plans the send times; target dates are judged
     from when the event was accepted, with ``expiry_grace`` (NOTIFIER_EXPIRY_GRACE_SECONDS).
-    Events from the outbox are counted in ``metrics`` here (the API's were counted when
+    SMS recipients are resolved to E.164 with ``default_phone_region``
+    (NOTIFIER_DEFAULT_PHONE_REGION), as the API resolves them. Events from the outbox are
+    counted in ``metrics`` here (the API's were counted when
     published), and so are notifications made expired.
     """
     async with transaction(pool) as conn:
@@ -134,7 +138,9 @@ async def process(
         tenant_id, event = locked
         rules = await matching_rules(conn, tenant_id, event.type)
         planned_at = now or datetime.datetime.now(datetime.UTC)
-        drafts = drafts_for_event(event, rules, planned_at, grace=expiry_grace)
+        drafts = drafts_for_event(
+            event, rules, planned_at, grace=expiry_grace, phone_region=default_phone_region
+        )
         if len(drafts) > max_notifications:
             # All or nothing: an arbitrary first `limit` recipients would be a silent partial
             # send, and storing the excess as failed rows would let one event flood the table.
@@ -193,8 +199,8 @@ async def get_event(pool: Pool, tenant_id: str, event_id: uuid.UUID) -> EventDet
         event = await queries.get_event(conn, tenant_id, event_id)
         if event is None:
             raise not_found("event", event_id)
-        notifications = await list_notifications(
-            conn, tenant_id, event_id=event_id, limit=MAX_LIMIT
+        notifications = await select_matching(
+            conn, tenant_id, NotificationFilter(event_id=event_id), limit=MAX_LIMIT
         )
     return EventDetail(
         **{name: getattr(event, name) for name in Event.__struct_fields__},

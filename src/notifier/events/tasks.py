@@ -24,4 +24,5 @@ async def process_event(
         uuid.UUID(event_id),
         max_notifications=services.settings.max_notifications_per_event,
         expiry_grace=datetime.timedelta(seconds=services.settings.expiry_grace_seconds),
+        default_phone_region=services.settings.default_phone_region,
     )

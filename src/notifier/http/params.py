@@ -37,6 +37,14 @@ EntityFilter = Annotated[str | None, QueryParameter(max_length=MAX_FILTER_LENGTH
 KeyFilter = Annotated[
     str | None, QueryParameter(min_length=1, max_length=MAX_FILTER_LENGTH, description="Exact key")
 ]
+RecipientFilter = Annotated[
+    str | None,
+    QueryParameter(min_length=1, max_length=MAX_FILTER_LENGTH, description="Exact recipient"),
+]
+ChannelFilter = Annotated[
+    str | None,
+    QueryParameter(min_length=1, max_length=MAX_FILTER_LENGTH, description="Exact channel"),
+]
 
 # A query parameter holding an instant. Litestar's own conversion of query parameters is
 # lax (it reads "0.5" as a Unix time) and skips AwareDatetime's zone check: handlers parse

@@ -15,11 +15,13 @@ from notifier.api_types import check_storable, query_instant
 from notifier.auth.guard import BEARER_SECURITY, requires
 from notifier.http.body import StrictBody
 from notifier.http.params import (
+    ChannelFilter,
     CursorParameter,
     EntityFilter,
     InstantQuery,
     KeyFilter,
     Limit,
+    RecipientFilter,
     TypeFilter,
 )
 from notifier.http.problems import problem_responses
@@ -30,10 +32,11 @@ from notifier.notifications.schemas import (
     Notification,
     NotificationCreate,
     NotificationDetail,
+    NotificationFilter,
     NotificationReplacement,
     NotificationStatus,
 )
-from notifier.notifications.selection import BulkOutcome, NotificationFilter
+from notifier.notifications.selection import BulkOutcome
 from notifier.pagination import DEFAULT_LIMIT, Cursor, next_link
 from notifier.services import Services
 from notifier.tenancy import Principal, Scope
@@ -128,25 +131,41 @@ class NotificationController(Controller):
         type: TypeFilter = None,
         entity_id: EntityFilter = None,
         key: KeyFilter = None,
+        recipient: RecipientFilter = None,
+        channel: ChannelFilter = None,
         created_after: InstantQuery = None,
         created_before: InstantQuery = None,
     ) -> Response[list[Notification]]:
-        """Filter by status, type, entity, key and creation time; ``Link`` names the next
-        page."""
+        """Filter by status, type, entity, key, recipient, channel and creation time;
+        ``Link`` names the next page."""
         after_time = query_instant("created_after", created_after)
         before_time = query_instant("created_before", created_before)
-        check_storable({"type": type, "entity_id": entity_id, "key": key}, source="query")
-        page, following = await service.list_notifications(
-            services.pool,
-            principal.tenant_id,
-            limit=limit,
-            after=Cursor.decode(cursor) if cursor else None,
+        check_storable(
+            {
+                "type": type,
+                "entity_id": entity_id,
+                "key": key,
+                "recipient": recipient,
+                "channel": channel,
+            },
+            source="query",
+        )
+        where = NotificationFilter(
             status=status,
             notification_type=type,
             entity_id=entity_id,
             key=key,
+            recipient=recipient,
+            channel=channel,
             created_after=after_time,
             created_before=before_time,
+        )
+        page, following = await service.list_notifications(
+            services.pool,
+            principal.tenant_id,
+            where,
+            limit=limit,
+            after=Cursor.decode(cursor) if cursor else None,
         )
         filters = {
             "limit": limit,
@@ -154,6 +173,8 @@ class NotificationController(Controller):
             "type": type,
             "entity_id": entity_id,
             "key": key,
+            "recipient": recipient,
+            "channel": channel,
             "created_after": after_time.isoformat() if after_time else None,
             "created_before": before_time.isoformat() if before_time else None,
         }

@@ -162,3 +162,23 @@ def leave_quiet_hours(
                 return candidate
         day += DAY
     raise AssertionError(f"no end of quiet hours {quiet_hours} found after {instant}")
+
+
+def next_wall_time(
+    after: datetime.datetime, wall: datetime.time, zone: zoneinfo.ZoneInfo
+) -> datetime.datetime:
+    """The first instant strictly after ``after`` at which the clocks in ``zone`` show
+    ``wall``, counting each calendar day once.
+
+    In a spring-forward gap the time is taken shifted forward by the gap (02:30 is 03:30
+    that day), so every day has one. In a fall-back fold only the earlier reading counts:
+    a digest "until 01:30" goes out once that night, and an instant between the two
+    readings waits for the next day's 01:30, not for the repeat an hour later.
+    """
+    day = after.astimezone(zone).date() - DAY  # a day earlier: its time may map after `after`
+    for _ in range(4):
+        first = instants_at(day, wall, zone)[0]
+        if first > after:
+            return first
+        day += DAY
+    raise AssertionError(f"no {wall} in {zone} found after {after}")

@@ -20,7 +20,6 @@ from notifier.notifications.schemas import (
     NotificationStatus,
     notification_from_row,
 )
-from notifier.pagination import Cursor
 from notifier.queue import DELIVERIES_QUEUE, jobs
 from notifier.rate_limits.gcra import Limit
 
@@ -103,54 +102,6 @@ async def lock_notification(
         {"id": notification_id, "tenant_id": tenant_id},
     )
     return await cursor.fetchone()
-
-
-async def list_notifications(
-    conn: Connection,
-    tenant_id: str,
-    *,
-    limit: int,
-    after: Cursor | None = None,
-    status: NotificationStatus | None = None,
-    notification_type: str | None = None,
-    entity_id: str | None = None,
-    event_id: uuid.UUID | None = None,
-    key: str | None = None,
-    created_after: datetime.datetime | None = None,
-    created_before: datetime.datetime | None = None,
-) -> list[Notification]:
-    """A page of the tenant's notifications, newest first, matching every filter given."""
-    cursor = await conn.execute(
-        """
-        SELECT * FROM notifier.notifications
-        WHERE tenant_id = %(tenant_id)s
-          AND (%(status)s::text IS NULL OR status = %(status)s)
-          AND (%(type)s::text IS NULL OR notification_type = %(type)s)
-          AND (%(entity_id)s::text IS NULL OR entity_id = %(entity_id)s)
-          AND (%(event_id)s::uuid IS NULL OR event_id = %(event_id)s)
-          AND (%(key)s::text IS NULL OR key = %(key)s)
-          AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s)
-          AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s)
-          AND (%(after_created_at)s::timestamptz IS NULL
-               OR (created_at, id) < (%(after_created_at)s, %(after_id)s::uuid))
-        ORDER BY created_at DESC, id DESC
-        LIMIT %(limit)s
-        """,
-        {
-            "tenant_id": tenant_id,
-            "status": status,
-            "type": notification_type,
-            "entity_id": entity_id,
-            "event_id": event_id,
-            "key": key,
-            "created_after": created_after,
-            "created_before": created_before,
-            "after_created_at": after.created_at if after else None,
-            "after_id": after.id if after else None,
-            "limit": limit,
-        },
-    )
-    return [notification_from_row(row) for row in await cursor.fetchall()]
 
 
 async def set_status(

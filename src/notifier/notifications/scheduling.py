@@ -221,9 +221,11 @@ class NotificationDraft(msgspec.Struct, kw_only=True):
     # is stored superseded because it arrived after a newer event for its key.
     key: str | None = None
     cancelled_by_event_id: uuid.UUID | None = None
-    # Digests (notifier.events.digests): the rule's window, on a draft routing made; the
-    # events counted in it and whether more may join, on a digest to store.
+    # Digests (notifier.events.digests): the rule's window (a duration, or a time of day on
+    # the clock of ``timezone``), on a draft routing made; the events counted in it and
+    # whether more may join, on a digest to store.
     digest_window: datetime.timedelta | None = None
+    digest_until: datetime.time | None = None
     digest_count: int | None = None
     digest_open: bool | None = None
 

@@ -5,11 +5,19 @@ from __future__ import annotations
 import datetime
 import enum
 import uuid
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 import msgspec
 
-from notifier.api_types import AwareDatetime, ChannelName, EventType, Payload, Recipient
+from notifier.api_types import (
+    MAX_FILTER_LENGTH,
+    AwareDatetime,
+    ChannelName,
+    EventType,
+    Payload,
+    Recipient,
+)
 from notifier.notifications.localtime import QuietHours, TimeZoneName
 from notifier.recipients import MAX_PHONE_LENGTH
 
@@ -179,3 +187,30 @@ def notification_from_row(row: dict[str, Any]) -> Notification:
     fields["quiet_hours"] = QuietHours.from_column(row.get("quiet_hours"))
     fields["endpoint"] = row.get("endpoint_id")
     return Notification(**fields)
+
+
+FilterText = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_FILTER_LENGTH)]
+
+
+class NotificationFilter(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which of a tenant's notifications: every field given must match (exactly; times:
+    ``created_after`` inclusive, ``created_before`` exclusive).
+
+    The one filter of every way to choose notifications: the API's list (query
+    parameters) and bulk replay and cancel (a JSON body), and the dashboard's list and
+    bulk actions (a form), all pass it down to ``notifications/selection.py``.
+    """
+
+    status: NotificationStatus | None = None
+    notification_type: FilterText | None = None
+    entity_id: FilterText | None = None
+    recipient: FilterText | None = None
+    channel: FilterText | None = None
+    key: FilterText | None = None
+    event_id: uuid.UUID | None = None
+    created_after: AwareDatetime | None = None
+    created_before: AwareDatetime | None = None
+
+    def statuses_within(self, wanted: Iterable[NotificationStatus]) -> list[NotificationStatus]:
+        """The statuses of ``wanted`` this filter lets through."""
+        return [s for s in wanted if self.status is None or s is self.status]

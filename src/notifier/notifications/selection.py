@@ -1,4 +1,5 @@
-"""Choosing notifications by filter: the dashboard's list, and the bulk replay and cancel
+"""Choosing notifications by filter (:class:`~notifier.notifications.schemas.NotificationFilter`):
+the API's and the dashboard's list, an event's notifications, and the bulk replay and cancel
 (API and dashboard). Query functions take a connection and never commit.
 
 Every query here is the tenant's only. The bulk ones lock what they change and skip rows
@@ -10,63 +11,81 @@ the bulk action wants anyway. The count each returns is what was changed.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
-from typing import Annotated, Any
+from typing import Any, LiteralString, NamedTuple
 
 import msgspec
+from psycopg import sql
 
-from notifier.api_types import MAX_FILTER_LENGTH, AwareDatetime
 from notifier.db import Connection
-from notifier.notifications.schemas import Notification, NotificationStatus, notification_from_row
+from notifier.notifications.schemas import (
+    Notification,
+    NotificationFilter,
+    NotificationStatus,
+    notification_from_row,
+)
 from notifier.pagination import Cursor
 
 # One bulk action changes at most this many notifications: its statements and the jobs it
 # defers stay bounded whatever the tenant stored. Run it again for the rest.
 BULK_LIMIT = 1000
 
-FilterText = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_FILTER_LENGTH)]
+# The filter's fields matched by equality, and their columns.
+_EQUAL_COLUMNS: dict[str, LiteralString] = {
+    "status": "status",
+    "notification_type": "notification_type",
+    "entity_id": "entity_id",
+    "recipient": "recipient",
+    "channel": "channel",
+    "key": "key",
+    "event_id": "event_id",
+}
 
 
-class NotificationFilter(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Which of a tenant's notifications: every field given must match (exactly; times:
-    ``created_after`` inclusive, ``created_before`` exclusive)."""
+class _Where(NamedTuple):
+    """A WHERE clause and the values of its placeholders."""
 
-    status: NotificationStatus | None = None
-    notification_type: FilterText | None = None
-    entity_id: FilterText | None = None
-    recipient: FilterText | None = None
-    channel: FilterText | None = None
-    created_after: AwareDatetime | None = None
-    created_before: AwareDatetime | None = None
-
-    def statuses_within(self, wanted: Iterable[NotificationStatus]) -> list[NotificationStatus]:
-        """The statuses of ``wanted`` this filter lets through."""
-        return [s for s in wanted if self.status is None or s is self.status]
+    clause: sql.Composed
+    parameters: dict[str, Any]
 
 
-_MATCHES = """
-    tenant_id = %(tenant_id)s
-    AND (%(status)s::text IS NULL OR status = %(status)s)
-    AND (%(type)s::text IS NULL OR notification_type = %(type)s)
-    AND (%(entity_id)s::text IS NULL OR entity_id = %(entity_id)s)
-    AND (%(recipient)s::text IS NULL OR recipient = %(recipient)s)
-    AND (%(channel)s::text IS NULL OR channel = %(channel)s)
-    AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s)
-    AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s)
-"""
+def _where(
+    tenant_id: str,
+    where: NotificationFilter,
+    *,
+    statuses: list[NotificationStatus] | None = None,
+    after: Cursor | None = None,
+) -> _Where:
+    """The tenant's rows matching ``where`` (in one of ``statuses``, if given; after the
+    cursor ``after``, if given, newest first).
 
-
-def _parameters(tenant_id: str, where: NotificationFilter) -> dict[str, Any]:
-    return {
-        "tenant_id": tenant_id,
-        "status": where.status,
-        "type": where.notification_type,
-        "entity_id": where.entity_id,
-        "recipient": where.recipient,
-        "channel": where.channel,
-        "created_after": where.created_after,
-        "created_before": where.created_before,
-    }
+    Each filter given adds its own predicate and none other does: a statement holding
+    ``(%(x)s IS NULL OR col = %(x)s)`` for every filter gets one generic plan once psycopg
+    prepares it, a plan that can use no index but the tenant's (3.3 s to find a recipient
+    among 1,000,000 rows). Every value stays a parameter.
+    """
+    predicates: list[sql.Composable] = [sql.SQL("tenant_id = %(tenant_id)s")]
+    parameters: dict[str, Any] = {"tenant_id": tenant_id}
+    for field, column in _EQUAL_COLUMNS.items():
+        value = getattr(where, field)
+        if value is not None:
+            predicates.append(
+                sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(field))
+            )
+            parameters[field] = value
+    if where.created_after is not None:
+        predicates.append(sql.SQL("created_at >= %(created_after)s"))
+        parameters["created_after"] = where.created_after
+    if where.created_before is not None:
+        predicates.append(sql.SQL("created_at < %(created_before)s"))
+        parameters["created_before"] = where.created_before
+    if statuses is not None:
+        predicates.append(sql.SQL("status = ANY(%(statuses)s::text[])"))
+        parameters["statuses"] = [str(status) for status in statuses]
+    if after is not None:
+        predicates.append(sql.SQL("(created_at, id) < (%(after_created_at)s, %(after_id)s)"))
+        parameters["after_created_at"] = after.created_at
+        parameters["after_id"] = after.id
+    return _Where(sql.SQL(" AND ").join(predicates), parameters)
 
 
 async def select_matching(
@@ -79,21 +98,17 @@ async def select_matching(
 ) -> list[Notification]:
     """Up to ``limit`` of the tenant's notifications matching ``where``, newest first,
     after the cursor ``after``."""
+    matching = _where(tenant_id, where, after=after)
     cursor = await conn.execute(
-        f"""
-        SELECT * FROM notifier.notifications
-        WHERE {_MATCHES}
-          AND (%(after_created_at)s::timestamptz IS NULL
-               OR (created_at, id) < (%(after_created_at)s, %(after_id)s::uuid))
-        ORDER BY created_at DESC, id DESC
-        LIMIT %(limit)s
-        """,  # noqa: S608 - _MATCHES is a constant; every value is a parameter
-        {
-            **_parameters(tenant_id, where),
-            "after_created_at": after.created_at if after else None,
-            "after_id": after.id if after else None,
-            "limit": limit,
-        },
+        sql.SQL(
+            """
+            SELECT * FROM notifier.notifications
+            WHERE {}
+            ORDER BY created_at DESC, id DESC
+            LIMIT %(limit)s
+            """
+        ).format(matching.clause),
+        {**matching.parameters, "limit": limit},
     )
     return [notification_from_row(row) for row in await cursor.fetchall()]
 
@@ -108,15 +123,16 @@ async def count_matching(
 ) -> int:
     """How many of the tenant's notifications match ``where`` and are in one of
     ``statuses``, counting no further than ``cap``."""
+    matching = _where(tenant_id, where, statuses=statuses)
     cursor = await conn.execute(
-        f"""
-        SELECT count(*) AS n FROM (
-            SELECT 1 FROM notifier.notifications
-            WHERE {_MATCHES} AND status = ANY(%(statuses)s::text[])
-            LIMIT %(cap)s
-        ) AS matching
-        """,  # noqa: S608 - _MATCHES is a constant; every value is a parameter
-        {**_parameters(tenant_id, where), "statuses": list(statuses), "cap": cap},
+        sql.SQL(
+            """
+            SELECT count(*) AS n FROM (
+                SELECT 1 FROM notifier.notifications WHERE {} LIMIT %(cap)s
+            ) AS matching
+            """
+        ).format(matching.clause),
+        {**matching.parameters, "cap": cap},
     )
     row = await cursor.fetchone()
     assert row is not None
@@ -140,15 +156,18 @@ async def lock_matching(
 ) -> list[LockedNotification]:
     """Lock up to ``limit`` of the tenant's notifications matching ``where`` in one of
     ``statuses``, oldest first, skipping rows another transaction holds."""
+    matching = _where(tenant_id, where, statuses=statuses)
     cursor = await conn.execute(
-        f"""
-        SELECT id, job_id FROM notifier.notifications
-        WHERE {_MATCHES} AND status = ANY(%(statuses)s::text[])
-        ORDER BY created_at, id
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-        """,  # noqa: S608 - _MATCHES is a constant; every value is a parameter
-        {**_parameters(tenant_id, where), "statuses": list(statuses), "limit": limit},
+        sql.SQL(
+            """
+            SELECT id, job_id FROM notifier.notifications
+            WHERE {}
+            ORDER BY created_at, id
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+            """
+        ).format(matching.clause),
+        {**matching.parameters, "limit": limit},
     )
     return [LockedNotification(row["id"], row["job_id"]) for row in await cursor.fetchall()]
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 
 import msgspec
 
@@ -25,7 +26,7 @@ from notifier.api_types import (
     checked_local_time,
 )
 from notifier.channels.base import Channel
-from notifier.db import Pool, transaction
+from notifier.db import Connection, Pool, transaction
 from notifier.endpoints.references import check_endpoint, endpoint_channel_and_recipient
 from notifier.errors import ProblemError, field_error, not_found
 from notifier.idempotency import IdempotentRequest, Outcome
@@ -48,14 +49,14 @@ from notifier.notifications.schemas import (
     Notification,
     NotificationCreate,
     NotificationDetail,
+    NotificationFilter,
     NotificationReplacement,
     NotificationStatus,
     notification_from_row,
 )
-from notifier.notifications.selection import NotificationFilter
 from notifier.pagination import Cursor, Page, paginate
 from notifier.queue import jobs
-from notifier.recipients import e164_phone, email_address_problem, phone_number_problem
+from notifier.recipients import e164_phone, email_address_problem, sms_recipient
 from notifier.telemetry import current_traceparent
 from notifier.telemetry.metrics import Metrics
 from notifier.templates import catalog
@@ -113,9 +114,10 @@ def draft_notification(
     )
     if channel_name == "sms" and recipient is not None:
         # The SMS recipient must be a number the provider can dial, whichever field gave it.
-        if (problem := phone_number_problem(recipient, default_phone_region)) is not None:
-            raise field_error(recipient_field, problem)
-        recipient = e164_phone(recipient, default_phone_region)
+        try:
+            recipient = sms_recipient(recipient, default_phone_region)
+        except ValueError as exc:
+            raise field_error(recipient_field, str(exc)) from None
     phone = data.phone
     if phone is not None:
         phone = e164_phone(phone, default_phone_region) or phone
@@ -236,31 +238,16 @@ async def cancel_matching(
 async def list_notifications(
     pool: Pool,
     tenant_id: str,
+    where: NotificationFilter,
     *,
     limit: int,
     after: Cursor | None = None,
-    status: NotificationStatus | None = None,
-    notification_type: str | None = None,
-    entity_id: str | None = None,
-    key: str | None = None,
-    created_after: datetime.datetime | None = None,
-    created_before: datetime.datetime | None = None,
 ) -> Page[Notification]:
-    """A page of at most ``limit`` of the tenant's notifications, newest first, after the
-    cursor ``after``, filtered by whichever of the other arguments are given."""
+    """A page of at most ``limit`` of the tenant's notifications matching ``where``, newest
+    first, after the cursor ``after``; a 422 naming the field the filter cannot hold."""
+    checked_filter(where)
     async with transaction(pool) as conn:
-        rows = await queries.list_notifications(
-            conn,
-            tenant_id,
-            limit=limit + 1,
-            after=after,
-            status=status,
-            notification_type=notification_type,
-            entity_id=entity_id,
-            key=key,
-            created_after=created_after,
-            created_before=created_before,
-        )
+        rows = await selection.select_matching(conn, tenant_id, where, limit=limit + 1, after=after)
     return paginate(rows, limit)
 
 
@@ -353,22 +340,6 @@ def checked_filter(where: NotificationFilter) -> NotificationFilter:
     return where
 
 
-async def search(
-    pool: Pool,
-    tenant_id: str,
-    where: NotificationFilter,
-    *,
-    limit: int,
-    after: Cursor | None = None,
-) -> Page[Notification]:
-    """A page of at most ``limit`` of the tenant's notifications matching ``where`` (also
-    by recipient and channel, unlike :func:`list_notifications`), newest first."""
-    checked_filter(where)
-    async with transaction(pool) as conn:
-        rows = await selection.select_matching(conn, tenant_id, where, limit=limit + 1, after=after)
-    return paginate(rows, limit)
-
-
 async def count_for_bulk(pool: Pool, tenant_id: str, action: str, where: NotificationFilter) -> int:
     """How many notifications ``replay_many`` or ``cancel_many`` (``action``) would change
     now, counting no further than ``BULK_LIMIT + 1`` (more than one run's worth)."""
@@ -382,18 +353,31 @@ async def count_for_bulk(pool: Pool, tenant_id: str, action: str, where: Notific
         )
 
 
+@asynccontextmanager
+async def _locked_for_bulk(
+    pool: Pool, tenant_id: str, action: str, where: NotificationFilter
+) -> AsyncIterator[tuple[Connection, list[selection.LockedNotification]]]:
+    """A transaction holding the locks of up to ``BULK_LIMIT`` of the tenant's
+    notifications matching ``where`` that ``action`` may change (oldest first), for the
+    action to change them on the connection it gives; a 422 for a filter it cannot hold."""
+    checked_filter(where)
+    statuses = where.statuses_within(BULK_STATUSES[action])
+    async with transaction(pool) as conn:
+        locked = (
+            await selection.lock_matching(
+                conn, tenant_id, where, statuses, limit=selection.BULK_LIMIT
+            )
+            if statuses
+            else []
+        )
+        yield conn, locked
+
+
 async def replay_many(pool: Pool, tenant_id: str, where: NotificationFilter) -> int:
     """Replay up to ``BULK_LIMIT`` of the tenant's failed and dead notifications matching
     ``where`` (oldest first), as :func:`replay` does one: pending again with a deliver job
     due now, all in one transaction. How many were replayed."""
-    checked_filter(where)
-    statuses = where.statuses_within(BULK_STATUSES["replay"])
-    if not statuses:
-        return 0
-    async with transaction(pool) as conn:
-        locked = await selection.lock_matching(
-            conn, tenant_id, where, statuses, limit=selection.BULK_LIMIT
-        )
+    async with _locked_for_bulk(pool, tenant_id, "replay", where) as (conn, locked):
         if not locked:
             return 0
         ids = [row.id for row in locked]
@@ -409,14 +393,7 @@ async def cancel_many(pool: Pool, tenant_id: str, where: NotificationFilter) -> 
     """Cancel up to ``BULK_LIMIT`` of the tenant's pending notifications matching ``where``
     (oldest first) and their waiting jobs, in one transaction. One being delivered at that
     moment is left as it is (its delivery decides). How many were cancelled."""
-    checked_filter(where)
-    statuses = where.statuses_within(BULK_STATUSES["cancel"])
-    if not statuses:
-        return 0
-    async with transaction(pool) as conn:
-        locked = await selection.lock_matching(
-            conn, tenant_id, where, statuses, limit=selection.BULK_LIMIT
-        )
+    async with _locked_for_bulk(pool, tenant_id, "cancel", where) as (conn, locked):
         if not locked:
             return 0
         cancelled = await selection.mark_cancelled(conn, [row.id for row in locked])

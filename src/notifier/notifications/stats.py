@@ -190,7 +190,7 @@ def _window(
     lags: Mapping[datetime.datetime, Histogram],
 ) -> WindowStats:
     """``buckets`` buckets ending with the one holding ``now``; attempts summed per bucket."""
-    first = _floor(now, bucket) - (buckets - 1) * bucket
+    first = floor(now, bucket) - (buckets - 1) * bucket
     starts = [first + i * bucket for i in range(buckets)]
     attempts = [OutcomeCounts()] * buckets
     for minute, counts in per_minute.items():
@@ -208,7 +208,18 @@ def _window(
     )
 
 
-def _floor(moment: datetime.datetime, step: datetime.timedelta) -> datetime.datetime:
+def regroup(
+    histograms: Mapping[datetime.datetime, Histogram], bucket: datetime.timedelta
+) -> dict[datetime.datetime, dict[int, int]]:
+    """Histograms of shorter periods (minutes) merged into ``bucket``s, each keyed by its
+    start (a multiple of ``bucket`` since the Unix epoch, as :func:`windows` aligns them)."""
+    grouped: dict[datetime.datetime, list[Histogram]] = {}
+    for start, histogram in histograms.items():
+        grouped.setdefault(floor(start, bucket), []).append(histogram)
+    return {start: merge(parts) for start, parts in grouped.items()}
+
+
+def floor(moment: datetime.datetime, step: datetime.timedelta) -> datetime.datetime:
     """``moment`` rounded down to a multiple of ``step`` since the Unix epoch."""
     epoch = datetime.datetime(1970, 1, 1, tzinfo=moment.tzinfo or datetime.UTC)
     return epoch + ((moment - epoch) // step) * step
@@ -217,8 +228,8 @@ def _floor(moment: datetime.datetime, step: datetime.timedelta) -> datetime.date
 def windows(now: datetime.datetime) -> tuple[datetime.datetime, datetime.datetime]:
     """Where the day's and the hour's charts start: 96 quarter hours and 60 minutes, each
     ending with the bucket that holds ``now``."""
-    day_since = _floor(now, DAY_BUCKET) - (DAY // DAY_BUCKET - 1) * DAY_BUCKET
-    hour_since = _floor(now, MINUTE) - (HOUR // MINUTE - 1) * MINUTE
+    day_since = floor(now, DAY_BUCKET) - (DAY // DAY_BUCKET - 1) * DAY_BUCKET
+    hour_since = floor(now, MINUTE) - (HOUR // MINUTE - 1) * MINUTE
     return day_since, hour_since
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import msgspec
 
 from notifier.api_types import ChannelName, Recipient
-from notifier.notifications.localtime import QuietHours, TimeZoneName
+from notifier.notifications.localtime import LocalTime, QuietHours, TimeZoneName
 from notifier.patterns import NO_WHITESPACE, WHITESPACE, whole
 from notifier.rules.keys import MAX_KEY_LENGTH
 from notifier.templates.schemas import TemplateName
@@ -61,13 +61,19 @@ KeyTemplate = Annotated[
 ]
 
 
-class DigestSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+class DigestSpec(
+    msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True, omit_defaults=True
+):
     """A rule's digest: its events of one key, collected into one notification per window.
 
-    The window opens with the first event of a key and the digest goes out when it ends.
+    The window opens with the first event of a key and the digest goes out when it ends:
+    ``window`` after that event (``"PT10M"``), or at the next ``until`` (``"09:00"``) on
+    the recipient's clock (the rule's ``timezone`` / ``timezone_field``; UTC without one).
+    Exactly one of the two.
     """
 
-    window: IsoDuration
+    window: IsoDuration | None = None
+    until: LocalTime | None = None
 
 
 class RuleAction(enum.StrEnum):

@@ -95,7 +95,14 @@ def digest_window(window: str) -> datetime.timedelta:
 def check_digest(rule: RuleCreate) -> None:
     """A 422 naming the field that keeps ``rule`` (a notify rule) from being a digest."""
     assert rule.digest is not None
-    digest_window(rule.digest.window)
+    if rule.digest.window is not None and rule.digest.until is not None:
+        raise field_error("digest.until", "give digest.window or digest.until: one, not both")
+    if rule.digest.window is not None:
+        digest_window(rule.digest.window)
+    elif rule.digest.until is None:
+        raise field_error(
+            "digest", 'give a window ({"window": "PT10M"}) or a time of day ({"until": "09:00"})'
+        )
     if rule.key is None:
         raise field_error("key", "a digest collects the events of one key: give a key")
     if rule.date_field is not None:

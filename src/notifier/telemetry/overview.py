@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections.abc import AsyncIterator
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 from notifier.db import Connection, Pool, transaction
 from notifier.notifications import stats
@@ -32,6 +35,64 @@ IDLE_QUEUE = TenantQueueState(
 )
 
 
+T = TypeVar("T")
+
+# A quarter hour's attempts and lags are kept once this long has passed since it ended. A
+# delivery stamps ``sent_at`` with its transaction's start and commits after its send (at
+# most a channel's timeout, 10 s by default, and its waits for a host slot): five minutes
+# leave room for the slowest, and a full read every ``refresh`` mends any it missed.
+SETTLED_AFTER = datetime.timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """One tenant's deliveries before ``until`` (a quarter hour's start): attempts per
+    minute, lag histograms per quarter hour (the day's chart) and per minute (the hour's)."""
+
+    read_at: datetime.datetime
+    until: datetime.datetime
+    attempts: dict[datetime.datetime, stats.OutcomeCounts]
+    day_lags: dict[datetime.datetime, dict[int, int]]
+    minute_lags: dict[datetime.datetime, dict[int, int]]
+
+
+class DeliveryHistory:
+    """Per tenant, what the overview read of the last day's settled quarter hours, for the
+    ``tenants`` that asked last; each read afresh every ``refresh``."""
+
+    def __init__(
+        self, *, tenants: int = 200, refresh: datetime.timedelta = datetime.timedelta(minutes=15)
+    ) -> None:
+        self.tenants = tenants
+        self.refresh = refresh
+        self._by_tenant: OrderedDict[str, _Settled] = OrderedDict()
+        # Requests of one process share it; the event loop is one thread, but a test or an
+        # embedding may call from others.
+        self._lock = threading.Lock()
+
+    def settled(self, tenant_id: str, now: datetime.datetime) -> _Settled | None:
+        """What is kept of the tenant, unless it is due for a full read."""
+        with self._lock:
+            kept = self._by_tenant.get(tenant_id)
+            if kept is None or not kept.read_at <= now < kept.read_at + self.refresh:
+                return None
+            self._by_tenant.move_to_end(tenant_id)
+            return kept
+
+    def keep(self, tenant_id: str, settled: _Settled) -> None:
+        with self._lock:
+            self._by_tenant[tenant_id] = settled
+            self._by_tenant.move_to_end(tenant_id)
+            while len(self._by_tenant) > self.tenants:
+                self._by_tenant.popitem(last=False)
+
+
+def _within(
+    periods: Mapping[datetime.datetime, T], since: datetime.datetime, until: datetime.datetime
+) -> dict[datetime.datetime, T]:
+    return {start: value for start, value in periods.items() if since <= start < until}
+
+
 @dataclass(frozen=True, slots=True)
 class Overview:
     """What the overview shows; ``queues`` lists every known queue, idle ones included."""
@@ -44,11 +105,17 @@ class Overview:
 
 
 async def read_overview(
-    pool: Pool, settings: Settings, tenant_id: str, now: datetime.datetime | None = None
+    pool: Pool,
+    settings: Settings,
+    tenant_id: str,
+    now: datetime.datetime | None = None,
+    history: DeliveryHistory | None = None,
 ) -> Overview:
-    """The tenant's queues and deliveries, and the live workers (shared by all tenants)."""
+    """The tenant's queues and deliveries, and the live workers (shared by all tenants).
+    With ``history``, only the deliveries since what it kept are read from the database."""
     now = now or datetime.datetime.now(datetime.UTC)
     day_since, hour_since = stats.windows(now)
+    kept = history.settled(tenant_id, now) if history is not None else None
     timeout = min(OVERVIEW_TIMEOUT_SECONDS, settings.database_timeout_seconds)
 
     @asynccontextmanager
@@ -72,22 +139,44 @@ async def read_overview(
 
     async def attempts_part() -> dict[datetime.datetime, stats.OutcomeCounts]:
         async with reading() as conn:
-            return await stats.attempts_per_minute(conn, tenant_id, day_since)
+            since = kept.until if kept is not None else day_since
+            return await stats.attempts_per_minute(conn, tenant_id, since)
 
     async def lags_part() -> tuple[dict[datetime.datetime, dict[int, int]], ...]:
         async with reading() as conn:
+            if kept is not None:
+                # The minutes since: the hour's chart, and regrouped, the day's end.
+                minutes = await stats.lag_histograms(conn, tenant_id, kept.until, stats.MINUTE)
+                return stats.regroup(minutes, stats.DAY_BUCKET), minutes
             return (
                 await stats.lag_histograms(conn, tenant_id, day_since, stats.DAY_BUCKET),
                 await stats.lag_histograms(conn, tenant_id, hour_since, stats.MINUTE),
             )
 
-    (queues, workers), per_minute, (day_lags, hour_lags) = await asyncio.gather(
+    (queues, workers), fresh_attempts, (fresh_day, fresh_minutes) = await asyncio.gather(
         queue_part(), attempts_part(), lags_part()
     )
+    per_minute = {**(kept.attempts if kept else {}), **fresh_attempts}
+    day_lags = {**(kept.day_lags if kept else {}), **fresh_day}
+    minute_lags = {**(kept.minute_lags if kept else {}), **fresh_minutes}
+    if history is not None:
+        until = stats.floor(now - SETTLED_AFTER, stats.DAY_BUCKET)
+        if kept is not None:
+            until = max(until, kept.until)
+        history.keep(
+            tenant_id,
+            _Settled(
+                read_at=kept.read_at if kept is not None else now,
+                until=until,
+                attempts=_within(per_minute, day_since, until),
+                day_lags=_within(day_lags, day_since, until),
+                minute_lags=_within(minute_lags, hour_since, until),
+            ),
+        )
     return Overview(
         tenant_id=tenant_id,
         workers_alive=workers,
         queues={name: queues.get(name, IDLE_QUEUE) for name in sorted({*ALL_QUEUES, *queues})},
-        deliveries=stats.build(now, per_minute, day_lags, hour_lags),
+        deliveries=stats.build(now, per_minute, day_lags, minute_lags),
         overdue_after_seconds=settings.overdue_job_seconds,
     )

@@ -123,3 +123,10 @@ def current_principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Princip
     """Who the request acts as, if the guard let it in."""
     principal = connection.state.get(PRINCIPAL_STATE_KEY)
     return principal if isinstance(principal, Principal) else None
+
+
+def current_tenant(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The tenant a signed-in page acts for (the guard let the request in: it has one)."""
+    principal = current_principal(connection)
+    assert principal is not None, "only a page behind the dashboard's guard asks"
+    return principal.tenant_id

@@ -19,18 +19,12 @@ from notifier.events.schemas import Event
 from notifier.pagination import DEFAULT_LIMIT, Cursor
 from notifier.services import Services
 from notifier.tenancy import Scope
-from notifier.ui.auth import SCOPE_OPT, current_principal
+from notifier.ui.auth import SCOPE_OPT, current_tenant
 from notifier.ui.forms import field_message
 from notifier.ui.pages import UI_PATH, page
 
 READ = {SCOPE_OPT: Scope.EVENTS_READ.value}
 LIST_PATH = f"{UI_PATH}/events"
-
-
-def _tenant(request: Request[Any, Any, Any]) -> str:
-    principal = current_principal(request)
-    assert principal is not None  # the guard put it there
-    return principal.tenant_id
 
 
 @get("/events", name="ui-events", opt=READ)
@@ -51,7 +45,7 @@ async def event_list(
     if not errors:
         events, following = await service.list_events(
             services.pool,
-            _tenant(request),
+            current_tenant(request),
             limit=DEFAULT_LIMIT,
             after=Cursor.decode(cursor_text) if cursor_text else None,
             event_type=event_type or None,
@@ -83,7 +77,7 @@ async def event_detail(
     event_id: FromPath[uuid.UUID],
 ) -> Template:
     """One event, its payload, and the notifications it made."""
-    event = await service.get_event(services.pool, _tenant(request), event_id)
+    event = await service.get_event(services.pool, current_tenant(request), event_id)
     payload = msgspec.json.format(msgspec.json.encode(event.payload), indent=2).decode()
     return await page(request, "event.html", current="ui-events", event=event, payload=payload)
 

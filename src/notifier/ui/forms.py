@@ -8,14 +8,14 @@ shown next to it; the values typed are kept to fill the form again.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 import msgspec
 
 from notifier.api_types import checked_instant
 from notifier.errors import ProblemError, msgspec_problem, split_msgspec_path
-from notifier.notifications.selection import NotificationFilter
+from notifier.notifications.schemas import NotificationFilter
 
 StructT = TypeVar("StructT", bound=msgspec.Struct)
 
@@ -77,6 +77,28 @@ def convert_fields(
     if errors or converted is None:
         raise FormErrors(errors)
     return converted
+
+
+def service_errors(
+    exc: ProblemError,
+    fields: Iterable[str],
+    *,
+    fallback: str,
+    aliases: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """A 4xx of a use case as messages by form field: ``lead_times[1]`` and
+    ``headers.X-A`` are their field's, a body field the form shows as another is under its
+    name in ``aliases``, and one the form has not under ``fallback``. A 5xx, or a 4xx
+    naming no field, is raised again (the error page says it)."""
+    if exc.status >= 500 or not exc.errors:
+        raise exc
+    known = set(fields)
+    errors: dict[str, str] = {}
+    for problem in exc.errors:
+        field = problem.field.split("[")[0].split(".")[0]
+        field = (aliases or {}).get(field, field)
+        errors.setdefault(field if field in known else fallback, problem.message)
+    return errors
 
 
 # The filter's query parameters, as the API names them, and the Struct's field of each.

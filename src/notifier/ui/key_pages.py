@@ -16,18 +16,12 @@ from litestar.response import Redirect, Template
 from notifier.auth import service
 from notifier.services import Services
 from notifier.tenancy import Scope
-from notifier.ui.auth import SCOPE_OPT, current_principal
+from notifier.ui.auth import SCOPE_OPT, current_tenant
 from notifier.ui.pages import UI_PATH, page
 
 ADMIN = {SCOPE_OPT: Scope.ADMIN.value}
 LIST_PATH = f"{UI_PATH}/keys"
 MAX_NAME_LENGTH = 200
-
-
-def _tenant(request: Request[Any, Any, Any]) -> str:
-    principal = current_principal(request)
-    assert principal is not None  # the guard put it there
-    return principal.tenant_id
 
 
 async def _keys_page(
@@ -39,7 +33,7 @@ async def _keys_page(
     status_code: int = 200,
 ) -> Template:
     services: Services = request.app.state.services
-    keys = await service.list_keys(services.pool, _tenant(request))
+    keys = await service.list_keys(services.pool, current_tenant(request))
     return await page(
         request,
         "keys.html",
@@ -89,7 +83,7 @@ async def key_create(
     try:
         _, token = await service.create_key(
             services.pool,
-            tenant_id=_tenant(request),
+            tenant_id=current_tenant(request),
             scopes=scopes,
             name=values["name"],
             expires_in=expires_in,
@@ -105,7 +99,7 @@ async def key_revoke(
     request: Request[Any, Any, Any], services: NamedDependency[Services], key_id: FromPath[str]
 ) -> Redirect:
     """Revoke one of the tenant's keys (another tenant's is a 404)."""
-    await service.revoke_tenant_key(services.pool, _tenant(request), key_id)
+    await service.revoke_tenant_key(services.pool, current_tenant(request), key_id)
     return Redirect(f"{LIST_PATH}?revoked={key_id}", status_code=303)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -22,19 +23,21 @@ from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
+from notifier.db import Pool
 from notifier.errors import ProblemError
 from notifier.notifications import service
 from notifier.notifications.schemas import (
     Notification,
     NotificationCreate,
     NotificationDetail,
+    NotificationFilter,
     NotificationStatus,
 )
 from notifier.notifications.selection import BULK_LIMIT
 from notifier.pagination import DEFAULT_LIMIT, Cursor
 from notifier.services import Services
 from notifier.tenancy import Scope
-from notifier.ui.auth import SCOPE_OPT, current_principal
+from notifier.ui.auth import SCOPE_OPT, current_tenant
 from notifier.ui.forms import (
     FILTER_FIELDS,
     FormErrors,
@@ -57,12 +60,6 @@ DONE_NOTICES = {
     "replayed": "Replayed {count} notification{s}: each is pending again, due now.",
     "cancelled": "Cancelled {count} notification{s}; they will never be sent.",
 }
-
-
-def _tenant(request: Request[Any, Any, Any]) -> str:
-    principal = current_principal(request)
-    assert principal is not None  # the guard put it there
-    return principal.tenant_id
 
 
 def _with_query(path: str, query: dict[str, str]) -> str:
@@ -90,8 +87,8 @@ async def notification_list(
     try:
         where = notification_filter(values)
         after = Cursor.decode(cursor_text) if cursor_text else None
-        notifications, following = await service.search(
-            services.pool, _tenant(request), where, limit=DEFAULT_LIMIT, after=after
+        notifications, following = await service.list_notifications(
+            services.pool, current_tenant(request), where, limit=DEFAULT_LIMIT, after=after
         )
     except FormErrors as exc:
         errors = exc.errors
@@ -121,6 +118,17 @@ def _bulk_action(action: str) -> tuple[str, str, str]:
     return BULK_ACTIONS[action]
 
 
+def _confirmed_filter(values: dict[str, str]) -> NotificationFilter:
+    """The filter a bulk action acts on. The list page checked it before linking here:
+    one that does not convert was edited by hand, a 422 naming each field at fault."""
+    try:
+        return notification_filter(values)
+    except FormErrors as exc:
+        raise ProblemError(
+            422, "Unprocessable Content", "; ".join(f"{k}: {v}" for k, v in exc.errors.items())
+        ) from None
+
+
 @get("/notifications/bulk/{action:str}", name="ui-bulk-confirm", opt=WRITE)
 async def bulk_confirm(
     request: Request[Any, Any, Any], services: NamedDependency[Services], action: FromPath[str]
@@ -128,13 +136,8 @@ async def bulk_confirm(
     """How many notifications the action would change, and the button that does it."""
     verb, which, _ = _bulk_action(action)
     values = filter_values(request.query_params)
-    try:
-        where = notification_filter(values)
-    except FormErrors as exc:
-        raise ProblemError(
-            422, "Unprocessable Content", "; ".join(f"{k}: {v}" for k, v in exc.errors.items())
-        ) from None
-    count = await service.count_for_bulk(services.pool, _tenant(request), action, where)
+    where = _confirmed_filter(values)
+    count = await service.count_for_bulk(services.pool, current_tenant(request), action, where)
     return await page(
         request,
         "bulk_confirm.html",
@@ -159,14 +162,9 @@ async def bulk_run(
     _, _, done = _bulk_action(action)
     form = await request.form()
     values = filter_values({name: str(form.get(name, "")) for name in FILTER_FIELDS})
-    try:
-        where = notification_filter(values)
-    except FormErrors as exc:
-        raise ProblemError(
-            422, "Unprocessable Content", "; ".join(f"{k}: {v}" for k, v in exc.errors.items())
-        ) from None
+    where = _confirmed_filter(values)
     run = service.replay_many if action == "replay" else service.cancel_many
-    count = await run(services.pool, _tenant(request), where)
+    count = await run(services.pool, current_tenant(request), where)
     return Redirect(
         _with_query(LIST_PATH, {**values, "done": done, "count": str(count)}), status_code=303
     )
@@ -234,7 +232,7 @@ async def notification_detail(
     notification_id: FromPath[uuid.UUID],
 ) -> Template:
     """One notification: its fields, timeline, rendered message and the actions it allows."""
-    tenant = _tenant(request)
+    tenant = current_tenant(request)
     notification = await service.get_notification(services.pool, tenant, notification_id)
     message_problem = None
     try:
@@ -259,36 +257,32 @@ async def notification_detail(
     )
 
 
-@post(
-    "/notifications/{notification_id:uuid}/cancel",
-    name="ui-notification-cancel",
-    opt=WRITE,
-    status_code=303,
-)
-async def notification_cancel(
-    request: Request[Any, Any, Any],
-    services: NamedDependency[Services],
-    notification_id: FromPath[uuid.UUID],
-) -> Redirect:
-    """Cancel it (the API's DELETE); back to its page."""
-    await service.cancel(services.pool, _tenant(request), notification_id)
-    return Redirect(f"{LIST_PATH}/{notification_id}?done=cancelled&count=1", status_code=303)
+# What each button of one notification's page does: the use case (the API's DELETE, and
+# its POST .../retry) and the notice its page shows after.
+SINGLE_ACTIONS: dict[str, tuple[Callable[[Pool, str, uuid.UUID], Awaitable[object]], str]] = {
+    "cancel": (service.cancel, "cancelled"),
+    "replay": (service.replay, "replayed"),
+}
 
 
 @post(
-    "/notifications/{notification_id:uuid}/replay",
-    name="ui-notification-replay",
+    "/notifications/{notification_id:uuid}/{action:str}",
+    name="ui-notification-action",
     opt=WRITE,
     status_code=303,
 )
-async def notification_replay(
+async def notification_action(
     request: Request[Any, Any, Any],
     services: NamedDependency[Services],
     notification_id: FromPath[uuid.UUID],
+    action: FromPath[str],
 ) -> Redirect:
-    """Replay it (the API's POST .../retry); back to its page."""
-    await service.replay(services.pool, _tenant(request), notification_id)
-    return Redirect(f"{LIST_PATH}/{notification_id}?done=replayed&count=1", status_code=303)
+    """Cancel or replay it; back to its page, saying so."""
+    if action not in SINGLE_ACTIONS:
+        raise NotFoundException("There is no such action.")
+    run, done = SINGLE_ACTIONS[action]
+    await run(services.pool, current_tenant(request), notification_id)
+    return Redirect(f"{LIST_PATH}/{notification_id}?done={done}&count=1", status_code=303)
 
 
 # The create form ------------------------------------------------------------------------
@@ -366,7 +360,7 @@ async def notification_create(
             services.pool,
             services.channels,
             services.settings.default_channel,
-            _tenant(request),
+            current_tenant(request),
             _create_request(values),
             expiry_grace=datetime.timedelta(seconds=services.settings.expiry_grace_seconds),
             metrics=services.metrics,
@@ -398,6 +392,5 @@ ROUTES = [
     bulk_confirm,
     bulk_run,
     notification_detail,
-    notification_cancel,
-    notification_replay,
+    notification_action,
 ]

@@ -50,7 +50,7 @@ SIGN_IN_REASONS = {
 
 @dataclass(frozen=True, slots=True)
 class NavItem:
-    """A navigation entry; ``route`` None: a page still to come (webhook endpoints, issue 16)."""
+    """A navigation entry; ``route`` None: a page still to come."""
 
     label: str
     route: str | None
@@ -63,7 +63,7 @@ NAVIGATION = (
     NavItem("Events", "ui-events", Scope.EVENTS_READ),
     NavItem("Rules", "ui-rules", Scope.RULES_READ),
     NavItem("Templates", "ui-templates", Scope.TEMPLATES_READ),
-    NavItem("Endpoints", None, Scope.ADMIN),
+    NavItem("Endpoints", "ui-endpoints", Scope.ENDPOINTS_READ),
     NavItem("API keys", "ui-keys", Scope.ADMIN),
 )
 
@@ -242,7 +242,12 @@ async def overview(
     """Queues, workers and the tenant's deliveries of the last hour and day."""
     principal = current_principal(request)
     assert principal is not None  # the guard put it there
-    data = await read_overview(services.pool, services.settings, principal.tenant_id)
+    data = await read_overview(
+        services.pool,
+        services.settings,
+        principal.tenant_id,
+        history=services.delivery_history,
+    )
     return await page(
         request, "overview.html", current="ui-overview", overview=data, charts=overview_charts(data)
     )

@@ -50,6 +50,7 @@ from notifier.errors import ProblemError
 from notifier.services import Services
 from notifier.settings import Settings
 from notifier.ui import (
+    endpoint_pages,
     event_pages,
     key_pages,
     notification_pages,
@@ -273,6 +274,7 @@ class DashboardPlugin(InitPluginProtocol):
                 *rule_pages.ROUTES,
                 *template_pages.ROUTES,
                 *key_pages.ROUTES,
+                *endpoint_pages.ROUTES,
             ],
             guards=[signed_in],
         )

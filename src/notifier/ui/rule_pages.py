@@ -20,8 +20,8 @@ from notifier.rules import service
 from notifier.rules.schemas import Rule, RuleCreate, RuleUpdate
 from notifier.services import Services
 from notifier.tenancy import Scope
-from notifier.ui.auth import SCOPE_OPT, current_principal
-from notifier.ui.forms import FormErrors, convert_fields
+from notifier.ui.auth import SCOPE_OPT, current_tenant
+from notifier.ui.forms import FormErrors, convert_fields, service_errors
 from notifier.ui.pages import UI_PATH, page
 
 READ = {SCOPE_OPT: Scope.RULES_READ.value}
@@ -40,12 +40,6 @@ TEXT_FIELDS = (
     "timezone_field",
 )
 REQUIRED = frozenset({"event_type", "channel"})
-
-
-def _tenant(request: Request[Any, Any, Any]) -> str:
-    principal = current_principal(request)
-    assert principal is not None  # the guard put it there
-    return principal.tenant_id
 
 
 def iso_duration(lead_time: Any) -> str:
@@ -92,17 +86,6 @@ def _fields(values: dict[str, str], *, blank_as_none: bool) -> dict[str, Any]:
     return fields
 
 
-def _service_errors(exc: ProblemError) -> dict[str, str]:
-    """A 4xx of the use case as messages by form field (``lead_times[1]`` -> lead_times)."""
-    if exc.status >= 500 or not exc.errors:
-        raise exc
-    errors: dict[str, str] = {}
-    for problem in exc.errors:
-        field = problem.field.split("[")[0].split(".")[0]
-        errors.setdefault(field if field in TEXT_FIELDS else "name", problem.message)
-    return errors
-
-
 async def _form_page(
     request: Request[Any, Any, Any],
     *,
@@ -128,7 +111,7 @@ async def rule_list(
     request: Request[Any, Any, Any], services: NamedDependency[Services]
 ) -> Template:
     """Every rule of the tenant, oldest first."""
-    rules = await service.list_rules(services.pool, _tenant(request))
+    rules = await service.list_rules(services.pool, current_tenant(request))
     return await page(
         request,
         "rules.html",
@@ -153,11 +136,16 @@ async def rule_create(
     values = _form_values(await request.form())
     try:
         rule = convert_fields(RuleCreate, _fields(values, blank_as_none=False))
-        await service.create_rule(services.pool, services.channels, _tenant(request), rule)
+        await service.create_rule(services.pool, services.channels, current_tenant(request), rule)
     except FormErrors as exc:
         return await _form_page(request, rule=None, values=values, errors=exc.errors)
     except ProblemError as exc:
-        return await _form_page(request, rule=None, values=values, errors=_service_errors(exc))
+        return await _form_page(
+            request,
+            rule=None,
+            values=values,
+            errors=service_errors(exc, TEXT_FIELDS, fallback="name"),
+        )
     return Redirect(LIST_PATH, status_code=303)
 
 
@@ -168,7 +156,7 @@ async def rule_edit(
     rule_id: FromPath[uuid.UUID],
 ) -> Template:
     """The rule in its form (read-only without ``rules:write``)."""
-    rule = await service.get_rule(services.pool, _tenant(request), rule_id)
+    rule = await service.get_rule(services.pool, current_tenant(request), rule_id)
     return await _form_page(request, rule=rule, values=rule_values(rule), errors={})
 
 
@@ -179,7 +167,7 @@ async def rule_update(
     rule_id: FromPath[uuid.UUID],
 ) -> Template | Redirect:
     """Change every field of the form (a blank optional field clears it)."""
-    tenant = _tenant(request)
+    tenant = current_tenant(request)
     values = _form_values(await request.form())
     try:
         change = convert_fields(RuleUpdate, _fields(values, blank_as_none=True))
@@ -187,7 +175,11 @@ async def rule_update(
     except (FormErrors, ProblemError) as exc:
         if isinstance(exc, ProblemError) and exc.status == 404:
             raise
-        errors = exc.errors if isinstance(exc, FormErrors) else _service_errors(exc)
+        errors = (
+            exc.errors
+            if isinstance(exc, FormErrors)
+            else service_errors(exc, TEXT_FIELDS, fallback="name")
+        )
         rule = await service.get_rule(services.pool, tenant, rule_id)
         return await _form_page(request, rule=rule, values=values, errors=errors)
     return Redirect(LIST_PATH, status_code=303)
@@ -202,7 +194,9 @@ async def rule_toggle(
     """Enable or disable the rule (the form says which: ``enabled=on`` or not)."""
     form = await request.form()
     change = RuleUpdate(enabled=form.get("enabled") == "on")
-    await service.update_rule(services.pool, services.channels, _tenant(request), rule_id, change)
+    await service.update_rule(
+        services.pool, services.channels, current_tenant(request), rule_id, change
+    )
     return Redirect(LIST_PATH, status_code=303)
 
 

@@ -21,7 +21,7 @@ from notifier.services import Services
 from notifier.templates import service
 from notifier.templates.schemas import InlinePreviewRequest, Preview, TemplateReplace
 from notifier.tenancy import Scope
-from notifier.ui.auth import SCOPE_OPT, current_principal
+from notifier.ui.auth import SCOPE_OPT, current_tenant
 from notifier.ui.forms import FormErrors, convert_fields
 from notifier.ui.pages import UI_PATH, page
 
@@ -32,18 +32,12 @@ SOURCE_FIELDS = ("subject", "text_body", "html_body", "description")
 SAMPLE_PAYLOAD = '{\n  "name": "Ada",\n  "amount": "42.00 EUR"\n}'
 
 
-def _tenant(request: Request[Any, Any, Any]) -> str:
-    principal = current_principal(request)
-    assert principal is not None  # the guard put it there
-    return principal.tenant_id
-
-
 @get("/templates", name="ui-templates", opt=READ)
 async def template_list(
     request: Request[Any, Any, Any], services: NamedDependency[Services]
 ) -> Template:
     """The tenant's templates and the built-ins they do not override."""
-    templates = await service.list_templates(services.pool, _tenant(request))
+    templates = await service.list_templates(services.pool, current_tenant(request))
     return await page(request, "templates.html", current="ui-templates", templates=templates)
 
 
@@ -55,7 +49,7 @@ async def template_edit(
 ) -> Template:
     """The template in its editor (read only without ``templates:write``)."""
     name = template_name
-    template = await service.get_template(services.pool, _tenant(request), name)
+    template = await service.get_template(services.pool, current_tenant(request), name)
     values = {field: getattr(template, field) or "" for field in SOURCE_FIELDS}
     return await page(
         request,
@@ -128,7 +122,7 @@ async def template_preview(
     """Render the form's template (saved or not) against its sample payload, in the
     sandbox deliveries use; nothing is stored or sent."""
     name = template_name
-    tenant = _tenant(request)
+    tenant = current_tenant(request)
     template = await service.get_template(services.pool, tenant, name)  # a 404 first
     values = await _form_values(request)
     errors: dict[str, str] = {}
@@ -161,7 +155,7 @@ async def template_save(
     """Store the form as the tenant's template ``name`` once it compiles (overriding a
     built-in of that name), as ``PUT /api/v1/templates/{name}``."""
     name = template_name
-    tenant = _tenant(request)
+    tenant = current_tenant(request)
     template = await service.get_template(services.pool, tenant, name)  # a 404 first
     values = await _form_values(request)
     try:
