@@ -192,11 +192,20 @@ async def pending_notification(db: psycopg.AsyncConnection[Any], job_id: int) ->
     return notification_id
 
 
-LOCK_WITH_NOTIFICATIONS = jobs.lock_due_jobs_with(
-    columns="n.id AS notification_id",
-    join="JOIN notifier.notifications AS n ON n.job_id = jobs.id",
-    where="n.status = 'pending'",
-    lock="n",
+LOCK_WITH_NOTIFICATIONS = (
+    "WITH due AS MATERIALIZED ("
+    + jobs.lock_due_jobs(
+        join="JOIN notifier.notifications AS n ON n.job_id = jobs.id",
+        where="n.status = 'pending'",
+        row_id="n.id",
+    )
+    + """)
+    SELECT n.id AS notification_id, due.job_id
+    FROM due JOIN notifier.notifications AS n ON n.id = due.row_id
+    WHERE n.status = 'pending'
+    ORDER BY due.position
+    FOR UPDATE OF n SKIP LOCKED
+    """
 )
 
 
@@ -249,6 +258,42 @@ async def test_due_jobs_of_a_group_are_locked_with_their_rows_in_the_fetchs_orde
         assert [row["job_id"] for row in await cursor.fetchall()] == [run_now, run_now_later_id]
 
 
+async def test_a_batch_walks_its_group_from_behind_its_own_job(
+    services: Services, db: psycopg.AsyncConnection[Any]
+) -> None:
+    """The jobs before the batch's own in the fetch's order were held when it was fetched:
+    a batch for a job to run now reads the jobs to run now behind it and every due
+    scheduled one; a batch for a scheduled job reads each index behind it."""
+    run_now = [await insert_job(db) for _ in range(3)]
+    scheduled = [
+        await insert_job(db, due=f"now() - interval '{minutes} minutes'")
+        for minutes in (30, 20, 10)
+    ]
+    for job_id in run_now + scheduled:
+        await pending_notification(db, job_id)
+
+    async def batch(after: jobs.JobPosition) -> list[int]:
+        group = jobs.due_jobs_parameters(
+            queue=DELIVERIES_QUEUE,
+            task_name=DELIVER_TASK,
+            tenant_id="default",
+            priority=0,
+            limit=10,
+            after=after,
+        )
+        async with transaction(services.pool) as conn:
+            cursor = await conn.execute(LOCK_WITH_NOTIFICATIONS, group)
+            return [row["job_id"] for row in await cursor.fetchall()]
+
+    assert await batch(jobs.JobPosition(run_now[0])) == [*run_now[1:], *scheduled]
+    (second_scheduled,) = await rows(
+        db, "SELECT scheduled_at FROM procrastinate_jobs WHERE id = %s", scheduled[1]
+    )
+    behind_scheduled = jobs.JobPosition(scheduled[1], second_scheduled["scheduled_at"])
+    assert await batch(behind_scheduled) == [scheduled[2]]
+    assert await batch(jobs.JobPosition(0)) == run_now + scheduled
+
+
 async def test_finish_jobs_ends_waiting_jobs_succeeded_as_if_they_had_run(
     services: Services, db: psycopg.AsyncConnection[Any]
 ) -> None:
@@ -264,6 +309,41 @@ async def test_finish_jobs_ends_waiting_jobs_succeeded_as_if_they_had_run(
         # procrastinate's trigger records the end of a job that never ran as 'cancelled'.
         assert await event_types(db, job_id) == ["deferred", "cancelled"]
     assert (await job_row(db, untouched))["status"] == "todo"
+
+
+async def test_finish_jobs_writes_what_procrastinates_finish_function_writes(
+    services: Services, db: psycopg.AsyncConnection[Any]
+) -> None:
+    """One statement for every job, each left as ``procrastinate_finish_job_v1`` leaves one."""
+    theirs = [await insert_job(db), await insert_job(db, status="doing")]
+    ours = [await insert_job(db), await insert_job(db, status="doing")]
+    await rows(
+        db,
+        "SELECT procrastinate_finish_job_v1(id, 'succeeded', false)"
+        " FROM unnest(%s::bigint[]) AS id",
+        theirs,
+    )
+
+    async with transaction(services.pool) as conn:
+        await jobs.finish_jobs(conn, ours)
+
+    for their_id, our_id in zip(theirs, ours, strict=True):
+        assert await job_row(db, our_id) == await job_row(db, their_id)
+        assert await event_types(db, our_id) == await event_types(db, their_id)
+    assert (await job_row(db, ours[1]))["attempts"] == 1  # the run counted
+    assert await event_types(db, ours[1]) == ["succeeded"]
+
+
+async def test_finish_jobs_refuses_a_job_no_longer_waiting_and_finishes_none(
+    services: Services, db: psycopg.AsyncConnection[Any]
+) -> None:
+    waiting, done = await insert_job(db), await insert_job(db, status="succeeded")
+
+    with pytest.raises(jobs.QueueStateError):
+        async with transaction(services.pool) as conn:
+            await jobs.finish_jobs(conn, [waiting, done])
+
+    assert (await job_row(db, waiting))["status"] == "todo"
 
 
 async def test_reschedule_jobs_moves_waiting_jobs_and_adds_to_their_arguments(

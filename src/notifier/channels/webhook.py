@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import httpx
@@ -33,6 +33,7 @@ from notifier.channels.base import (
 from notifier.channels.egress import (
     BlockedAddressError,
     GuardedResolver,
+    IPAddress,
     IPNetwork,
     check_addresses,
     host_problem,
@@ -54,6 +55,22 @@ MAX_REQUESTS_IN_FLIGHT = 32
 # (retryably) instead of the worker buffering whatever a receiver sends.
 MAX_HEADER_LINE_BYTES = 8190
 MAX_HEADER_FIELDS = 64
+# URLs whose parse a channel keeps (then it starts over): a worker sends to a few hosts,
+# each URL many times, and parsing one took about as long as the rest of its request's
+# preparation (profiled with py-spy: httpx's parse, then getaddrinfo for a numeric host).
+PARSED_URLS_KEPT = 1024
+
+
+class ParsedTarget(NamedTuple):
+    """What sending to one URL needs of it, parsed once: the URL normalized as aiohttp is
+    handed it, its host, the address the host spells (None: a name, resolved and checked
+    at connect time), its port, and its redacted form for traces."""
+
+    url: str
+    host: str
+    address: IPAddress | None
+    port: int
+    redacted: str
 
 
 def decode_secret(secret: str) -> bytes:
@@ -126,6 +143,10 @@ class WebhookChannel:
         # A process sends at most this many requests at once, whatever the batches hold.
         self._in_flight = asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
         self._session: aiohttp.ClientSession | None = None
+        # Pure functions of a URL (and of allowed_networks), kept: validate_recipient's
+        # answers, and the parses _post sends with.
+        self._recipient_problems: dict[str, str | None] = {}
+        self._targets: dict[str, ParsedTarget] = {}
 
     def _client(self) -> aiohttp.ClientSession:
         """The HTTP client, made on first use (it belongs to the running event loop)."""
@@ -163,6 +184,13 @@ class WebhookChannel:
 
         Host names are resolved at send time, where every address is checked again.
         """
+        if recipient not in self._recipient_problems:
+            if len(self._recipient_problems) >= PARSED_URLS_KEPT:
+                self._recipient_problems.clear()
+            self._recipient_problems[recipient] = self._recipient_problem(recipient)
+        return self._recipient_problems[recipient]
+
+    def _recipient_problem(self, recipient: str) -> str | None:
         if len(recipient) > MAX_URL_LENGTH:
             return f"must be at most {MAX_URL_LENGTH} characters"
         try:
@@ -258,24 +286,41 @@ class WebhookChannel:
         host connected to. The request is a CLIENT span carrying the trace context to the
         receiver.
         """
-        target = httpx.URL(url)
-        host = target.host
-        if (address := numeric_host(host)) is not None:
-            check_addresses(host, [address], self._allowed_networks)
+        target = self._target(url)
+        if target.address is not None:
+            check_addresses(target.host, [target.address], self._allowed_networks)
         attributes: dict[str, AttributeValue] = {
             "http.request.method": "POST",
-            "url.full": redacted_url(url),
-            "server.address": host,
-            "server.port": port_of(target) or 0,
+            "url.full": target.redacted,
+            "server.address": target.host,
+            "server.port": target.port,
         }
         with client_span("POST", attributes=attributes) as span:
             propagate.inject(headers)
             async with self._client().post(
-                str(target), data=body, headers=headers, allow_redirects=False
+                target.url, data=body, headers=headers, allow_redirects=False
             ) as response:
                 span.set_attribute("http.response.status_code", response.status)
                 answer = await read_at_most(response, MAX_ANSWER_BYTES)
                 return response.status, response.headers.get("retry-after"), answer
+
+    def _target(self, url: str) -> ParsedTarget:
+        """``url`` parsed for :meth:`_post` (raises httpx's error for one that does not
+        parse), from the kept parses when it was sent to before."""
+        found = self._targets.get(url)
+        if found is None:
+            parsed = httpx.URL(url)
+            found = ParsedTarget(
+                url=str(parsed),
+                host=parsed.host,
+                address=numeric_host(parsed.host),
+                port=port_of(parsed) or 0,
+                redacted=redacted_url(url),
+            )
+            if len(self._targets) >= PARSED_URLS_KEPT:
+                self._targets.clear()
+            self._targets[url] = found
+        return found
 
     async def aclose(self) -> None:
         """Close the HTTP client's connections."""

@@ -57,10 +57,12 @@ logger = logging.getLogger("notifier.delivery")
 
 class JobGroup(NamedTuple):
     """The jobs a deliver job's batch is taken from: its tenant's (None: jobs deferred
-    before migration 0011) at its priority, as the fetch groups them."""
+    before migration 0011) at its priority, as the fetch groups them, behind ``after`` (the
+    deliver job's own place in the group) when given."""
 
     tenant_id: str | None
     priority: int
+    after: jobs.JobPosition | None = None
 
 
 class Draft(NamedTuple):
@@ -218,6 +220,7 @@ async def _send_batch(
             tenant_id=group.tenant_id,
             priority=group.priority,
             limit=settings.delivery_batch_size - 1,
+            after=group.after,
         )
         batch += await _still_to_send(services, conn, taken_along, now)
     sources: TemplateCache = {}
@@ -423,15 +426,21 @@ async def _render_and_send_all(
                 results[index] = exc
 
     settings = services.settings
-    # Webhooks whose host is capped; a draft that already failed needs no slot.
-    capped = {
-        index: origin_of(draft.row.recipient)
-        for index, draft in enumerate(drafts)
-        if settings.webhook_max_in_flight_per_host
-        and draft.channel is not None
-        and draft.channel.name == WebhookChannel.name
-        and not isinstance(draft.content, str)
-    }
+    # Webhooks whose host is capped; a draft that already failed needs no slot. A batch's
+    # webhooks mostly share a URL: each parsed once.
+    origins: dict[str, str] = {}
+    capped: dict[int, str] = {}
+    for index, draft in enumerate(drafts):
+        if (
+            settings.webhook_max_in_flight_per_host
+            and draft.channel is not None
+            and draft.channel.name == WebhookChannel.name
+            and not isinstance(draft.content, str)
+        ):
+            url = draft.row.recipient
+            if url not in origins:
+                origins[url] = origin_of(url)
+            capped[index] = origins[url]
 
     async def prepare_and_send(index: int) -> None:
         await prepare(index)

@@ -245,10 +245,9 @@ async def lock_for_delivery(conn: Connection, notification_id: uuid.UUID) -> Del
     return None if row is None else _delivery_row(row)
 
 
-# Due, waiting deliver jobs of one group with their pending notifications, each locked with
-# its job, in one statement (the adapter's walk over the group's jobs).
-_LOCK_DUE_DELIVERIES = jobs.lock_due_jobs_with(
-    columns="n.*",
+# Due, waiting deliver jobs of one group, locked (the adapter's walk over the group's jobs),
+# then their pending notifications, looked at again once locked: one statement.
+_DUE_DELIVERY_JOBS = jobs.lock_due_jobs(
     join="JOIN notifier.notifications AS n ON n.job_id = jobs.id AND n.status = 'pending'",
     where="""n.channel = %(channel)s
       AND NOT EXISTS (
@@ -259,8 +258,18 @@ _LOCK_DUE_DELIVERIES = jobs.lock_due_jobs_with(
           SELECT 1 FROM notifier.endpoints AS e
           WHERE e.id = n.endpoint_id AND e.rate_per_second IS NOT NULL
       )""",
-    lock="n",
-    job_id="batch_job_id",
+    row_id="n.id",
+)
+_LOCK_DUE_DELIVERIES = (
+    "WITH due AS MATERIALIZED ("
+    + _DUE_DELIVERY_JOBS
+    + """)
+SELECT n.*, due.job_id AS batch_job_id
+FROM due JOIN notifier.notifications AS n ON n.id = due.row_id
+WHERE n.job_id = due.job_id AND n.status = 'pending' AND n.channel = %(channel)s
+ORDER BY due.position
+FOR UPDATE OF n SKIP LOCKED
+"""
 )
 
 
@@ -272,14 +281,18 @@ async def lock_due_deliveries(
     tenant_id: str | None,
     priority: int,
     limit: int,
+    after: jobs.JobPosition | None = None,
 ) -> list[LockedDelivery]:
     """Up to ``limit`` pending notifications of ``channel`` whose deliver jobs are due and
-    waiting in the group of ``tenant_id`` (None: jobs that name no tenant) and ``priority``,
+    waiting in the group of ``tenant_id`` (None: jobs that name no tenant) and ``priority``
+    (behind the job at ``after``, see :func:`notifier.queue.jobs.due_jobs_parameters`),
     each locked with its job (rows other workers hold are skipped).
 
     A batch takes only its own group's jobs: the fetch shares out turns by group
     (migration 0011), and a batch is one turn. Notifications whose tenant has a rate limit
-    on the channel, or whose endpoint has one, are left to their own jobs.
+    on the channel, or whose endpoint has one, are left to their own jobs. A job whose
+    notification another transaction holds (a cancel) stays locked but is not taken: it
+    waits, and runs on its own once this transaction ends.
     """
     group = jobs.due_jobs_parameters(
         queue=DELIVERIES_QUEUE,
@@ -287,6 +300,7 @@ async def lock_due_deliveries(
         tenant_id=tenant_id,
         priority=priority,
         limit=limit,
+        after=after,
     )
     cursor = await conn.execute(_LOCK_DUE_DELIVERIES, {**group, "channel": channel})
     locked = []
@@ -332,38 +346,67 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
     answer: str | None = None
 
 
+_RECORD_ATTEMPTS = """
+WITH attempt AS (
+    SELECT * FROM unnest(
+        %(notification_ids)s::uuid[], %(attempts)s::integer[], %(job_ids)s::bigint[],
+        %(channels)s::text[], %(outcomes)s::text[], %(status_codes)s::integer[],
+        %(errors)s::text[], %(statuses)s::text[], %(started_ats)s::timestamptz[],
+        %(endpoint_ids)s::uuid[], %(durations_ms)s::integer[], %(answers)s::text[]
+    ) WITH ORDINALITY AS a (
+        notification_id, attempt, job_id, channel, outcome, status_code, error, status,
+        started_at, endpoint_id, duration_ms, answer, n
+    )
+), counted AS (
+    UPDATE notifier.notifications AS n
+    SET attempts = a.attempt,
+        last_error = a.error,
+        status = coalesce(a.status, n.status),
+        sent_at = CASE WHEN a.status = 'sent' THEN now() ELSE n.sent_at END,
+        updated_at = now()
+    FROM attempt AS a
+    WHERE n.id = a.notification_id
+    RETURNING n.id, n.tenant_id
+)
+-- The attempt names its tenant, for the dashboard's per-tenant charts.
+INSERT INTO notifier.delivery_attempts
+    (notification_id, tenant_id, attempt, job_id, channel, outcome, status_code, error,
+     started_at, finished_at, endpoint_id, duration_ms, answer)
+SELECT a.notification_id, counted.tenant_id, a.attempt, a.job_id, a.channel, a.outcome,
+       a.status_code, a.error, a.started_at,
+       -- now() is when the transaction began, before the sends: use the clock.
+       clock_timestamp(), a.endpoint_id, a.duration_ms, a.answer
+FROM attempt AS a JOIN counted ON counted.id = a.notification_id
+ORDER BY a.n
+"""
+
+
 async def record_attempts(conn: Connection, records: list[AttemptRecord]) -> None:
     """Record delivery attempts, each counted on its notification with its new status.
 
-    One statement per attempt, sent together (psycopg pipelines ``executemany``).
+    One statement for them all (a batch's attempts): a statement per attempt cost a
+    round of parsing, planning and executing each, more than the rows themselves.
+    Attempts are numbered (``delivery_attempts.id``) in the order given.
     """
-    async with conn.cursor() as cursor:
-        await cursor.executemany(
-            """
-            WITH counted AS (
-                UPDATE notifier.notifications
-                SET attempts = %(attempt)s,
-                    last_error = %(error)s,
-                    status = coalesce(%(status)s::text, status),
-                    sent_at = CASE WHEN %(status)s::text = 'sent' THEN now() ELSE sent_at END,
-                    updated_at = now()
-                WHERE id = %(notification_id)s
-                RETURNING tenant_id
-            )
-            -- The attempt names its tenant, for the dashboard's per-tenant charts.
-            INSERT INTO notifier.delivery_attempts
-                (notification_id, tenant_id, attempt, job_id, channel, outcome, status_code,
-                 error, started_at, finished_at, endpoint_id, duration_ms, answer)
-            SELECT %(notification_id)s::uuid, tenant_id, %(attempt)s::integer,
-                   %(job_id)s::bigint, %(channel)s::text, %(outcome)s::text,
-                   %(status_code)s::integer, %(error)s::text, %(started_at)s::timestamptz,
-                   -- now() is when the transaction began, before the send: use the clock.
-                   clock_timestamp(), %(endpoint_id)s::uuid, %(duration_ms)s::integer,
-                   %(answer)s::text
-            FROM counted
-            """,
-            [msgspec.structs.asdict(record) for record in records],
-        )
+    if not records:
+        return
+    await conn.execute(
+        _RECORD_ATTEMPTS,
+        {
+            "notification_ids": [r.notification_id for r in records],
+            "attempts": [r.attempt for r in records],
+            "job_ids": [r.job_id for r in records],
+            "channels": [r.channel for r in records],
+            "outcomes": [r.outcome.value for r in records],
+            "status_codes": [r.status_code for r in records],
+            "errors": [r.error for r in records],
+            "statuses": [r.status.value if r.status is not None else None for r in records],
+            "started_ats": [r.started_at for r in records],
+            "endpoint_ids": [r.endpoint_id for r in records],
+            "durations_ms": [r.duration_ms for r in records],
+            "answers": [r.answer for r in records],
+        },
+    )
 
 
 async def start_new_round(

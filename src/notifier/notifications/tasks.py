@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from notifier.notifications import delivery
-from notifier.queue import JobInfo
+from notifier.queue import JobInfo, jobs
 from notifier.services import Services
 
 
@@ -26,6 +26,8 @@ async def deliver(
         services,
         uuid.UUID(notification_id),
         job_id=job.id,
-        group=delivery.JobGroup(tenant_id, job.priority),
+        group=delivery.JobGroup(
+            tenant_id, job.priority, after=jobs.JobPosition(job.id, job.scheduled_at)
+        ),
         slot_waits=slot_waits,
     )

@@ -22,6 +22,7 @@ This module names the queues and tasks (the SQL outbox trigger, the migrations a
 
 from __future__ import annotations
 
+import datetime
 from typing import Any, Final
 
 import msgspec
@@ -61,3 +62,5 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int
     # The job's arguments, as the task receives them as keyword arguments.
     args: dict[str, Any]
+    # When it was due, for a scheduled job (None: deferred to run at once).
+    scheduled_at: datetime.datetime | None = None

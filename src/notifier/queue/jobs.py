@@ -4,7 +4,7 @@ Functions take the caller's connection and never commit: a job deferred, cancell
 finished or rescheduled here commits or rolls back with the caller's business rows. Two
 statements of other features embed a part written here, so that they stay one statement:
 the publish (:func:`defer_jobs_select`, the jobs of the events it stores) and the delivery
-batch (:func:`lock_due_jobs_with`, the due jobs locked together with their notifications).
+batch (:func:`lock_due_jobs`, the due jobs locked before their notifications).
 
 procrastinate's SQL functions are versioned (``_v1``, ``_v2``): on an upgrade, check each
 one named here against the new ``procrastinate/sql/schema.sql``.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping, Sequence
-from typing import Any, LiteralString
+from typing import Any, LiteralString, NamedTuple
 
 import msgspec
 import psycopg
@@ -23,6 +23,12 @@ from psycopg.types.json import Jsonb
 
 from notifier.db import Connection
 from notifier.queue import TASK_QUEUES
+
+
+class QueueStateError(RuntimeError):
+    """A job was not in the state a statement of the adapter requires (procrastinate's own
+    functions raise in the same cases)."""
+
 
 # --- the fetch -------------------------------------------------------------------------
 
@@ -36,6 +42,24 @@ FETCH_JOB_SQL: LiteralString = """
 SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name,
        attempts, worker_id
 FROM notifier.fetch_job(%(queues)s::varchar[], %(worker_id)s)
+"""
+# After a fetch that found nothing: seconds from now until the earliest time a waiting job
+# of ``queues`` falls due (NULL: none is known to), from the groups' ``due_at`` (never later
+# than their earliest waiting job, migration 0011) and the arrivals the fetch has not yet
+# moved there. Groups already due are left out: the fetch just found nothing to take in
+# them (their jobs are held by others), and waking at once for them would spin. Two index
+# reads of two small tables, however many jobs wait.
+NEXT_DUE_SQL: LiteralString = """
+SELECT extract(epoch FROM min(due_at) - clock_timestamp())::float8 AS seconds
+FROM (
+    SELECT min(due_at) AS due_at FROM notifier.job_groups
+    WHERE due_at > now() AND due_at < 'infinity'
+      AND (%(queues)s::varchar[] IS NULL OR queue_name = ANY(%(queues)s::varchar[]))
+    UNION ALL
+    SELECT min(due_at) FROM notifier.job_group_arrivals
+    WHERE due_at > now() AND due_at < 'infinity'
+      AND (%(queues)s::varchar[] IS NULL OR queue_name = ANY(%(queues)s::varchar[]))
+) AS earliest
 """
 
 
@@ -134,92 +158,149 @@ async def defer_jobs(conn: Connection, jobs: Sequence[JobToDefer]) -> list[int]:
 
 # --- the jobs of a delivery batch ------------------------------------------------------
 
+
+class JobPosition(NamedTuple):
+    """Where a job stands in its group's order: its id, and its due time for a scheduled
+    job (None: a job to run now)."""
+
+    job_id: int
+    scheduled_at: datetime.datetime | None = None
+
+
 # Waiting jobs of one group (migration 0011: queue, tenant, priority) and task that are
-# due, in the order the fetch takes them, each locked together with the caller's rows
-# joined to it; LIMIT ends the walk, and the locking, after the first rows that qualify.
-# One branch per job index of the group, each read in order; the group's key is written
-# as in those indexes.
+# due, in the order the fetch takes them, locked; LIMIT ends the walk, and the locking,
+# after the first rows that qualify. One branch per job index of the group, each read in
+# order from the position given (the index's first entry without one); the group's key is
+# written as in those indexes.
 _DUE_JOBS_OF_GROUP: LiteralString = """
-SELECT * FROM (
-    SELECT {columns}, jobs.id AS {job_id}
-    FROM procrastinate_jobs AS jobs
-    {join}
-    WHERE jobs.status = 'todo' AND jobs.scheduled_at IS NULL
-      AND jobs.queue_name = %(group_queue)s
-      AND coalesce(jobs.args->>'tenant_id', '') = coalesce(%(group_tenant)s::text, '')
-      AND jobs.priority = %(group_priority)s
-      AND jobs.task_name = %(group_task)s AND jobs.lock IS NULL
-      AND {where}
-    ORDER BY jobs.id
-    FOR UPDATE OF jobs, {lock} SKIP LOCKED
-) AS run_now
-UNION ALL
-SELECT * FROM (
-    SELECT {columns}, jobs.id AS {job_id}
-    FROM procrastinate_jobs AS jobs
-    {join}
-    WHERE jobs.status = 'todo' AND jobs.scheduled_at IS NOT NULL
-      AND jobs.scheduled_at <= now()
-      AND jobs.queue_name = %(group_queue)s
-      AND coalesce(jobs.args->>'tenant_id', '') = coalesce(%(group_tenant)s::text, '')
-      AND jobs.priority = %(group_priority)s
-      AND jobs.task_name = %(group_task)s AND jobs.lock IS NULL
-      AND {where}
-    ORDER BY jobs.scheduled_at, jobs.id
-    FOR UPDATE OF jobs, {lock} SKIP LOCKED
-) AS scheduled_and_due
-LIMIT %(limit)s
+SELECT due.*, row_number() OVER () AS position FROM (
+    SELECT * FROM (
+        SELECT jobs.id AS job_id, {row_id} AS row_id
+        FROM procrastinate_jobs AS jobs
+        {join}
+        WHERE jobs.status = 'todo' AND jobs.scheduled_at IS NULL
+          AND jobs.queue_name = %(group_queue)s
+          AND coalesce(jobs.args->>'tenant_id', '') = coalesce(%(group_tenant)s::text, '')
+          AND jobs.priority = %(group_priority)s
+          AND jobs.task_name = %(group_task)s AND jobs.lock IS NULL
+          AND jobs.id > %(after_id)s
+          AND {where}
+        ORDER BY jobs.id
+        FOR UPDATE OF jobs SKIP LOCKED
+    ) AS run_now
+    UNION ALL
+    SELECT * FROM (
+        SELECT jobs.id AS job_id, {row_id} AS row_id
+        FROM procrastinate_jobs AS jobs
+        {join}
+        WHERE jobs.status = 'todo' AND jobs.scheduled_at IS NOT NULL
+          AND jobs.scheduled_at <= now()
+          AND jobs.queue_name = %(group_queue)s
+          AND coalesce(jobs.args->>'tenant_id', '') = coalesce(%(group_tenant)s::text, '')
+          AND jobs.priority = %(group_priority)s
+          AND (jobs.scheduled_at, jobs.id) > (%(after_scheduled_at)s, %(after_scheduled_id)s)
+          AND jobs.task_name = %(group_task)s AND jobs.lock IS NULL
+          AND {where}
+        ORDER BY jobs.scheduled_at, jobs.id
+        FOR UPDATE OF jobs SKIP LOCKED
+    ) AS scheduled_and_due
+    LIMIT %(limit)s
+) AS due
 """
 
 
-def lock_due_jobs_with(
-    *,
-    columns: LiteralString,
-    join: LiteralString,
-    where: LiteralString,
-    lock: LiteralString,
-    job_id: LiteralString = "job_id",
+def lock_due_jobs(
+    *, join: LiteralString, where: LiteralString, row_id: LiteralString
 ) -> LiteralString:
-    """One statement locking the waiting, due jobs of one group and task (rows another
-    transaction holds are skipped) together with the caller's rows joined to each.
+    """A SELECT locking the waiting, due jobs of one group and task (jobs another
+    transaction holds are skipped) whose rows of the caller's, joined to each, qualify.
 
     ``join`` joins the caller's table(s) to ``jobs`` (procrastinate's jobs table, by that
-    alias; refer to ``jobs.id`` only), ``where`` filters their rows, ``lock`` names the
-    aliases locked with each job, ``columns`` are selected from them, and every row
-    carries its job's id as ``job_id``. Jobs come in the order the fetch takes them (to
-    run now by id, then the due scheduled ones, earliest first). Parameters: those of
-    :func:`due_jobs_parameters`, and the caller's own.
+    alias; refer to ``jobs.id`` only) and ``where`` filters their rows; the caller's rows
+    are read, not locked. It yields ``job_id``, ``row_id`` (the caller's expression
+    ``row_id``, naming the row joined) and ``position`` (1, 2, ...: the order the fetch
+    takes the jobs in: to run now by id, then the due scheduled ones, earliest first).
+
+    The caller locks its own rows in an outer statement (``WITH due AS MATERIALIZED (...)
+    SELECT ... JOIN due ... FOR UPDATE OF ... SKIP LOCKED``), checking them again there.
+    Locked here with its job, a row whose job a fetch took meanwhile (the job fails the
+    recheck after the lock) would stay locked until the caller's transaction ends, and the
+    job's own run would wait that long for it; locked apart, only the job row is held.
+    Parameters: those of :func:`due_jobs_parameters`, and the caller's own.
     """
-    return _DUE_JOBS_OF_GROUP.format(
-        columns=columns, join=join, where=where, lock=lock, job_id=job_id
-    )
+    return _DUE_JOBS_OF_GROUP.format(join=join, where=where, row_id=row_id)
 
 
 def due_jobs_parameters(
-    *, queue: str, task_name: str, tenant_id: str | None, priority: int, limit: int
+    *,
+    queue: str,
+    task_name: str,
+    tenant_id: str | None,
+    priority: int,
+    limit: int,
+    after: JobPosition | None = None,
 ) -> dict[str, Any]:
-    """The group (``tenant_id`` None: jobs that name no tenant) and the limit of a
-    :func:`lock_due_jobs_with` statement."""
+    """The group (``tenant_id`` None: jobs that name no tenant), the limit and the start of a
+    :func:`lock_due_jobs` statement.
+
+    ``after``: the job the batch is for (fetched from the same group), the walk starting
+    behind it. The fetch took the first job it could lock, so the ones before it in its
+    index were held by other batches then: reading them again would only skip them again,
+    once per job, and race the fetches that take the group's next jobs. A job before it
+    that waits again later (a batch rolled back) is taken by the next fetch. A job to run
+    now comes before every due scheduled job with a higher id, so a batch for a job to run
+    now reads the scheduled jobs from their start.
+    """
+    after_id, after_scheduled = (after.job_id, after.scheduled_at) if after else (0, None)
+    scheduled = after_scheduled is not None
     return {
         "group_queue": queue,
         "group_task": task_name,
         "group_tenant": tenant_id,
         "group_priority": priority,
         "limit": limit,
+        "after_id": after_id,
+        "after_scheduled_at": after_scheduled if scheduled else NO_TIME,
+        "after_scheduled_id": after_id if scheduled else 0,
     }
+
+
+# Before every due time a job can have.
+NO_TIME = datetime.datetime.min.replace(tzinfo=datetime.UTC)
 
 
 async def finish_jobs(conn: Connection, job_ids: Sequence[int]) -> None:
     """End the (locked, waiting) jobs ``succeeded``, as if they had run: for jobs whose work
-    another job did, in its transaction. procrastinate's own function, so that its events
-    and counts are what a run would have left."""
-    if job_ids:
-        await conn.execute(
-            """
-            SELECT procrastinate_finish_job_v1(job_id, 'succeeded', false)
-            FROM unnest(%s::bigint[]) AS job_id
-            """,
-            [list(job_ids)],
+    another job did, in its transaction.
+
+    One UPDATE for all of them, writing what procrastinate's ``procrastinate_finish_job_v1``
+    writes for each (status, ``abort_requested`` cleared, a run counted for a job that was
+    running), so that its triggers leave the same events; calling that function once per
+    job cost a function call and a statement of its own per job. Like it, it refuses (and
+    so fails the caller's transaction) when a job is no longer waiting or running.
+    """
+    if not job_ids:
+        return
+    cursor = await conn.execute(
+        """
+        WITH finished AS (
+            UPDATE procrastinate_jobs
+            SET status = 'succeeded',
+                abort_requested = false,
+                attempts = CASE status WHEN 'doing' THEN attempts + 1 ELSE attempts END
+            WHERE id = ANY(%s::bigint[]) AND status IN ('todo', 'doing')
+            RETURNING id
+        )
+        SELECT count(*) AS finished FROM finished
+        """,
+        [list(job_ids)],
+    )
+    row = await cursor.fetchone()
+    finished = row["finished"] if row else 0
+    if finished != len(set(job_ids)):
+        raise QueueStateError(
+            f"{len(set(job_ids)) - finished} of jobs {sorted(job_ids)} were not found "
+            "waiting or running"
         )
 
 
