@@ -153,15 +153,25 @@ class LockedEvent(NamedTuple):
     traceparent: str | None
 
 
-# Due, waiting process_event jobs of one group with their events still unprocessed, each
-# locked with its job, in one statement (the adapter's walk over the group's jobs).
-_LOCK_DUE_EVENTS = jobs.lock_due_jobs_with(
-    columns="e.*",
-    join="""JOIN notifier.events AS e
-        ON e.id = (jobs.args->>'event_id')::uuid AND e.processed_at IS NULL""",
-    where="e.id <> %(own_event_id)s",
-    lock="e",
-    job_id="batch_job_id",
+# Due, waiting process_event jobs of one group whose events still await processing, each
+# locked with its job, in one statement: the adapter's walk locks the jobs, the outer
+# SELECT the events (checked again once locked; one another transaction holds is skipped,
+# its job left waiting to run on its own).
+_DUE_EVENT_JOBS = jobs.lock_due_jobs(
+    join="JOIN notifier.events AS e ON e.id = (jobs.args->>'event_id')::uuid",
+    where="e.processed_at IS NULL AND e.id <> %(own_event_id)s",
+    row_id="e.id",
+)
+_LOCK_DUE_EVENTS = (
+    "WITH due AS MATERIALIZED ("
+    + _DUE_EVENT_JOBS
+    + """)
+SELECT e.*, due.job_id AS batch_job_id
+FROM due JOIN notifier.events AS e ON e.id = due.row_id
+WHERE e.processed_at IS NULL
+ORDER BY due.position
+FOR UPDATE OF e SKIP LOCKED
+"""
 )
 
 
@@ -172,11 +182,13 @@ async def lock_due_events(
     tenant_id: str | None,
     priority: int,
     limit: int,
+    after: jobs.JobPosition | None = None,
 ) -> list[LockedEvent]:
     """Up to ``limit`` unprocessed events, other than ``own_event_id``, whose process_event
     jobs are due and waiting in the group of ``tenant_id`` (None: jobs that name no
-    tenant) and ``priority``, each locked with its job (rows other workers hold are
-    skipped), in the order the fetch would take their jobs.
+    tenant) and ``priority`` (behind the job at ``after``, see
+    :func:`notifier.queue.jobs.due_jobs_parameters`), each locked with its job (rows other
+    workers hold are skipped), in the order the fetch would take their jobs.
 
     A batch takes only its own group's jobs: the fetch shares out turns by group
     (migration 0011), and a batch is one turn.
@@ -187,6 +199,7 @@ async def lock_due_events(
         tenant_id=tenant_id,
         priority=priority,
         limit=limit,
+        after=after,
     )
     cursor = await conn.execute(_LOCK_DUE_EVENTS, {**group, "own_event_id": own_event_id})
     locked: list[LockedEvent] = []

@@ -129,10 +129,12 @@ BATCH_NOTIFICATIONS = 5_000
 
 class JobGroup(NamedTuple):
     """The jobs a process_event job's batch is taken from: its tenant's (None: jobs deferred
-    before migration 0011) at its priority, as the fetch groups them."""
+    before migration 0011) at its priority, as the fetch groups them, behind ``after`` (the
+    job's own place in the group) when given."""
 
     tenant_id: str | None
     priority: int
+    after: jobs.JobPosition | None = None
 
 
 class _Plan(NamedTuple):
@@ -239,6 +241,7 @@ async def _process_batch(
                 tenant_id=group.tenant_id,
                 priority=group.priority,
                 limit=take_along,
+                after=group.after,
             )
             batch += [(item.tenant_id, item.event, item.job_id, item.traceparent) for item in taken]
         planned_at = planner.now or datetime.datetime.now(datetime.UTC)

@@ -6,7 +6,7 @@ import datetime
 import uuid
 
 from notifier.events import service
-from notifier.queue import JobInfo
+from notifier.queue import JobInfo, jobs
 from notifier.services import Services
 
 
@@ -25,7 +25,9 @@ async def process_event(
         services.metrics,
         uuid.UUID(event_id),
         max_notifications=services.settings.max_notifications_per_event,
-        group=service.JobGroup(tenant_id, job.priority),
+        group=service.JobGroup(
+            tenant_id, job.priority, after=jobs.JobPosition(job.id, job.scheduled_at)
+        ),
         batch_size=services.settings.event_batch_size,
         expiry_grace=datetime.timedelta(seconds=services.settings.expiry_grace_seconds),
         default_phone_region=services.settings.default_phone_region,
