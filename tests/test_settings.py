@@ -116,6 +116,7 @@ def test_secrets_are_read_but_left_out_of_the_repr() -> None:
         ("NOTIFIER_WORKER_POLL_INTERVAL_SECONDS", "-0.5", "> 0"),
         ("NOTIFIER_API_PORT", "70000", "<= 65535"),
         ("NOTIFIER_DELIVERY_BATCH_SIZE", "0", ">= 1"),
+        ("NOTIFIER_EVENT_BATCH_SIZE", "0", ">= 1"),
         ("NOTIFIER_RATE_LIMIT_SMS_PER_SECOND", "-1", ">= 0"),
         ("NOTIFIER_DATABASE_PREPARED_STATEMENTS", "sometimes", "bool"),
     ],

@@ -23,7 +23,7 @@ from notifier.auth import service as auth_service
 from notifier.bootstrap import open_services
 from notifier.db import connect_options
 from notifier.endpoints import commands as endpoint_commands
-from notifier.queue import ALL_QUEUES
+from notifier.queue import ALL_QUEUES, DELIVERIES_QUEUE
 from notifier.secret_box import SecretBox, generate_key
 from notifier.settings import Settings, SettingsError
 from notifier.telemetry import setup_telemetry
@@ -157,6 +157,10 @@ def serve_api(settings: Settings) -> None:
 async def work(settings: Settings, queues: Sequence[str], concurrency: int | None) -> None:
     """Run one worker until SIGINT/SIGTERM."""
     async with open_services(settings, name="notifier-worker") as services:
+        if DELIVERIES_QUEUE in queues:
+            # Ready before the first delivery: a burst due just after a start would wait
+            # for the sandboxes to start otherwise.
+            services.renderer.start_children()
         stop_metrics = None
         if settings.worker_metrics_port:
             stop_metrics = serve_worker_metrics(

@@ -108,6 +108,10 @@ class Settings:
     # A deliver job also sends up to this many other due notifications of its channel at once
     # (none under a rate limit), in its transaction; 1 sends each in its own job only.
     delivery_batch_size: PositiveInt = 50
+    # A process_event job also processes up to this many other due events of its tenant at
+    # once, in its transaction (their notifications and jobs written together); 1 processes
+    # each in its own job only.
+    event_batch_size: PositiveInt = 100
     retry_base_seconds: PositiveFloat = 5.0
     retry_max_seconds: PositiveFloat = 6 * 3600.0
 

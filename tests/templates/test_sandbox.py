@@ -303,6 +303,24 @@ async def test_renders_are_identical_to_the_in_process_renderer(pool: RenderPool
         )
 
 
+async def test_children_started_ahead_of_work_serve_it_without_starting_more(
+    pool: RenderPool,
+) -> None:
+    pool.start_children()
+    await eventually_true(lambda: len(pool.child_pids()) == 2, timeout=60)
+    started = set(pool.child_pids())
+
+    rendered = await asyncio.gather(
+        *pool.render_many([ToRender(t, text("{{ t }}"), {"t": t}, FIELDS) for t in "ab"])
+    )
+
+    assert [message.text for message in rendered] == ["a", "b"]
+    assert pool.started == 2
+    assert set(pool.child_pids()) == started
+    pool.start_children()  # all running already: nothing more to start
+    assert pool.started == 2
+
+
 async def test_closing_fails_waiting_work_and_leaves_no_process() -> None:
     pool = RenderPool(size=1, render_timeout_seconds=5, memory_mb=256)
     await pool.render("tenant-a", text("warm"), {}, FIELDS)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = os.environ.get("NOTIFIER_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -60,6 +61,34 @@ def chromium(profile: Path, *, width: int = 1366, height: int = 900) -> Iterator
         yield driver
     finally:
         driver.quit()
+
+
+def next_page(driver: webdriver.Chrome, act: Callable[[], None]) -> None:
+    """Do ``act`` (press a button, Enter in a field) and wait until the page it leads to has
+    replaced this one: read before that, the old page answers, or its elements go stale
+    under the reader as the new one arrives."""
+    old = driver.find_element(By.TAG_NAME, "html")
+    act()
+    WebDriverWait(driver, 15).until(lambda d: old.id != d.find_element(By.TAG_NAME, "html").id)
+
+
+def sign_in(driver: webdriver.Chrome, base: str, key: str, page: str = "/ui") -> None:
+    """Open ``page``, which sends the browser to sign in, and type the key into the
+    (autofocused) field with the keyboard; return on the page that answers."""
+    driver.get(f"{base}{page}")
+    assert driver.current_url.startswith(f"{base}/ui/sign-in")
+    field = driver.find_element(By.ID, "key")
+    assert driver.switch_to.active_element == field  # autofocus
+    next_page(driver, lambda: field.send_keys(key, Keys.ENTER))
+
+
+def text_of(driver: webdriver.Chrome, css: str) -> str:
+    return driver.find_element(By.CSS_SELECTOR, css).text
+
+
+def press(driver: webdriver.Chrome, css: str) -> None:
+    """Press the button ``css`` finds and wait for the next page (:func:`next_page`)."""
+    next_page(driver, driver.find_element(By.CSS_SELECTOR, css).click)
 
 
 def submit_forged_form(driver: webdriver.Chrome, action: str) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -25,7 +23,7 @@ from notifier.tenancy import Scope
 from notifier.ui.sessions import SESSION_COOKIE
 from tests.conftest import CreateApiKey
 from tests.support import WebhookReceiver, eventually
-from tests.ui.browser import chromium
+from tests.ui.browser import press, sign_in, text_of
 
 pytestmark = pytest.mark.browser
 
@@ -34,26 +32,6 @@ pytestmark = pytest.mark.browser
 def settings(settings: Settings) -> Settings:
     """Keys re-read on every request, so that a revocation shows at once."""
     return settings.replace(api_key_cache_seconds=0.0)
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
-    """A headless Chromium with a fresh profile of this test's own."""
-    with chromium(tmp_path / "profile") as driver:
-        yield driver
-
-
-def sign_in(driver: webdriver.Chrome, base: str, key: str) -> None:
-    """Type the key into the sign-in form and submit it with the keyboard."""
-    driver.get(f"{base}/ui")
-    assert driver.current_url.startswith(f"{base}/ui/sign-in")
-    field = driver.find_element(By.ID, "key")
-    assert driver.switch_to.active_element == field  # autofocus
-    field.send_keys(key, Keys.ENTER)
-
-
-def text_of(driver: webdriver.Chrome, css: str) -> str:
-    return driver.find_element(By.CSS_SELECTOR, css).text
 
 
 def test_a_bad_key_shows_the_error_next_to_the_field(
@@ -237,14 +215,14 @@ async def test_an_operator_admin_switches_tenant_and_others_cannot_force_it(
         sign_in(browser, live_api, api_key)
         select = browser.find_element(By.ID, "tenant")
         select.send_keys("acme")
-        browser.find_element(By.CSS_SELECTOR, "form.tenant-switch button").click()
+        press(browser, "form.tenant-switch button")
         return text_of(browser, "h1")
 
     heading = await asyncio.to_thread(switch_as_admin)
     assert heading.startswith("Overview tenant acme,")
 
     def force_as_non_admin() -> tuple[str, str]:
-        browser.find_element(By.CSS_SELECTOR, "form.sign-out button").click()
+        press(browser, "form.sign-out button")
         sign_in(browser, live_api, narrow)
         assert not browser.find_elements(By.ID, "tenant")  # no switch offered
         # Forge the switch with the page's own CSRF token: the guard must still refuse.

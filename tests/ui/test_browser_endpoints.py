@@ -7,50 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
-from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from notifier.tenancy import Scope
 from tests.conftest import CreateApiKey
 from tests.support import WebhookReceiver, eventually
-from tests.ui.browser import chromium, forced_then_seen
+from tests.ui.browser import forced_then_seen, press, sign_in, text_of
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
-    """A headless Chromium with a fresh profile of this test's own."""
-    with chromium(tmp_path / "profile") as driver:
-        yield driver
-
-
-def sign_in(driver: webdriver.Chrome, base: str, key: str, page: str) -> None:
-    """Open ``page``, which sends the browser to sign in, and type the key."""
-    driver.get(f"{base}{page}")
-    driver.find_element(By.ID, "key").send_keys(key, Keys.ENTER)
-
-
-def text_of(driver: webdriver.Chrome, css: str) -> str:
-    return driver.find_element(By.CSS_SELECTOR, css).text
-
-
 def value_of(driver: webdriver.Chrome, element_id: str) -> str:
     return driver.find_element(By.ID, element_id).get_attribute("value") or ""
-
-
-def submit(driver: webdriver.Chrome, button_id: str) -> None:
-    """Press the button and wait for the next page."""
-    old = driver.find_element(By.TAG_NAME, "html")
-    driver.find_element(By.ID, button_id).click()
-    WebDriverWait(driver, 15).until(lambda d: old.id != d.find_element(By.TAG_NAME, "html").id)
 
 
 async def test_an_operator_creates_tests_rotates_disables_and_enables_an_endpoint(
@@ -69,22 +42,22 @@ async def test_an_operator_creates_tests_rotates_disables_and_enables_an_endpoin
         browser.find_element(By.ID, "f-url").send_keys(receiver.url)
         browser.find_element(By.ID, "f-description").send_keys("billing receiver")
         browser.find_element(By.ID, "f-headers").send_keys("{not json")
-        submit(browser, "save")
+        press(browser, "#save")
         seen["bad headers"] = text_of(browser, "#f-headers-error")
         seen["url kept"] = value_of(browser, "f-url")
         browser.find_element(By.ID, "f-headers").clear()
         browser.find_element(By.ID, "f-headers").send_keys('{"X-Team": "billing"}')
-        submit(browser, "save")
+        press(browser, "#save")
         seen["secret"] = value_of(browser, "new-secret-value")
         seen["id"] = text_of(browser, "h1 code")
-        submit(browser, "send-test")
+        press(browser, "#send-test")
         seen["test"] = text_of(browser, "#test-result")
         seen["secret after test"] = str(len(browser.find_elements(By.ID, "new-secret")))
-        submit(browser, "rotate")
+        press(browser, "#rotate")
         seen["rotated"] = value_of(browser, "new-secret-value")
         seen["rotation note"] = text_of(browser, "#new-secret")
         browser.find_element(By.ID, "f-reason").send_keys("receiver moving")
-        submit(browser, "disable")
+        press(browser, "#disable")
         seen["disabled"] = text_of(browser, "#state")
         seen["reason"] = text_of(browser, "#disabled-reason")
         browser.get(f"{live_api}/ui/endpoints")
@@ -127,7 +100,7 @@ async def test_an_operator_creates_tests_rotates_disables_and_enables_an_endpoin
 
     def enable() -> str:
         browser.get(f"{live_api}/ui/endpoints/{seen['id']}")
-        submit(browser, "enable")
+        press(browser, "#enable")
         return text_of(browser, "#state")
 
     assert await asyncio.to_thread(enable) == "enabled"

@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
-from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from notifier.settings import Settings
 from notifier.tenancy import Scope
 from tests.conftest import CreateApiKey
 from tests.support import WebhookReceiver, eventually
-from tests.ui.browser import chromium, forced_then_seen
+from tests.ui.browser import forced_then_seen, sign_in, text_of
 
 pytestmark = pytest.mark.browser
 
@@ -31,23 +28,6 @@ pytestmark = pytest.mark.browser
 def settings(settings: Settings) -> Settings:
     """One attempt per round: a 500 makes a notification dead at once."""
     return settings.replace(delivery_max_attempts=1)
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
-    """A headless Chromium with a fresh profile of this test's own."""
-    with chromium(tmp_path / "profile") as driver:
-        yield driver
-
-
-def sign_in(driver: webdriver.Chrome, base: str, key: str, page: str = "/ui") -> None:
-    """Open ``page``, which sends the browser to sign in, and type the key."""
-    driver.get(f"{base}{page}")
-    driver.find_element(By.ID, "key").send_keys(key, Keys.ENTER)
-
-
-def text_of(driver: webdriver.Chrome, css: str) -> str:
-    return driver.find_element(By.CSS_SELECTOR, css).text
 
 
 def webhook(receiver: WebhookReceiver, entity_id: str) -> dict[str, object]:

@@ -79,6 +79,20 @@ def is_digest(draft: NotificationDraft) -> bool:
     )
 
 
+def _by_key(drafts: list[NotificationDraft]) -> dict[tuple[uuid.UUID, str], NotificationDraft]:
+    """The digest drafts by their (rule, key); the last of a pair stands."""
+    by_key: dict[tuple[uuid.UUID, str], NotificationDraft] = {}
+    for draft in drafts:
+        if is_digest(draft) and draft.rule_id is not None and draft.key is not None:
+            by_key[(draft.rule_id, draft.key)] = draft
+    return by_key
+
+
+def digest_lock_ids(tenant_id: str, drafts: list[NotificationDraft]) -> list[int]:
+    """The advisory locks :func:`collect` takes for ``drafts``, sorted."""
+    return sorted(digest_lock_id(tenant_id, rule_id, key) for rule_id, key in _by_key(drafts))
+
+
 async def collect(
     conn: Connection,
     tenant_id: str,
@@ -88,15 +102,10 @@ async def collect(
 ) -> list[NotificationDraft]:
     """Let ``event`` join the open digest of each digest draft's rule and key, in the
     caller's transaction; the digests it opens, to store (one per key it found none for)."""
-    by_key: dict[tuple[uuid.UUID, str], NotificationDraft] = {}
-    for draft in drafts:
-        if is_digest(draft) and draft.rule_id is not None and draft.key is not None:
-            by_key[(draft.rule_id, draft.key)] = draft
+    by_key = _by_key(drafts)
     if not by_key:
         return []
-    await notification_queries.lock_keys(
-        conn, sorted(digest_lock_id(tenant_id, rule_id, key) for rule_id, key in by_key)
-    )
+    await notification_queries.lock_keys(conn, digest_lock_ids(tenant_id, drafts))
     item = digest_item(event)
     opened = []
     for (rule_id, key), draft in sorted(by_key.items(), key=lambda pair: str(pair[0])):

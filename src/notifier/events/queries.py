@@ -143,6 +143,94 @@ async def lock_unprocessed_event(conn: Connection, event_id: uuid.UUID) -> tuple
     return (row["tenant_id"], event_from_row(row)) if row else None
 
 
+class LockedEvent(NamedTuple):
+    """An event awaiting processing, locked, and the job of it that a batch takes along."""
+
+    tenant_id: str
+    event: Event
+    job_id: int
+    # The trace the event continues (the producer's), for the span the batch starts for it.
+    traceparent: str | None
+
+
+# Due, waiting process_event jobs of one group whose events still await processing, each
+# locked with its job, in one statement: the adapter's walk locks the jobs, the outer
+# SELECT the events (checked again once locked; one another transaction holds is skipped,
+# its job left waiting to run on its own).
+_DUE_EVENT_JOBS = jobs.lock_due_jobs(
+    join="JOIN notifier.events AS e ON e.id = (jobs.args->>'event_id')::uuid",
+    where="e.processed_at IS NULL AND e.id <> %(own_event_id)s",
+    row_id="e.id",
+)
+_LOCK_DUE_EVENTS = (
+    "WITH due AS MATERIALIZED ("
+    + _DUE_EVENT_JOBS
+    + """)
+SELECT e.*, due.job_id AS batch_job_id
+FROM due JOIN notifier.events AS e ON e.id = due.row_id
+WHERE e.processed_at IS NULL
+ORDER BY due.position
+FOR UPDATE OF e SKIP LOCKED
+"""
+)
+
+
+async def lock_due_events(
+    conn: Connection,
+    *,
+    own_event_id: uuid.UUID,
+    tenant_id: str | None,
+    priority: int,
+    limit: int,
+    after: jobs.JobPosition | None = None,
+) -> list[LockedEvent]:
+    """Up to ``limit`` unprocessed events, other than ``own_event_id``, whose process_event
+    jobs are due and waiting in the group of ``tenant_id`` (None: jobs that name no
+    tenant) and ``priority`` (behind the job at ``after``, see
+    :func:`notifier.queue.jobs.due_jobs_parameters`), each locked with its job (rows other
+    workers hold are skipped), in the order the fetch would take their jobs.
+
+    A batch takes only its own group's jobs: the fetch shares out turns by group
+    (migration 0011), and a batch is one turn.
+    """
+    group = jobs.due_jobs_parameters(
+        queue=EVENTS_QUEUE,
+        task_name=PROCESS_EVENT_TASK,
+        tenant_id=tenant_id,
+        priority=priority,
+        limit=limit,
+        after=after,
+    )
+    cursor = await conn.execute(_LOCK_DUE_EVENTS, {**group, "own_event_id": own_event_id})
+    locked: list[LockedEvent] = []
+    seen = {own_event_id}
+    for row in await cursor.fetchall():
+        job_id = row.pop("batch_job_id")
+        if row["id"] in seen:
+            continue  # a second job of one event: it runs on its own and finds it done
+        seen.add(row["id"])
+        locked.append(
+            LockedEvent(row["tenant_id"], event_from_row(row), job_id, row["traceparent"])
+        )
+    return locked
+
+
+async def mark_many_processed(conn: Connection, errors: dict[uuid.UUID, str | None]) -> None:
+    """Record, in one statement, that each event's notifications exist, or why processing
+    made none (``errors``: by event id, None for none)."""
+    if not errors:
+        return
+    await conn.execute(
+        """
+        UPDATE notifier.events AS e
+        SET processed_at = now(), processing_error = done.error
+        FROM unnest(%s::uuid[], %s::text[]) AS done (id, error)
+        WHERE e.id = done.id
+        """,
+        [list(errors), list(errors.values())],
+    )
+
+
 async def mark_processed(
     conn: Connection, event_id: uuid.UUID, *, error: str | None = None
 ) -> None:

@@ -87,15 +87,31 @@ def superseded_on_arrival(
     return result
 
 
-async def apply_keys(
+class KeyClaims(msgspec.Struct, kw_only=True):
+    """The (rule, key) pairs an event claims: those its drafts remind of, and those its
+    cancel rules cancel; why a cancel rule could not name its key."""
+
+    notify: set[RuleKey]
+    cancel: set[RuleKey]
+    errors: list[str] = msgspec.field(default_factory=list)
+
+    def all(self) -> list[RuleKey]:
+        """Every claimed pair, sorted."""
+        return sorted(self.notify | self.cancel)
+
+
+async def claim_keys(
     conn: Connection,
     tenant_id: str,
     event: Event,
     rules: list[Rule],
     drafts: list[NotificationDraft],
-) -> KeyedOutcome:
-    """Supersede and cancel by the keys of ``rules`` for ``event``, in the caller's
-    transaction; the drafts to store (late ones marked superseded)."""
+    *,
+    sharing_key: dict[str, list[uuid.UUID]] | None = None,
+) -> KeyClaims:
+    """The keys ``event`` claims through ``rules`` and its (non-digest) ``drafts``; reads
+    the rules sharing a cancel rule's key template, kept in ``sharing_key`` if given (a
+    batch of events asks once per template)."""
     notify_keys = {
         (draft.rule_id, draft.key)
         for draft in drafts
@@ -112,10 +128,33 @@ async def apply_keys(
             errors.append(f"cancel rule {rule.id}: {exc}")
             continue
         assert key is not None
-        for target in await rules_sharing_key(conn, tenant_id, rule.key):
+        targets = None if sharing_key is None else sharing_key.get(rule.key)
+        if targets is None:
+            targets = await rules_sharing_key(conn, tenant_id, rule.key)
+            if sharing_key is not None:
+                sharing_key[rule.key] = targets
+        for target in targets:
             cancel_keys.add((target, key))
     cancel_keys -= notify_keys  # a new reminder of the key supersedes its old ones anyway
-    claimed = sorted(notify_keys | cancel_keys)
+    return KeyClaims(notify=notify_keys, cancel=cancel_keys, errors=errors)
+
+
+async def apply_keys(
+    conn: Connection,
+    tenant_id: str,
+    event: Event,
+    rules: list[Rule],
+    drafts: list[NotificationDraft],
+    *,
+    claims: KeyClaims | None = None,
+) -> KeyedOutcome:
+    """Supersede and cancel by the keys of ``rules`` for ``event``, in the caller's
+    transaction; the drafts to store (late ones marked superseded). ``claims``: what
+    :func:`claim_keys` said of them, if asked already."""
+    if claims is None:
+        claims = await claim_keys(conn, tenant_id, event, rules, drafts)
+    notify_keys, cancel_keys, errors = claims.notify, claims.cancel, claims.errors
+    claimed = claims.all()
     if not claimed:
         return KeyedOutcome(drafts=drafts, errors=errors)
 

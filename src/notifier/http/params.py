@@ -79,17 +79,31 @@ async def idempotent_request(
     """Litestar dependency: the request's idempotency identity, if it sent a key."""
     if idempotency_key is None:
         return None
+    return idempotent_request_of(request, principal, idempotency_key, await request.body())
+
+
+def idempotent_request_of(
+    request: Request[Any, Any, Any], principal: Principal, idempotency_key: str | None, body: bytes
+) -> IdempotentRequest | None:
+    """The request's idempotency identity, if it sent a key (``body``: the request's)."""
+    if idempotency_key is None:
+        return None
     return identify(
         principal.tenant_id,
         idempotency_key,
         method=request.method,
         path=request.url.path,
-        body=await request.body(),
+        body=body,
     )
 
 
 async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
-    """Litestar dependency: the caller of this request, as the handler's guard authenticated it.
+    """Litestar dependency: the caller of this request, as the handler's guard authenticated it."""
+    return principal_of(request)
+
+
+def principal_of(request: Request[Any, Any, Any]) -> Principal:
+    """The caller of this request, as the handler's guard authenticated it.
 
     A handler without an authenticating guard has no principal: that is a programming
     error, refused loudly (and caught at start-up by :func:`notifier.auth.guard.check_guarded`).

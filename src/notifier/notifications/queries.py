@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import uuid
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, LiteralString, NamedTuple
 
 import msgspec
 import psycopg
@@ -54,6 +54,46 @@ async def insert_notification(conn: Connection, values: dict[str, Any]) -> Notif
         values,
     )
     return await _the_notification(cursor)
+
+
+# Rows of parallel arrays, one array per column (what :func:`insert_notifications` passes).
+_INSERT_NOTIFICATIONS: LiteralString = """
+INSERT INTO notifier.notifications (
+    id, tenant_id, event_id, rule_id, notification_type, entity_id, channel, recipient,
+    email, phone, template, context, target_date, lead_time, send_at, status,
+    last_error, job_id, timezone, quiet_hours, traceparent, key, cancelled_by_event_id,
+    digest_count, digest_open, expires_at, endpoint_id
+)
+SELECT * FROM unnest(
+    %(id)s::uuid[], %(tenant_id)s::text[], %(event_id)s::uuid[], %(rule_id)s::uuid[],
+    %(notification_type)s::text[], %(entity_id)s::text[], %(channel)s::text[],
+    %(recipient)s::text[], %(email)s::text[], %(phone)s::text[], %(template)s::text[],
+    %(context)s::jsonb[], %(target_date)s::timestamptz[], %(lead_time)s::interval[],
+    %(send_at)s::timestamptz[], %(status)s::text[], %(last_error)s::text[],
+    %(job_id)s::bigint[], %(timezone)s::text[], %(quiet_hours)s::jsonb[],
+    %(traceparent)s::text[], %(key)s::text[], %(cancelled_by_event_id)s::uuid[],
+    %(digest_count)s::int[], %(digest_open)s::boolean[], %(expires_at)s::timestamptz[],
+    %(endpoint_id)s::uuid[]
+)
+"""
+_INSERTED_COLUMNS = (
+    "id", "tenant_id", "event_id", "rule_id", "notification_type", "entity_id", "channel",
+    "recipient", "email", "phone", "template", "context", "target_date", "lead_time",
+    "send_at", "status", "last_error", "job_id", "timezone", "quiet_hours", "traceparent",
+    "key", "cancelled_by_event_id", "digest_count", "digest_open", "expires_at", "endpoint_id",
+)  # fmt: skip
+
+
+async def insert_notifications(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert notification rows in one statement (each ``rows`` item holds the columns of
+    :func:`insert_notification`); nothing is read back, so that a batch of events pays for
+    its rows once, not for decoding them too."""
+    if not rows:
+        return
+    await conn.execute(
+        _INSERT_NOTIFICATIONS,
+        {name: [row[name] for row in rows] for name in _INSERTED_COLUMNS},
+    )
 
 
 async def get_notification(

@@ -39,6 +39,10 @@ AroundJob: TypeAlias = Callable[[JobInfo, Callable[[], Awaitable[Any]]], Awaitab
 
 # Where a worker keeps the ``deps`` its tasks receive, in procrastinate's job context.
 _DEPS_KEY = "notifier.deps"
+# A worker waiting for the next job to fall due wakes this much after it: a timer may fire
+# a hair early (asyncio rounds to its clock's resolution), and a fetch a moment too soon
+# finds nothing and waits again.
+DUE_WAKE_MARGIN_SECONDS = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +190,9 @@ async def run_worker(
         options["update_heartbeat_interval"] = heartbeat_interval(stalled_worker_seconds)
     if around_job is not None:
         options["worker_middleware"] = [_worker_middleware(around_job)]
-    worker = app._worker(**options)  # what run_worker_async runs, kept to look into
+    # What run_worker_async runs (app._worker), kept to look into, waking for due jobs.
+    final_options: WorkerOptions = {**app.worker_defaults, **options}
+    worker = _Worker(app=app, **final_options)
     interval = options.get("update_heartbeat_interval", 10.0)
     orphans = asyncio.create_task(
         _hand_back_orphaned_jobs(app, worker, interval), name="orphaned-jobs"
@@ -197,6 +203,39 @@ async def run_worker(
         orphans.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await orphans
+
+
+class _Worker(procrastinate.worker.Worker):
+    """procrastinate's worker, but its wait after a fetch that found nothing ends when the
+    next waiting job falls due, if that comes before the poll interval is up.
+
+    Scheduled jobs wake no listening worker (migration 0002), so a worker finds them by
+    polling: a burst of notifications due at one instant would wait for up to a whole
+    interval. The fetch notes when the next job falls due
+    (:meth:`QueueConnector.seconds_until_next_due`); procrastinate's loop reads
+    ``fetch_job_polling_interval`` for each wait (procrastinate is pinned: check this on an
+    upgrade; ``tests/queue/test_due_wakeups.py`` fails if the loop stops reading it).
+
+    Jobs are not fetched ahead of their time and held until it: a job a worker holds
+    (``doing``) can no longer be cancelled, and a cancel before the due time must stop
+    the notification's job; fetching at the instant costs one round trip.
+    """
+
+    # procrastinate's __init__ sets this; reading it gives the wait before the next fetch.
+    @property
+    def fetch_job_polling_interval(self) -> float:
+        interval = self._poll_interval
+        connector = self.app.connector
+        if self.worker_id is None or not isinstance(connector, QueueConnector):
+            return interval
+        due_in = connector.seconds_until_next_due(self.worker_id)
+        if due_in is None:
+            return interval
+        return min(interval, due_in + DUE_WAKE_MARGIN_SECONDS)
+
+    @fetch_job_polling_interval.setter
+    def fetch_job_polling_interval(self, interval: float) -> None:
+        self._poll_interval = interval
 
 
 def heartbeat_interval(stalled_worker_seconds: float) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -13,7 +14,7 @@ from procrastinate.sql import queries as procrastinate_queries
 
 from notifier.db import Pool
 from notifier.queue import QueueError
-from notifier.queue.jobs import FETCH_JOB_SQL, PROCRASTINATE_FETCH_JOB_SQL
+from notifier.queue.jobs import FETCH_JOB_SQL, NEXT_DUE_SQL, PROCRASTINATE_FETCH_JOB_SQL
 
 logger = logging.getLogger("notifier.queue")
 
@@ -48,6 +49,16 @@ class QueueConnector(PsycopgConnector):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.fetch_pool: Pool | None = None
+        # Per worker (by id) whose last fetch found nothing: when (time.monotonic()) the
+        # next of its waiting jobs falls due, if one is known to.
+        self._next_due: dict[int | None, float] = {}
+
+    def seconds_until_next_due(self, worker_id: int | None) -> float | None:
+        """How long until the next job of ``worker_id``'s queues falls due, as its last
+        fetch (which found nothing) saw; None when no waiting job is known to (or its last
+        fetch found a job)."""
+        due = self._next_due.get(worker_id)
+        return None if due is None else max(0.0, due - time.monotonic())
 
     async def execute_query_async(self, query: Any, **arguments: Any) -> None:
         """Run ``query``; a job's outcome write (finish, retry) lost to a broken connection
@@ -61,7 +72,7 @@ class QueueConnector(PsycopgConnector):
             # On the fetch connection: a heartbeat must not wait for a connection behind
             # deliveries holding the shared pool's (a live worker would look dead), and
             # it needs no durable commit.
-            await self._on_fetch_connection(self.fetch_pool, query, arguments)
+            await self._on_fetch_connection(self.fetch_pool, self._heartbeat, arguments)
             return
         if query not in JOB_OUTCOME_WRITES:
             await super().execute_query_async(query, **arguments)
@@ -101,15 +112,49 @@ class QueueConnector(PsycopgConnector):
         """Run ``query``; a job fetch runs notifier's fetch function, on ``fetch_pool``."""
         if query == PROCRASTINATE_FETCH_JOB_SQL:
             query = FETCH_JOB_SQL
-        if self.fetch_pool is None or query != FETCH_JOB_SQL:
+        if query != FETCH_JOB_SQL:
             result: dict[str, Any] = await super().execute_query_one_async(query, **arguments)
             return result
-        return await self._on_fetch_connection(self.fetch_pool, query, arguments)
+        if self.fetch_pool is None:
+            async with self.pool.connection() as conn:
+                return await self._fetch(conn, arguments)
+        return await self._on_fetch_connection(self.fetch_pool, self._fetch, arguments)
+
+    async def _fetch(self, conn: Any, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Fetch a job; when there is none, note when the next one falls due, which the
+        worker waits for if it comes before its next poll (``notifier.queue.app``): a
+        scheduled job wakes no listening worker, and a burst due at one instant would
+        otherwise wait for up to a poll interval to start."""
+        fetched: dict[str, Any] = await self.execute_query_one_async_with_connection(
+            conn, FETCH_JOB_SQL, **arguments
+        )
+        worker_id = arguments.get("worker_id")
+        if fetched["id"] is not None:
+            self._next_due.pop(worker_id, None)
+            return fetched
+        earliest = await self.execute_query_one_async_with_connection(
+            conn, NEXT_DUE_SQL, queues=arguments.get("queues")
+        )
+        seconds = earliest["seconds"]
+        if seconds is None:
+            self._next_due.pop(worker_id, None)
+        else:
+            self._next_due[worker_id] = time.monotonic() + seconds
+        return fetched
+
+    async def _heartbeat(self, conn: Any, arguments: dict[str, Any]) -> dict[str, Any]:
+        beat: dict[str, Any] = await self.execute_query_one_async_with_connection(
+            conn, HEARTBEAT_SQL, **arguments
+        )
+        return beat
 
     async def _on_fetch_connection(
-        self, fetch_pool: Pool, query: Any, arguments: dict[str, Any]
+        self,
+        fetch_pool: Pool,
+        run: Callable[[Any, dict[str, Any]], Awaitable[dict[str, Any]]],
+        arguments: dict[str, Any],
     ) -> dict[str, Any]:
-        """Run ``query`` on the fetch connection, tried once more on a new one if broken.
+        """``run`` on the fetch connection, tried once more on a new one if broken.
 
         The fetch connection is not checked before each use (one more round trip per job,
         on the path that bounds a worker); one found broken, after a database restart for
@@ -118,10 +163,7 @@ class QueueConnector(PsycopgConnector):
         for attempt in (1, 2):
             try:
                 async with fetch_pool.connection() as conn:
-                    fetched: dict[str, Any] = await self.execute_query_one_async_with_connection(
-                        conn, query, **arguments
-                    )
-                    return fetched
+                    return await run(conn, arguments)
             except QueueError as exc:
                 if attempt == 2 or not _connection_lost(exc.__cause__):
                     raise

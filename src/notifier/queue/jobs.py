@@ -43,6 +43,24 @@ SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at,
        attempts, worker_id
 FROM notifier.fetch_job(%(queues)s::varchar[], %(worker_id)s)
 """
+# After a fetch that found nothing: seconds from now until the earliest time a waiting job
+# of ``queues`` falls due (NULL: none is known to), from the groups' ``due_at`` (never later
+# than their earliest waiting job, migration 0011) and the arrivals the fetch has not yet
+# moved there. Groups already due are left out: the fetch just found nothing to take in
+# them (their jobs are held by others), and waking at once for them would spin. Two index
+# reads of two small tables, however many jobs wait.
+NEXT_DUE_SQL: LiteralString = """
+SELECT extract(epoch FROM min(due_at) - clock_timestamp())::float8 AS seconds
+FROM (
+    SELECT min(due_at) AS due_at FROM notifier.job_groups
+    WHERE due_at > now() AND due_at < 'infinity'
+      AND (%(queues)s::varchar[] IS NULL OR queue_name = ANY(%(queues)s::varchar[]))
+    UNION ALL
+    SELECT min(due_at) FROM notifier.job_group_arrivals
+    WHERE due_at > now() AND due_at < 'infinity'
+      AND (%(queues)s::varchar[] IS NULL OR queue_name = ANY(%(queues)s::varchar[]))
+) AS earliest
+"""
 
 
 # --- deferring -------------------------------------------------------------------------
