@@ -423,6 +423,26 @@ async def test_list_filters_by_creation_time_window(client: AsyncTestClient[Any]
     assert before_middle_elsewhere.json() == before_middle.json()
 
 
+async def test_list_takes_creation_bounds_beyond_the_storable_range(
+    client: AsyncTestClient[Any],
+) -> None:
+    """Every stored time lies between 1900 and 9000: a bound beyond selects what the range's
+    edge does (all, or none), as any RFC 3339 time may be asked for; found by the fuzzer."""
+    made = [await schedule(client, entity_id=f"c-{n}") for n in range(2)]
+    newest_first = [n["id"] for n in reversed(made)]
+
+    async def listed(**bounds: str) -> list[str]:
+        response = await client.get("/api/v1/notifications/", params=bounds)
+        assert response.status_code == 200, response.text
+        return [n["id"] for n in response.json()]
+
+    assert await listed(created_after="1464-09-14T16:29:09Z") == newest_first
+    assert await listed(created_before="9999-12-31T23:59:59-23:59") == newest_first
+    assert await listed(created_before="0353-06-12T07:42:06.67+09:13") == []
+    assert await listed(created_after="9999-12-31T23:59:59+23:59") == []
+    assert await listed(created_after="0001-01-01T00:00:00+09:13") == newest_first
+
+
 async def test_list_keeps_every_filter_in_the_next_link(client: AsyncTestClient[Any]) -> None:
     start = datetime.datetime.now(datetime.UTC)
     wanted = [

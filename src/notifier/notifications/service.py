@@ -30,6 +30,7 @@ from notifier.db import Connection, Pool, transaction
 from notifier.endpoints.references import check_endpoint, endpoint_channel_and_recipient
 from notifier.errors import ProblemError, field_error, not_found
 from notifier.idempotency import IdempotentRequest, Outcome
+from notifier.instants import nearest_storable
 from notifier.notifications import queries, selection
 from notifier.notifications.keys import (
     MAX_CANCELLED_AT_ONCE,
@@ -245,7 +246,7 @@ async def list_notifications(
 ) -> Page[Notification]:
     """A page of at most ``limit`` of the tenant's notifications matching ``where``, newest
     first, after the cursor ``after``; a 422 naming the field the filter cannot hold."""
-    checked_filter(where)
+    where = checked_filter(where)
     async with transaction(pool) as conn:
         rows = await selection.select_matching(conn, tenant_id, where, limit=limit + 1, after=after)
     return paginate(rows, limit)
@@ -330,20 +331,21 @@ BULK_STATUSES = {
 
 
 def checked_filter(where: NotificationFilter) -> NotificationFilter:
-    """A 422 naming the field if the filter holds text PostgreSQL cannot store or a time
-    outside the range every stored time lies in."""
+    """``where``, its times in UTC within the storable range (a bound beyond it selects the
+    same rows as the range's edge; :func:`notifier.instants.nearest_storable`); a 422 naming
+    the field if it holds text PostgreSQL cannot store."""
     check_storable(where)
-    for name in ("created_after", "created_before"):
-        moment = getattr(where, name)
-        if moment is not None:
-            checked_instant(name, moment)
-    return where
+    return msgspec.structs.replace(
+        where,
+        created_after=where.created_after and nearest_storable(where.created_after),
+        created_before=where.created_before and nearest_storable(where.created_before),
+    )
 
 
 async def count_for_bulk(pool: Pool, tenant_id: str, action: str, where: NotificationFilter) -> int:
     """How many notifications ``replay_many`` or ``cancel_many`` (``action``) would change
     now, counting no further than ``BULK_LIMIT + 1`` (more than one run's worth)."""
-    checked_filter(where)
+    where = checked_filter(where)
     statuses = where.statuses_within(BULK_STATUSES[action])
     if not statuses:
         return 0
@@ -360,7 +362,7 @@ async def _locked_for_bulk(
     """A transaction holding the locks of up to ``BULK_LIMIT`` of the tenant's
     notifications matching ``where`` that ``action`` may change (oldest first), for the
     action to change them on the connection it gives; a 422 for a filter it cannot hold."""
-    checked_filter(where)
+    where = checked_filter(where)
     statuses = where.statuses_within(BULK_STATUSES[action])
     async with transaction(pool) as conn:
         locked = (
