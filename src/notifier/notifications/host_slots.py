@@ -22,14 +22,24 @@ been sending for less than the channel's timeout: a healthy host takes a whole b
 through ``cap`` connections in milliseconds, while a hanging one costs one timeout per slot,
 not one per notification.
 
+**Hand-overs.** A lane that has held its slot for :data:`HAND_OVER_SECONDS` gives it back
+between two sends and asks again, without waiting, for as many slots of its host as the
+batch has notifications left (its other slots counted): a batch of another process waiting
+in PostgreSQL for that slot gets it on the spot (PostgreSQL grants a lock given back to its
+waiter before anyone else can try it), and this batch goes on through the slots still
+free. So batches of several processes share a healthy host instead of the first one
+keeping every slot until it has sent all it has, while the others are put off. A lane to a
+hanging host hands nothing over: it ends after its one slow send.
+
 **Waiting.** A batch that got no slot of a host asks again, every :data:`RETRY_SECONDS`,
 while its other sends are in flight. Once nothing else is in flight, it waits for a slot
-only where waiting pays. While this process's sends to that host keep ending quickly, it
+only where waiting pays. While this process's sends to that host have just ended quickly, it
 asks again each time a batch here gives slots back: the batches of a worker queue for a
 busy healthy host, whose slots turn over in milliseconds, instead of going round the queue.
 If the slots are all held by other processes, it waits in PostgreSQL (which hands a slot
 over the moment it is given back) for at most :data:`ELSEWHERE_PATIENCE_SECONDS`, as those
-may be sending to a hanging host. A host whose sends here are slow is not waited for. What
+may be sending to a hanging host; a healthy host's lanes hand a slot over sooner, and a
+batch that got one this way has the whole patience again for its next wait. A host whose sends here are slow is not waited for. What
 is still unsent then is handed back untouched by :func:`put_off`: no attempt is recorded or
 counted; its job is due again later, after a wait that doubles with each wait of that
 delivery, from :data:`FIRST_WAIT_SECONDS` up to the channel's timeout (by then every slot
@@ -63,6 +73,7 @@ logger = logging.getLogger("notifier.delivery")
 LANE_QUICK_SECONDS = 1.0
 RETRY_SECONDS = 0.25
 ELSEWHERE_PATIENCE_SECONDS = 0.2
+HAND_OVER_SECONDS = 0.1
 FIRST_WAIT_SECONDS = 0.5
 
 
@@ -129,15 +140,18 @@ class _Traffic:
             self.quick_end[origin] = now
         if not sends:
             self.sends.pop(origin, None)
-            self.quick_end.pop(origin, None)
+            # Its last quick end is kept (turning_over() lets it age): the next batch here
+            # takes the slots just given back, but has ended no send of its own yet.
+            for stale in [o for o, t in self.quick_end.items() if now - t >= RETRY_SECONDS]:
+                del self.quick_end[stale]
 
     def here(self, origin: str) -> bool:
         """Whether batches of this process send to ``origin`` now."""
         return origin in self.sends
 
     def turning_over(self, origin: str) -> bool:
-        """Whether this process sends to ``origin`` and its sends keep ending quickly: a
-        slot of it is likely to come free in a moment."""
+        """Whether this process's sends to ``origin`` have just ended quickly: a slot of it
+        is likely to come free in a moment."""
         ended = self.quick_end.get(origin)
         return ended is not None and time.monotonic() - ended < RETRY_SECONDS
 
@@ -178,7 +192,8 @@ class _Lanes:
         self.pending: dict[str, deque[int]] = {}
         for index, origin in origins.items():
             self.pending.setdefault(origin, deque()).append(index)
-        self.held: set[tuple[str, int]] = set()
+        # Each slot held, and since when (a lane hands it over after HAND_OVER_SECONDS).
+        self.held: dict[tuple[str, int], float] = {}
         # Each send in flight: its host, the slot it uses, when it started.
         self.running: dict[asyncio.Task[None], tuple[str, int, float]] = {}
         # Hosts this batch sends no more to: their sends took LANE_QUICK_SECONDS or more, or
@@ -211,17 +226,23 @@ class _Lanes:
                 return_when=asyncio.FIRST_COMPLETED,
             )
             lanes_ended = []
+            handed_over = []
             for task in done:
                 origin, slot, began = self.running.pop(task)
                 self.traffic.end(origin, task)
                 task.result()  # anything but a DeliveryError ends the batch
-                if time.monotonic() - began >= LANE_QUICK_SECONDS:
+                now = time.monotonic()
+                if now - began >= LANE_QUICK_SECONDS:
                     self.done_with.add(origin)
-                if not self._start(origin, slot):
+                if self._lane_goes_on(origin) and now - self.held[origin, slot] >= (
+                    HAND_OVER_SECONDS
+                ):
+                    handed_over.append((origin, slot))
+                elif not self._start(origin, slot):
                     lanes_ended.append((origin, slot))
-            await self._give_back(lanes_ended)
-            if starved := self._starved():
-                await self._take(starved)
+            await self._give_back(lanes_ended + handed_over)
+            if again := list(dict.fromkeys(o for o, _ in handed_over)) + self._starved():
+                await self._take(again)
 
     async def _wait_for_a_slot(self, origin: str) -> None:
         """Nothing else in flight: wait for a slot of ``origin`` where waiting pays (see the
@@ -254,19 +275,29 @@ class _Lanes:
             raise
         self.patience_elsewhere -= time.monotonic() - began
         if got:
-            self.held.add((origin, slot))
+            # A slot came within the patience: the host turns over, and the slot may be
+            # handed over again; each later wait has the whole patience again.
+            self.patience_elsewhere = ELSEWHERE_PATIENCE_SECONDS
+            self.held[origin, slot] = time.monotonic()
             if not self._start(origin, slot):
                 await self._give_back([(origin, slot)])
 
     def _sending_for(self) -> float:
         return time.monotonic() - self.started
 
+    def _lane_goes_on(self, origin: str) -> bool:
+        """Whether a lane of ``origin`` has its next notification to send."""
+        return (
+            bool(self.pending[origin])
+            and origin not in self.done_with
+            and self._sending_for() < self.budget_seconds
+        )
+
     def _start(self, origin: str, slot: int) -> bool:
         """Send ``origin``'s next notification through ``slot``; False if its lane ends."""
-        queue = self.pending[origin]
-        if not queue or origin in self.done_with or self._sending_for() >= self.budget_seconds:
+        if not self._lane_goes_on(origin):
             return False
-        task = asyncio.create_task(self.send(queue.popleft()))
+        task = asyncio.create_task(self.send(self.pending[origin].popleft()))
         now = time.monotonic()
         self.running[task] = (origin, slot, now)
         self.traffic.begin(origin, task, now)
@@ -284,25 +315,39 @@ class _Lanes:
         ]
 
     async def _take(self, origins: list[str]) -> None:
-        wanted = {origin: min(self.cap, len(self.pending[origin])) for origin in origins}
+        """Ask for as many slots of each of ``origins`` as it has notifications left (at
+        most ``cap``), beside those held already."""
+        holding = [origin for origin, _ in self.held]
+        wanted = {
+            origin: want
+            for origin in origins
+            if (want := min(self.cap, len(self.pending[origin])) - holding.count(origin)) > 0
+        }
+        if not wanted:
+            return
         try:
-            taken = await queries.take_host_slots(self.conn, wanted, cap=self.cap)
+            taken = await queries.take_host_slots(
+                self.conn, wanted, cap=self.cap, held=list(self.held)
+            )
         except BaseException:
             self._maybe_held([(origin, slot) for origin in wanted for slot in range(self.cap)])
             raise
-        self.held.update(taken)
+        now = time.monotonic()
+        self.held.update(dict.fromkeys(taken, now))
         await self._give_back([slot for slot in taken if not self._start(*slot)])
 
     def _maybe_held(self, slots: list[tuple[str, int]]) -> None:
         """A take or wait cut off (cancelled, or the connection failed) may have got these
         slots all the same: count them held, so that they are given back. Giving back a
         slot this session does not hold only makes PostgreSQL warn."""
-        self.held.update(slots)
+        now = time.monotonic()
+        self.held.update({slot: self.held.get(slot, now) for slot in slots})
 
     async def _give_back(self, slots: list[tuple[str, int]]) -> None:
         if slots:
             await queries.give_back_host_slots(self.conn, slots)
-            self.held.difference_update(slots)
+            for slot in slots:
+                self.held.pop(slot, None)
             self.traffic.note_given_back()
 
     async def _stop(self) -> None:

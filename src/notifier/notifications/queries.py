@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
+from collections.abc import Sequence
 from typing import Any, LiteralString, NamedTuple
 
 import msgspec
@@ -441,7 +442,11 @@ async def note_error(conn: Connection, notification_id: uuid.UUID, error: str) -
 
 
 async def take_host_slots(
-    conn: Connection, wanted: dict[str, int], *, cap: int
+    conn: Connection,
+    wanted: dict[str, int],
+    *,
+    cap: int,
+    held: Sequence[tuple[str, int]] = (),
 ) -> list[tuple[str, int]]:
     """Take up to ``wanted[origin]`` of the ``cap`` request slots of each origin; the slots
     taken, as ``(origin, slot)``.
@@ -449,21 +454,35 @@ async def take_host_slots(
     A slot is a session-level advisory lock on ``(hashtext(origin), slot)`` (the two-key
     form, a space of its own), tried without waiting. LIMIT ends the tries of an origin once
     it has its share, so no slot is taken only to be given back. The caller gives every
-    slot back with :func:`give_back_host_slots` before its transaction ends, and never asks
-    for an origin it holds slots of: a session's advisory locks stack, so it would get
-    its own slots again.
+    slot back with :func:`give_back_host_slots` before its transaction ends, and names in
+    ``held`` the slots this session holds already: a session's advisory locks stack, so
+    trying one of those would get it again. The CASE makes sure they are never tried (the
+    planner may order the conditions of a WHERE as it likes).
     """
     cursor = await conn.execute(
         """
         SELECT w.origin, s.slot
         FROM unnest(%(origins)s::text[], %(wanted)s::int[]) AS w (origin, wanted)
         CROSS JOIN LATERAL (
-            SELECT slot FROM generate_series(0, %(cap)s - 1) AS slot
-            WHERE pg_try_advisory_lock(hashtext(w.origin), slot)
+            SELECT g.slot FROM generate_series(0, %(cap)s - 1) AS g (slot)
+            WHERE CASE
+                WHEN EXISTS (
+                    SELECT FROM unnest(%(held_origins)s::text[], %(held_slots)s::int[])
+                        AS h (origin, slot)
+                    WHERE h.origin = w.origin AND h.slot = g.slot
+                ) THEN false
+                ELSE pg_try_advisory_lock(hashtext(w.origin), g.slot)
+            END
             LIMIT w.wanted
         ) AS s
         """,
-        {"origins": list(wanted), "wanted": list(wanted.values()), "cap": cap},
+        {
+            "origins": list(wanted),
+            "wanted": list(wanted.values()),
+            "cap": cap,
+            "held_origins": [origin for origin, _ in held],
+            "held_slots": [slot for _, slot in held],
+        },
     )
     return [(row["origin"], row["slot"]) for row in await cursor.fetchall()]
 
