@@ -5,7 +5,8 @@ Prints the commit time against a baseline (the same rows into a plain table with
 columns, no trigger), the wake-ups sent, and the time until one real `notifier worker`
 process (at the default log level, INFO, its log to --log) has processed every event and
 delivered every notification to a webhook receiver on loopback: from the worker's start,
-and from the first delivery. Uses the receiver at --receiver (bench/receiver.py), or
+and from the first delivery; and, per event processed and delivered, the CPU the server
+(bench/cpu.py) and the worker used and the WAL written from the worker's start. Uses the receiver at --receiver (bench/receiver.py), or
 starts one; the PostgreSQL at NOTIFIER_BENCH_SERVER (default
 postgresql://postgres@127.0.0.1:5432) and a scratch database.
 
@@ -35,6 +36,10 @@ from notifier import migrate
 from notifier.queue import tables as queue_tables
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.cpu import CpuWatch, Sample, postmaster_pid  # noqa: E402 - after the path above
+
 INSERT_SELECT = (
     "INSERT INTO {table} (type, payload) "
     "SELECT 'bulk.created', jsonb_build_object('n', n, 'email', 'user' || n || '@example.com') "
@@ -52,6 +57,14 @@ def timed_insert(url: str, table: str, rows: int) -> float:
         conn.execute(INSERT_SELECT.format(table=table).encode(), [rows])
         conn.commit()
         return time.perf_counter() - started
+
+
+def wal_position(url: str) -> int:
+    """Where the server's WAL ends now, in bytes (the cluster's: a quiet server's figure)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
+        assert row is not None
+        return int(row[0])
 
 
 def get(url: str) -> bytes:
@@ -102,6 +115,42 @@ def all_delivered(url: str, rows: int, deadline: float) -> bool:
             time.sleep(0.2)
 
 
+def drain(url: str, args: argparse.Namespace) -> tuple[float, Sample, int] | None:
+    """One `notifier worker` processing and delivering everything: when it started, the CPU
+    the server and the worker used until the last delivery, the WAL written meanwhile; None
+    if it timed out."""
+    env = {
+        **os.environ,
+        "NOTIFIER_DATABASE_URL": url,
+        "NOTIFIER_SECRETS_KEYS": BENCH_SECRETS_KEYS,
+        "NOTIFIER_DATABASE_POOL_MAX_SIZE": str(args.concurrency + 5),
+        "NOTIFIER_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+    }
+    wal_before = wal_position(url)
+    watch = CpuWatch(postmaster_pid(url), ["notifier_bench_outbox"], []).start()
+    with args.log.open("ab") as log:
+        started = time.time()
+        worker = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "notifier", "--log-level", "INFO", "worker"),
+                *("--concurrency", str(args.concurrency)),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    watch.watch(worker.pid)
+    try:
+        if not all_delivered(url, args.rows, started + args.timeout):
+            return None
+        ended = time.time()
+    finally:
+        watch.stop()
+        worker.terminate()
+        worker.wait(timeout=60)
+    return started, watch.between(started, ended), wal_position(url) - wal_before
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -144,30 +193,10 @@ def main() -> int:
             outbox = timed_insert(url, "notifier.outbox", args.rows)
             wake_ups = sum(1 for _ in listener.notifies(timeout=1.0))
 
-        env = {
-            **os.environ,
-            "NOTIFIER_DATABASE_URL": url,
-            "NOTIFIER_SECRETS_KEYS": BENCH_SECRETS_KEYS,
-            "NOTIFIER_DATABASE_POOL_MAX_SIZE": str(args.concurrency + 5),
-            "NOTIFIER_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
-        }
-        with args.log.open("ab") as log:
-            started = time.time()
-            worker = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "notifier", "--log-level", "INFO", "worker"),
-                    *("--concurrency", str(args.concurrency)),
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            if not all_delivered(url, args.rows, started + args.timeout):
-                return 1
-        finally:
-            worker.terminate()
-            worker.wait(timeout=60)
+        drained = drain(url, args)
+        if drained is None:
+            return 1
+        started, used, wal_bytes = drained
         stats = json.loads(get(receiver_url + "/stats"))
 
     arrivals = sorted(stats["arrivals"].values())
@@ -188,6 +217,12 @@ def main() -> int:
         f"({args.rows / from_start:,.0f} events/s)\n"
         f"  from the first delivery        {from_first:>10.1f} s    "
         f"({args.rows / from_first:,.0f} events/s)"
+    )
+    print(
+        "per event processed and delivered, from the worker's start:\n"
+        f"  PostgreSQL CPU                 {used.server / args.rows * 1e6:>10.0f} us\n"
+        f"  worker CPU                     {used.processes / args.rows * 1e6:>10.0f} us\n"
+        f"  WAL                            {wal_bytes / args.rows:>10,.0f} bytes"
     )
     return 0
 
