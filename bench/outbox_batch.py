@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.cpu import CpuWatch, Sample, postmaster_pid  # noqa: E402 - after the path above
+from bench.suite import wal_position  # noqa: E402
 
 INSERT_SELECT = (
     "INSERT INTO {table} (type, payload) "
@@ -57,14 +58,6 @@ def timed_insert(url: str, table: str, rows: int) -> float:
         conn.execute(INSERT_SELECT.format(table=table).encode(), [rows])
         conn.commit()
         return time.perf_counter() - started
-
-
-def wal_position(url: str) -> int:
-    """Where the server's WAL ends now, in bytes (the cluster's: a quiet server's figure)."""
-    with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
-        assert row is not None
-        return int(row[0])
 
 
 def get(url: str) -> bytes:
