@@ -2,9 +2,9 @@
 
 uvicorn writes an answer's status line and headers as soon as the application starts the
 answer, and its body in a second write: two ``send`` system calls, two TCP segments and
-two wake-ups of the client for every answer. On loopback the kernel delivers a segment in
-the sender's system call, so the second write cost the API about a tenth of its CPU per
-published event (docs/performance.md, "Fewer writes per answer"). Here the writes a
+two wake-ups of the client for every answer (on loopback the kernel delivers a segment in
+the sender's system call; docs/performance.md, "One write per answer, and less Python per
+publish"). Here the writes a
 connection makes during one turn of the event loop are joined into one: an answer's head
 and body go out together, and nothing is held back past the turn in which it was written.
 """
