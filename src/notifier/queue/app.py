@@ -174,6 +174,7 @@ async def run_worker(
         "wait": wait,
         "install_signal_handlers": False,
         "additional_context": {_DEPS_KEY: deps},
+        "delete_jobs": "successful",
     }
     if name is not None:
         options["name"] = name

@@ -284,10 +284,7 @@ async def finish_jobs(conn: Connection, job_ids: Sequence[int]) -> None:
     cursor = await conn.execute(
         """
         WITH finished AS (
-            UPDATE procrastinate_jobs
-            SET status = 'succeeded',
-                abort_requested = false,
-                attempts = CASE status WHEN 'doing' THEN attempts + 1 ELSE attempts END
+            DELETE FROM procrastinate_jobs
             WHERE id = ANY(%s::bigint[]) AND status IN ('todo', 'doing')
             RETURNING id
         )
