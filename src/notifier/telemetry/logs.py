@@ -200,7 +200,7 @@ def configure_logging(log_format: str, level: str, *, access_log_probes: bool = 
     # Where each record was logged from, and the thread and process names: no format shows
     # them, and a LogRecord computing them took a third of a delivery's log line (the
     # logging docs' "Optimization" section names these switches).
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
