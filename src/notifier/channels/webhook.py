@@ -128,6 +128,7 @@ class WebhookChannel:
     """POSTs JSON to the recipient URL; 2xx is success."""
 
     name = "webhook"
+    sends_html = False
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ import logging
 import uuid
 from typing import Any, NamedTuple
 
+import msgspec
 import psycopg
 
 from notifier.channels.base import Channel, DeliveryError, DeliveryReceipt, OutgoingMessage
@@ -95,8 +96,9 @@ class Attempt(NamedTuple):
 # HostBusy when it waits for a slot of its host (no attempt).
 SendResult = DeliveryReceipt | DeliveryError | HostBusy | None
 
-# Template sources of one batch by (tenant, template, type), or why there is none.
-TemplateCache = dict[tuple[str, str | None, str], TemplateSource | str]
+# Template sources of one batch by (tenant, template, type, with the HTML part), or why
+# there is none.
+TemplateCache = dict[tuple[str, str | None, str, bool], TemplateSource | str]
 
 
 async def deliver(
@@ -345,20 +347,30 @@ def outgoing_message(
 
 
 async def _to_render(
-    conn: Connection, row: DeliveryRow, unsubscribe_link: str | None, sources: TemplateCache
+    conn: Connection,
+    row: DeliveryRow,
+    unsubscribe_link: str | None,
+    sources: TemplateCache,
+    *,
+    html: bool,
 ) -> ToRender | str:
-    """What the notification's template renders from, or why there is no template.
+    """What the notification's template renders from, or why there is no template;
+    without its HTML part unless ``html`` (the channel sends it).
 
     A missing template fails the same way on every attempt: the caller fails the
     notification permanently. ``sources`` keeps the templates found for the batch,
     looked up once each.
     """
-    key = (row.tenant_id, row.template, row.notification_type)
+    key = (row.tenant_id, row.template, row.notification_type, html)
     if key not in sources:
         try:
-            sources[key] = await catalog.template_for(conn, *key)
+            found = await catalog.template_for(conn, *key[:3])
         except catalog.TemplateNotFound as exc:
             sources[key] = str(exc)
+        else:
+            # Rendered for nothing otherwise (webhooks, SMS), and a broken HTML part would
+            # fail a message that never carries it.
+            sources[key] = found if html else msgspec.structs.replace(found, html_body=None)
     source = sources[key]
     if isinstance(source, str):
         return source
@@ -390,7 +402,7 @@ async def _prepare(
         return Draft(row, job_id, attempt, channel, label, f"recipient {problem}", None)
     # The same link goes to the template (to show) and the channel (email headers).
     link = unsubscribe_link(row, services.settings)
-    content = await _to_render(conn, row, link, sources)
+    content = await _to_render(conn, row, link, sources, html=channel.sends_html)
     return Draft(row, job_id, attempt, channel, label, content, link)
 
 
