@@ -9,6 +9,7 @@ from typing import Any, LiteralString, NamedTuple
 
 import msgspec
 import psycopg
+from psycopg import sql
 
 from notifier.channels.base import WebhookTarget
 from notifier.db import Connection
@@ -635,18 +636,27 @@ async def lock_pending_matching(
     conn: Connection, tenant_id: str, *, key: str | None, entity_id: str | None, limit: int
 ) -> list[EndedNotification]:
     """Up to ``limit`` of the tenant's pending notifications with ``key`` and ``entity_id``
-    (each None: any), locked; in id order, so that concurrent callers lock alike."""
-    cursor = await conn.execute(
+    (each None: any), locked; in id order, so that concurrent callers lock alike.
+
+    Only the conditions given are in the statement, so that each can use its own index
+    (a prepared ``(x IS NULL OR key = x)`` gets a generic plan that can use neither).
+    """
+    conditions = [sql.SQL("tenant_id = %(tenant_id)s AND status = 'pending'")]
+    if key is not None:
+        conditions.append(sql.SQL("key = %(key)s"))
+    if entity_id is not None:
+        conditions.append(sql.SQL("entity_id = %(entity_id)s"))
+    query = sql.SQL(
         """
         SELECT id, job_id FROM notifier.notifications
-        WHERE tenant_id = %(tenant_id)s AND status = 'pending'
-          AND (%(key)s::text IS NULL OR key = %(key)s)
-          AND (%(entity_id)s::text IS NULL OR entity_id = %(entity_id)s)
+        WHERE {conditions}
         ORDER BY id
         LIMIT %(limit)s
         FOR UPDATE
-        """,
-        {"tenant_id": tenant_id, "key": key, "entity_id": entity_id, "limit": limit},
+        """
+    ).format(conditions=sql.SQL(" AND ").join(conditions))
+    cursor = await conn.execute(
+        query, {"tenant_id": tenant_id, "key": key, "entity_id": entity_id, "limit": limit}
     )
     return [EndedNotification(row["id"], row["job_id"]) for row in await cursor.fetchall()]
 
