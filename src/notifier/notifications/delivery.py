@@ -460,7 +460,9 @@ async def _render_and_send_all(
 
     async def send_capped() -> None:
         # Rendered first, so that a host slot is held only while sending.
-        await asyncio.gather(*(prepare(index) for index in capped))
+        await _renders_done([pending[index] for index in capped])
+        for index in capped:
+            attempts[index] = _attempt_rendered(drafts[index], pending[index])
         sendable = {}
         for index, origin in capped.items():
             attempt = attempts[index]
@@ -498,13 +500,29 @@ async def _render_and_send_all(
 
 async def _attempt(draft: Draft, render: asyncio.Future[RenderedMessage] | None) -> Attempt:
     """The draft with its rendered message, or with why it cannot be sent."""
+    if render is not None:
+        with contextlib.suppress(Exception):
+            await render  # what it raised, _attempt_rendered raises or reports
+    return _attempt_rendered(draft, render)
+
+
+async def _renders_done(renders: list[asyncio.Future[RenderedMessage] | None]) -> None:
+    """Wait until every render is done, as futures: a task per notification cost more."""
+    waiting = [render for render in renders if render is not None and not render.done()]
+    if waiting:
+        await asyncio.wait(waiting)
+
+
+def _attempt_rendered(draft: Draft, render: asyncio.Future[RenderedMessage] | None) -> Attempt:
+    """:func:`_attempt` once the render, if any, is done; raises what the render raised
+    but a template's problem."""
     row, job_id, number, channel, label, content, link = draft
     if render is None:
         assert isinstance(content, str)
         return Attempt(row, job_id, number, channel, label, content)
     assert isinstance(content, ToRender)
     try:
-        rendered = await render
+        rendered = render.result()
     except TemplateProblem as exc:
         # Fails the same way on every attempt (syntax, a missing variable, over budget).
         problem = f"template {content.source.name!r}: {exc}"
