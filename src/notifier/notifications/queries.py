@@ -368,16 +368,19 @@ WITH attempt AS (
         updated_at = now()
     FROM attempt AS a
     WHERE n.id = a.notification_id
-    RETURNING n.id, n.tenant_id
+    RETURNING n.id, n.tenant_id, n.send_at
 )
--- The attempt names its tenant, for the dashboard's per-tenant charts.
+-- The attempt names its tenant, for the dashboard's per-tenant charts, and a delivered one
+-- when its notification was due, for their lag (migration 0021). Only attempts of the
+-- notifications just updated are written: delivery_attempts has no foreign key to check.
 INSERT INTO notifier.delivery_attempts
     (notification_id, tenant_id, attempt, job_id, channel, outcome, status_code, error,
-     started_at, finished_at, endpoint_id, duration_ms, answer)
+     started_at, finished_at, endpoint_id, duration_ms, answer, due_at)
 SELECT a.notification_id, counted.tenant_id, a.attempt, a.job_id, a.channel, a.outcome,
        a.status_code, a.error, a.started_at,
        -- now() is when the transaction began, before the sends: use the clock.
-       clock_timestamp(), a.endpoint_id, a.duration_ms, a.answer
+       clock_timestamp(), a.endpoint_id, a.duration_ms, a.answer,
+       CASE WHEN a.outcome = 'delivered' THEN counted.send_at END
 FROM attempt AS a JOIN counted ON counted.id = a.notification_id
 ORDER BY a.n
 """
