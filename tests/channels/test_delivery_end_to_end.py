@@ -224,6 +224,41 @@ async def test_a_template_error_fails_the_notification_at_once_with_the_error_sh
     assert smtp_server.refused == []
 
 
+async def test_only_email_renders_the_html_part(
+    client: AsyncTestClient[Any],
+    worker: None,
+    smtp_server: SmtpServer,
+    sms_provider: FakeSmsProvider,
+) -> None:
+    # An HTML part that cannot render fails the email, which carries it, and not the SMS,
+    # which never did: other channels render without it.
+    template = {
+        "subject": "Hello",
+        "text_body": "Hi {{ user.name }}\n",
+        "html_body": "<p>{{ user.middle_name }}</p>",
+    }
+    assert (await client.put("/api/v1/templates/text-only", json=template)).status_code == 201
+    for channel, field in (("email", "user.email"), ("sms", "user.phone")):
+        rule = {
+            "event_type": "password.expiring",
+            "channel": channel,
+            "recipient_field": field,
+            "template": "text-only",
+        }
+        await post(client, "/api/v1/rules/", rule)
+    payload = {"user": {"name": "Ada", "email": "a@example.com", "phone": "+447700900123"}}
+    event = await post(client, "/api/v1/events/", {"type": "password.expiring", "payload": payload})
+
+    by_channel = {n["channel"]: n for n in await notifications_of(client, event["id"])}
+    sms = await wait_for_status(client, by_channel["sms"]["id"], "sent")
+    email = await wait_for_status(client, by_channel["email"]["id"], "failed")
+
+    assert sms["attempts"] == 1
+    assert sms_provider.form(0)["Body"] == "Hi Ada"
+    assert email["last_error"].startswith("template 'text-only': html_body")
+    assert smtp_server.received() == []
+
+
 async def test_a_notification_created_over_rest_renders_the_builtin_for_its_type(
     client: AsyncTestClient[Any], worker: None, smtp_server: SmtpServer
 ) -> None:

@@ -637,6 +637,7 @@ class ExplodingChannel:
     """A channel with a bug: it raises something that is not a DeliveryError."""
 
     name = "exploding"
+    sends_html = False
 
     def validate_recipient(self, recipient: str) -> str | None:
         return None

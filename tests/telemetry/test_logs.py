@@ -46,6 +46,24 @@ def lines(buffer: io.StringIO) -> list[dict[str, object]]:
     return [json.loads(line) for line in buffer.getvalue().splitlines()]
 
 
+def test_any_extra_field_becomes_json(captured: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, buffer = captured
+
+    class Opaque:
+        def __str__(self) -> str:
+            return "opaque!"
+
+    logger.info("é", extra={"thing": Opaque(), "ids": (1, 2), "by_id": {7: "x"}})
+    logger.info("big", extra={"huge": 2**80})  # beyond msgspec: written by json instead
+
+    plain, big = lines(buffer)
+    assert plain["message"] == "é"
+    assert (plain["thing"], plain["ids"], plain["by_id"]) == ("opaque!", [1, 2], {"7": "x"})
+    timestamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?\+00:00"  # ISO 8601, UTC
+    assert re.fullmatch(timestamp, str(plain["timestamp"]))
+    assert big["huge"] == 2**80
+
+
 def test_a_line_inside_a_span_carries_its_trace_and_span_ids(
     captured: tuple[logging.Logger, io.StringIO],
 ) -> None:

@@ -110,6 +110,9 @@ class Channel(Protocol):
     """A way to reach someone. Implementations raise :class:`DeliveryError` on failure."""
 
     name: str
+    # Whether the message's HTML part is sent (email); other channels' drafts render
+    # without it, which saves the sandbox its work and a broken HTML part fails nothing.
+    sends_html: bool
 
     def validate_recipient(self, recipient: str) -> str | None:
         """Return why ``recipient`` can never work on this channel, or None if it may."""

@@ -78,6 +78,7 @@ class EmailChannel:
     """Sends through one SMTP server; a new connection per message."""
 
     name = "email"
+    sends_html = True
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ class LogChannel:
     """Delivers by logging one line; always succeeds."""
 
     name = "log"
+    sends_html = False
 
     def validate_recipient(self, recipient: str) -> str | None:
         """Any non-empty recipient is fine for a log line, without control characters

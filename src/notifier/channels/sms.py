@@ -302,6 +302,7 @@ class SmsChannel:
     """Delivers the rendered text to an E.164 number through one provider."""
 
     name = "sms"
+    sends_html = False
 
     def __init__(self, provider: SmsProvider, *, max_segments: int, truncate: bool) -> None:
         if max_segments < 1:

@@ -14,6 +14,7 @@ import logging
 import uuid
 from typing import Any, NamedTuple
 
+import msgspec
 import psycopg
 
 from notifier.channels.base import Channel, DeliveryError, DeliveryReceipt, OutgoingMessage
@@ -95,8 +96,9 @@ class Attempt(NamedTuple):
 # HostBusy when it waits for a slot of its host (no attempt).
 SendResult = DeliveryReceipt | DeliveryError | HostBusy | None
 
-# Template sources of one batch by (tenant, template, type), or why there is none.
-TemplateCache = dict[tuple[str, str | None, str], TemplateSource | str]
+# Template sources of one batch by (tenant, template, type, with the HTML part), or why
+# there is none.
+TemplateCache = dict[tuple[str, str | None, str, bool], TemplateSource | str]
 
 
 async def deliver(
@@ -347,20 +349,30 @@ def outgoing_message(
 
 
 async def _to_render(
-    conn: Connection, row: DeliveryRow, unsubscribe_link: str | None, sources: TemplateCache
+    conn: Connection,
+    row: DeliveryRow,
+    unsubscribe_link: str | None,
+    sources: TemplateCache,
+    *,
+    html: bool,
 ) -> ToRender | str:
-    """What the notification's template renders from, or why there is no template.
+    """What the notification's template renders from, or why there is no template;
+    without its HTML part unless ``html`` (the channel sends it).
 
     A missing template fails the same way on every attempt: the caller fails the
     notification permanently. ``sources`` keeps the templates found for the batch,
     looked up once each.
     """
-    key = (row.tenant_id, row.template, row.notification_type)
+    key = (row.tenant_id, row.template, row.notification_type, html)
     if key not in sources:
         try:
-            sources[key] = await catalog.template_for(conn, *key)
+            found = await catalog.template_for(conn, *key[:3])
         except catalog.TemplateNotFound as exc:
             sources[key] = str(exc)
+        else:
+            # Rendered for nothing otherwise (webhooks, SMS), and a broken HTML part would
+            # fail a message that never carries it.
+            sources[key] = found if html else msgspec.structs.replace(found, html_body=None)
     source = sources[key]
     if isinstance(source, str):
         return source
@@ -392,7 +404,7 @@ async def _prepare(
         return Draft(row, job_id, attempt, channel, label, f"recipient {problem}", None)
     # The same link goes to the template (to show) and the channel (email headers).
     link = unsubscribe_link(row, services.settings)
-    content = await _to_render(conn, row, link, sources)
+    content = await _to_render(conn, row, link, sources, html=channel.sends_html)
     return Draft(row, job_id, attempt, channel, label, content, link)
 
 
@@ -450,7 +462,9 @@ async def _render_and_send_all(
 
     async def send_capped() -> None:
         # Rendered first, so that a host slot is held only while sending.
-        await asyncio.gather(*(prepare(index) for index in capped))
+        await _renders_done([pending[index] for index in capped])
+        for index in capped:
+            attempts[index] = _attempt_rendered(drafts[index], pending[index])
         sendable = {}
         for index, origin in capped.items():
             attempt = attempts[index]
@@ -488,13 +502,29 @@ async def _render_and_send_all(
 
 async def _attempt(draft: Draft, render: asyncio.Future[RenderedMessage] | None) -> Attempt:
     """The draft with its rendered message, or with why it cannot be sent."""
+    if render is not None:
+        with contextlib.suppress(Exception):
+            await render  # what it raised, _attempt_rendered raises or reports
+    return _attempt_rendered(draft, render)
+
+
+async def _renders_done(renders: list[asyncio.Future[RenderedMessage] | None]) -> None:
+    """Wait until every render is done, as futures: a task per notification cost more."""
+    waiting = [render for render in renders if render is not None and not render.done()]
+    if waiting:
+        await asyncio.wait(waiting)
+
+
+def _attempt_rendered(draft: Draft, render: asyncio.Future[RenderedMessage] | None) -> Attempt:
+    """:func:`_attempt` once the render, if any, is done; raises what the render raised
+    but a template's problem."""
     row, job_id, number, channel, label, content, link = draft
     if render is None:
         assert isinstance(content, str)
         return Attempt(row, job_id, number, channel, label, content)
     assert isinstance(content, ToRender)
     try:
-        rendered = await render
+        rendered = render.result()
     except TemplateProblem as exc:
         # Fails the same way on every attempt (syntax, a missing variable, over budget).
         problem = f"template {content.source.name!r}: {exc}"
