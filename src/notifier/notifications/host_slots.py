@@ -60,6 +60,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, NamedTuple
 
+from notifier.channels.webhook import MAX_REQUESTS_IN_FLIGHT
 from notifier.db import Connection
 from notifier.notifications import queries
 from notifier.notifications.queries import DeliveryRow
@@ -75,6 +76,11 @@ RETRY_SECONDS = 0.25
 ELSEWHERE_PATIENCE_SECONDS = 0.2
 HAND_OVER_SECONDS = 0.1
 FIRST_WAIT_SECONDS = 0.5
+# Slots one batch holds at once, whatever its size and however many hosts it sends to: the
+# process sends at most this many webhook requests at once anyway (the channel's own
+# limit), and each slot is an advisory lock in PostgreSQL's shared lock table, which is
+# sized by max_locks_per_transaction (64 by default) per connection.
+MAX_SLOTS_PER_BATCH = MAX_REQUESTS_IN_FLIGHT
 
 
 class HostBusy(NamedTuple):
@@ -241,7 +247,8 @@ class _Lanes:
                 elif not self._start(origin, slot):
                     lanes_ended.append((origin, slot))
             await self._give_back(lanes_ended + handed_over)
-            if again := list(dict.fromkeys(o for o, _ in handed_over)) + self._starved():
+            # Hosts without a slot first: a batch holds at most MAX_SLOTS_PER_BATCH.
+            if again := self._starved() + list(dict.fromkeys(o for o, _ in handed_over)):
                 await self._take(again)
 
     async def _wait_for_a_slot(self, origin: str) -> None:
@@ -316,13 +323,16 @@ class _Lanes:
 
     async def _take(self, origins: list[str]) -> None:
         """Ask for as many slots of each of ``origins`` as it has notifications left (at
-        most ``cap``), beside those held already."""
+        most ``cap``), beside those held already, within :data:`MAX_SLOTS_PER_BATCH`: hosts
+        left without one are asked for again as slots come back (they are starved)."""
         holding = [origin for origin, _ in self.held]
-        wanted = {
-            origin: want
-            for origin in origins
-            if (want := min(self.cap, len(self.pending[origin])) - holding.count(origin)) > 0
-        }
+        room = MAX_SLOTS_PER_BATCH - len(holding)
+        wanted = {}
+        for origin in origins:
+            want = min(self.cap, len(self.pending[origin])) - holding.count(origin)
+            if want > 0 and room > 0:
+                wanted[origin] = min(want, room)
+                room -= wanted[origin]
         if not wanted:
             return
         try:
