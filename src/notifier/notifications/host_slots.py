@@ -125,15 +125,16 @@ async def send_within_host_caps(
 
 class _Traffic:
     """This process's sends to capped hosts (in one event loop): those under way, when
-    each host last answered a send quickly, and a signal each time a batch gives slots
-    back."""
+    each host last answered a send quickly, and the batches here waiting for a slot of
+    each host, woken one per slot given back."""
 
     def __init__(self) -> None:
         # Per host with sends under way here: those sends (when each started), and when
         # one of its sends last ended quickly. Hosts leave when their last send ends.
         self.sends: dict[str, dict[asyncio.Task[None], float]] = {}
         self.quick_end: dict[str, float] = {}
-        self.given_back = asyncio.Event()
+        # Per host, the batches here waiting for one of its slots, first come first.
+        self.waiting: dict[str, deque[asyncio.Future[None]]] = {}
 
     def begin(self, origin: str, send: asyncio.Task[None], started: float) -> None:
         self.sends.setdefault(origin, {})[send] = started
@@ -156,14 +157,48 @@ class _Traffic:
         return origin in self.sends
 
     def turning_over(self, origin: str) -> bool:
-        """Whether this process's sends to ``origin`` have just ended quickly: a slot of it
-        is likely to come free in a moment."""
+        """Whether a slot of ``origin`` is likely to come free in a moment: this process's
+        sends to it have just ended quickly, or those under way here all started less than
+        :data:`LANE_QUICK_SECONDS` ago (a host that hangs holds them longer). The second
+        keeps a batch waiting while an event loop too busy to end a send every
+        :data:`RETRY_SECONDS` still sends to a healthy host."""
+        now = time.monotonic()
         ended = self.quick_end.get(origin)
-        return ended is not None and time.monotonic() - ended < RETRY_SECONDS
+        if ended is not None and now - ended < RETRY_SECONDS:
+            return True
+        sends = self.sends.get(origin)
+        return sends is not None and now - min(sends.values()) < LANE_QUICK_SECONDS
 
-    def note_given_back(self) -> None:
-        self.given_back.set()
-        self.given_back = asyncio.Event()
+    def wait_for_turn(self, origin: str) -> asyncio.Future[None]:
+        """A future done when a batch here gives back a slot of ``origin`` for this one."""
+        turn = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(origin, deque()).append(turn)
+        return turn
+
+    def stop_waiting(self, origin: str, turn: asyncio.Future[None]) -> None:
+        queue = self.waiting.get(origin)
+        if queue is not None:
+            with contextlib.suppress(ValueError):
+                queue.remove(turn)
+            if not queue:
+                del self.waiting[origin]
+
+    def waiters(self, origin: str) -> bool:
+        """Whether batches here wait for a slot of ``origin``."""
+        return bool(self.waiting.get(origin))
+
+    def note_given_back(self, slots: list[tuple[str, int]]) -> None:
+        """Wake one waiting batch per slot given back, of its host: the others would only
+        try for a slot someone else gets (a statement each)."""
+        for origin, _ in slots:
+            queue = self.waiting.get(origin)
+            while queue:
+                turn = queue.popleft()
+                if not turn.done():
+                    turn.set_result(None)
+                    break
+            if queue is not None and not queue:
+                del self.waiting[origin]
 
 
 _TRAFFIC: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Traffic] = (
@@ -246,9 +281,12 @@ class _Lanes:
                     handed_over.append((origin, slot))
                 elif not self._start(origin, slot):
                     lanes_ended.append((origin, slot))
+            # A slot handed over goes to a batch here waiting for it, if there is one (woken
+            # as it is given back); else to whoever waits in PostgreSQL, else back to this
+            # lane. Hosts without a slot first: a batch holds at most MAX_SLOTS_PER_BATCH.
+            retake = [o for o, _ in handed_over if not self.traffic.waiters(o)]
             await self._give_back(lanes_ended + handed_over)
-            # Hosts without a slot first: a batch holds at most MAX_SLOTS_PER_BATCH.
-            if again := self._starved() + list(dict.fromkeys(o for o, _ in handed_over)):
+            if again := self._starved() + list(dict.fromkeys(retake)):
                 await self._take(again)
 
     async def _wait_for_a_slot(self, origin: str) -> None:
@@ -261,10 +299,13 @@ class _Lanes:
             and self.traffic.turning_over(origin)
             and self._sending_for() < self.budget_seconds
         ):
-            given_back = self.traffic.given_back
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(RETRY_SECONDS):
-                    await given_back.wait()
+            turn = self.traffic.wait_for_turn(origin)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RETRY_SECONDS):
+                        await turn
+            finally:
+                self.traffic.stop_waiting(origin, turn)
             await self._take([origin])
         if not self.running:
             self.done_with.add(origin)
@@ -358,7 +399,7 @@ class _Lanes:
             await queries.give_back_host_slots(self.conn, slots)
             for slot in slots:
                 self.held.pop(slot, None)
-            self.traffic.note_given_back()
+            self.traffic.note_given_back(slots)
 
     async def _stop(self) -> None:
         """Cut off sends still running (an error ended the batch) and give every slot back;
