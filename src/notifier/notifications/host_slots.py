@@ -20,7 +20,8 @@ is closed, which ends its session and its locks, as a crash does.
 after the other, while each send takes under :data:`LANE_QUICK_SECONDS` and the batch has
 been sending for less than the channel's timeout: a healthy host takes a whole batch
 through ``cap`` connections in milliseconds, while a hanging one costs one timeout per slot,
-not one per notification.
+not one per notification. A batch holds at most :data:`MAX_SLOTS_PER_BATCH` slots at once,
+however many hosts it sends to; the hosts left out get theirs as its lanes end.
 
 **Hand-overs.** A lane that has held its slot for :data:`HAND_OVER_SECONDS` gives it back
 between two sends and asks again, without waiting, for as many slots of its host as the
@@ -33,9 +34,12 @@ hanging host hands nothing over: it ends after its one slow send.
 
 **Waiting.** A batch that got no slot of a host asks again, every :data:`RETRY_SECONDS`,
 while its other sends are in flight. Once nothing else is in flight, it waits for a slot
-only where waiting pays. While this process's sends to that host have just ended quickly, it
-asks again each time a batch here gives slots back: the batches of a worker queue for a
-busy healthy host, whose slots turn over in milliseconds, instead of going round the queue.
+only where waiting pays. While this process's sends to that host have just ended quickly (or
+are under way and younger than :data:`LANE_QUICK_SECONDS`), it waits for its turn: a slot
+given back by a batch here goes to the batch here that has waited longest for that host
+(woken alone, and a lane handing its slot over then does not take it back): the batches of a
+worker queue for a busy healthy host, whose slots turn over in milliseconds, instead of going
+round the queue, and without every waiting batch trying for each slot given back.
 If the slots are all held by other processes, it waits in PostgreSQL (which hands a slot
 over the moment it is given back) for at most :data:`ELSEWHERE_PATIENCE_SECONDS`, as those
 may be sending to a hanging host; a healthy host's lanes hand a slot over sooner, and a
