@@ -173,6 +173,14 @@ def fresh_database(name: str, *, migrated: bool = True) -> str:
     return url
 
 
+def existing_database(name: str) -> str:
+    """The scratch database ``name``, kept from an earlier run if there is one, else new."""
+    url = make_conninfo(SERVER, dbname=name)
+    migrate.create_database_if_missing(url)
+    migrate.upgrade(url)
+    return url
+
+
 def connect(url: str, *, patience: float = 60.0) -> psycopg.Connection[Any]:
     """An autocommit connection, waiting up to ``patience`` seconds for a free slot: on a
     shared server other clients may hold every connection for a moment."""
@@ -1354,7 +1362,7 @@ class Bench:
     # --- 4. growth ----------------------------------------------------------------------
 
     def fetch_costs(
-        self, urls: dict[str, str], fetch: str = "notifier"
+        self, urls: dict[str, str], fetch: str = "notifier", *, samples: tuple[int, int] = (25, 200)
     ) -> dict[str, tuple[float, float, float]]:
         """For each database of ``urls`` with one due job added: (EXPLAIN ANALYZE ms of the
         fetch, median wall ms of a fetch, buffers the fetch touches, its nested statements
@@ -1364,8 +1372,10 @@ class Bench:
         machine alike: sub-millisecond walls move by half with whatever else runs at that
         second. ``fetch`` names the query (code_sql.FETCHES): notifier's, which workers
         use, or procrastinate's own. The plans of the fetch's nested statements go into
-        the raw figures (auto_explain).
+        the raw figures (auto_explain). ``samples``: how many EXPLAIN ANALYZE runs and how
+        many timed fetches per database.
         """
+        explains, timed = samples
         query = code_sql.FETCHES[fetch]
         parameters = code_sql.FETCH_PARAMETERS
         plans: dict[str, list[float]] = {name: [] for name in urls}
@@ -1379,7 +1389,7 @@ class Bench:
                 sql(url, "SELECT notifier.take_job_group_arrivals()")
                 stack.callback(remove_due_job, url)
                 connections[name] = stack.enter_context(psycopg.connect(url))
-            for _ in range(25):
+            for _ in range(explains):
                 for name, conn in connections.items():
                     with conn.transaction(force_rollback=True):
                         plan = conn.execute(
@@ -1389,7 +1399,7 @@ class Bench:
                         plans[name].append(plan[0][0]["Execution Time"])
                         top = plan[0][0]["Plan"]
                         buffers[name].append(top["Shared Hit Blocks"] + top["Shared Read Blocks"])
-            for _ in range(200):
+            for _ in range(timed):
                 for name, conn in connections.items():
                     with conn.transaction(force_rollback=True):
                         started = time.perf_counter()
@@ -1441,28 +1451,36 @@ class Bench:
         )
 
     def growth(self) -> None:
-        empty_queue_and_notifications(self.url)
+        rows = self.args.growth_rows
+        reuse = self.args.growth_reuse and self.pending() >= rows
+        if not reuse:
+            empty_queue_and_notifications(self.url)
         # The empty case: a twin database with an API of its own, measured in turn with the
         # full one so that both see the machine alike (sub-millisecond figures move by half
         # with whatever else runs at that second).
         empty_url = fresh_database("notifier_bench_empty")
         twin_api, twin_url = self.start_api_process(empty_url)
         twin_key = self.create_key(empty_url)
-        rows = self.args.growth_rows
-        sql(
-            self.url,
-            f"VACUUM {queue_tables.JOBS}, {queue_tables.JOB_EVENTS}, notifier.notifications",
-        )
-        bytes_before = self.queue_bytes(self.url)
-        started = time.perf_counter()
-        bulk.load_pending(self.url, rows)
-        self.report.raw["growth_load_seconds"] = time.perf_counter() - started
-        sql(
-            self.url,
-            f"VACUUM ANALYZE {queue_tables.JOBS}, {queue_tables.JOB_EVENTS}, notifier.notifications",
-        )
-        settle(self.url)
-        self.report.raw["growth_prepare_seconds"] = time.perf_counter() - started
+        if reuse:
+            # Loaded by an earlier run (--growth-reuse): against the empty twin's tables.
+            bytes_before = self.queue_bytes(empty_url)
+            sql(self.url, f"VACUUM ANALYZE {queue_tables.JOBS}, notifier.notifications")
+        else:
+            sql(
+                self.url,
+                f"VACUUM {queue_tables.JOBS}, {queue_tables.JOB_EVENTS}, notifier.notifications",
+            )
+            bytes_before = self.queue_bytes(self.url)
+            started = time.perf_counter()
+            bulk.load_pending(self.url, rows)
+            self.report.raw["growth_load_seconds"] = time.perf_counter() - started
+            sql(
+                self.url,
+                f"VACUUM ANALYZE {queue_tables.JOBS}, {queue_tables.JOB_EVENTS},"
+                " notifier.notifications",
+            )
+            settle(self.url)
+            self.report.raw["growth_prepare_seconds"] = time.perf_counter() - started
         disk_per_row = (self.queue_bytes(self.url) - bytes_before) / rows
         empty_ingests, full_ingests = [], []
         for _ in range(4):
@@ -1478,7 +1496,11 @@ class Bench:
             costs["empty"],
             costs["full"],
         )
-        stock_plan, stock_wall, _ = self.fetch_costs({"full": self.url}, "stock")["full"]
+        # procrastinate's own fetch reads every waiting job: seconds each at ten million
+        # pending, so a few samples tell its cost.
+        stock_plan, stock_wall, _ = self.fetch_costs({"full": self.url}, "stock", samples=(3, 5))[
+            "full"
+        ]
         drop_database("notifier_bench_empty")
         self.report.raw["growth"] = {
             "rows": rows,
@@ -1531,7 +1553,13 @@ class Bench:
             f"{stock_wall:.2f}",
             f"{full_wall / stock_wall:.3f}",
         )
-        empty_queue_and_notifications(self.url)
+        if not self.args.growth_reuse:
+            empty_queue_and_notifications(self.url)
+
+    def pending(self) -> int:
+        return self.count(
+            self.url, "SELECT count(*) FROM notifier.notifications WHERE status = 'pending'"
+        )
 
     # --- 5. memory ----------------------------------------------------------------------
 
@@ -1682,6 +1710,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--growth-rows", type=int, default=10_000_000, help="pending notifications for growth"
     )
+    parser.add_argument(
+        "--growth-reuse",
+        action="store_true",
+        help="growth only: keep the loaded database for the next run, and use it when it"
+        " already holds --growth-rows pending (loading ten million takes half an hour)",
+    )
     parser.add_argument("--outbox-rows", type=int, default=10_000, help="rows in one insert")
     parser.add_argument("--timeout", type=float, default=900.0, help="per drain, seconds")
     parser.add_argument("--json", type=Path, help="also write every raw figure here")
@@ -1689,6 +1723,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--logs", type=Path, help="keep the processes' logs here (default: a temporary directory)"
     )
     args = parser.parse_args(argv)
+    if args.growth_reuse and args.only != "growth":
+        parser.error("--growth-reuse goes with --only growth")
     if args.quick:
         args.ingest_seconds = min(args.ingest_seconds, 3.0)
         args.deliveries = min(args.deliveries, 2_000)
@@ -1726,7 +1762,10 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args, report, procs)
     started = time.perf_counter()
     with running(procs, bench):
-        bench.url = fresh_database(DATABASE)
+        if args.growth_reuse:
+            bench.url = existing_database(DATABASE)
+        else:
+            bench.url = fresh_database(DATABASE)
         bench.postmaster = postmaster_pid(bench.url)
         bench.start_receiver()
         bench.start_api()

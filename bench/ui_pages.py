@@ -100,14 +100,16 @@ WITH planned AS (
     FROM planned
 )
 INSERT INTO notifier.delivery_attempts
-    (notification_id, tenant_id, attempt, channel, outcome, status_code, started_at, finished_at)
+    (notification_id, tenant_id, attempt, channel, outcome, status_code, started_at, finished_at,
+     due_at)
 SELECT id, %(tenant)s, CASE WHEN n %% 10 = 0 THEN 2 ELSE 1 END, 'webhook',
        CASE WHEN n %% 50 = 0 THEN 'failed' ELSE 'delivered' END, 200,
-       finished_at - interval '50 milliseconds', finished_at
+       finished_at - interval '50 milliseconds', finished_at,
+       CASE WHEN n %% 50 <> 0 THEN finished_at - lag END
 FROM planned
 UNION ALL
 SELECT id, %(tenant)s, 1, 'webhook', 'retry', 503,
-       finished_at - interval '5 seconds', finished_at - interval '4.9 seconds'
+       finished_at - interval '5 seconds', finished_at - interval '4.9 seconds', NULL
 FROM planned WHERE n %% 10 = 0
 """
 

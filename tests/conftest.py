@@ -205,6 +205,11 @@ def settings(database_url: str) -> Settings:
         secrets_keys=SECRETS_KEYS,
         # The test receivers listen on loopback, which webhooks may not reach by default.
         webhook_allowed_networks=LOOPBACK_NETWORKS,
+        # Tests read a job's history (its status, runs and events) to see what ran (worker
+        # processes too: tests/support.py, tests/faults/support.py); the deleting default
+        # has tests of its own (tests/queue/test_jobs.py, tests/notifications/test_batches.py,
+        # tests/events/test_batches.py).
+        keep_succeeded_jobs=True,
     )
 
 

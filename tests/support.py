@@ -288,12 +288,14 @@ class FakeSmsProvider:
 def worker_environment(database_url: str, **settings: str) -> dict[str, str]:
     """The environment of a worker process on the test's database: this process's variables
     without its NOTIFIER_ ones (the developer's own must not leak in), the test secrets key,
-    text logs, and ``settings`` (``NOTIFIER_WORKER_CONCURRENCY="2"``) on top."""
+    text logs, succeeded jobs kept (tests read what ran, as with the ``settings`` fixture),
+    and ``settings`` (``NOTIFIER_WORKER_CONCURRENCY="2"``) on top."""
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")},
         "NOTIFIER_DATABASE_URL": database_url,
         "NOTIFIER_SECRETS_KEYS": SECRETS_KEYS,
         "NOTIFIER_LOG_FORMAT": "text",
+        "NOTIFIER_KEEP_SUCCEEDED_JOBS": "true",
         **settings,
     }
 

@@ -17,6 +17,8 @@ logger = logging.getLogger("notifier.maintenance")
 # Names the advisory lock that serialises stalled-job recovery across maintenance runs.
 STALLED_JOBS_LOCK = "notifier.maintenance.stalled_jobs"
 # Finished jobs that are pruned; failed ones are kept for admins to inspect and retry.
+# Workers delete succeeded jobs as they succeed: the ones left are older workers' (before
+# migration 0021's release) or a job finished by hand without deleting it.
 PRUNED_JOB_STATUSES = ("succeeded", "cancelled", "aborted")
 # Reminder keys deleted per run at most: a short transaction each minute catches up with
 # any backlog (600,000 an hour) without holding many row locks at once.

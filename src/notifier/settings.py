@@ -91,8 +91,13 @@ class Settings:
     # WAL flush; business writes and finishing a job stay durable. A lost fetch only puts
     # the job back in the queue (docs/performance.md).
     worker_fetch_async_commit: bool = True
-    # Succeeded/cancelled jobs older than this are pruned; failed ones are kept for admins.
+    # Cancelled/aborted jobs older than this are pruned (succeeded ones too when kept);
+    # failed ones are kept for admins.
     prune_jobs_after_hours: NonNegativeInt = 72
+    # Keep succeeded jobs (and their procrastinate_events rows) until pruned, for a job
+    # history in the procrastinate shell. Off: a job is deleted as it succeeds, which writes
+    # less per job (no new row version, no event row) and leaves nothing to prune.
+    keep_succeeded_jobs: bool = False
     idempotency_ttl_hours: PositiveInt = 24
     # A reminder key's record of its latest event (what tells a late older event from a
     # newer one) is pruned this long after it was last written, once nothing of the key is

@@ -78,6 +78,7 @@ async def run_worker(
             listen_notify=settings.worker_listen_notify,
             shutdown_timeout_seconds=settings.worker_shutdown_timeout_seconds,
             stalled_worker_seconds=settings.stalled_worker_seconds,
+            delete_succeeded_jobs=not settings.keep_succeeded_jobs,
             # Each job runs in a span continuing the trace stored on its event or notification.
             around_job=job_tracing_middleware(services.pool),
         )

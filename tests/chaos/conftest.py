@@ -11,6 +11,7 @@ import pytest
 from notifier import migrate
 from tests.chaos.harness import CLUSTER_SETTINGS, FULL, OBSERVER
 from tests.faults.cluster import OwnedCluster, find_bindir
+from tests.figures import Figures, collected
 
 # Carried in a report's user_properties, so figures reach the summary under pytest-xdist too.
 FIGURE = "chaos figure"
@@ -27,18 +28,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    figures = [
-        (
-            report.nodeid.rpartition("::")[2],
-            "xfailed" if hasattr(report, "wasxfail") else report.outcome,
-            value,
-        )
-        for reports in terminalreporter.stats.values()
-        for report in reports
-        if isinstance(report, pytest.TestReport) and report.when == "call"
-        for name, value in report.user_properties
-        if name == FIGURE
-    ]
+    figures = collected(terminalreporter, FIGURE)
     if not figures:
         return
     sizes = "full durations" if FULL else "reduced durations; `nox -s chaos` runs the full ones"
@@ -51,21 +41,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"    {line}")
 
 
-class Figures:
-    """Lines of measured figures, printed in the "chaos figures" summary."""
-
-    def __init__(self, node: pytest.Item) -> None:
-        self.node = node
-
-    def __call__(self, line: str) -> None:
-        self.node.user_properties.append((FIGURE, line))
-        print(line)
-
-
 @pytest.fixture
 def figure(request: pytest.FixtureRequest) -> Figures:
+    """Call with a line of text to report a measured figure."""
     assert isinstance(request.node, pytest.Item)
-    return Figures(request.node)
+    return Figures(request.node, FIGURE, echo=True)
 
 
 @pytest.fixture(scope="module")

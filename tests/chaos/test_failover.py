@@ -22,7 +22,6 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from notifier import migrate
-from tests.chaos.conftest import Figures
 from tests.chaos.harness import (
     Run,
     check_nothing_lost,
@@ -31,6 +30,7 @@ from tests.chaos.harness import (
     scaled,
 )
 from tests.faults.cluster import OwnedCluster, find_bindir
+from tests.figures import Figures
 from tests.support import eventually
 
 # How long the primary is gone before the standby is promoted: the detection time of

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.conftest import Figures
 from tests.chaos.harness import (
     ALL,
     Fault,
@@ -29,6 +28,7 @@ from tests.chaos.harness import (
     scaled,
 )
 from tests.faults.cluster import OwnedCluster
+from tests.figures import Figures
 
 # The normal run's share (with test_failover.py, about 90 s in all). A killed worker's jobs
 # are re-run after NOTIFIER_STALLED_WORKER_SECONDS (60 s by default), so the scenarios that

@@ -104,6 +104,36 @@ async def test_one_job_processes_a_batch_of_rest_events_and_finishes_the_jobs_ta
     } == dict.fromkeys(ids, (1, 1))
 
 
+async def test_a_batch_deletes_its_jobs_by_default(
+    client: AsyncTestClient[Any], settings: Settings, db: psycopg.AsyncConnection[Any]
+) -> None:
+    """NOTIFIER_KEEP_SUCCEEDED_JOBS off (the default; the tests' settings keep them): the
+    batch's own process_event job and the ones it took along leave no row and no event."""
+    await signup_rule(client)
+    ids = [await publish(client, {"email": f"user{n}@example.com"}) for n in range(6)]
+
+    async with running_worker(
+        settings, worker_concurrency=1, event_batch_size=50, keep_succeeded_jobs=False
+    ):
+        await processed(db, *ids)
+
+        async def no_job_left() -> bool:
+            return await job_statuses(db) == {}
+
+        await eventually(no_job_left, timeout=10)
+
+    cursor = await db.execute(
+        "SELECT count(*) AS n FROM procrastinate_events e"
+        " LEFT JOIN procrastinate_jobs j ON j.id = e.job_id WHERE j.id IS NULL"
+    )
+    assert await cursor.fetchone() == {"n": 0}
+    cursor = await db.execute(
+        "SELECT count(*) AS n FROM notifier.notifications WHERE event_id = ANY(%s::uuid[])",
+        [ids],
+    )
+    assert await cursor.fetchone() == {"n": 6}
+
+
 async def test_batches_are_bounded_by_the_batch_size(
     client: AsyncTestClient[Any], settings: Settings, db: psycopg.AsyncConnection[Any]
 ) -> None:

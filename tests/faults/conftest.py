@@ -15,6 +15,7 @@ from tests.faults.support import (
     stop_receiver,
     worker_environment,
 )
+from tests.figures import Figures, collected
 from tests.support import WEBHOOK_SECRET
 
 # The name under which a figure travels in its test's report's user_properties: reports
@@ -31,37 +32,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    figures = [
-        (report.nodeid.rpartition("::")[2], value)
-        for reports in terminalreporter.stats.values()
-        for report in reports
-        if isinstance(report, pytest.TestReport) and report.when == "call"
-        for name, value in report.user_properties
-        if name == FIGURE
-    ]
+    figures = collected(terminalreporter, FIGURE)
     if not figures:
         return
     sizes = "full sizes" if FULL else "reduced sizes; `nox -s faults` runs the full ones"
     terminalreporter.section(f"fault figures ({sizes})")
-    for test, line in figures:
+    for test, _, line in figures:
         terminalreporter.write_line(f"{test}: {line}")
-
-
-class Figures:
-    """Numbers a fault case measured; printed in the "fault figures" summary."""
-
-    def __init__(self, node: pytest.Item) -> None:
-        self.node = node
-
-    def __call__(self, line: str) -> None:
-        self.node.user_properties.append((FIGURE, line))
 
 
 @pytest.fixture
 def figure(request: pytest.FixtureRequest) -> Figures:
     """Call with a line of text to report a measured figure."""
     assert isinstance(request.node, pytest.Item)
-    return Figures(request.node)
+    return Figures(request.node, FIGURE)
 
 
 @pytest.fixture

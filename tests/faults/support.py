@@ -74,6 +74,8 @@ def worker_environment(database_url: str, **overrides: Any) -> dict[str, str]:
         "WEBHOOK_TIMEOUT_SECONDS": 5,
         "DATABASE_TIMEOUT_SECONDS": 2,
         "WEBHOOK_ALLOWED_NETWORKS": LOOPBACK_NETWORKS,
+        # The suites read what ran from the jobs, as with the tests' ``settings`` fixture.
+        "KEEP_SUCCEEDED_JOBS": "true",
     }
     values.update({key.upper(): value for key, value in overrides.items()})
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}

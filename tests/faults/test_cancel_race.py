@@ -12,7 +12,6 @@ import httpx
 import psycopg
 
 from notifier.services import Services
-from tests.faults.conftest import Figures
 from tests.faults.support import (
     DedupReceiver,
     WorkerProcesses,
@@ -23,6 +22,7 @@ from tests.faults.support import (
     wait_until,
     webhook_id,
 )
+from tests.figures import Figures
 
 
 async def test_no_notification_is_both_cancelled_and_delivered(

@@ -15,7 +15,6 @@ import psycopg.sql
 from psycopg.rows import dict_row
 
 from notifier.services import Services
-from tests.faults.conftest import Figures
 from tests.faults.support import (
     DedupReceiver,
     WorkerProcesses,
@@ -26,6 +25,7 @@ from tests.faults.support import (
     wait_until,
     webhook_id,
 )
+from tests.figures import Figures
 
 
 async def delivered(receiver: DedupReceiver, batch: set[str]) -> bool:

@@ -20,7 +20,6 @@ from notifier import migrate
 from notifier.settings import Settings
 from tests.conftest import CreateApiKey
 from tests.faults.cluster import OwnedCluster, find_bindir
-from tests.faults.conftest import Figures
 from tests.faults.support import (
     DedupReceiver,
     WorkerProcesses,
@@ -30,6 +29,7 @@ from tests.faults.support import (
     wait_until,
     worker_environment,
 )
+from tests.figures import Figures
 from tests.support import PROBLEM_JSON, SECRETS_KEYS, WEBHOOK_SECRET, bearer, eventually
 
 DATABASE_TIMEOUT = 2.0

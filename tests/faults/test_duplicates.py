@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import psycopg
 
-from tests.faults.conftest import Figures
 from tests.faults.support import rows, size
+from tests.figures import Figures
 
 
 async def process_event_jobs(db: psycopg.AsyncConnection[Any]) -> int:

@@ -11,7 +11,6 @@ import httpx
 import psycopg
 
 from notifier.services import Services
-from tests.faults.conftest import Figures
 from tests.faults.support import (
     DedupReceiver,
     WorkerProcesses,
@@ -21,6 +20,7 @@ from tests.faults.support import (
     wait_until,
     webhook_id,
 )
+from tests.figures import Figures
 from tests.support import eventually
 
 MAX_ATTEMPTS = 3

@@ -17,7 +17,6 @@ from typing import Any
 import psycopg
 
 from notifier.services import Services
-from tests.faults.conftest import Figures
 from tests.faults.support import (
     WorkerProcesses,
     rows,
@@ -29,6 +28,7 @@ from tests.faults.support import (
     wait_until,
     webhook_id,
 )
+from tests.figures import Figures
 from tests.hostile_receiver import HostileReceiver, hostile_receiver
 from tests.support import eventually
 

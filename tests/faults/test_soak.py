@@ -16,8 +16,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.faults.conftest import Figures
 from tests.faults.support import DedupReceiver, WorkerProcesses, job_counts, wait_until
+from tests.figures import Figures
 
 SECONDS = float(os.environ.get("NOTIFIER_SOAK_SECONDS", "0"))
 RATE = float(os.environ.get("NOTIFIER_SOAK_RATE", "10"))  # events per second

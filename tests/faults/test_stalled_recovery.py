@@ -21,7 +21,6 @@ import psycopg
 import pytest
 
 from notifier.services import Services
-from tests.faults.conftest import Figures
 from tests.faults.support import (
     DedupReceiver,
     WorkerProcesses,
@@ -34,6 +33,7 @@ from tests.faults.support import (
     webhook_id,
     worker_environment,
 )
+from tests.figures import Figures
 from tests.support import WEBHOOK_SECRET, eventually
 
 pytestmark = pytest.mark.serial

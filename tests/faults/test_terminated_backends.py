@@ -19,7 +19,6 @@ import psycopg
 import psycopg.conninfo
 import pytest
 
-from tests.faults.conftest import Figures
 from tests.faults.support import (
     DedupReceiver,
     WorkerProcesses,
@@ -29,6 +28,7 @@ from tests.faults.support import (
     wait_drained,
     webhook_id,
 )
+from tests.figures import Figures
 from tests.support import eventually
 
 pytestmark = pytest.mark.serial

@@ -10,7 +10,6 @@ from typing import Any
 import psycopg
 
 from notifier.services import Services
-from tests.faults.conftest import Figures
 from tests.faults.support import (
     DedupReceiver,
     WorkerProcesses,
@@ -22,6 +21,7 @@ from tests.faults.support import (
     wait_until,
     webhook_id,
 )
+from tests.figures import Figures
 
 
 async def test_sigkill_during_deliveries_loses_no_notification(

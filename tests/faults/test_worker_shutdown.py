@@ -10,7 +10,6 @@ import psycopg
 import pytest
 
 from notifier.services import Services
-from tests.faults.conftest import Figures
 from tests.faults.support import (
     WorkerProcesses,
     full_only,
@@ -23,6 +22,7 @@ from tests.faults.support import (
     wait_until,
     webhook_id,
 )
+from tests.figures import Figures
 from tests.support import eventually
 
 

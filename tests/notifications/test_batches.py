@@ -85,6 +85,49 @@ async def test_one_job_delivers_a_batch_and_settles_the_jobs_it_took_along(
     assert await cursor.fetchone() == {"mismatched": 0}
 
 
+async def test_a_batch_deletes_every_job_by_default_and_keeps_each_attempts_job_id(
+    client: AsyncTestClient[Any],
+    settings: Settings,
+    db: psycopg.AsyncConnection[Any],
+    receiver: WebhookReceiver,
+) -> None:
+    """NOTIFIER_KEEP_SUCCEEDED_JOBS off (the default; the tests' settings keep them): the
+    batch's own job and the jobs it took along leave no row and no event; what they did is
+    on record in the attempts, each under its job's id."""
+    ids = await schedule_many(client, receiver.url, 12)
+    cursor = await db.execute("SELECT id::text, job_id FROM notifier.notifications")
+    job_ids = {row["id"]: row["job_id"] for row in await cursor.fetchall()}
+
+    async with running_worker(
+        settings, worker_concurrency=1, delivery_batch_size=50, keep_succeeded_jobs=False
+    ):
+        for notification_id in ids:
+            await wait_for_status(client, notification_id, "sent")
+
+        async def no_job_left() -> bool:
+            cursor = await db.execute(
+                "SELECT count(*) AS n FROM procrastinate_jobs WHERE id = ANY(%s)",
+                [list(job_ids.values())],
+            )
+            return await cursor.fetchone() == {"n": 0}
+
+        # The worker deletes its own job once the task returned, after the batch committed.
+        await eventually(no_job_left, timeout=10)
+
+    cursor = await db.execute(
+        "SELECT count(*) AS n FROM procrastinate_events WHERE job_id = ANY(%s)",
+        [list(job_ids.values())],
+    )
+    assert await cursor.fetchone() == {"n": 0}
+    cursor = await db.execute(
+        "SELECT notification_id::text, job_id, outcome FROM notifier.delivery_attempts"
+    )
+    assert {
+        row["notification_id"]: (row["job_id"], row["outcome"]) for row in await cursor.fetchall()
+    } == {notification_id: (job_ids[notification_id], "delivered") for notification_id in ids}
+    assert len(receiver.received()) == 12
+
+
 async def test_batches_are_bounded_by_the_batch_size(
     client: AsyncTestClient[Any],
     settings: Settings,

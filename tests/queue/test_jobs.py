@@ -294,14 +294,34 @@ async def test_a_batch_walks_its_group_from_behind_its_own_job(
     assert await batch(jobs.JobPosition(0)) == run_now + scheduled
 
 
-async def test_finish_jobs_ends_waiting_jobs_succeeded_as_if_they_had_run(
+async def job_exists(db: psycopg.AsyncConnection[Any], job_id: int) -> bool:
+    return bool(await rows(db, "SELECT 1 FROM procrastinate_jobs WHERE id = %s", job_id))
+
+
+async def test_finish_jobs_deletes_waiting_jobs_as_if_they_had_run_and_succeeded(
     services: Services, db: psycopg.AsyncConnection[Any]
 ) -> None:
     first, second, untouched = [await insert_job(db) for _ in range(3)]
 
     async with transaction(services.pool) as conn:
-        await jobs.finish_jobs(conn, [first, second])
-        await jobs.finish_jobs(conn, [])
+        await jobs.finish_jobs(conn, [first, second], delete=True)
+        await jobs.finish_jobs(conn, [], delete=True)
+
+    for job_id in (first, second):
+        assert not await job_exists(db, job_id)
+        assert await event_types(db, job_id) == []
+    assert (await job_row(db, untouched))["status"] == "todo"
+    assert await event_types(db, untouched) == ["deferred"]
+
+
+async def test_finish_jobs_kept_ends_waiting_jobs_succeeded_as_if_they_had_run(
+    services: Services, db: psycopg.AsyncConnection[Any]
+) -> None:
+    first, second, untouched = [await insert_job(db) for _ in range(3)]
+
+    async with transaction(services.pool) as conn:
+        await jobs.finish_jobs(conn, [first, second], delete=False)
+        await jobs.finish_jobs(conn, [], delete=False)
 
     for job_id in (first, second):
         finished = await job_row(db, job_id)
@@ -311,37 +331,43 @@ async def test_finish_jobs_ends_waiting_jobs_succeeded_as_if_they_had_run(
     assert (await job_row(db, untouched))["status"] == "todo"
 
 
+@pytest.mark.parametrize("delete", [True, False])
 async def test_finish_jobs_writes_what_procrastinates_finish_function_writes(
-    services: Services, db: psycopg.AsyncConnection[Any]
+    services: Services, db: psycopg.AsyncConnection[Any], delete: bool
 ) -> None:
-    """One statement for every job, each left as ``procrastinate_finish_job_v1`` leaves one."""
+    """One statement for every job, each left as ``procrastinate_finish_job_v1`` leaves one
+    (told to delete it, or not)."""
     theirs = [await insert_job(db), await insert_job(db, status="doing")]
     ours = [await insert_job(db), await insert_job(db, status="doing")]
     await rows(
         db,
-        "SELECT procrastinate_finish_job_v1(id, 'succeeded', false)"
-        " FROM unnest(%s::bigint[]) AS id",
+        "SELECT procrastinate_finish_job_v1(id, 'succeeded', %s) FROM unnest(%s::bigint[]) AS id",
+        delete,
         theirs,
     )
 
     async with transaction(services.pool) as conn:
-        await jobs.finish_jobs(conn, ours)
+        await jobs.finish_jobs(conn, ours, delete=delete)
 
     for their_id, our_id in zip(theirs, ours, strict=True):
-        assert await job_row(db, our_id) == await job_row(db, their_id)
+        assert await job_exists(db, our_id) == await job_exists(db, their_id) == (not delete)
         assert await event_types(db, our_id) == await event_types(db, their_id)
-    assert (await job_row(db, ours[1]))["attempts"] == 1  # the run counted
-    assert await event_types(db, ours[1]) == ["succeeded"]
+        if not delete:
+            assert await job_row(db, our_id) == await job_row(db, their_id)
+    if not delete:
+        assert (await job_row(db, ours[1]))["attempts"] == 1  # the run counted
+        assert await event_types(db, ours[1]) == ["succeeded"]
 
 
+@pytest.mark.parametrize("delete", [True, False])
 async def test_finish_jobs_refuses_a_job_no_longer_waiting_and_finishes_none(
-    services: Services, db: psycopg.AsyncConnection[Any]
+    services: Services, db: psycopg.AsyncConnection[Any], delete: bool
 ) -> None:
     waiting, done = await insert_job(db), await insert_job(db, status="succeeded")
 
     with pytest.raises(jobs.QueueStateError):
         async with transaction(services.pool) as conn:
-            await jobs.finish_jobs(conn, [waiting, done])
+            await jobs.finish_jobs(conn, [waiting, done], delete=delete)
 
     assert (await job_row(db, waiting))["status"] == "todo"
 

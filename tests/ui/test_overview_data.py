@@ -40,14 +40,16 @@ async def _delivered(
         )
     ).fetchone()
     assert row is not None
+    lag = datetime.timedelta(milliseconds=lag_ms)
     for attempt, outcome in enumerate(outcomes, 1):
         await db.execute(
             """
             INSERT INTO notifier.delivery_attempts (notification_id, tenant_id, attempt, channel,
-                outcome, started_at, finished_at)
-            VALUES (%s, %s, %s, 'log', %s, now() - %s, now() - %s)
+                outcome, started_at, finished_at, due_at)
+            VALUES (%s, %s, %s, 'log', %s, now() - %s, now() - %s,
+                    CASE WHEN %s = 'delivered' THEN now() - %s - %s END)
             """,
-            [row["id"], tenant, attempt, outcome, ago, ago],
+            [row["id"], tenant, attempt, outcome, ago, ago, outcome, ago, lag],
         )
 
 

@@ -10,6 +10,7 @@ import datetime
 import uuid
 from typing import Any
 
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from notifier.db import Connection
@@ -375,18 +376,28 @@ async def list_attempts(
     before_id: int | None,
     outcome: str | None,
 ) -> list[dict[str, Any]]:
-    """A page of the endpoint's attempts, newest first, before ``before_id`` if given."""
-    cursor = await conn.execute(
+    """A page of the endpoint's attempts, newest first, before ``before_id`` if given.
+
+    Only the conditions given are in the statement: a prepared ``(x IS NULL OR id < x)``
+    gets a generic plan that reads every newer attempt of the endpoint to reach a deep page.
+    """
+    conditions = [sql.SQL("endpoint_id = %(endpoint_id)s")]
+    if before_id is not None:
+        conditions.append(sql.SQL("id < %(before)s"))
+    if outcome is not None:
+        conditions.append(sql.SQL("outcome = %(outcome)s"))
+    query = sql.SQL(
         """
         SELECT id, notification_id, attempt, outcome, status_code, duration_ms, error, answer,
                started_at, finished_at
         FROM notifier.delivery_attempts
-        WHERE endpoint_id = %(endpoint_id)s
-          AND (%(before)s::bigint IS NULL OR id < %(before)s)
-          AND (%(outcome)s::text IS NULL OR outcome = %(outcome)s)
+        WHERE {conditions}
         ORDER BY id DESC
         LIMIT %(limit)s
-        """,
+        """
+    ).format(conditions=sql.SQL(" AND ").join(conditions))
+    cursor = await conn.execute(
+        query,
         {"endpoint_id": endpoint_id, "before": before_id, "outcome": outcome, "limit": limit},
     )
     return await cursor.fetchall()

@@ -174,6 +174,7 @@ async def process(
     now: datetime.datetime | None = None,
     expiry_grace: datetime.timedelta = DEFAULT_EXPIRY_GRACE,
     default_phone_region: str | None = None,
+    keep_succeeded_jobs: bool = False,
 ) -> None:
     """Apply the routing rules to an event and, with a ``group``, to up to ``batch_size``
     - 1 other events whose process_event jobs wait due in it (NOTIFIER_EVENT_BATCH_SIZE),
@@ -187,7 +188,8 @@ async def process(
     (NOTIFIER_EXPIRY_GRACE_SECONDS). Events from the outbox are counted in ``metrics`` here
     (the API's were counted when published), and so are notifications made expired. SMS
     recipients are resolved to E.164 with ``default_phone_region``
-    (NOTIFIER_DEFAULT_PHONE_REGION), as the API resolves them.
+    (NOTIFIER_DEFAULT_PHONE_REGION), as the API resolves them. The jobs taken along are
+    deleted, or marked succeeded with ``keep_succeeded_jobs`` (NOTIFIER_KEEP_SUCCEEDED_JOBS).
 
     An event taken along that fails is left out of the batch, its job left waiting to run
     (and retry) on its own; if the batch as a whole fails, the event is processed again on
@@ -201,6 +203,7 @@ async def process(
             group,
             take_along,
             _Planner(max_notifications, now, expiry_grace, default_phone_region),
+            keep_succeeded_jobs=keep_succeeded_jobs,
         )
     except Exception:
         if take_along <= 0:
@@ -214,6 +217,7 @@ async def process(
             None,
             0,
             _Planner(max_notifications, now, expiry_grace, default_phone_region),
+            keep_succeeded_jobs=keep_succeeded_jobs,
         )
     for outcome in outcomes:
         _report(metrics, outcome)
@@ -225,6 +229,8 @@ async def _process_batch(
     group: JobGroup | None,
     take_along: int,
     planner: _Planner,
+    *,
+    keep_succeeded_jobs: bool,
 ) -> list[_Outcome]:
     """Process the event and up to ``take_along`` others of ``group``, in one transaction;
     what each made, once committed."""
@@ -262,7 +268,7 @@ async def _process_batch(
                 continue
             plans.append(plan)
             planned += len(plan.drafts) + len(plan.to_digests)
-        return await _store(conn, plans, planned_at)
+        return await _store(conn, plans, planned_at, keep_succeeded_jobs=keep_succeeded_jobs)
 
 
 class _Planner:
@@ -329,7 +335,11 @@ def _keys_touched(plan: _Plan) -> set[tuple[str, str]]:
 
 
 async def _store(
-    conn: Connection, plans: list[_Plan], planned_at: datetime.datetime
+    conn: Connection,
+    plans: list[_Plan],
+    planned_at: datetime.datetime,
+    *,
+    keep_succeeded_jobs: bool,
 ) -> list[_Outcome]:
     """Supersede, cancel and collect digests by the events' keys, one event after the
     other; store every notification and deliver job; mark the events processed and finish
@@ -399,7 +409,11 @@ async def _store(
     await store_notifications(conn, waiting)
     await queries.mark_many_processed(conn, errors)
     # The jobs taken along did their work here: ended as if they had run.
-    await jobs.finish_jobs(conn, [o.plan.job_id for o in outcomes if o.plan.job_id is not None])
+    await jobs.finish_jobs(
+        conn,
+        [o.plan.job_id for o in outcomes if o.plan.job_id is not None],
+        delete=not keep_succeeded_jobs,
+    )
     return outcomes
 
 

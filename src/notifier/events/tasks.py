@@ -31,4 +31,5 @@ async def process_event(
         batch_size=services.settings.event_batch_size,
         expiry_grace=datetime.timedelta(seconds=services.settings.expiry_grace_seconds),
         default_phone_region=services.settings.default_phone_region,
+        keep_succeeded_jobs=services.settings.keep_succeeded_jobs,
     )

@@ -257,7 +257,9 @@ async def _send_batch(
             },
             datetime.datetime.now(datetime.UTC),
         )
-        await jobs.finish_jobs(conn, settlement.finished)
+        await jobs.finish_jobs(
+            conn, settlement.finished, delete=not services.settings.keep_succeeded_jobs
+        )
         await jobs.reschedule_jobs(conn, settlement.due_again)
     own_verdict = verdicts[0] if with_own else None
     if own_verdict is None or own_verdict.retry_in_seconds is None:

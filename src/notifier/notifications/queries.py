@@ -9,6 +9,7 @@ from typing import Any, LiteralString, NamedTuple
 
 import msgspec
 import psycopg
+from psycopg import sql
 
 from notifier.channels.base import WebhookTarget
 from notifier.db import Connection
@@ -369,16 +370,19 @@ WITH attempt AS (
         updated_at = now()
     FROM attempt AS a
     WHERE n.id = a.notification_id
-    RETURNING n.id, n.tenant_id
+    RETURNING n.id, n.tenant_id, n.send_at
 )
--- The attempt names its tenant, for the dashboard's per-tenant charts.
+-- The attempt names its tenant, for the dashboard's per-tenant charts, and a delivered one
+-- when its notification was due, for their lag (migration 0021). Only attempts of the
+-- notifications just updated are written: delivery_attempts has no foreign key to check.
 INSERT INTO notifier.delivery_attempts
     (notification_id, tenant_id, attempt, job_id, channel, outcome, status_code, error,
-     started_at, finished_at, endpoint_id, duration_ms, answer)
+     started_at, finished_at, endpoint_id, duration_ms, answer, due_at)
 SELECT a.notification_id, counted.tenant_id, a.attempt, a.job_id, a.channel, a.outcome,
        a.status_code, a.error, a.started_at,
        -- now() is when the transaction began, before the sends: use the clock.
-       clock_timestamp(), a.endpoint_id, a.duration_ms, a.answer
+       clock_timestamp(), a.endpoint_id, a.duration_ms, a.answer,
+       CASE WHEN a.outcome = 'delivered' THEN counted.send_at END
 FROM attempt AS a JOIN counted ON counted.id = a.notification_id
 ORDER BY a.n
 """
@@ -640,18 +644,27 @@ async def lock_pending_matching(
     conn: Connection, tenant_id: str, *, key: str | None, entity_id: str | None, limit: int
 ) -> list[EndedNotification]:
     """Up to ``limit`` of the tenant's pending notifications with ``key`` and ``entity_id``
-    (each None: any), locked; in id order, so that concurrent callers lock alike."""
-    cursor = await conn.execute(
+    (each None: any), locked; in id order, so that concurrent callers lock alike.
+
+    Only the conditions given are in the statement, so that each can use its own index
+    (a prepared ``(x IS NULL OR key = x)`` gets a generic plan that can use neither).
+    """
+    conditions = [sql.SQL("tenant_id = %(tenant_id)s AND status = 'pending'")]
+    if key is not None:
+        conditions.append(sql.SQL("key = %(key)s"))
+    if entity_id is not None:
+        conditions.append(sql.SQL("entity_id = %(entity_id)s"))
+    query = sql.SQL(
         """
         SELECT id, job_id FROM notifier.notifications
-        WHERE tenant_id = %(tenant_id)s AND status = 'pending'
-          AND (%(key)s::text IS NULL OR key = %(key)s)
-          AND (%(entity_id)s::text IS NULL OR entity_id = %(entity_id)s)
+        WHERE {conditions}
         ORDER BY id
         LIMIT %(limit)s
         FOR UPDATE
-        """,
-        {"tenant_id": tenant_id, "key": key, "entity_id": entity_id, "limit": limit},
+        """
+    ).format(conditions=sql.SQL(" AND ").join(conditions))
+    cursor = await conn.execute(
+        query, {"tenant_id": tenant_id, "key": key, "entity_id": entity_id, "limit": limit}
     )
     return [EndedNotification(row["id"], row["job_id"]) for row in await cursor.fetchall()]
 

@@ -159,10 +159,12 @@ async def run_worker(
     shutdown_timeout_seconds: float | None = None,
     stalled_worker_seconds: float | None = None,
     around_job: AroundJob | None = None,
+    delete_succeeded_jobs: bool = False,
 ) -> None:
     """Run a procrastinate worker on ``queues`` until it stops (with ``wait=False``: until
     they are empty), its tasks given ``deps``; options left None keep procrastinate's
-    defaults.
+    defaults. ``delete_succeeded_jobs``: a job that succeeds is deleted, with its events,
+    instead of marked (NOTIFIER_KEEP_SUCCEEDED_JOBS off; see :func:`jobs.finish_jobs`).
 
     Signals are left to the caller (``notifier.worker`` tells a stop asked for from a
     worker that stopped because the database went away). It returns, or raises
@@ -174,6 +176,7 @@ async def run_worker(
         "wait": wait,
         "install_signal_handlers": False,
         "additional_context": {_DEPS_KEY: deps},
+        "delete_jobs": "successful" if delete_succeeded_jobs else "never",
     }
     if name is not None:
         options["name"] = name

@@ -269,31 +269,49 @@ def due_jobs_parameters(
 NO_TIME = datetime.datetime.min.replace(tzinfo=datetime.UTC)
 
 
-async def finish_jobs(conn: Connection, job_ids: Sequence[int]) -> None:
-    """End the (locked, waiting) jobs ``succeeded``, as if they had run: for jobs whose work
-    another job did, in its transaction.
+# What procrastinate's ``procrastinate_finish_job_v1`` writes for a job that succeeded,
+# for many jobs at once: deleted (``delete_job``), or marked (status, ``abort_requested``
+# cleared, a run counted for a job that was running), which its triggers follow with an
+# event row. Both only touch jobs still waiting or running.
+_DELETE_SUCCEEDED_JOBS: LiteralString = """
+WITH finished AS (
+    DELETE FROM procrastinate_jobs
+    WHERE id = ANY(%s::bigint[]) AND status IN ('todo', 'doing')
+    RETURNING id
+)
+SELECT count(*) AS finished FROM finished
+"""
+_MARK_SUCCEEDED_JOBS: LiteralString = """
+WITH finished AS (
+    UPDATE procrastinate_jobs
+    SET status = 'succeeded',
+        abort_requested = false,
+        attempts = CASE status WHEN 'doing' THEN attempts + 1 ELSE attempts END
+    WHERE id = ANY(%s::bigint[]) AND status IN ('todo', 'doing')
+    RETURNING id
+)
+SELECT count(*) AS finished FROM finished
+"""
 
-    One UPDATE for all of them, writing what procrastinate's ``procrastinate_finish_job_v1``
-    writes for each (status, ``abort_requested`` cleared, a run counted for a job that was
-    running), so that its triggers leave the same events; calling that function once per
-    job cost a function call and a statement of its own per job. Like it, it refuses (and
-    so fails the caller's transaction) when a job is no longer waiting or running.
+
+async def finish_jobs(conn: Connection, job_ids: Sequence[int], *, delete: bool) -> None:
+    """End the (locked, waiting) jobs succeeded, as if they had run: for jobs whose work
+    another job did, in its transaction; ``delete``: deleted, as the workers delete the
+    jobs that succeed (NOTIFIER_KEEP_SUCCEEDED_JOBS off), else marked ``succeeded``.
+
+    One statement for all of them, writing what procrastinate's
+    ``procrastinate_finish_job_v1`` writes for each (deleted with its events; or marked, its
+    triggers then leaving the same events); calling that function once per job cost a
+    function call and a statement of its own per job. A deleted job costs less than a
+    marked one: no new row version (its status is indexed, so the update is never HOT) and
+    no event row, and the maintenance task has nothing left to prune. Like that function,
+    it refuses (and so fails the caller's transaction) when a job is no longer waiting or
+    running.
     """
     if not job_ids:
         return
     cursor = await conn.execute(
-        """
-        WITH finished AS (
-            UPDATE procrastinate_jobs
-            SET status = 'succeeded',
-                abort_requested = false,
-                attempts = CASE status WHEN 'doing' THEN attempts + 1 ELSE attempts END
-            WHERE id = ANY(%s::bigint[]) AND status IN ('todo', 'doing')
-            RETURNING id
-        )
-        SELECT count(*) AS finished FROM finished
-        """,
-        [list(job_ids)],
+        _DELETE_SUCCEEDED_JOBS if delete else _MARK_SUCCEEDED_JOBS, [list(job_ids)]
     )
     row = await cursor.fetchone()
     finished = row["finished"] if row else 0

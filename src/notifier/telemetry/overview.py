@@ -38,9 +38,9 @@ IDLE_QUEUE = TenantQueueState(
 T = TypeVar("T")
 
 # A quarter hour's attempts and lags are kept once this long has passed since it ended. A
-# delivery stamps ``sent_at`` with its transaction's start and commits after its send (at
-# most a channel's timeout, 10 s by default, and its waits for a host slot): five minutes
-# leave room for the slowest, and a full read every ``refresh`` mends any it missed.
+# delivery batch stamps its attempts' ``finished_at`` (their lag's end too) after its sends
+# and commits with the rest of the batch's settling: five minutes leave room for the
+# slowest, and a full read every ``refresh`` mends any it missed.
 SETTLED_AFTER = datetime.timedelta(minutes=5)
 
 
