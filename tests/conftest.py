@@ -36,6 +36,7 @@ from notifier import migrate
 from notifier.app import create_app
 from notifier.auth import service as auth_service
 from notifier.bootstrap import open_services
+from notifier.http.server import JoinedWritesProtocol
 from notifier.services import Services
 from notifier.settings import Settings
 from notifier.tenancy import DEFAULT_TENANT, Scope
@@ -274,7 +275,14 @@ def live_api(settings: Settings) -> Iterator[str]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), lifespan="on", log_level="warning", access_log=False)
+        uvicorn.Config(
+            create_app(settings),
+            lifespan="on",
+            log_level="warning",
+            access_log=False,
+            # As `notifier api` serves it.
+            http=JoinedWritesProtocol,
+        )
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -148,10 +148,17 @@ def serve_api(settings: Settings) -> None:
     import uvicorn  # noqa: PLC0415 - the web stack, for the commands that serve only
 
     from notifier.app import create_app  # noqa: PLC0415
+    from notifier.http.server import JoinedWritesProtocol  # noqa: PLC0415
 
     app = create_app(settings)
     freeze_startup_objects()
-    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_config=None)
+    uvicorn.run(
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        http=JoinedWritesProtocol,
+    )
 
 
 async def work(settings: Settings, queues: Sequence[str], concurrency: int | None) -> None:
@@ -178,6 +185,7 @@ async def develop(settings: Settings) -> None:
     import uvicorn  # noqa: PLC0415 - the web stack, for the commands that serve only
 
     from notifier.app import create_app  # noqa: PLC0415
+    from notifier.http.server import JoinedWritesProtocol  # noqa: PLC0415
 
     metrics = Metrics()
     config = uvicorn.Config(
@@ -185,6 +193,7 @@ async def develop(settings: Settings) -> None:
         host=settings.api_host,
         port=settings.api_port,
         log_config=None,
+        http=JoinedWritesProtocol,
     )
     server = uvicorn.Server(config)
     async with open_services(settings, name="notifier-dev-worker", metrics=metrics) as services:

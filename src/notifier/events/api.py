@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
 from litestar.params import FromPath
 
 from notifier.api_types import check_storable
-from notifier.auth.guard import BEARER_SECURITY, requires
+from notifier.auth.guard import BEARER_SECURITY, UncopiedGuardsRouteHandler, requires
 from notifier.events import service
 from notifier.events.cloudevents import (
     CLOUDEVENTS_BATCH_JSON,
@@ -81,8 +81,9 @@ class EventController(Controller):
     tags = ["events"]  # noqa: RUF012 - litestar reads it from the class
     security = BEARER_SECURITY
 
-    @post(
+    @UncopiedGuardsRouteHandler(
         "/",
+        http_method="POST",
         status_code=201,
         summary="Publish an event, a CloudEvent, or a batch of either",
         responses={
@@ -118,9 +119,8 @@ class EventController(Controller):
         principal = principal_of(request)
         body = await request.body()
         idempotent = idempotent_request_of(request, principal, idempotency_key, body)
-        events, is_batch = parse_publish_request(
-            request.headers.get("content-type", ""), body, request.headers
-        )
+        headers = request.headers
+        events, is_batch = parse_publish_request(headers.get("content-type", ""), body, headers)
         outcome = await service.publish(
             services.pool,
             publisher,

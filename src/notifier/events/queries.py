@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, LiteralString, NamedTuple
 
+import msgspec
 from psycopg.types.json import Jsonb
 
 from notifier.db import Connection
@@ -70,7 +71,9 @@ def publish_parameters(ids: Sequence[uuid.UUID], items: Sequence[TenantEvent]) -
         "ids": list(ids),
         "tenant_ids": [item.tenant_id for item in items],
         "types": [event.type for event in events],
-        "payloads": [Jsonb(event.payload) for event in events],
+        # msgspec encodes the payload (already decoded by msgspec) several times faster
+        # than psycopg's default, json.dumps.
+        "payloads": [Jsonb(event.payload, dumps=msgspec.json.encode) for event in events],
         "occurred_ats": [event.occurred_at for event in events],
         "sources": [event.source for event in events],
         "external_ids": [event.external_id for event in events],

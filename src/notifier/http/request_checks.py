@@ -38,6 +38,7 @@ from notifier.errors import FieldProblem, ProblemError, field_error
 if TYPE_CHECKING:
     from litestar import Litestar, Request
     from litestar._openapi.schema_generation import SchemaCreator
+    from litestar.datastructures import Headers
     from litestar.handlers import HTTPRouteHandler
     from litestar.openapi.spec import Schema
     from litestar.typing import FieldDefinition
@@ -111,9 +112,8 @@ def is_json(media_type: str) -> bool:
     )
 
 
-def _has_body(request: Request[Any, Any, Any]) -> bool:
+def _has_body(headers: Headers) -> bool:
     """Whether the request carries a body, judged from its framing (the body is not read)."""
-    headers = request.headers
     return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
 
 
@@ -138,9 +138,10 @@ class RequestChecks:
             return
         if request.scope["query_string"]:
             _check_query(request, declared.query)
-        if declared.media_types is None or not _has_body(request):
+        headers = request.headers
+        if declared.media_types is None or not _has_body(headers):
             return
-        media_type, params = media_type_of(request.headers.get("content-type", ""))
+        media_type, params = media_type_of(headers.get("content-type", ""))
         _check_media_type(request.method, media_type, params, declared.media_types)
         if is_json(media_type):
             _check_utf8(await request.body())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -108,9 +109,16 @@ class Metrics:
         for reason in EXPIRY_REASONS:
             self.notifications_expired.labels(reason=reason)
         self._event_types: set[str] = set()
+        # (type, producer) -> its series, for the types within the limit: as for requests.
+        self._event_series: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
         self.http_requests: Counter | None = None
         self.http_request_duration: Histogram | None = None
+        # Each (method, route, status)'s two series, looked up once: prometheus_client's
+        # labels() checks and joins the label values and takes a lock on every call, a
+        # cost the API paid twice per request. Bounded: methods, route templates and
+        # statuses are few.
+        self._request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def expect_channels(self, channels: Iterable[str]) -> None:
         """Create every outcome's series of these channels at zero.
@@ -143,25 +151,40 @@ class Metrics:
 
     def count_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one answered API request."""
-        assert self.http_requests is not None, "count_http_requests() first"
-        assert self.http_request_duration is not None
-        labels = {
-            "method": method if method in HTTP_METHODS else "other",
-            "route": route,
-            "status": str(status),
-        }
-        self.http_requests.labels(**labels).inc()
-        self.http_request_duration.labels(**labels).observe(seconds)
+        series = self._request_series.get((method, route, status))
+        if series is None:
+            assert self.http_requests is not None, "count_http_requests() first"
+            assert self.http_request_duration is not None
+            labels = {
+                "method": method if method in HTTP_METHODS else "other",
+                "route": route,
+                "status": str(status),
+            }
+            series = (
+                self.http_requests.labels(**labels),
+                self.http_request_duration.labels(**labels),
+            )
+            if method in HTTP_METHODS:  # other methods are many: looked up each time
+                self._request_series[method, route, status] = series
+        counter, duration = series
+        counter.inc()
+        duration.observe(seconds)
 
     def count_event(self, event_type: str, producer: str) -> None:
         """Count one accepted event."""
-        with self._lock:
-            if event_type not in self._event_types:
-                if len(self._event_types) >= MAX_EVENT_TYPE_LABELS:
-                    event_type = OTHER_EVENT_TYPE
-                else:
-                    self._event_types.add(event_type)
-        self.events_received.labels(type=event_type, producer=producer).inc()
+        series = self._event_series.get((event_type, producer))
+        if series is None:
+            with self._lock:
+                if event_type not in self._event_types:
+                    if len(self._event_types) >= MAX_EVENT_TYPE_LABELS:
+                        event_type = OTHER_EVENT_TYPE
+                    else:
+                        self._event_types.add(event_type)
+            series = self.events_received.labels(type=event_type, producer=producer)
+            # Types past the limit are not kept: each would be an entry of its own here.
+            if event_type != OTHER_EVENT_TYPE:
+                self._event_series[event_type, producer] = series
+        series.inc()
 
     def count_delivery(self, channel: str, outcome: str, lag_seconds: float | None = None) -> None:
         """Count one delivery attempt; a successful one also records its lag."""
