@@ -1,6 +1,8 @@
 """Where PostgreSQL's work per delivered notification goes: one worker drains due webhook
 notifications (as `bench.suite`'s delivery workload seeds them) and pg_stat_statements
 counts every statement, nested ones (functions, triggers, foreign-key checks) included.
+With ``-c pg_stat_statements.track_planning=on`` it counts planning too (plans/n, plan
+us/n): a statement PostgreSQL plans again at every run costs CPU the execution time hides.
 
 It needs a server that loads pg_stat_statements, which a shared development server does
 not: start a scratch cluster of your own on another port, for example
@@ -28,11 +30,11 @@ from bench.cpu import postmaster_pid
 
 DATABASE = "notifier_bench_statements"
 STATEMENTS_SQL = """
-SELECT calls, rows, total_exec_time, toplevel,
+SELECT calls, rows, total_exec_time, plans, total_plan_time, toplevel,
        left(regexp_replace(query, '\\s+', ' ', 'g'), 150) AS query
 FROM pg_stat_statements
 WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-ORDER BY total_exec_time DESC
+ORDER BY total_exec_time + total_plan_time DESC
 LIMIT %s
 """
 
@@ -67,12 +69,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{drain.from_first:.0f} notifications/s; CPU per delivery: PostgreSQL"
             f" {cpu['server']:.0f} us, worker {cpu['workers']:.0f} us"
         )
-        print(f"{'calls/n':>8} {'rows/n':>7} {'us/n':>7} top  statement")
-        for calls, rows, total_ms, toplevel, query in suite.sql(
+        print(
+            f"{'calls/n':>8} {'rows/n':>7} {'us/n':>7} {'plans/n':>8} {'plan us/n':>9} top  statement"
+        )
+        for calls, rows, total_ms, plans, plan_ms, toplevel, query in suite.sql(
             bench.url, STATEMENTS_SQL, [args.top]
         ):
             print(
                 f"{calls / count:8.3f} {rows / count:7.2f} {total_ms * 1000 / count:7.1f}"
+                f" {plans / count:8.3f} {plan_ms * 1000 / count:9.1f}"
                 f" {'T' if toplevel else ' ':>3}  {query}"
             )
     suite.drop_database(DATABASE)

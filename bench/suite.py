@@ -73,6 +73,8 @@ SELECT count(*) FROM notifier.events WHERE payload @> '{"user_id": 42}' AND type
 PGBENCH_EVENT_TYPE = "bench.pgbench"
 # The due job a fetch must find (removed after the measurement).
 DUE_JOB = queue_jobs.JobToDefer(task=DELIVER_TASK, args={"due": True})
+# Sockets a pg-boss worker process sends through (bench/pgboss/work.js, PGBOSS_MAX_SOCKETS).
+PGBOSS_SOCKETS = 32
 # Where notifier's webhook body carries the notification's id; the pg-boss peer puts its
 # job's id there (bench/pgboss/work.js replaces the marker).
 ID_MARKER = "{{id}}"
@@ -245,6 +247,21 @@ def defer_deliveries_sql(
     """
 
 
+# What a worker logs when it puts deliveries off for a host slot
+# (notifier.notifications.host_slots.put_off; tests/notifications/test_host_slots.py reads
+# it too): their jobs are deleted once they succeed, so the logs are what is left to count.
+PUT_OFF_LOG = re.compile(rb"(\d+) notification\(s\) waited for a host slot")
+
+
+def put_offs_logged(log: Path, offset: int) -> int:
+    """Deliveries put off for a host slot, as logged in ``log`` past ``offset``."""
+    if not log.exists():
+        return 0
+    with log.open("rb") as file:
+        file.seek(offset)
+        return sum(int(count) for count in PUT_OFF_LOG.findall(file.read()))
+
+
 def empty_queue_and_notifications(url: str) -> None:
     sql(url, f"TRUNCATE {queue_tables.JOBS}, notifier.notifications CASCADE")
 
@@ -343,6 +360,9 @@ class Drain:
     body_bytes: float = math.nan
     # WAL the server wrote from the workers' start to the last completion.
     wal_bytes: float = math.nan
+    # Webhook deliveries put off for a host slot (notifier.notifications.host_slots): no
+    # attempt made, due again a moment later. Each wait of a delivery counts.
+    put_offs: int = 0
 
     @property
     def from_first(self) -> float:
@@ -374,6 +394,7 @@ class Drain:
             "per_second_from_start": self.from_start,
             "start_to_first_s": self.first - self.started,
             "wal_bytes_per_job": self.wal_bytes / self.count,
+            "host_slot_put_offs": self.put_offs,
             "cpu_us_per_job_first_to_last": self.cpu_us(),
             "cpu_us_per_job_from_start": {
                 "server": whole.server / self.count * 1e6,
@@ -865,6 +886,8 @@ class Bench:
         empty_queue_and_notifications(self.url)
         self.reset_receiver()
         self.seed_due(count)
+        log = self.procs.logs / f"worker-{processes}p.log"
+        log_offset = log.stat().st_size if log.exists() else 0
         wal_before = wal_position(self.url)
         watch = self.cpu_watch(self.url).start()
         started = time.time()
@@ -882,7 +905,8 @@ class Bench:
         if not self.webhook_sample:
             self.keep_webhook_sample()
         first, last, body_bytes = self.arrivals(count)
-        drain = Drain(count, started, first, last, watch, body_bytes, wal_bytes)
+        put_offs = put_offs_logged(log, log_offset)
+        drain = Drain(count, started, first, last, watch, body_bytes, wal_bytes, put_offs)
         return drain, [w.pid for w in workers]
 
     def keep_webhook_sample(self) -> None:
@@ -1115,6 +1139,29 @@ class Bench:
                 self.report.raw["repeat_drain_per_second"] = (count - 1) / (last - first)
             for child in [c for c in self.procs.children if c.pid in pids]:
                 self.procs.stop(child)
+            runs = {"default settings": ours}
+            if processes <= 2:
+                # pg-boss's worker sends through up to PGBOSS_SOCKETS sockets per process;
+                # notifier's default caps a host at 8 requests in flight across all workers.
+                # The same concurrency to the receiver, as a row of its own.
+                sockets = str(PGBOSS_SOCKETS * processes)
+                equal, pids = self.drain_notifier(
+                    processes, count, NOTIFIER_WEBHOOK_MAX_IN_FLIGHT_PER_HOST=sockets
+                )
+                drains.setdefault("notifier_pgboss_concurrency", {})[processes] = equal
+                runs[f"MAX_IN_FLIGHT_PER_HOST={sockets} as pg-boss"] = equal
+                for child in [c for c in self.procs.children if c.pid in pids]:
+                    self.procs.stop(child)
+            for label, drain in runs.items():
+                self.report.add(
+                    f"delivery {processes}p",
+                    f"deliveries put off for a host slot (no attempt), {label}",
+                    f"{drain.put_offs:,}",
+                    "",
+                    f"{drain.put_offs / count:.3f}/n",
+                    "",
+                    "",
+                )
             one_by_one, pids = self.drain_notifier(
                 processes, count, NOTIFIER_DELIVERY_BATCH_SIZE="1"
             )
@@ -1128,7 +1175,7 @@ class Bench:
             name = f"delivery {processes}p"
             self.compare(
                 name,
-                "notif/s (first arrival / worker start), batches of 50,"
+                "notif/s (first arrival / worker start), default batches,"
                 " vs procrastinate no-op ceiling",
                 ours,
                 noop,
@@ -1144,7 +1191,7 @@ class Bench:
             )
             self.compare(name, "notif/s vs Celery + Redis (prefork)", ours, celery, 1.0)
             if processes <= 2 and self.pgboss_available():
-                self.versus_pgboss(name, processes, count, ours, drains)
+                self.versus_pgboss(name, processes, count, runs, drains)
         self.report.raw["delivery"] = {
             contender: {processes: drain.raw() for processes, drain in runs.items()}
             for contender, runs in drains.items()
@@ -1157,43 +1204,21 @@ class Bench:
         name: str,
         processes: int,
         count: int,
-        ours: Drain,
+        runs: dict[str, Drain],
         drains: dict[str, dict[int, Drain]],
     ) -> None:
-        """notifier against pg-boss doing the same HTTP work, and pg-boss's no-op ceiling."""
+        """notifier against pg-boss doing the same HTTP work, and pg-boss's no-op ceiling:
+        one set of rows per notifier drain in ``runs`` (by label: default settings, and
+        the same concurrency to the receiver as pg-boss)."""
         http = drains.setdefault("pgboss_http", {})[processes] = self.drain_pgboss(
             "http", processes, count
         )
         noop = drains.setdefault("pgboss_noop", {})[processes] = self.drain_pgboss(
             "noop", processes, count
         )
-        self.compare(name, "deliveries/s vs pg-boss 10 doing the same HTTP POSTs", ours, http, 1.0)
-        mine, theirs = ours.cpu_us(), http.cpu_us()
-        self.report.add(
-            name,
-            "PostgreSQL CPU us per delivery (first to last arrival) vs pg-boss",
-            f"{mine['server']:.0f}",
-            f"{theirs['server']:.0f}",
-            ratio_text(mine["server"], theirs["server"]),
-            "<= 150",
-            verdict(mine["server"] <= 150),
-        )
-        self.report.add(
-            name,
-            "worker CPU us per delivery (first to last arrival) vs pg-boss",
-            f"{mine['workers']:.0f}",
-            f"{theirs['workers']:.0f}",
-            ratio_text(mine["workers"], theirs["workers"]),
-            "<= 300",
-            verdict(mine["workers"] <= 300),
-        )
-        self.report.add(
-            name,
-            "WAL bytes per delivery (workers' start to last arrival) vs pg-boss",
-            f"{ours.wal_bytes / count:,.0f}",
-            f"{http.wal_bytes / count:,.0f}",
-            ratio_text(ours.wal_bytes, http.wal_bytes),
-        )
+        for label, ours in runs.items():
+            self.versus_pgboss_http(name, label, count, ours, http)
+        ours = runs["default settings"]
         self.compare(name, "deliveries/s vs pg-boss 10 no-op ceiling", ours, noop, None)
         if processes == 1:
             self.report.add(
@@ -1203,6 +1228,40 @@ class Bench:
                 f"{http.body_bytes:.0f}",
                 ratio_text(ours.body_bytes, http.body_bytes),
             )
+
+    def versus_pgboss_http(
+        self, name: str, label: str, count: int, ours: Drain, http: Drain
+    ) -> None:
+        """Rate, CPU and WAL of one notifier drain (``label``) against pg-boss's HTTP drain."""
+        self.compare(
+            name, f"deliveries/s vs pg-boss 10 doing the same HTTP POSTs, {label}", ours, http, 1.0
+        )
+        mine, theirs = ours.cpu_us(), http.cpu_us()
+        self.report.add(
+            name,
+            f"PostgreSQL CPU us per delivery (first to last arrival) vs pg-boss, {label}",
+            f"{mine['server']:.0f}",
+            f"{theirs['server']:.0f}",
+            ratio_text(mine["server"], theirs["server"]),
+            "<= 150",
+            verdict(mine["server"] <= 150),
+        )
+        self.report.add(
+            name,
+            f"worker CPU us per delivery (first to last arrival) vs pg-boss, {label}",
+            f"{mine['workers']:.0f}",
+            f"{theirs['workers']:.0f}",
+            ratio_text(mine["workers"], theirs["workers"]),
+            "<= 300",
+            verdict(mine["workers"] <= 300),
+        )
+        self.report.add(
+            name,
+            f"WAL bytes per delivery (workers' start to last arrival) vs pg-boss, {label}",
+            f"{ours.wal_bytes / count:,.0f}",
+            f"{http.wal_bytes / count:,.0f}",
+            ratio_text(ours.wal_bytes, http.wal_bytes),
+        )
 
     def fetch_lever(self, count: int) -> None:
         """Asynchronous-commit fetches against durable ones, one worker, interleaved twice

@@ -111,8 +111,14 @@ class Settings:
 
     delivery_max_attempts: PositiveInt = 8
     # A deliver job also sends up to this many other due notifications of its channel at once
-    # (none under a rate limit), in its transaction; 1 sends each in its own job only.
-    delivery_batch_size: PositiveInt = 50
+    # (none under a rate limit), in its transaction; 1 sends each in its own job only. Each
+    # batch has a fixed cost (fetch, lock, settle), so larger batches cost less per
+    # notification (docs/performance.md, "Batch size").
+    delivery_batch_size: PositiveInt = 200
+    # ... but at most this many for channels that send each message on a connection of its
+    # own, a few at once per process (email, SMS): more would only wait for a connection
+    # with their rows locked.
+    delivery_connection_batch_size: PositiveInt = 50
     # A process_event job also processes up to this many other due events of its tenant at
     # once, in its transaction (their notifications and jobs written together); 1 processes
     # each in its own job only.

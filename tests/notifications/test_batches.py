@@ -15,6 +15,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from opentelemetry.trace import SpanKind
 
+from notifier.bootstrap import open_services
 from notifier.notifications import delivery
 from notifier.settings import Settings
 from notifier.telemetry import tracing
@@ -287,3 +288,40 @@ def test_a_notification_taken_along_is_traced_in_its_own_trace(
     assert attributes["notifier.notification.id"] == str(notification_id)
     assert attributes["messaging.message.id"] == "42"
     assert attributes["notifier.batched"] is True
+
+
+async def test_the_jobs_own_notification_opted_out_still_sends_the_batch(
+    client: AsyncTestClient[Any],
+    settings: Settings,
+    db: psycopg.AsyncConnection[Any],
+    receiver: WebhookReceiver,
+) -> None:
+    # The job's own notification and the batch are looked at together: the own one
+    # suppressed, the others are sent all the same, in the same job.
+    unwanted = await schedule(client, receiver.url + "/unwanted", entity_id="unwanted")
+    wanted = [
+        await schedule(client, receiver.url + "/wanted", entity_id=f"wanted-{n}") for n in range(2)
+    ]
+    await opt_out(client, recipient=receiver.url + "/unwanted", channel="webhook")
+
+    async with running_worker(settings, worker_concurrency=1, delivery_batch_size=50):
+        for notification in wanted:
+            await wait_for_status(client, notification["id"], "sent")
+        await wait_for_status(client, unwanted["id"], "suppressed")
+
+    assert await jobs_started(db) == 1
+    assert sorted(r.headers["webhook-id"] for r in receiver.received()) == sorted(
+        webhook_id(n["id"]) for n in wanted
+    )
+    assert (await job_of(db, unwanted["id"]))["status"] == "succeeded"
+
+
+async def test_email_and_sms_batches_are_bounded_by_the_connection_batch_size(
+    settings: Settings,
+) -> None:
+    bounded = settings.replace(delivery_batch_size=200, delivery_connection_batch_size=20)
+    async with open_services(bounded, name="notifier-test") as services:
+        assert delivery.batch_size(services, "webhook") == 200
+        assert delivery.batch_size(services, "log") == 200
+        assert delivery.batch_size(services, "email") == 20
+        assert delivery.batch_size(services, "sms") == 20

@@ -40,6 +40,10 @@ GSM7_EXTENSION = frozenset("^{}\\[~]|€\f")
 GSM7_SINGLE, GSM7_PART = 160, 153
 UCS2_SINGLE, UCS2_PART = 70, 67
 TRUNCATION_MARK = "..."
+# Requests to the provider one process has in flight at once: every concurrent batch of
+# a worker sends its messages concurrently, and providers limit concurrent requests per
+# account (commonly to a few dozen).
+MAX_CONNECTIONS = 20
 # Answers are read as sent, up to MAX_ANSWER_BYTES: ask for them uncompressed, so that the
 # limit counts what is kept (a compressed answer could inflate a thousandfold).
 ANSWER_ENCODING = {"accept-encoding": "identity"}
@@ -310,6 +314,7 @@ class SmsChannel:
         self.provider = provider
         self._max_segments = max_segments
         self._truncate = truncate
+        self._requests = asyncio.Semaphore(MAX_CONNECTIONS)
 
     def validate_recipient(self, recipient: str) -> str | None:
         """The recipient must be an E.164 number: ``+`` and up to 15 digits."""
@@ -323,9 +328,12 @@ class SmsChannel:
         if not text:
             raise DeliveryError("the rendered text is empty", retryable=False)
         body = fit(text, self._max_segments, truncate=self._truncate)
-        return await self.provider.send(
-            to=message.recipient, body=body, idempotency_key=message.idempotency_key
-        )
+        # Waiting for a turn here is outside the request's deadline: a large batch queues
+        # its messages instead of timing them out in the HTTP client's pool.
+        async with self._requests:
+            return await self.provider.send(
+                to=message.recipient, body=body, idempotency_key=message.idempotency_key
+            )
 
     async def aclose(self) -> None:
         """Close the provider's client."""

@@ -19,6 +19,7 @@ import psycopg
 
 from notifier.channels.base import Channel, DeliveryError, DeliveryReceipt, OutgoingMessage
 from notifier.channels.egress import origin_of
+from notifier.channels.log import LogChannel
 from notifier.channels.webhook import WebhookChannel
 from notifier.db import Connection, transaction
 from notifier.endpoints.delivery import note_endpoint_attempts, route_webhooks
@@ -140,39 +141,36 @@ async def _deliver(
     """Deliver in one transaction; when the notification's channel is rate limited, take a
     send slot first, in a transaction of its own. Returns the retry of this job, if any."""
     async with transaction(services.pool) as conn:
-        own = await _lock_own(services, conn, notification_id)
-        if own is None:
+        row = await _lock_pending(conn, notification_id)
+        if row is None:
             return None
-        limit = limit_in_force(services.settings, own.channel, own.rate_limit).limit
+        limit = limit_in_force(services.settings, row.channel, row.rate_limit).limit
         if limit is None:
-            own_job = LockedDelivery(own, job_id)
-            return await _send_batch(services, conn, own_job, group, slot_waits)
-        if not await _take_slot_or_hand_over(conn, own, job_id, limit):
+            # Whether it is still to be sent is looked at with the batch's, in one go.
+            return await _send_batch(services, conn, LockedDelivery(row, job_id), group, slot_waits)
+        now = datetime.datetime.now(datetime.UTC)
+        if not await _still_to_send(services, conn, [LockedDelivery(row, None)], now):
+            return None
+        if not await _take_slot_or_hand_over(conn, row, job_id, limit):
             return None
     # The slot's transaction has committed: the bucket row every worker shares is never
     # locked across a send. The notification may have been cancelled meanwhile: look again.
     async with transaction(services.pool) as conn:
-        own = await _lock_own(services, conn, notification_id)
-        if own is None:
+        row = await _lock_pending(conn, notification_id)
+        if row is None:
             return None
         # A rate-limited delivery sends its own notification only: each takes its slot.
-        return await _send_batch(services, conn, LockedDelivery(own, job_id), None, slot_waits)
+        return await _send_batch(services, conn, LockedDelivery(row, job_id), None, slot_waits)
 
 
-async def _lock_own(
-    services: Services, conn: Connection, notification_id: uuid.UUID
-) -> DeliveryRow | None:
-    """The job's notification, locked, if it is still to be sent now."""
+async def _lock_pending(conn: Connection, notification_id: uuid.UUID) -> DeliveryRow | None:
+    """The job's notification, locked, if it is still pending."""
     row = await queries.lock_for_delivery(conn, notification_id)
     if row is None or row.status != NotificationStatus.PENDING:
         status = row.status if row else "gone"
         logger.info("notification %s is %s; not sending", notification_id, status)
         return None
-    now = datetime.datetime.now(datetime.UTC)
-    still = await _still_to_send(services, conn, [LockedDelivery(row, None)], now)
-    if not still:
-        return None
-    return still[0].notification
+    return row
 
 
 async def _take_slot_or_hand_over(
@@ -202,29 +200,33 @@ async def _send_batch(
     group: JobGroup | None,
     slot_waits: int,
 ) -> RetryLater | None:
-    """Send the job's own (locked, due) notification and, with a ``group``, a batch of other
-    due ones of its channel whose jobs wait there (``NOTIFIER_DELIVERY_BATCH_SIZE``): a
-    batch is one tenant's turn.
+    """Send the job's own (locked, pending) notification and, with a ``group``, a batch of
+    other due ones of its channel whose jobs wait there (:func:`batch_size`): a batch is one
+    tenant's turn. Those no longer to be sent (expired, suppressed, held) are settled first,
+    the job's own included.
 
     Taking them along saves each its own fetch, transaction and finish; their sends run
     concurrently. Their jobs are settled in the same transaction: succeeded, or due again
     at their retry time; those that waited for a host slot are handed back untouched.
     """
-    settings = services.settings
     now = datetime.datetime.now(datetime.UTC)
-    batch = [own]
     taken_along: list[LockedDelivery] = []
-    if group is not None and settings.delivery_batch_size > 1:
+    size = batch_size(services, own.notification.channel)
+    if group is not None and size > 1:
         taken_along = await queries.lock_due_deliveries(
             conn,
             task_name=DELIVER_TASK,
             channel=own.notification.channel,
             tenant_id=group.tenant_id,
             priority=group.priority,
-            limit=settings.delivery_batch_size - 1,
+            limit=size - 1,
             after=group.after,
         )
-        batch += await _still_to_send(services, conn, taken_along, now)
+    # One look for the whole batch (expiry, suppression, endpoints): a statement each, not
+    # one each for the job's own notification and again for the others.
+    batch = await _still_to_send(services, conn, [own, *taken_along], now)
+    # The job's own comes first if it is still to be sent; the others are all taken along.
+    with_own = bool(batch) and batch[0].notification.id == own.notification.id
     sources: TemplateCache = {}
     drafts = [await _prepare(services, conn, locked, sources) for locked in batch]
     attempts, results = await _render_and_send_all(services, conn, drafts)
@@ -240,18 +242,19 @@ async def _send_batch(
     await queries.record_attempts(conn, records)
     await note_endpoint_attempts(conn, [(r.endpoint_id, r.outcome) for r in records])
     waiting = [
-        host_slots.Waiting(attempt.row, attempt.job_id, result.origin, own=index == 0)
+        host_slots.Waiting(attempt.row, attempt.job_id, result.origin, own=with_own and index == 0)
         for index, (attempt, result) in enumerate(zip(attempts, results, strict=True))
         if isinstance(result, HostBusy)
     ]
     if waiting:
         await host_slots.put_off(services, conn, waiting, own_waits=slot_waits)
+    others = 1 if with_own else 0
     if taken_along:
         settlement = settle_jobs_taken_along(
             [locked.job_id for locked in taken_along if locked.job_id is not None],
             {
                 attempt.job_id: verdict
-                for attempt, verdict in zip(attempts[1:], verdicts[1:], strict=True)
+                for attempt, verdict in zip(attempts[others:], verdicts[others:], strict=True)
                 if attempt.job_id is not None
             },
             datetime.datetime.now(datetime.UTC),
@@ -260,11 +263,28 @@ async def _send_batch(
             conn, settlement.finished, delete=not services.settings.keep_succeeded_jobs
         )
         await jobs.reschedule_jobs(conn, settlement.due_again)
-    own_verdict = verdicts[0]
+    own_verdict = verdicts[0] if with_own else None
     if own_verdict is None or own_verdict.retry_in_seconds is None:
         return None
     # Raised by the task after this transaction committed, so the attempt stays recorded.
     return RetryLater(own_verdict.error or "", delay_seconds=own_verdict.retry_in_seconds)
+
+
+def batch_size(services: Services, channel_name: str) -> int:
+    """How many notifications of ``channel_name`` one deliver job sends at most.
+
+    Webhooks and logs: ``NOTIFIER_DELIVERY_BATCH_SIZE``. A webhook batch holds at most
+    :data:`~notifier.notifications.host_slots.MAX_SLOTS_PER_BATCH` host slots (advisory
+    locks) however large it is. Email and SMS send each message on a connection of its own,
+    at most a few per process (``MAX_CONNECTIONS`` of each channel): a batch larger than
+    ``NOTIFIER_DELIVERY_CONNECTION_BATCH_SIZE`` would only keep its rows and jobs locked
+    longer while its messages wait for a connection.
+    """
+    settings = services.settings
+    channel = services.channel(channel_name)
+    if isinstance(channel, WebhookChannel | LogChannel):
+        return settings.delivery_batch_size
+    return min(settings.delivery_batch_size, settings.delivery_connection_batch_size)
 
 
 async def _still_to_send(

@@ -20,7 +20,8 @@ is closed, which ends its session and its locks, as a crash does.
 after the other, while each send takes under :data:`LANE_QUICK_SECONDS` and the batch has
 been sending for less than the channel's timeout: a healthy host takes a whole batch
 through ``cap`` connections in milliseconds, while a hanging one costs one timeout per slot,
-not one per notification.
+not one per notification. A batch holds at most :data:`MAX_SLOTS_PER_BATCH` slots at once,
+however many hosts it sends to; the hosts left out get theirs as its lanes end.
 
 **Hand-overs.** A lane that has held its slot for :data:`HAND_OVER_SECONDS` gives it back
 between two sends and asks again, without waiting, for as many slots of its host as the
@@ -33,9 +34,12 @@ hanging host hands nothing over: it ends after its one slow send.
 
 **Waiting.** A batch that got no slot of a host asks again, every :data:`RETRY_SECONDS`,
 while its other sends are in flight. Once nothing else is in flight, it waits for a slot
-only where waiting pays. While this process's sends to that host have just ended quickly, it
-asks again each time a batch here gives slots back: the batches of a worker queue for a
-busy healthy host, whose slots turn over in milliseconds, instead of going round the queue.
+only where waiting pays. While this process's sends to that host have just ended quickly (or
+are under way and younger than :data:`LANE_QUICK_SECONDS`), it waits for its turn: a slot
+given back by a batch here goes to the batch here that has waited longest for that host
+(woken alone, and a lane handing its slot over then does not take it back): the batches of a
+worker queue for a busy healthy host, whose slots turn over in milliseconds, instead of going
+round the queue, and without every waiting batch trying for each slot given back.
 If the slots are all held by other processes, it waits in PostgreSQL (which hands a slot
 over the moment it is given back) for at most :data:`ELSEWHERE_PATIENCE_SECONDS`, as those
 may be sending to a hanging host; a healthy host's lanes hand a slot over sooner, and a
@@ -60,6 +64,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, NamedTuple
 
+from notifier.channels.webhook import MAX_REQUESTS_IN_FLIGHT
 from notifier.db import Connection
 from notifier.notifications import queries
 from notifier.notifications.queries import DeliveryRow
@@ -75,6 +80,11 @@ RETRY_SECONDS = 0.25
 ELSEWHERE_PATIENCE_SECONDS = 0.2
 HAND_OVER_SECONDS = 0.1
 FIRST_WAIT_SECONDS = 0.5
+# Slots one batch holds at once, whatever its size and however many hosts it sends to: the
+# process sends at most this many webhook requests at once anyway (the channel's own
+# limit), and each slot is an advisory lock in PostgreSQL's shared lock table, which is
+# sized by max_locks_per_transaction (64 by default) per connection.
+MAX_SLOTS_PER_BATCH = MAX_REQUESTS_IN_FLIGHT
 
 
 class HostBusy(NamedTuple):
@@ -119,15 +129,16 @@ async def send_within_host_caps(
 
 class _Traffic:
     """This process's sends to capped hosts (in one event loop): those under way, when
-    each host last answered a send quickly, and a signal each time a batch gives slots
-    back."""
+    each host last answered a send quickly, and the batches here waiting for a slot of
+    each host, woken one per slot given back."""
 
     def __init__(self) -> None:
         # Per host with sends under way here: those sends (when each started), and when
         # one of its sends last ended quickly. Hosts leave when their last send ends.
         self.sends: dict[str, dict[asyncio.Task[None], float]] = {}
         self.quick_end: dict[str, float] = {}
-        self.given_back = asyncio.Event()
+        # Per host, the batches here waiting for one of its slots, first come first.
+        self.waiting: dict[str, deque[asyncio.Future[None]]] = {}
 
     def begin(self, origin: str, send: asyncio.Task[None], started: float) -> None:
         self.sends.setdefault(origin, {})[send] = started
@@ -150,14 +161,48 @@ class _Traffic:
         return origin in self.sends
 
     def turning_over(self, origin: str) -> bool:
-        """Whether this process's sends to ``origin`` have just ended quickly: a slot of it
-        is likely to come free in a moment."""
+        """Whether a slot of ``origin`` is likely to come free in a moment: this process's
+        sends to it have just ended quickly, or those under way here all started less than
+        :data:`LANE_QUICK_SECONDS` ago (a host that hangs holds them longer). The second
+        keeps a batch waiting while an event loop too busy to end a send every
+        :data:`RETRY_SECONDS` still sends to a healthy host."""
+        now = time.monotonic()
         ended = self.quick_end.get(origin)
-        return ended is not None and time.monotonic() - ended < RETRY_SECONDS
+        if ended is not None and now - ended < RETRY_SECONDS:
+            return True
+        sends = self.sends.get(origin)
+        return sends is not None and now - min(sends.values()) < LANE_QUICK_SECONDS
 
-    def note_given_back(self) -> None:
-        self.given_back.set()
-        self.given_back = asyncio.Event()
+    def wait_for_turn(self, origin: str) -> asyncio.Future[None]:
+        """A future done when a batch here gives back a slot of ``origin`` for this one."""
+        turn = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(origin, deque()).append(turn)
+        return turn
+
+    def stop_waiting(self, origin: str, turn: asyncio.Future[None]) -> None:
+        queue = self.waiting.get(origin)
+        if queue is not None:
+            with contextlib.suppress(ValueError):
+                queue.remove(turn)
+            if not queue:
+                del self.waiting[origin]
+
+    def waiters(self, origin: str) -> bool:
+        """Whether batches here wait for a slot of ``origin``."""
+        return bool(self.waiting.get(origin))
+
+    def note_given_back(self, slots: list[tuple[str, int]]) -> None:
+        """Wake one waiting batch per slot given back, of its host: the others would only
+        try for a slot someone else gets (a statement each)."""
+        for origin, _ in slots:
+            queue = self.waiting.get(origin)
+            while queue:
+                turn = queue.popleft()
+                if not turn.done():
+                    turn.set_result(None)
+                    break
+            if queue is not None and not queue:
+                del self.waiting[origin]
 
 
 _TRAFFIC: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Traffic] = (
@@ -240,8 +285,12 @@ class _Lanes:
                     handed_over.append((origin, slot))
                 elif not self._start(origin, slot):
                     lanes_ended.append((origin, slot))
+            # A slot handed over goes to a batch here waiting for it, if there is one (woken
+            # as it is given back); else to whoever waits in PostgreSQL, else back to this
+            # lane. Hosts without a slot first: a batch holds at most MAX_SLOTS_PER_BATCH.
+            retake = [o for o, _ in handed_over if not self.traffic.waiters(o)]
             await self._give_back(lanes_ended + handed_over)
-            if again := list(dict.fromkeys(o for o, _ in handed_over)) + self._starved():
+            if again := self._starved() + list(dict.fromkeys(retake)):
                 await self._take(again)
 
     async def _wait_for_a_slot(self, origin: str) -> None:
@@ -254,10 +303,13 @@ class _Lanes:
             and self.traffic.turning_over(origin)
             and self._sending_for() < self.budget_seconds
         ):
-            given_back = self.traffic.given_back
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(RETRY_SECONDS):
-                    await given_back.wait()
+            turn = self.traffic.wait_for_turn(origin)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RETRY_SECONDS):
+                        await turn
+            finally:
+                self.traffic.stop_waiting(origin, turn)
             await self._take([origin])
         if not self.running:
             self.done_with.add(origin)
@@ -316,13 +368,16 @@ class _Lanes:
 
     async def _take(self, origins: list[str]) -> None:
         """Ask for as many slots of each of ``origins`` as it has notifications left (at
-        most ``cap``), beside those held already."""
+        most ``cap``), beside those held already, within :data:`MAX_SLOTS_PER_BATCH`: hosts
+        left without one are asked for again as slots come back (they are starved)."""
         holding = [origin for origin, _ in self.held]
-        wanted = {
-            origin: want
-            for origin in origins
-            if (want := min(self.cap, len(self.pending[origin])) - holding.count(origin)) > 0
-        }
+        room = MAX_SLOTS_PER_BATCH - len(holding)
+        wanted = {}
+        for origin in origins:
+            want = min(self.cap, len(self.pending[origin])) - holding.count(origin)
+            if want > 0 and room > 0:
+                wanted[origin] = min(want, room)
+                room -= wanted[origin]
         if not wanted:
             return
         try:
@@ -348,7 +403,7 @@ class _Lanes:
             await queries.give_back_host_slots(self.conn, slots)
             for slot in slots:
                 self.held.pop(slot, None)
-            self.traffic.note_given_back()
+            self.traffic.note_given_back(slots)
 
     async def _stop(self) -> None:
         """Cut off sends still running (an error ended the batch) and give every slot back;
