@@ -20,6 +20,7 @@ import aiohttp
 import httpx
 import msgspec
 from opentelemetry import propagate
+from opentelemetry.trace import Span
 from opentelemetry.util.types import AttributeValue
 
 from notifier.channels.base import (
@@ -292,11 +293,7 @@ class WebhookChannel:
             check_addresses(target.host, [target.address], self._allowed_networks)
         if not tracing_enabled():
             # A no-op span and an empty inject cost a tenth of a send's CPU.
-            async with self._client().post(
-                target.url, data=body, headers=headers, allow_redirects=False
-            ) as response:
-                answer = await read_at_most(response, MAX_ANSWER_BYTES)
-                return response.status, response.headers.get("retry-after"), answer
+            return await self._exchange(target, body, headers, None)
         attributes: dict[str, AttributeValue] = {
             "http.request.method": "POST",
             "url.full": target.redacted,
@@ -305,12 +302,19 @@ class WebhookChannel:
         }
         with client_span("POST", attributes=attributes) as span:
             propagate.inject(headers)
-            async with self._client().post(
-                target.url, data=body, headers=headers, allow_redirects=False
-            ) as response:
+            return await self._exchange(target, body, headers, span)
+
+    async def _exchange(
+        self, target: ParsedTarget, body: bytes, headers: dict[str, str], span: Span | None
+    ) -> tuple[int, str | None, bytes]:
+        """The POST itself; the answer's status goes on ``span`` as soon as it is known."""
+        async with self._client().post(
+            target.url, data=body, headers=headers, allow_redirects=False
+        ) as response:
+            if span is not None:
                 span.set_attribute("http.response.status_code", response.status)
-                answer = await read_at_most(response, MAX_ANSWER_BYTES)
-                return response.status, response.headers.get("retry-after"), answer
+            answer = await read_at_most(response, MAX_ANSWER_BYTES)
+            return response.status, response.headers.get("retry-after"), answer
 
     def _target(self, url: str) -> ParsedTarget:
         """``url`` parsed for :meth:`_post` (raises httpx's error for one that does not
