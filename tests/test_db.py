@@ -8,10 +8,12 @@ import time
 
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 from psycopg_pool import PoolTimeout
 
-from notifier.db import create_pool, single_statement, transaction
+from notifier.db import create_fetch_pool, create_pool, single_statement, transaction
 from notifier.settings import Settings
 
 
@@ -99,6 +101,42 @@ async def test_a_use_case_answers_at_once_once_the_pool_failed_to_connect(
         await pool.close()
 
     assert max(waits) < 1.0, waits
+
+
+async def test_a_workers_fetch_connection_is_back_at_once_after_a_long_outage(
+    settings: Settings,
+) -> None:
+    """The database refused connections for longer than the first few reconnect tries: once
+    it takes them again, the next fetch connects at once instead of waiting for a try
+    scheduled, with doubling delays, while it was away."""
+    timeout = 2.0
+    pool = create_fetch_pool(settings.replace(database_timeout_seconds=timeout))
+    await pool.open(wait=True)
+    database = sql.Identifier(str(conninfo_to_dict(settings.database_url)["dbname"]))
+    admin_url = make_conninfo(settings.database_url, dbname="postgres")
+    try:
+        async with await psycopg.AsyncConnection.connect(admin_url, autocommit=True) as admin:
+            await admin.execute(
+                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(database)
+            )
+            try:
+                async with pool.connection() as conn:
+                    await kill_backend(admin_url, conn.info.backend_pid)
+                    with pytest.raises(psycopg.OperationalError):
+                        await conn.execute("SELECT 1")
+                # Refused tries at about 0, 1 and 3 s; psycopg_pool's default series would
+                # try next at about 7 s, after this fetch's wait of 2 s has run out.
+                await asyncio.sleep(2 * timeout)
+            finally:
+                await admin.execute(
+                    sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(database)
+                )
+        started = time.monotonic()
+        async with pool.connection() as conn:
+            await conn.execute("SELECT 1")
+        assert time.monotonic() - started < timeout / 2
+    finally:
+        await pool.close()
 
 
 async def test_a_single_statement_commits_by_itself_and_the_connection_goes_back_as_it_was(

@@ -139,6 +139,10 @@ def create_fetch_pool(settings: Settings, *, name: str = "notifier") -> Pool:
         min_size=1,
         max_size=1,
         timeout=settings.database_timeout_seconds,
+        # As the shared pool's: with psycopg_pool's default (five minutes of doubling
+        # delays) a worker could fetch nothing for a minute after a long outage ended,
+        # its one connection waiting for the next try of a series begun during it.
+        reconnect_timeout=settings.database_timeout_seconds,
         open=False,
         name=f"{name}-fetch",
     )

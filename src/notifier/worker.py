@@ -104,6 +104,11 @@ async def run_worker(
                     await run_once()
                 except DATABASE_LOST as exc:
                     logger.warning("worker lost the database: %s", describe_error(exc))
+                    if current is not None and current.cancelling() and not stop_requested.is_set():
+                        # Cancelled from outside while the database was away: procrastinate's
+                        # graceful stop then fails (its last writes) and raises that failure
+                        # in place of the cancellation, which must not be lost.
+                        raise asyncio.CancelledError from exc
                 if stop_requested.is_set():
                     return
                 # procrastinate stops on its own when a side task (heartbeat, LISTEN)
