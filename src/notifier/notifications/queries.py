@@ -353,10 +353,10 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
 _RECORD_ATTEMPTS = """
 WITH attempt AS (
     SELECT * FROM unnest(
-        %(notification_ids)s::uuid[], %(attempts)s::integer[], %(job_ids)s::bigint[],
-        %(channels)s::text[], %(outcomes)s::text[], %(status_codes)s::integer[],
-        %(errors)s::text[], %(statuses)s::text[], %(started_ats)s::timestamptz[],
-        %(endpoint_ids)s::uuid[], %(durations_ms)s::integer[], %(answers)s::text[]
+        %(notification_ids)b::uuid[], %(attempts)b::integer[], %(job_ids)b::bigint[],
+        %(channels)b::text[], %(outcomes)b::text[], %(status_codes)b::integer[],
+        %(errors)b::text[], %(statuses)b::text[], %(started_ats)b::timestamptz[],
+        %(endpoint_ids)b::uuid[], %(durations_ms)b::integer[], %(answers)b::text[]
     ) WITH ORDINALITY AS a (
         notification_id, attempt, job_id, channel, outcome, status_code, error, status,
         started_at, endpoint_id, duration_ms, answer, n
@@ -468,12 +468,12 @@ async def take_host_slots(
     cursor = await conn.execute(
         """
         SELECT w.origin, s.slot
-        FROM unnest(%(origins)s::text[], %(wanted)s::int[]) AS w (origin, wanted)
+        FROM unnest(%(origins)b::text[], %(wanted)b::int[]) AS w (origin, wanted)
         CROSS JOIN LATERAL (
             SELECT g.slot FROM generate_series(0, %(cap)s - 1) AS g (slot)
             WHERE CASE
                 WHEN EXISTS (
-                    SELECT FROM unnest(%(held_origins)s::text[], %(held_slots)s::int[])
+                    SELECT FROM unnest(%(held_origins)b::text[], %(held_slots)b::int[])
                         AS h (origin, slot)
                     WHERE h.origin = w.origin AND h.slot = g.slot
                 ) THEN false
@@ -524,7 +524,7 @@ async def give_back_host_slots(conn: Connection, slots: list[tuple[str, int]]) -
         await conn.execute(
             """
             SELECT pg_advisory_unlock(hashtext(origin), slot)
-            FROM unnest(%s::text[], %s::int[]) AS given (origin, slot)
+            FROM unnest(%b::text[], %b::int[]) AS given (origin, slot)
             """,
             [[origin for origin, _ in slots], [slot for _, slot in slots]],
             prepare=True,
