@@ -41,6 +41,9 @@ from notifier.settings import SettingsError
 logger = logging.getLogger("notifier.telemetry")
 tracer = trace.get_tracer("notifier")
 _propagator = TraceContextTextMapPropagator()
+# Whether setup_tracing installed this process's tracer provider (for good: OpenTelemetry
+# sets it once).
+_installed = False
 
 SUPPORTED_PROTOCOL = "http/protobuf"
 # Routes that are polled, not used: a trace per probe or scrape would drown the real ones.
@@ -126,6 +129,8 @@ def setup_tracing(service_name: str, environ: Mapping[str, str]) -> TracerProvid
     provider = TracerProvider(resource=resource, sampler=sampler)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
+    global _installed  # noqa: PLW0603 - set once, as OpenTelemetry's provider is
+    _installed = True
     PsycopgInstrumentor().instrument(tracer_provider=provider)
     HTTPXClientInstrumentor().instrument(
         tracer_provider=provider, async_request_hook=_redact_request_url
@@ -152,7 +157,9 @@ def redacted_url(url: str) -> str:
 
 def tracing_enabled() -> bool:
     """Whether :func:`setup_tracing` installed a provider in this process."""
-    return isinstance(trace.get_tracer_provider(), TracerProvider)
+    # A flag, not trace.get_tracer_provider(): without a provider that looks in os.environ
+    # at every call, twice per delivery.
+    return _installed
 
 
 def current_traceparent() -> str | None:
