@@ -116,7 +116,7 @@ def _closed_by_server(conn: Connection) -> None:
         raise psycopg.OperationalError("the server closed the connection")
 
 
-def read_json(data: bytes) -> Any:
+def read_json(data: str | bytes) -> Any:
     """A json or jsonb value as psycopg hands it over, read by msgspec: json.loads took a
     third of the time a worker spent loading a notification's row (its context and quiet
     hours). What msgspec refuses, json.loads reads as it did before (a number beyond a

@@ -233,7 +233,7 @@ class LockedDelivery(msgspec.Struct, frozen=True):
 
 
 _LOCK_FOR_DELIVERY = (
-    "SELECT "
+    "SELECT "  # noqa: S608 - the columns are DeliveryRow's field names
     + _DELIVERY_COLUMNS
     + """,
            coalesce(e.rate_per_second, limits.per_second) AS rate_per_second,
