@@ -8,7 +8,8 @@ worker and starts over. With several ``--python`` interpreters (each the venv of
 whose `notifier` it runs, from that checkout) the runs are interleaved, one of each in
 turn, so that a loaded machine weighs on all alike; the medians are printed per
 interpreter, with the CPU the worker and its children had used by the first arrival (the
-figure a loaded machine disturbs least). Uses the PostgreSQL at NOTIFIER_BENCH_SERVER and the scratch database
+figure a loaded machine disturbs least). Each checkout's venv and sources are first
+compiled to bytecode as the suite compiles them (``--source``: left as they are). Uses the PostgreSQL at NOTIFIER_BENCH_SERVER and the scratch database
 ``notifier_bench_start``.
 
     uv run python -m bench.worker_start --runs 5 --python ../base/.venv/bin/python \\
@@ -33,11 +34,17 @@ from bench.suite import (
     Bench,
     Processes,
     Report,
+    compile_bytecode,
     empty_queue_and_notifications,
     fresh_database,
 )
 
 DATABASE = "notifier_bench_start"
+
+
+def checkout_of(python: str) -> Path:
+    """The checkout whose venv ``python`` is (``<checkout>/.venv/bin/python``)."""
+    return Path(python).absolute().parents[2]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -74,7 +81,7 @@ def start_to_first(bench: Bench, python: str, pending: int, timeout: float) -> t
     empty_queue_and_notifications(bench.url)
     bench.reset_receiver()
     bench.seed_due(pending)
-    checkout = Path(python).resolve().parent.parent.parent
+    checkout = checkout_of(python)
     started = time.time()
     worker = bench.procs.start(
         *(python, "-m", "notifier", "--log-level", LOG_LEVEL, "worker", "--queue", "deliveries"),
@@ -99,8 +106,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="runs per interpreter")
     parser.add_argument("--pending", type=int, default=5000, help="due notifications")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument(
+        "--source",
+        action="store_true",
+        help="leave the bytecode as it is (the suite compiles it where missing; see there)",
+    )
     args = parser.parse_args()
     pythons = args.python or [sys.executable]
+    if not args.source:
+        for python in pythons:
+            compile_bytecode(python, checkout_of(python))
     with tempfile.TemporaryDirectory() as logs:
         bench = Bench(args, Report(), Processes(Path(logs)))
         try:
@@ -115,11 +130,11 @@ def main() -> None:
                     cpus[python].append(cpu)
                     print(f"run {run + 1} {python}: {wall:.3f} s, CPU {cpu:.3f} s", flush=True)
             for python in pythons:
-                wall, cpu = walls[python], cpus[python]
+                taken = walls[python]
                 print(
-                    f"{python}: median {statistics.median(wall):.3f} s "
-                    f"(min {min(wall):.3f}, max {max(wall):.3f}), "
-                    f"CPU median {statistics.median(cpu):.3f} s, {len(wall)} runs"
+                    f"{python}: median {statistics.median(taken):.3f} s "
+                    f"(min {min(taken):.3f}, max {max(taken):.3f}), "
+                    f"CPU median {statistics.median(cpus[python]):.3f} s, {len(taken)} runs"
                 )
         finally:
             bench.procs.stop_all()
