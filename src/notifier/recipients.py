@@ -23,6 +23,13 @@ _E164 = re.compile(E164_PATTERN.removeprefix("^").removesuffix("$"))
 MAX_PHONE_LENGTH = 32
 
 
+def load_checks() -> None:
+    """Import what the checks use now rather than at their first use: for the API, which
+    checks recipients in its requests, so that the first request does not wait for it."""
+    import email_validator  # noqa: F401, PLC0415 - loaded here on purpose (module docstring)
+    import phonenumbers  # noqa: F401, PLC0415
+
+
 def email_address_problem(address: str) -> str | None:
     """Why ``address`` is not a usable email address (``ada@example.com``), or None."""
     import email_validator  # noqa: PLC0415 - on first use (module docstring)
