@@ -15,6 +15,7 @@ from litestar.routes import HTTPRoute
 from litestar.status_codes import HTTP_204_NO_CONTENT
 from litestar.types import Message, Scope
 
+from notifier import recipients
 from notifier.auth.guard import BEARER_SCHEME, Authenticator, check_guarded
 from notifier.bootstrap import open_services
 from notifier.docs_ui import DOCS_PATH, docs_router, swagger_ui_plugin
@@ -63,6 +64,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
 
     ``metrics``: a registry shared with a worker in the same process (``notifier dev``).
     """
+    recipients.load_checks()  # a worker loads them when first used; the API uses them early
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
