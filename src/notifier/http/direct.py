@@ -1,0 +1,104 @@
+"""Answering a route without Litestar's per-request handling, for the API's busiest route.
+
+For each request Litestar's route resolves the handler's parameters through a signature
+model, calls the handler, and turns what it returns into a :class:`~litestar.Response` and
+then into an ASGI response: about a third of the Python calls of ``POST /api/v1/events/``,
+whose own work is decoding a small body and one shared statement (docs/performance.md,
+"The publish route answers directly").
+
+:func:`answer_directly` is a route handler's innermost middleware that does the same steps
+itself: the request object Litestar would build, the handler's guards, the app's
+``before_request`` checks, then ``answer`` (the function the handler calls too), and the
+answer encoded as Litestar encodes it. What stays Litestar's: routing, the middleware
+outside this one (request metrics, the retry of lost transactions, tracing), and every
+error answer: an exception is rendered by Litestar's exception handling (the app's
+problem documents), as for any other route. uvicorn writes the access line, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from litestar._asgi.utils import wrap_in_exception_handler
+from litestar.serialization import encode_json, get_serializer
+
+if TYPE_CHECKING:
+    from litestar import Request
+    from litestar.handlers import HTTPRouteHandler
+    from litestar.types import ASGIApp, Receive, Scope, Send
+
+# What ``answer`` returns: the status and the value to encode as the JSON body.
+Answer = Callable[["Request[Any, Any, Any]"], Awaitable[tuple[int, Any]]]
+
+
+def answer_directly(answer: Answer) -> Callable[[ASGIApp], ASGIApp]:
+    """The middleware for ``middleware=[...]`` of the one handler whose answers ``answer``
+    makes: Litestar's own call of the handler (the middleware's ``app``) is not made.
+
+    Only for handlers that declare nothing this path leaves out; :func:`check_direct`
+    refuses the others when the first request comes.
+    """
+
+    def middleware(app: ASGIApp) -> ASGIApp:  # noqa: ARG001 - Litestar passes it by name
+        # Inside the exception handling, as Litestar puts the handler's own call: metrics
+        # and the retry of a lost transaction see the problem document's status, not an
+        # exception.
+        return wrap_in_exception_handler(_DirectRoute(answer))
+
+    return middleware
+
+
+class _DirectRoute:
+    """The ASGI app that answers with ``answer``, built once per route handler."""
+
+    __slots__ = ("_answer", "_checked")
+
+    def __init__(self, answer: Answer) -> None:
+        self._answer = answer
+        # Litestar builds a route's middleware once per handler: one handler per instance.
+        self._checked = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # What Litestar's HTTPRoute.handle and its handler call do, in the same order.
+        handler: HTTPRouteHandler = scope["route_handler"]
+        if not self._checked:
+            check_direct(handler)
+            self._checked = True
+        request = handler.resolve_request_class()(scope=scope, receive=receive, send=send)
+        if handler.resolve_guards():
+            await handler.authorize_connection(connection=request)
+        if before_request := handler.resolve_before_request():
+            await before_request(request)
+        status, content = await self._answer(request)
+        body = encode_json(content, get_serializer(handler.resolve_type_encoders()))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", str(handler.media_type).encode("latin-1")),
+                    (b"content-length", str(len(body)).encode("latin-1")),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def check_direct(handler: HTTPRouteHandler) -> None:
+    """Refuse a handler that declares what the direct path does not do."""
+    leaves_out = {
+        "after_request": any(layer.after_request for layer in handler.ownership_layers),
+        "after_response": handler.resolve_after_response(),
+        # Its cache_control and etag too.
+        "response_headers": handler.resolve_response_headers(),
+        "response_cookies": handler.resolve_response_cookies(),
+        "cache": handler.cache,
+        "background": handler.background,
+        "return_dto": handler.resolve_return_dto(),
+    }
+    declared = sorted(name for name, value in leaves_out.items() if value)
+    if declared:
+        raise RuntimeError(
+            f"{handler} answers directly, which leaves out its {', '.join(declared)}"
+        )
