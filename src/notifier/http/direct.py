@@ -6,7 +6,7 @@ then into an ASGI response: about a third of the Python calls of ``POST /api/v1/
 whose own work is decoding a small body and one shared statement (docs/performance.md,
 "The publish route answers directly").
 
-:func:`answer_directly` is a route handler's innermost middleware that does the same steps
+:class:`answer_directly` is a route handler's innermost middleware that does the same steps
 itself: the request object Litestar would build, the handler's guards, the app's
 ``before_request`` checks, then ``answer`` (the function the handler calls too), and the
 answer encoded as Litestar encodes it. What stays Litestar's: routing, the middleware
@@ -18,53 +18,54 @@ problem documents), as for any other route. uvicorn writes the access line, as b
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+# Litestar exports no public name for the exception handling it wraps a route's handler in;
+# a move breaks the import loudly.
 from litestar._asgi.utils import wrap_in_exception_handler
+from litestar.enums import MediaType
+from litestar.routes import HTTPRoute
 from litestar.serialization import encode_json, get_serializer
 
 if TYPE_CHECKING:
-    from litestar import Request
+    from litestar import Litestar, Request
     from litestar.handlers import HTTPRouteHandler
     from litestar.types import ASGIApp, Receive, Scope, Send
 
+_JSON = MediaType.JSON.value.encode("latin-1")
 # What ``answer`` returns: the status and the value to encode as the JSON body.
 Answer = Callable[["Request[Any, Any, Any]"], Awaitable[tuple[int, Any]]]
 
 
-def answer_directly(answer: Answer) -> Callable[[ASGIApp], ASGIApp]:
+class answer_directly:  # used as a function: middleware=[answer_directly(...)]
     """The middleware for ``middleware=[...]`` of the one handler whose answers ``answer``
     makes: Litestar's own call of the handler (the middleware's ``app``) is not made.
 
-    Only for handlers that declare nothing this path leaves out; :func:`check_direct`
-    refuses the others when the first request comes.
+    Only for handlers that declare nothing this path leaves out: :func:`check_direct_routes`
+    refuses the others when the app is built.
     """
 
-    def middleware(app: ASGIApp) -> ASGIApp:  # noqa: ARG001 - Litestar passes it by name
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+
+    def __call__(self, app: ASGIApp) -> ASGIApp:  # Litestar passes ``app`` by name
         # Inside the exception handling, as Litestar puts the handler's own call: metrics
         # and the retry of a lost transaction see the problem document's status, not an
         # exception.
-        return wrap_in_exception_handler(_DirectRoute(answer))
-
-    return middleware
+        return wrap_in_exception_handler(_DirectRoute(self.answer))
 
 
 class _DirectRoute:
     """The ASGI app that answers with ``answer``, built once per route handler."""
 
-    __slots__ = ("_answer", "_checked")
+    __slots__ = ("_answer",)
 
     def __init__(self, answer: Answer) -> None:
         self._answer = answer
-        # Litestar builds a route's middleware once per handler: one handler per instance.
-        self._checked = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # What Litestar's HTTPRoute.handle and its handler call do, in the same order.
-        handler: HTTPRouteHandler = scope["route_handler"]
-        if not self._checked:
-            check_direct(handler)
-            self._checked = True
+        handler = cast("HTTPRouteHandler", scope["route_handler"])
         request = handler.resolve_request_class()(scope=scope, receive=receive, send=send)
         if handler.resolve_guards():
             await handler.authorize_connection(connection=request)
@@ -77,7 +78,8 @@ class _DirectRoute:
                 "type": "http.response.start",
                 "status": status,
                 "headers": [
-                    (b"content-type", str(handler.media_type).encode("latin-1")),
+                    # What a litestar.Response answers by default.
+                    (b"content-type", _JSON),
                     (b"content-length", str(len(body)).encode("latin-1")),
                 ],
             }
@@ -85,8 +87,18 @@ class _DirectRoute:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def check_direct(handler: HTTPRouteHandler) -> None:
-    """Refuse a handler that declares what the direct path does not do."""
+def check_direct_routes(app: Litestar) -> None:
+    """Refuse to build an app in which a handler answered directly declares what the direct
+    path does not do."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            if any(isinstance(layer, answer_directly) for layer in handler.middleware or ()):
+                _check_direct(handler)
+
+
+def _check_direct(handler: HTTPRouteHandler) -> None:
     leaves_out = {
         "after_request": any(layer.after_request for layer in handler.ownership_layers),
         "after_response": handler.resolve_after_response(),
