@@ -23,6 +23,7 @@ from notifier.endpoints.api import EndpointController, TenantSecretController
 from notifier.events.api import EventController
 from notifier.events.publisher import EventPublisher
 from notifier.health import health, liveness, readiness
+from notifier.http.direct import check_direct_routes
 from notifier.http.middleware import request_metrics_middleware, tracing_middleware
 from notifier.http.params import idempotent_request, provide_principal
 from notifier.http.problems import EXCEPTION_HANDLERS
@@ -164,4 +165,5 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
         ),
     )
     check_guarded(app)
+    check_direct_routes(app)
     return app
