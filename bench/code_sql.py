@@ -37,14 +37,17 @@ def publish_script(url: str, event_type: str, payload: dict[str, Any]) -> str:
     """
     event = NewEvent(type=event_type, payload=payload)
     params = publish_parameters([uuid.uuid4()], [TenantEvent(DEFAULT_TENANT, event)])
-    placeholder = "%(ids)s"
+    placeholder = "%(ids)b"
     if placeholder not in PUBLISH_EVENTS_SQL or "ids" not in params:
         raise RuntimeError(
-            "PUBLISH_EVENTS_SQL no longer takes the event ids as %(ids)s: update"
+            "PUBLISH_EVENTS_SQL no longer takes the event ids as %(ids)b: update"
             " bench/code_sql.py publish_script"
         )
     query = PUBLISH_EVENTS_SQL.replace(placeholder, "ARRAY[gen_random_uuid()]")
     del params["ids"]
+    # The service sends its arrays in binary (%b); literals are text, written in the same places.
+    for name in params:
+        query = query.replace(f"%({name})b", f"%({name})s")
     with psycopg.connect(url) as conn:
         statement = psycopg.ClientCursor(conn).mogrify(query, params)
     return statement.strip() + ";\n"

@@ -23,8 +23,9 @@ from pathlib import Path
 import msgspec
 
 from notifier.templates.builtin import builtin_templates
+from notifier.templates.messages import MessageFields
 from notifier.templates.pool import RenderPool, ToRender
-from notifier.templates.rendering import MessageFields, Renderer, template_context
+from notifier.templates.rendering import Renderer, template_context
 
 SOURCE = builtin_templates()["password.expiring"]
 

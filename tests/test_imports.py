@@ -38,16 +38,36 @@ WITHOUT_LITESTAR = [
 ]
 
 
-def loaded_after_import(*modules: str) -> set[str]:
-    """The top-level packages loaded in a fresh interpreter after importing ``modules``."""
-    script = (
-        f"import sys, {', '.join(modules)}\n"
-        "print('\\n'.join(sorted({name.partition('.')[0] for name in sys.modules})))"
-    )
+def loaded_modules_after_import(*modules: str) -> set[str]:
+    """Every module loaded in a fresh interpreter after importing ``modules``."""
+    script = f"import sys, {', '.join(modules)}\nprint('\\n'.join(sorted(sys.modules)))"
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
     )
     return set(result.stdout.split())
+
+
+def loaded_after_import(*modules: str) -> set[str]:
+    """The top-level packages loaded in a fresh interpreter after importing ``modules``."""
+    return {name.partition(".")[0] for name in loaded_modules_after_import(*modules)}
+
+
+# What `notifier worker` imports as it starts and delivers: the command, the composition
+# root, the worker, the delivery path and its webhook channel.
+WORKER_MODULES = [
+    "notifier.cli",
+    "notifier.bootstrap",
+    "notifier.worker",
+    "notifier.notifications.tasks",
+    "notifier.notifications.delivery",
+    "notifier.channels.webhook",
+    "notifier.templates.pool",
+]
+# What such a worker never needs, each a noticeable part of its start-up imports
+# (docs/performance.md, "Worker start-up"): Jinja2 runs in the template sandboxes only,
+# email and phone checks on first use, the OpenTelemetry SDK (and psutil with it) only
+# with tracing on.
+NOT_AT_WORKER_START = {"jinja2", "email_validator", "phonenumbers", "opentelemetry.sdk", "psutil"}
 
 
 @pytest.mark.serial
@@ -64,6 +84,32 @@ def test_the_command_module_loads_no_web_stack_nor_migrations() -> None:
     loaded = loaded_after_import("notifier.cli")
     assert "notifier" in loaded
     assert loaded.isdisjoint({"litestar", "uvicorn", "alembic", "sqlalchemy"})
+
+
+@pytest.mark.serial
+def test_a_worker_starts_without_what_only_other_paths_use() -> None:
+    loaded = loaded_modules_after_import(*WORKER_MODULES)
+    assert "notifier.channels.webhook" in loaded
+    assert not loaded & NOT_AT_WORKER_START
+
+
+@pytest.mark.serial
+def test_the_other_paths_do_load_them() -> None:
+    """The check above can see each of them when it is there."""
+    loaded = loaded_modules_after_import(
+        "notifier.templates.sandbox", "notifier.telemetry.provider"
+    )
+    assert {"jinja2", "opentelemetry.sdk", "psutil"} <= loaded
+    script = (
+        "import sys\n"
+        "from notifier.recipients import email_address_problem, e164_phone\n"
+        "email_address_problem('ada@example.com'); e164_phone('9999912345', 'IN')\n"
+        "print('\\n'.join(sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert {"email_validator", "phonenumbers"} <= set(result.stdout.split())
 
 
 @pytest.mark.serial

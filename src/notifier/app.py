@@ -15,6 +15,7 @@ from litestar.routes import HTTPRoute
 from litestar.status_codes import HTTP_204_NO_CONTENT
 from litestar.types import Message, Scope
 
+from notifier import recipients
 from notifier.auth.guard import BEARER_SCHEME, Authenticator, check_guarded
 from notifier.bootstrap import open_services
 from notifier.docs_ui import DOCS_PATH, docs_router, swagger_ui_plugin
@@ -22,6 +23,7 @@ from notifier.endpoints.api import EndpointController, TenantSecretController
 from notifier.events.api import EventController
 from notifier.events.publisher import EventPublisher
 from notifier.health import health, liveness, readiness
+from notifier.http.direct import check_direct_routes
 from notifier.http.middleware import request_metrics_middleware, tracing_middleware
 from notifier.http.params import idempotent_request, provide_principal
 from notifier.http.problems import EXCEPTION_HANDLERS
@@ -63,6 +65,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
 
     ``metrics``: a registry shared with a worker in the same process (``notifier dev``).
     """
+    recipients.load_checks()  # a worker loads them when first used; the API uses them early
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -162,4 +165,5 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Litesta
         ),
     )
     check_guarded(app)
+    check_direct_routes(app)
     return app

@@ -4,14 +4,16 @@ The seed API's ``email`` and ``phone`` fields are checked with these, and so are
 recipients of any channel that delivers to an address or a number. Checks are syntax and
 numbering-plan only (``phonenumbers`` carries the plans): no DNS, no lookups, so they are
 fast and give the same answer every time.
+
+``email_validator`` and ``phonenumbers`` are imported by the checks that use them, on first
+use: a worker delivering webhooks never needs them, and they were about a tenth of its
+start-up imports (docs/performance.md, "Worker start-up"). The settings load
+``phonenumbers`` only when NOTIFIER_DEFAULT_PHONE_REGION is set.
 """
 
 from __future__ import annotations
 
 import re
-
-import email_validator
-import phonenumbers
 
 # E.164: "+", a country code not starting with 0, at most 15 digits in all. ASCII digits
 # only (``\d`` would take any script's digits) and the whole string (``$`` allows a "\n").
@@ -21,8 +23,17 @@ _E164 = re.compile(E164_PATTERN.removeprefix("^").removesuffix("$"))
 MAX_PHONE_LENGTH = 32
 
 
+def load_checks() -> None:
+    """Import what the checks use now rather than at their first use: for the API, which
+    checks recipients in its requests, so that the first request does not wait for it."""
+    import email_validator  # noqa: F401, PLC0415 - loaded here on purpose (module docstring)
+    import phonenumbers  # noqa: F401, PLC0415
+
+
 def email_address_problem(address: str) -> str | None:
     """Why ``address`` is not a usable email address (``ada@example.com``), or None."""
+    import email_validator  # noqa: PLC0415 - on first use (module docstring)
+
     try:
         email_validator.validate_email(address, check_deliverability=False)
     except email_validator.EmailNotValidError as exc:
@@ -32,6 +43,8 @@ def email_address_problem(address: str) -> str | None:
 
 def phone_region_problem(region: str) -> str | None:
     """Why ``region`` cannot be the region national phone numbers are read in, or None."""
+    import phonenumbers  # noqa: PLC0415 - on first use (module docstring)
+
     if region not in phonenumbers.SUPPORTED_REGIONS:
         return f"{region!r} is not a region with a known numbering plan: give an ISO 3166 code such as IN, US or GB"
     return None
@@ -49,6 +62,8 @@ def e164_phone(number: str, default_region: str | None = None) -> str | None:
         return number
     if len(number) > MAX_PHONE_LENGTH:
         return None
+    import phonenumbers  # noqa: PLC0415 - on first use (module docstring)
+
     try:
         parsed = phonenumbers.parse(number, default_region)
     except phonenumbers.NumberParseException:

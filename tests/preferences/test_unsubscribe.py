@@ -19,7 +19,7 @@ from notifier.preferences.links import (
     verify_token,
 )
 from notifier.settings import Settings
-from notifier.templates.rendering import RenderedMessage
+from notifier.templates.messages import RenderedMessage
 from tests.notifications.rows import delivery_row
 from tests.support import assert_problem
 

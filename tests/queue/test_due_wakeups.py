@@ -16,11 +16,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from notifier.db import transaction
 from notifier.queue import JobInfo, jobs
-from notifier.queue.app import QueueApp, Task, create_app, open_app, run_worker
+from notifier.queue.app import QueueApp, Task, _Worker, create_app, open_app, run_worker
 from notifier.queue.connector import QueueConnector
 from notifier.queue.jobs import JobToDefer
 from notifier.services import Services
@@ -198,3 +200,54 @@ async def test_a_fetch_that_finds_nothing_notes_when_the_next_job_of_its_queues_
     await defer(services, "now")
     assert await fetch([QUEUE]) is not None
     assert connector.seconds_until_next_due(None) is None  # it found work: no wait to shorten
+
+
+async def test_a_fetch_that_lost_the_new_jobs_to_another_fetch_still_under_way_looks_again(
+    services: Services, settings: Settings
+) -> None:
+    """Two workers woken by one NOTIFY: the first fetch moves the publish's arrivals into
+    their group and has not committed; the second skips them (locked) and sees no due group
+    yet. It must look again at once, not a poll interval later: else one worker takes the
+    whole publish while the other sleeps."""
+    connector = cast(QueueConnector, services.queue.connector)
+    await defer(services, "first")
+    await defer(services, "second")
+    async with await psycopg.AsyncConnection.connect(
+        settings.database_url, row_factory=dict_row
+    ) as other_worker:
+        async with other_worker.transaction():
+            cursor = await other_worker.execute(
+                "SELECT task_name FROM notifier.fetch_job(%s::varchar[], NULL)", [[QUEUE]]
+            )
+            assert await cursor.fetchone() == {"task_name": "record"}
+
+            job = await services.queue.job_manager.fetch_job(queues=[QUEUE], worker_id=None)  # type: ignore[arg-type]
+            assert job is None
+            assert connector.seconds_until_next_due(None) == 0.0
+        job = await services.queue.job_manager.fetch_job(queues=[QUEUE], worker_id=None)  # type: ignore[arg-type]
+        assert job is not None
+
+
+async def test_a_wake_up_that_came_during_a_fetch_that_found_nothing_is_not_lost(
+    services: Services, settings: Settings
+) -> None:
+    """procrastinate clears its wake-up after each fetch: a job committed while a fetch
+    that found nothing was under way would otherwise wait for the next poll."""
+    app: QueueApp = create_app(
+        settings.database_url, {}, [Task(name="record", run=Runs().record, queue=QUEUE)]
+    )
+    async with open_app(app, services.pool):
+        worker = _Worker(app=app, queues=[QUEUE], fetch_job_polling_interval=POLL_SECONDS)
+        worker.worker_id = await app.job_manager.register_worker()
+        assert await app.job_manager.fetch_job(queues=[QUEUE], worker_id=worker.worker_id) is None
+        assert worker.fetch_job_polling_interval == POLL_SECONDS
+
+        await worker._handle_notification(
+            channel="procrastinate_queue_v1#test",
+            notification={"type": "job_inserted", "job_id": 1},
+        )
+        # Its last fetch began before the NOTIFY and may not have seen the job: at once.
+        assert worker.fetch_job_polling_interval == 0.0
+
+        assert await app.job_manager.fetch_job(queues=[QUEUE], worker_id=worker.worker_id) is None
+        assert worker.fetch_job_polling_interval == POLL_SECONDS

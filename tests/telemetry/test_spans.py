@@ -11,11 +11,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from notifier.telemetry import client_span
-from notifier.telemetry.tracing import (
-    SkipOrphanClientSpans,
-    context_from_traceparent,
-    current_traceparent,
-)
+from notifier.telemetry.provider import SkipOrphanClientSpans
+from notifier.telemetry.tracing import context_from_traceparent, current_traceparent
 
 
 def recording_provider(

@@ -7,13 +7,8 @@ import datetime
 import pytest
 
 from notifier.templates.builtin import GENERIC, builtin_templates
-from notifier.templates.rendering import (
-    Renderer,
-    TemplateProblem,
-    TemplateSource,
-    format_date,
-    template_context,
-)
+from notifier.templates.messages import TemplateProblem, TemplateSource
+from notifier.templates.rendering import Renderer, format_date, template_context
 
 UTC = datetime.UTC
 COMMON_EVENT_TYPES = {

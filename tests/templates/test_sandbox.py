@@ -20,15 +20,9 @@ import msgspec
 import pytest
 
 from notifier.templates.builtin import builtin_templates
+from notifier.templates.messages import MessageFields, TemplateProblem, TemplateSource
 from notifier.templates.pool import RendererUnavailable, RenderPool, ToRender
-from notifier.templates.rendering import (
-    MAX_RENDERED_CHARS,
-    MessageFields,
-    Renderer,
-    TemplateProblem,
-    TemplateSource,
-    template_context,
-)
+from notifier.templates.rendering import MAX_RENDERED_CHARS, Renderer, template_context
 
 # The template an outside test froze the API with for 27 s.
 NESTED_LOOPS = "{% for i in range(30000) %}{% for j in range(30000) %}{% endfor %}{% endfor %}"

@@ -35,15 +35,17 @@ class PublishedEvent(NamedTuple):
 # queue adapter's (procrastinate's own SQL function, as the outbox trigger uses), inside the
 # caller's transaction, each job naming its event's tenant (workers share out due jobs by
 # tenant, migration 0011). Conflicting events (same tenant, source and external id) are
-# not stored and get no job.
+# not stored and get no job. The arrays go in binary (%b): psycopg writes a text array by
+# quoting and escaping each string with regular expressions, the JSON payloads' quotes
+# most of all (docs/performance.md, "The publish route answers directly").
 _PUBLISH_EVENTS: LiteralString = """
 WITH published AS (
     INSERT INTO notifier.events
         (id, tenant_id, type, payload, occurred_at, source, external_id, traceparent)
     SELECT * FROM unnest(
-        %(ids)s::uuid[], %(tenant_ids)s::text[], %(types)s::text[], %(payloads)s::jsonb[],
-        %(occurred_ats)s::timestamptz[], %(sources)s::text[], %(external_ids)s::text[],
-        %(traceparents)s::text[]
+        %(ids)b::uuid[], %(tenant_ids)b::text[], %(types)b::text[], %(payloads)b::jsonb[],
+        %(occurred_ats)b::timestamptz[], %(sources)b::text[], %(external_ids)b::text[],
+        %(traceparents)b::text[]
     )
     ON CONFLICT (tenant_id, (coalesce(source, '')), external_id)
         WHERE external_id IS NOT NULL DO NOTHING

@@ -46,13 +46,13 @@ from notifier.services import Services
 from notifier.settings import Settings
 from notifier.telemetry.tracing import consumer_span
 from notifier.templates import catalog
-from notifier.templates.pool import ToRender
-from notifier.templates.rendering import (
+from notifier.templates.messages import (
     MessageFields,
     RenderedMessage,
     TemplateProblem,
     TemplateSource,
 )
+from notifier.templates.pool import ToRender
 
 logger = logging.getLogger("notifier.delivery")
 

@@ -61,8 +61,8 @@ from notifier.recipients import e164_phone, email_address_problem, sms_recipient
 from notifier.telemetry import current_traceparent
 from notifier.telemetry.metrics import Metrics
 from notifier.templates import catalog
+from notifier.templates.messages import MessageFields, TemplateProblem
 from notifier.templates.pool import RendererUnavailable, RenderPool
-from notifier.templates.rendering import MessageFields, TemplateProblem
 from notifier.templates.schemas import Preview
 from notifier.templates.service import renderer_unavailable, template_error
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -222,7 +224,22 @@ class _Worker(procrastinate.worker.Worker):
     Jobs are not fetched ahead of their time and held until it: a job a worker holds
     (``doing``) can no longer be cancelled, and a cancel before the due time must stop
     the notification's job; fetching at the instant costs one round trip.
+
+    Nor is a NOTIFY lost to a fetch under way: procrastinate clears its wake-up after every
+    fetch, so a job inserted while a fetch that then found nothing was running (committed
+    after that fetch looked) would wait for the next poll. Such a worker fetches again at
+    once.
     """
+
+    # When (time.monotonic()) the last NOTIFY of a new job arrived.
+    _notified_at = -math.inf
+
+    async def _handle_notification(
+        self, *, channel: str, notification: procrastinate.jobs.Notification
+    ) -> None:
+        if notification["type"] == "job_inserted":
+            self._notified_at = time.monotonic()
+        await super()._handle_notification(channel=channel, notification=notification)
 
     # procrastinate's __init__ sets this; reading it gives the wait before the next fetch.
     @property
@@ -231,6 +248,8 @@ class _Worker(procrastinate.worker.Worker):
         connector = self.app.connector
         if self.worker_id is None or not isinstance(connector, QueueConnector):
             return interval
+        if connector.began_fetching_before(self.worker_id, self._notified_at):
+            return 0.0
         due_in = connector.seconds_until_next_due(self.worker_id)
         if due_in is None:
             return interval

@@ -52,6 +52,8 @@ class QueueConnector(PsycopgConnector):
         # Per worker (by id) whose last fetch found nothing: when (time.monotonic()) the
         # next of its waiting jobs falls due, if one is known to.
         self._next_due: dict[int | None, float] = {}
+        # Per worker: when (time.monotonic()) its last fetch began.
+        self._fetch_started: dict[int | None, float] = {}
 
     def seconds_until_next_due(self, worker_id: int | None) -> float | None:
         """How long until the next job of ``worker_id``'s queues falls due, as its last
@@ -59,6 +61,12 @@ class QueueConnector(PsycopgConnector):
         fetch found a job)."""
         due = self._next_due.get(worker_id)
         return None if due is None else max(0.0, due - time.monotonic())
+
+    def began_fetching_before(self, worker_id: int | None, instant: float) -> bool:
+        """Whether the last fetch of ``worker_id`` began before ``instant``
+        (time.monotonic()), so that it may not have seen what was committed then."""
+        started = self._fetch_started.get(worker_id)
+        return started is not None and started <= instant
 
     async def execute_query_async(self, query: Any, **arguments: Any) -> None:
         """Run ``query``; a job's outcome write (finish, retry) lost to a broken connection
@@ -125,12 +133,19 @@ class QueueConnector(PsycopgConnector):
         worker waits for if it comes before its next poll (``notifier.queue.app``): a
         scheduled job wakes no listening worker, and a burst due at one instant would
         otherwise wait for up to a poll interval to start."""
+        worker_id = arguments.get("worker_id")
+        self._fetch_started[worker_id] = time.monotonic()
         fetched: dict[str, Any] = await self.execute_query_one_async_with_connection(
             conn, FETCH_JOB_SQL, **arguments
         )
-        worker_id = arguments.get("worker_id")
+        due_arrivals = fetched.pop("due_arrivals")
         if fetched["id"] is not None:
             self._next_due.pop(worker_id, None)
+            return fetched
+        if due_arrivals:
+            # Another fetch was moving new jobs into their group and may not have
+            # committed when this one looked (FETCH_JOB_SQL): look again at once.
+            self._next_due[worker_id] = time.monotonic()
             return fetched
         earliest = await self.execute_query_one_async_with_connection(
             conn, NEXT_DUE_SQL, queues=arguments.get("queues")

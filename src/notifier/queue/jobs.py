@@ -38,9 +38,22 @@ PROCRASTINATE_FETCH_JOB_SQL: LiteralString = procrastinate_queries["fetch_job"]
 # The same columns from notifier's own fetch function (migrations 0009 and 0011): due jobs
 # only, shared out round-robin by tenant; its cost does not grow with the jobs scheduled
 # for later.
+#
+# And ``due_arrivals``: whether due arrivals of ``queues`` waited to be moved into their
+# groups as the statement began. The subquery reads the statement's snapshot, taken before
+# the function's own statements take theirs: a fetch that found nothing while another
+# fetch was moving those arrivals (it skips them, locked, and sees their group due only
+# once that one commits) learns that its answer may be stale, and looks again at once
+# rather than a poll interval later (``notifier.queue.connector``). An index read of a
+# table that is nearly always empty.
 FETCH_JOB_SQL: LiteralString = """
 SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name,
-       attempts, worker_id
+       attempts, worker_id,
+       EXISTS (
+           SELECT 1 FROM notifier.job_group_arrivals AS arrivals
+           WHERE arrivals.due_at <= now()
+             AND (%(queues)s::varchar[] IS NULL OR arrivals.queue_name = ANY(%(queues)s::varchar[]))
+       ) AS due_arrivals
 FROM notifier.fetch_job(%(queues)s::varchar[], %(worker_id)s)
 """
 # After a fetch that found nothing: seconds from now until the earliest time a waiting job

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-from opentelemetry.sdk.trace import TracerProvider
+from typing import TYPE_CHECKING
 
 from notifier.settings import Settings
 from notifier.telemetry.logs import configure_logging
 from notifier.telemetry.tracing import client_span, current_traceparent, setup_tracing
+
+if TYPE_CHECKING:  # the SDK is imported only where tracing is on (telemetry.provider)
+    from opentelemetry.sdk.trace import TracerProvider
 
 __all__ = ["Telemetry", "client_span", "current_traceparent", "setup_telemetry"]
 

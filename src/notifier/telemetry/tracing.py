@@ -9,41 +9,30 @@ middleware reads it back and starts the job's CONSUMER span as its child.
 from __future__ import annotations
 
 import logging
-import os
+import sys
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from importlib.metadata import version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import (
-    ALWAYS_ON,
-    Decision,
-    ParentBased,
-    Sampler,
-    SamplingResult,
-)
-from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.util.types import Attributes, AttributeValue
+from opentelemetry.util.types import AttributeValue
 
 from notifier.db import Pool
 from notifier.queue import DELIVER_TASK, PROCESS_EVENT_TASK, JobInfo
 from notifier.queue.app import AroundJob
 from notifier.settings import SettingsError
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
 logger = logging.getLogger("notifier.telemetry")
 tracer = trace.get_tracer("notifier")
 _propagator = TraceContextTextMapPropagator()
-# Whether setup_tracing installed this process's tracer provider (for good: OpenTelemetry
-# sets it once).
-_installed = False
 
 SUPPORTED_PROTOCOL = "http/protobuf"
 # Routes that are polled, not used: a trace per probe or scrape would drown the real ones.
@@ -60,34 +49,6 @@ def tracing_wanted(environ: Mapping[str, str]) -> bool:
         environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     )
-
-
-class SkipOrphanClientSpans(Sampler):
-    """Drop database and HTTP client calls that belong to no operation.
-
-    procrastinate polls, heartbeats and listens on the same instrumented pool; each of those
-    queries would otherwise become a one-span trace several times a second. A client span
-    inside a request or a job has a parent, and the parent-based sampler keeps it.
-    """
-
-    def should_sample(
-        self,
-        parent_context: Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        trace_state: Any = None,
-    ) -> SamplingResult:
-        if kind is SpanKind.CLIENT:
-            return SamplingResult(Decision.DROP)
-        return ALWAYS_ON.should_sample(
-            parent_context, trace_id, name, kind, attributes, links, trace_state
-        )
-
-    def get_description(self) -> str:
-        return "SkipOrphanClientSpans"
 
 
 def setup_tracing(service_name: str, environ: Mapping[str, str]) -> TracerProvider | None:
@@ -108,34 +69,12 @@ def setup_tracing(service_name: str, environ: Mapping[str, str]) -> TracerProvid
             f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported; use {SUPPORTED_PROTOCOL!r}"
             " (the collector's OTLP/HTTP port, usually 4318)"
         )
-    # Deferred imports: processes without tracing never load the exporter or instrumentors.
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
-        OTLPSpanExporter,
-    )
-    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor  # noqa: PLC0415
-    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor  # noqa: PLC0415
+    # Deferred import: a process without tracing never loads the SDK, the exporter or the
+    # instrumentors (about a twentieth of a worker's start-up imports, psutil among them).
+    from notifier.telemetry.provider import install_provider  # noqa: PLC0415
 
-    # Current semantic conventions (db.system.name, url.full, http.request.method) unless
-    # the operator chose otherwise; the instrumentations read this once, when instrumenting.
-    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http,database")
-    resource = Resource.create(
-        {
-            "service.name": environ.get("OTEL_SERVICE_NAME") or service_name,
-            "service.version": version("notifier"),
-        }
-    )
-    # An explicit OTEL_TRACES_SAMPLER wins; otherwise keep every operation, drop orphans.
-    sampler = None if environ.get("OTEL_TRACES_SAMPLER") else ParentBased(SkipOrphanClientSpans())
-    provider = TracerProvider(resource=resource, sampler=sampler)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
-    global _installed  # noqa: PLW0603 - set once, as OpenTelemetry's provider is
-    _installed = True
-    PsycopgInstrumentor().instrument(tracer_provider=provider)
-    HTTPXClientInstrumentor().instrument(
-        tracer_provider=provider, async_request_hook=_redact_request_url
-    )
-    logger.info("tracing to OTLP endpoint as %s", resource.attributes["service.name"])
+    provider = install_provider(service_name, environ, _redact_request_url)
+    logger.info("tracing to OTLP endpoint as %s", provider.resource.attributes["service.name"])
     return provider
 
 
@@ -156,10 +95,13 @@ def redacted_url(url: str) -> str:
 
 
 def tracing_enabled() -> bool:
-    """Whether :func:`setup_tracing` installed a provider in this process."""
-    # A flag, not trace.get_tracer_provider(): without a provider that looks in os.environ
-    # at every call, twice per delivery.
-    return _installed
+    """Whether :func:`setup_tracing` installed a provider in this process.
+
+    An SDK provider exists only where the SDK was imported: a process that never imported
+    it (tracing off) is answered without importing it now.
+    """
+    sdk = sys.modules.get("opentelemetry.sdk.trace")
+    return sdk is not None and isinstance(trace.get_tracer_provider(), sdk.TracerProvider)
 
 
 def current_traceparent() -> str | None:

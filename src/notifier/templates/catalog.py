@@ -5,7 +5,7 @@ from __future__ import annotations
 from notifier.db import Connection
 from notifier.templates import queries
 from notifier.templates.builtin import GENERIC, builtin_templates
-from notifier.templates.rendering import TemplateSource
+from notifier.templates.messages import TemplateSource
 from notifier.templates.schemas import Template
 
 

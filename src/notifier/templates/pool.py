@@ -47,7 +47,7 @@ from typing import Any, Literal, NamedTuple, cast
 import msgspec
 
 from notifier.templates import protocol
-from notifier.templates.rendering import (
+from notifier.templates.messages import (
     MessageFields,
     RenderedMessage,
     TemplateProblem,

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from notifier.templates.rendering import PARTS, MessageFields, TemplateSource
+from notifier.templates.messages import PARTS, MessageFields, TemplateSource
 
 # A frame's length prefix.
 HEADER = struct.Struct(">I")
@@ -70,7 +70,7 @@ class Checked(msgspec.Struct, frozen=True, tag="checked", array_like=True):
 
 
 class Failed(msgspec.Struct, frozen=True, tag="failed", array_like=True):
-    """An item that did not render or compile: a :class:`~notifier.templates.rendering.TemplateProblem`."""
+    """An item that did not render or compile: a :class:`~notifier.templates.messages.TemplateProblem`."""
 
     part: str
     message: str

@@ -14,45 +14,19 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import jinja2
-import msgspec
 from jinja2.sandbox import SandboxedEnvironment
 
-# The parts of a template, by the name the API and the database give them.
-PARTS = ("subject", "text_body", "html_body")
+from notifier.templates.messages import (
+    PARTS,
+    RenderedMessage,
+    TemplateProblem,
+    TemplateSource,
+)
+
 # Rendered text longer than this is a runaway loop, not a message.
 MAX_RENDERED_CHARS = 200_000
 DEFAULT_DATE_FORMAT = "%-d %B %Y"
 DEFAULT_DATETIME_FORMAT = "%-d %B %Y, %H:%M %Z"
-
-
-class TemplateSource(msgspec.Struct, frozen=True, kw_only=True):
-    """A template's parts as written. ``html_body`` is optional (SMS and webhooks use text)."""
-
-    name: str
-    subject: str
-    text_body: str
-    html_body: str | None = None
-
-
-class RenderedMessage(msgspec.Struct, frozen=True, kw_only=True):
-    """What a template produced for one notification."""
-
-    subject: str
-    text: str
-    html: str | None = None
-
-
-class MessageFields(msgspec.Struct, frozen=True, kw_only=True):
-    """The notification's own fields a template sees (see :func:`template_context`)."""
-
-    notification_type: str
-    recipient: str
-    notification_id: str | None = None
-    entity_id: str | None = None
-    target_date: datetime.datetime | None = None
-    lead_time: datetime.timedelta = datetime.timedelta(0)
-    channel: str | None = None
-    unsubscribe_url: str | None = None
 
 
 class RenderInterrupted(BaseException):
@@ -68,21 +42,6 @@ class RenderInterrupted(BaseException):
 # that is not cached yet, be done compiling it, or render it.
 Phase = Literal["compile", "compiled", "render"]
 PhaseHook = Callable[[Phase, str], None]
-
-
-class TemplateProblem(Exception):
-    """A template that does not compile or cannot render with the context given.
-
-    ``part`` names the part at fault (``subject``, ``text_body``, ``html_body``) and
-    ``line`` the line in it, when Jinja2 knows.
-    """
-
-    def __init__(self, part: str, message: str, line: int | None = None) -> None:
-        where = f"{part} line {line}" if line is not None else part
-        super().__init__(f"{where}: {message}")
-        self.part = part
-        self.message = message
-        self.line = line
 
 
 def _as_datetime(value: Any) -> datetime.datetime | datetime.date:

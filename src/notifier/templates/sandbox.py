@@ -35,15 +35,8 @@ from typing import BinaryIO
 import msgspec
 
 from notifier.templates import protocol
-from notifier.templates.rendering import (
-    PARTS,
-    Phase,
-    Renderer,
-    RenderInterrupted,
-    TemplateProblem,
-    TemplateSource,
-    template_context,
-)
+from notifier.templates.messages import PARTS, TemplateProblem, TemplateSource
+from notifier.templates.rendering import Phase, Renderer, RenderInterrupted, template_context
 
 # Done items wait at most this long (plus the item in progress) before their results are
 # written, so that a batch's fast items go out while its slow ones still render, and a

@@ -17,8 +17,8 @@ from notifier.errors import ProblemError, field_error, not_found
 from notifier.idempotency import Outcome
 from notifier.templates import catalog, queries
 from notifier.templates.builtin import builtin_templates
+from notifier.templates.messages import MessageFields, TemplateProblem, TemplateSource
 from notifier.templates.pool import RendererUnavailable, RenderPool
-from notifier.templates.rendering import MessageFields, TemplateProblem, TemplateSource
 from notifier.templates.schemas import (
     InlinePreviewRequest,
     Preview,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cache
 from importlib import resources
 
-from notifier.templates.rendering import TemplateSource
+from notifier.templates.messages import TemplateSource
 
 GENERIC = "generic"
 
