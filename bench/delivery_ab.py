@@ -1,6 +1,7 @@
-"""Interleaved delivery drains (A B C A B C ...): one worker draining ``count`` due webhooks
-per drain, each configuration a Python (whose installed notifier runs the worker: another
-worktree's ``.venv/bin/python`` for a before-and-after) and worker environment.
+"""Interleaved delivery drains (A B C A B C ...): one worker (or ``--processes``) draining
+``count`` due webhooks per drain, each configuration a Python (whose installed notifier runs
+the worker: another worktree's ``.venv/bin/python`` for a before-and-after) and worker
+environment.
 
     NOTIFIER_BENCH_SERVER=postgresql://postgres@127.0.0.1:5501 uv run python -m bench.delivery_ab \\
         10000 3 "50=.venv/bin/python:NOTIFIER_DELIVERY_BATCH_SIZE=50" \\
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("count", type=int, help="due webhooks per drain")
     parser.add_argument("rounds", type=int)
     parser.add_argument("configs", nargs="+", help="LABEL=PYTHON:NAME=VALUE;NAME=VALUE")
+    parser.add_argument("--processes", type=int, default=1, help="workers per drain")
     args = parser.parse_args(argv)
     configs = []
     for spec in args.configs:
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_number in range(args.rounds):
             for label, python, env in configs:
                 suite.PYTHON = python
-                drain, pids = bench.drain_notifier(1, args.count, **env)
+                drain, pids = bench.drain_notifier(args.processes, args.count, **env)
                 for child in [c for c in procs.children if c.pid in pids]:
                     procs.stop(child)
                 cpu = drain.cpu_us()

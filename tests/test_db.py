@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import socket
 import time
 
@@ -157,3 +159,31 @@ async def test_a_single_statement_commits_by_itself_and_the_connection_goes_back
             assert conn.autocommit is False  # the next use case gets its transaction
     finally:
         await pool.close()
+
+
+async def test_both_pools_read_json_as_json_loads_did(settings: Settings) -> None:
+    """msgspec reads the pools' json and jsonb; what it refuses (a number beyond a double's
+    range, which json and jsonb hold) json.loads still reads, as before."""
+    document = (
+        '{"big": 123456789012345678901234567890, "huge": 1e400, "x": 1.5, "s": "é\\n",'
+        ' "dup": 1, "dup": 2, "nested": [{"a": null, "b": true}]}'
+    )
+    for pool in (create_pool(settings), create_fetch_pool(settings)):
+        await pool.open(wait=True)
+        try:
+            async with pool.connection() as conn:
+                cursor = await conn.execute(
+                    """
+                    SELECT %(d)s::json AS json, %(d)s::json::text AS json_text,
+                           %(d)s::jsonb AS jsonb, %(d)s::jsonb::text AS jsonb_text
+                    """,
+                    {"d": document},
+                )
+                row = await cursor.fetchone()
+        finally:
+            await pool.close()
+        assert row is not None
+        assert row["json"] == json.loads(row["json_text"])
+        assert row["json"]["huge"] == math.inf  # json.loads's reading of 1e400
+        assert row["jsonb"] == json.loads(row["jsonb_text"])
+        assert row["jsonb"]["big"] == 123456789012345678901234567890

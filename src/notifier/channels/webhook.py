@@ -34,7 +34,6 @@ from notifier.channels.base import (
 from notifier.channels.egress import (
     BlockedAddressError,
     GuardedResolver,
-    IPAddress,
     IPNetwork,
     check_addresses,
     host_problem,
@@ -64,12 +63,13 @@ PARSED_URLS_KEPT = 1024
 
 class ParsedTarget(NamedTuple):
     """What sending to one URL needs of it, parsed once: the URL normalized as aiohttp is
-    handed it, its host, the address the host spells (None: a name, resolved and checked
-    at connect time), its port, and its redacted form for traces."""
+    handed it, its host, why the address the host spells may not be reached (None: it
+    may, or the host is a name, resolved and checked at connect time), its port, and its
+    redacted form for traces."""
 
     url: str
     host: str
-    address: IPAddress | None
+    refused: str | None
     port: int
     redacted: str
 
@@ -289,8 +289,8 @@ class WebhookChannel:
         receiver when tracing is on (off, both would be empty).
         """
         target = self._target(url)
-        if target.address is not None:
-            check_addresses(target.host, [target.address], self._allowed_networks)
+        if target.refused is not None:
+            raise BlockedAddressError(target.refused)
         if not tracing_enabled():
             # A no-op span and an empty inject cost a tenth of a send's CPU.
             return await self._exchange(target, body, headers, None)
@@ -325,7 +325,7 @@ class WebhookChannel:
             found = ParsedTarget(
                 url=str(parsed),
                 host=parsed.host,
-                address=numeric_host(parsed.host),
+                refused=self._refusal(parsed.host),
                 port=port_of(parsed) or 0,
                 redacted=redacted_url(url),
             )
@@ -333,6 +333,19 @@ class WebhookChannel:
                 self._targets.clear()
             self._targets[url] = found
         return found
+
+    def _refusal(self, host: str) -> str | None:
+        """Why the address ``host`` spells may not be reached, if it spells one: aiohttp
+        connects to an address literal without asking the resolver. Checked once per URL
+        kept, as the answer only depends on the address and the allowed networks."""
+        address = numeric_host(host)
+        if address is None:
+            return None
+        try:
+            check_addresses(host, [address], self._allowed_networks)
+        except BlockedAddressError as exc:
+            return str(exc)
+        return None
 
     async def aclose(self) -> None:
         """Close the HTTP client's connections."""

@@ -230,8 +230,13 @@ async def _send_batch(
     sources: TemplateCache = {}
     drafts = [await _prepare(services, conn, locked, sources) for locked in batch]
     attempts, results = await _render_and_send_all(services, conn, drafts)
+    # One clock reading and policy for the batch's verdicts: its sends are all done.
+    policy = RetryPolicy.from_settings(services.settings)
+    judged_at = datetime.datetime.now(datetime.UTC)
     verdicts = [
-        None if isinstance(result, HostBusy) else _judge(services, attempt, result)
+        None
+        if isinstance(result, HostBusy)
+        else _judge(services, attempt, result, policy=policy, now=judged_at)
         for attempt, result in zip(attempts, results, strict=True)
     ]
     records = [
@@ -579,20 +584,24 @@ def span_for_batched(attempt: Attempt) -> contextlib.AbstractContextManager[Any]
 
 
 def _judge(
-    services: Services, attempt: Attempt, result: DeliveryReceipt | DeliveryError | None
+    services: Services,
+    attempt: Attempt,
+    result: DeliveryReceipt | DeliveryError | None,
+    *,
+    policy: RetryPolicy,
+    now: datetime.datetime,
 ) -> Verdict:
-    """The verdict on one attempt, counted and logged."""
+    """The verdict on one attempt at ``now``, counted and logged."""
     row = attempt.row
     if isinstance(attempt.message, str):
         sent: DeliveryReceipt | DeliveryError | str = attempt.message
     else:
         assert result is not None, "a sendable message was sent"
         sent = result
-    now = datetime.datetime.now(datetime.UTC)
     verdict = judge_attempt(
         sent,
         attempt=attempt.number,
-        policy=RetryPolicy.from_settings(services.settings),
+        policy=policy,
         window=QuietWindow(row.quiet_hours, row.timezone),
         now=now,
     )

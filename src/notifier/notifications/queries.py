@@ -206,6 +206,15 @@ class DeliveryRow(msgspec.Struct, frozen=True, kw_only=True):
     webhook: WebhookTarget | None = None
 
 
+# The columns of a notification DeliveryRow holds (the others it gets from joins, or later):
+# read instead of n.*, whose other 14 columns PostgreSQL sent and psycopg loaded for nothing.
+_DELIVERY_COLUMNS: LiteralString = ", ".join(
+    f"n.{field.name}"
+    for field in msgspec.structs.fields(DeliveryRow)
+    if field.name not in {"rate_limit", "rate_bucket", "webhook"}
+)
+
+
 def _delivery_row(row: dict[str, Any]) -> DeliveryRow:
     per_second, burst = row.pop("rate_per_second", None), row.pop("rate_burst", None)
     row["quiet_hours"] = QuietHours.from_column(row["quiet_hours"])
@@ -223,26 +232,29 @@ class LockedDelivery(msgspec.Struct, frozen=True):
     job_id: int | None
 
 
+_LOCK_FOR_DELIVERY = (
+    "SELECT "  # noqa: S608 - the columns are DeliveryRow's field names
+    + _DELIVERY_COLUMNS
+    + """,
+           coalesce(e.rate_per_second, limits.per_second) AS rate_per_second,
+           coalesce(e.rate_burst, limits.burst) AS rate_burst,
+           CASE WHEN e.rate_per_second IS NOT NULL THEN 'endpoint:' || e.id END
+               AS rate_bucket
+    FROM notifier.notifications AS n
+    LEFT JOIN notifier.rate_limits AS limits
+        ON limits.tenant_id = n.tenant_id AND limits.channel = n.channel
+    LEFT JOIN notifier.endpoints AS e ON e.id = n.endpoint_id
+    WHERE n.id = %s
+    FOR UPDATE OF n
+    """
+)
+
+
 async def lock_for_delivery(conn: Connection, notification_id: uuid.UUID) -> DeliveryRow | None:
     """The notification locked as by :func:`lock_notification`, for the worker, with the
     tenant's rate-limit override for its channel, read in the same round trip. A webhook
     endpoint's own rate limit takes the place of the tenant's, with a bucket of its own."""
-    cursor = await conn.execute(
-        """
-        SELECT n.*,
-               coalesce(e.rate_per_second, limits.per_second) AS rate_per_second,
-               coalesce(e.rate_burst, limits.burst) AS rate_burst,
-               CASE WHEN e.rate_per_second IS NOT NULL THEN 'endpoint:' || e.id END
-                   AS rate_bucket
-        FROM notifier.notifications AS n
-        LEFT JOIN notifier.rate_limits AS limits
-            ON limits.tenant_id = n.tenant_id AND limits.channel = n.channel
-        LEFT JOIN notifier.endpoints AS e ON e.id = n.endpoint_id
-        WHERE n.id = %s
-        FOR UPDATE OF n
-        """,
-        [notification_id],
-    )
+    cursor = await conn.execute(_LOCK_FOR_DELIVERY, [notification_id])
     row = await cursor.fetchone()
     return None if row is None else _delivery_row(row)
 
@@ -266,7 +278,9 @@ _LOCK_DUE_DELIVERIES = (
     "WITH due AS MATERIALIZED ("
     + _DUE_DELIVERY_JOBS
     + """)
-SELECT n.*, due.job_id AS batch_job_id
+SELECT """
+    + _DELIVERY_COLUMNS
+    + """, due.job_id AS batch_job_id
 FROM due JOIN notifier.notifications AS n ON n.id = due.row_id
 WHERE n.job_id = due.job_id AND n.status = 'pending' AND n.channel = %(channel)s
 ORDER BY due.position
@@ -353,10 +367,10 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
 _RECORD_ATTEMPTS = """
 WITH attempt AS (
     SELECT * FROM unnest(
-        %(notification_ids)s::uuid[], %(attempts)s::integer[], %(job_ids)s::bigint[],
-        %(channels)s::text[], %(outcomes)s::text[], %(status_codes)s::integer[],
-        %(errors)s::text[], %(statuses)s::text[], %(started_ats)s::timestamptz[],
-        %(endpoint_ids)s::uuid[], %(durations_ms)s::integer[], %(answers)s::text[]
+        %(notification_ids)b::uuid[], %(attempts)b::integer[], %(job_ids)b::bigint[],
+        %(channels)b::text[], %(outcomes)b::text[], %(status_codes)b::integer[],
+        %(errors)b::text[], %(statuses)b::text[], %(started_ats)b::timestamptz[],
+        %(endpoint_ids)b::uuid[], %(durations_ms)b::integer[], %(answers)b::text[]
     ) WITH ORDINALITY AS a (
         notification_id, attempt, job_id, channel, outcome, status_code, error, status,
         started_at, endpoint_id, duration_ms, answer, n
@@ -468,12 +482,12 @@ async def take_host_slots(
     cursor = await conn.execute(
         """
         SELECT w.origin, s.slot
-        FROM unnest(%(origins)s::text[], %(wanted)s::int[]) AS w (origin, wanted)
+        FROM unnest(%(origins)b::text[], %(wanted)b::int[]) AS w (origin, wanted)
         CROSS JOIN LATERAL (
             SELECT g.slot FROM generate_series(0, %(cap)s - 1) AS g (slot)
             WHERE CASE
                 WHEN EXISTS (
-                    SELECT FROM unnest(%(held_origins)s::text[], %(held_slots)s::int[])
+                    SELECT FROM unnest(%(held_origins)b::text[], %(held_slots)b::int[])
                         AS h (origin, slot)
                     WHERE h.origin = w.origin AND h.slot = g.slot
                 ) THEN false
@@ -524,7 +538,7 @@ async def give_back_host_slots(conn: Connection, slots: list[tuple[str, int]]) -
         await conn.execute(
             """
             SELECT pg_advisory_unlock(hashtext(origin), slot)
-            FROM unnest(%s::text[], %s::int[]) AS given (origin, slot)
+            FROM unnest(%b::text[], %b::int[]) AS given (origin, slot)
             """,
             [[origin for origin, _ in slots], [slot for _, slot in slots]],
             prepare=True,

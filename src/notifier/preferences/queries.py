@@ -108,7 +108,7 @@ async def covering_opt_outs(
     cursor = await conn.execute(
         """
         SELECT wanted.notification_id, opt_out.*
-        FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[])
+        FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[])
             AS wanted (notification_id, tenant_id, recipient, channel, notification_type)
         CROSS JOIN LATERAL (
             SELECT * FROM notifier.recipient_preferences AS p

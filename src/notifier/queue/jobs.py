@@ -289,7 +289,7 @@ NO_TIME = datetime.datetime.min.replace(tzinfo=datetime.UTC)
 _DELETE_SUCCEEDED_JOBS: LiteralString = """
 WITH finished AS (
     DELETE FROM procrastinate_jobs
-    WHERE id = ANY(%s::bigint[]) AND status IN ('todo', 'doing')
+    WHERE id = ANY(%b::bigint[]) AND status IN ('todo', 'doing')
     RETURNING id
 )
 SELECT count(*) AS finished FROM finished
@@ -300,7 +300,7 @@ WITH finished AS (
     SET status = 'succeeded',
         abort_requested = false,
         attempts = CASE status WHEN 'doing' THEN attempts + 1 ELSE attempts END
-    WHERE id = ANY(%s::bigint[]) AND status IN ('todo', 'doing')
+    WHERE id = ANY(%b::bigint[]) AND status IN ('todo', 'doing')
     RETURNING id
 )
 SELECT count(*) AS finished FROM finished
@@ -351,7 +351,7 @@ async def reschedule_jobs(
         """
         UPDATE procrastinate_jobs AS jobs
         SET scheduled_at = later.at, args = jobs.args || later.args
-        FROM unnest(%s::bigint[], %s::timestamptz[], %s::jsonb[]) AS later (id, at, args)
+        FROM unnest(%b::bigint[], %b::timestamptz[], %b::jsonb[]) AS later (id, at, args)
         WHERE jobs.id = later.id AND jobs.status = 'todo'
         """,
         [

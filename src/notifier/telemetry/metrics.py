@@ -119,6 +119,9 @@ class Metrics:
         # cost the API paid twice per request. Bounded: methods, route templates and
         # statuses are few.
         self._request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        # (channel label, outcome) -> its series, as for requests: a worker paid labels()
+        # once per delivery. Bounded: channel labels are the configured channels' names.
+        self._delivery_series: dict[tuple[str, str], Any] = {}
 
     def expect_channels(self, channels: Iterable[str]) -> None:
         """Create every outcome's series of these channels at zero.
@@ -188,7 +191,11 @@ class Metrics:
 
     def count_delivery(self, channel: str, outcome: str, lag_seconds: float | None = None) -> None:
         """Count one delivery attempt; a successful one also records its lag."""
-        self.deliveries.labels(channel=channel, outcome=outcome).inc()
+        series = self._delivery_series.get((channel, outcome))
+        if series is None:
+            series = self.deliveries.labels(channel=channel, outcome=outcome)
+            self._delivery_series[channel, outcome] = series
+        series.inc()
         if lag_seconds is not None:
             self.delivery_lag.observe(max(0.0, lag_seconds))
 
