@@ -14,13 +14,19 @@ nox.options.error_on_missing_interpreters = True
 SOURCES = ["src", "tests", "migrations", "bench", "noxfile.py"]
 
 
-def sync(session: nox.Session) -> None:
-    """Install the locked dependencies (with the dev group) into the session's venv."""
+def sync(session: nox.Session, *, compile_bytecode: bool = False) -> None:
+    """Install the locked dependencies (with the dev group) into the session's venv.
+
+    ``compile_bytecode`` for sessions that start many Python processes (API servers,
+    workers, template sandboxes): compiled once at install, as the image is, instead of by
+    every process where PYTHONDONTWRITEBYTECODE keeps Python from caching what it compiled.
+    """
     session.run_install(
         "uv",
         "sync",
         "--frozen",
         "--quiet",
+        *(["--compile-bytecode"] if compile_bytecode else []),
         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
     )
 
@@ -52,7 +58,7 @@ SERIAL = "serial or faults"
 def tests(session: nox.Session) -> None:
     """The test suite against the PostgreSQL at 127.0.0.1:5432: most of it in parallel, then
     the timing-sensitive part alone (extra args go to both pytest runs)."""
-    sync(session)
+    sync(session, compile_bytecode=True)
     # Exit code 5: the extra args selected no test of that part.
     session.run(
         "pytest", "-n", TEST_WORKERS, "-m", f"not ({SERIAL})", *session.posargs,
@@ -64,7 +70,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def faults(session: nox.Session) -> None:
     """The fault-injection suite at full size, on loopback; prints its figures at the end."""
-    sync(session)
+    sync(session, compile_bytecode=True)
     session.run(
         "pytest",
         "tests/faults",
