@@ -72,7 +72,9 @@ async def running_worker(settings: Settings, **changes: Any) -> AsyncIterator[Se
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(task, timeout=10)
+                # As generous as the worker fixture's: the stop waits for the jobs in flight
+                # (up to the shutdown timeout) and then unregisters the worker.
+                await asyncio.wait_for(task, timeout=30)
 
 
 async def schedule(
