@@ -411,7 +411,9 @@ async def test_scheduled_notification_is_not_sent_before_its_send_time(
 async def test_lead_time_zero_is_delivered_on_the_target_date(
     client: AsyncTestClient[Any], receiver: WebhookReceiver, worker: None
 ) -> None:
-    target = datetime.datetime.now(UTC) + datetime.timedelta(seconds=2)
+    # Far enough ahead that the request itself cannot outlast it on a slow machine (a
+    # POST there once took over 2 s, and the target had passed when it was stored).
+    target = datetime.datetime.now(UTC) + datetime.timedelta(seconds=5)
     response = await client.post(
         "/api/v1/notifications/",
         json={
