@@ -7,14 +7,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
-from litestar import Litestar, post
+from litestar import Litestar, Request, post
+from litestar.params import QueryParameter
 from litestar.testing import AsyncTestClient
 
 from notifier.app import create_app
 from notifier.events.api import EventController
+from notifier.http import direct as direct_module
 from notifier.http.direct import answer_directly, check_direct_routes
 from notifier.settings import Settings
 from notifier.tenancy import Scope
@@ -39,6 +41,27 @@ async def litestar_client(
     async with AsyncTestClient(app=create_app(settings)) as test_client:
         test_client.headers.update(api_headers)
         yield test_client
+
+
+async def test_the_served_app_answers_directly_and_the_reference_does_not(
+    client: AsyncTestClient[Any],
+    litestar_client: AsyncTestClient[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Else every comparison below would compare one path with itself, and pass.
+    direct_calls = []
+    answer_directly_once = direct_module._DirectRoute.__call__
+
+    async def counted(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        direct_calls.append(scope["path"])
+        await answer_directly_once(self, scope, receive, send)
+
+    monkeypatch.setattr(direct_module._DirectRoute, "__call__", counted)
+
+    assert (await litestar_client.post(EVENTS, json=EVENT)).status_code == 201
+    assert direct_calls == []
+    assert (await client.post(EVENTS, json=EVENT)).status_code == 201
+    assert direct_calls == [EVENTS.rstrip("/")]
 
 
 def answer(response: Any) -> tuple[int, dict[str, str], bytes]:
@@ -183,16 +206,80 @@ async def test_an_idempotency_key_used_one_way_is_replayed_the_other(
     assert answer(again) == answer(first)
 
 
-def test_a_handler_answered_directly_may_not_declare_what_the_path_leaves_out() -> None:
-    async def answer_nothing(_: Any) -> tuple[int, Any]:
-        return 200, None
+async def answer_nothing(_: Any) -> tuple[int, Any]:
+    return 200, None
 
+
+def test_a_handler_answered_directly_may_not_declare_what_the_path_leaves_out() -> None:
     async def after(response: Any) -> Any:
         return response
 
-    @post("/", middleware=[answer_directly(answer_nothing)], after_request=after)
+    @post("/", middleware=[answer_directly(answer_nothing, reads=[])], after_request=after)
     async def handler() -> None:
         return None
 
     with pytest.raises(RuntimeError, match="after_request"):
         check_direct_routes(Litestar([handler]))
+
+
+def test_an_app_adding_middleware_around_every_handler_may_not_answer_directly() -> None:
+    @post("/", middleware=[answer_directly(answer_nothing, reads=[])])
+    async def handler() -> None:
+        return None
+
+    with pytest.raises(RuntimeError, match="allowed_hosts"):
+        check_direct_routes(Litestar([handler], allowed_hosts=["example.com"]))
+
+
+def test_the_direct_answer_must_be_the_innermost_middleware() -> None:
+    def outer(app: Any) -> Any:
+        return app
+
+    @post("/", middleware=[outer, answer_directly(answer_nothing, reads=[])])
+    async def last() -> None:
+        return None
+
+    check_direct_routes(Litestar([last]))  # innermost: accepted
+
+    @post("/", middleware=[answer_directly(answer_nothing, reads=[]), outer])
+    async def first() -> None:
+        return None
+
+    with pytest.raises(RuntimeError, match="innermost"):
+        check_direct_routes(Litestar([first]))
+
+
+def test_the_handler_may_declare_only_the_parameters_the_answer_reads() -> None:
+    @post("/", middleware=[answer_directly(answer_nothing, reads=["request"])])
+    async def handler(
+        request: Request[Any, Any, Any], dry_run: Annotated[bool, QueryParameter(name="dry_run")]
+    ) -> None:
+        return None
+
+    with pytest.raises(RuntimeError, match="dry_run"):
+        check_direct_routes(Litestar([handler]))
+
+
+async def test_an_answer_of_before_request_is_sent_as_litestar_sends_it() -> None:
+    async def refuse(_: Any) -> dict[str, str]:
+        return {"refused": "early"}
+
+    async def never(_: Any) -> tuple[int, Any]:
+        raise AssertionError("the handler's answer was asked for")
+
+    @post("/direct", middleware=[answer_directly(never, reads=[])])
+    async def direct() -> None:
+        return None
+
+    @post("/litestar")
+    async def litestar() -> None:
+        return None
+
+    app = Litestar([direct, litestar], before_request=refuse)
+    check_direct_routes(app)
+    async with AsyncTestClient(app=app) as test_client:
+        answers = [answer(await test_client.post(path)) for path in ("/direct", "/litestar")]
+
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 201
+    assert json.loads(answers[0][2]) == {"refused": "early"}

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from notifier.rate_limits.gcra import MAX_BURST, MAX_PER_SECOND
+from notifier.settings import Settings
 from tests.faults.support import (
     FULL,
     DedupReceiver,
@@ -39,6 +41,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section(f"fault figures ({sizes})")
     for test, _, line in figures:
         terminalreporter.write_line(f"{test}: {line}")
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The suite's settings, the API's request rate per key at its bound: at full size a
+    fault case sends its own requests by the thousand with one key, and a 429 is not the
+    fault under test (tests/auth/test_rate_limits.py tests the limit)."""
+    return settings.replace(
+        api_rate_limit_per_second=MAX_PER_SECOND, api_rate_limit_burst=MAX_BURST
+    )
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ whose own work is decoding a small body and one shared statement (docs/performan
 
 :class:`answer_directly` is a route handler's innermost middleware that does the same steps
 itself: the request object Litestar would build, the handler's guards, the app's
-``before_request`` checks, then ``answer`` (the function the handler calls too), and the
-answer encoded as Litestar encodes it. What stays Litestar's: routing, the middleware
+``before_request`` checks (an answer they give is sent as Litestar sends it), then ``answer``
+(the function the handler calls too), and the answer encoded as Litestar encodes it. What stays Litestar's: routing, the middleware
 outside this one (request metrics, the retry of lost transactions, tracing), and every
 error answer: an exception is rendered by Litestar's exception handling (the app's
 problem documents), as for any other route. uvicorn writes the access line, as before.
@@ -17,13 +17,14 @@ problem documents), as for any other route. uvicorn writes the access line, as b
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 # Litestar exports no public name for the exception handling it wraps a route's handler in;
 # a move breaks the import loudly.
 from litestar._asgi.utils import wrap_in_exception_handler
 from litestar.enums import MediaType
+from litestar.response import Response
 from litestar.routes import HTTPRoute
 from litestar.serialization import encode_json, get_serializer
 
@@ -41,12 +42,15 @@ class answer_directly:  # used as a function: middleware=[answer_directly(...)]
     """The middleware for ``middleware=[...]`` of the one handler whose answers ``answer``
     makes: Litestar's own call of the handler (the middleware's ``app``) is not made.
 
-    Only for handlers that declare nothing this path leaves out: :func:`check_direct_routes`
-    refuses the others when the app is built.
+    ``reads``: the handler's parameters, which ``answer`` reads from the request itself
+    (Litestar resolves none of them on this path). Only for handlers that declare nothing
+    this path leaves out: :func:`check_direct_routes` refuses the others when the app is
+    built.
     """
 
-    def __init__(self, answer: Answer) -> None:
+    def __init__(self, answer: Answer, *, reads: Iterable[str]) -> None:
         self.answer = answer
+        self.reads = frozenset(reads)
 
     def __call__(self, app: ASGIApp) -> ASGIApp:  # Litestar passes ``app`` by name
         # Inside the exception handling, as Litestar puts the handler's own call: metrics
@@ -70,7 +74,13 @@ class _DirectRoute:
         if handler.resolve_guards():
             await handler.authorize_connection(connection=request)
         if before_request := handler.resolve_before_request():
-            await before_request(request)
+            early = await before_request(request)
+            if early:  # Litestar then answers with it and does not call the handler
+                response = await handler.to_response(
+                    app=scope["litestar_app"], data=early, request=request
+                )
+                await response(scope, receive, send)
+                return
         status, content = await self._answer(request)
         body = encode_json(content, get_serializer(handler.resolve_type_encoders()))
         await send(
@@ -94,12 +104,32 @@ def check_direct_routes(app: Litestar) -> None:
         if not isinstance(route, HTTPRoute):
             continue
         for handler in route.route_handlers:
-            if any(isinstance(layer, answer_directly) for layer in handler.middleware or ()):
-                _check_direct(handler)
+            direct = [m for m in handler.middleware or () if isinstance(m, answer_directly)]
+            if direct:
+                _check_direct(app, handler, direct[0])
 
 
-def _check_direct(handler: HTTPRouteHandler) -> None:
+def _check_direct(app: Litestar, handler: HTTPRouteHandler, direct: answer_directly) -> None:
+    # Litestar wraps a route's middleware around the first one it resolves (the last one the
+    # handler lists): any other there would run inside, where nothing reaches it.
+    reads = direct.reads
+    parameters = set(handler.parsed_fn_signature.parameters) - {"self"}
+    if handler.resolve_middleware()[0] is not direct:
+        raise RuntimeError(f"{handler} answers directly, but not from its innermost middleware")
+    if parameters != reads:
+        raise RuntimeError(
+            f"{handler} answers directly, reading {sorted(reads)}, but declares "
+            f"{sorted(parameters)}"
+        )
     leaves_out = {
+        # What Litestar puts between a route's middleware and its handler.
+        "app's csrf_config": app.csrf_config,
+        "app's compression_config": app.compression_config,
+        "app's allowed_hosts": app.allowed_hosts,
+        # How Litestar would write the answer.
+        "response_class": handler.resolve_response_class() is not Response,
+        # Unset: the response's own, JSON for what the direct path answers.
+        "media_type": handler.media_type not in ("", MediaType.JSON),
         "after_request": any(layer.after_request for layer in handler.ownership_layers),
         "after_response": handler.resolve_after_response(),
         # Its cache_control and etag too.

@@ -44,7 +44,9 @@ PROCRASTINATE_FETCH_JOB_SQL: LiteralString = procrastinate_queries["fetch_job"]
 # the function's own statements take theirs: a fetch that found nothing while another
 # fetch was moving those arrivals (it skips them, locked, and sees their group due only
 # once that one commits) learns that its answer may be stale, and looks again at once
-# rather than a poll interval later (``notifier.queue.connector``). An index read of a
+# rather than a poll interval later (``notifier.queue.connector``). The snapshot also
+# shows the arrivals this fetch moved itself: if it then found nothing (a batch took their
+# jobs), it looks once more, needlessly, and then waits as usual. An index read of a
 # table that is nearly always empty.
 FETCH_JOB_SQL: LiteralString = """
 SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name,
