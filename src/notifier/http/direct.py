@@ -8,11 +8,12 @@ whose own work is decoding a small body and one shared statement (docs/performan
 
 :class:`answer_directly` is a route handler's innermost middleware that does the same steps
 itself: the request object Litestar would build, the handler's guards, the app's
-``before_request`` checks (an answer they give is sent as Litestar sends it), then ``answer``
-(the function the handler calls too), and the answer encoded as Litestar encodes it. What stays Litestar's: routing, the middleware
-outside this one (request metrics, the retry of lost transactions, tracing), and every
-error answer: an exception is rendered by Litestar's exception handling (the app's
-problem documents), as for any other route. uvicorn writes the access line, as before.
+``before_request`` checks (an answer they give is sent as Litestar sends it), then
+``answer`` (the function the handler calls too), and the answer encoded as Litestar
+encodes it. What stays Litestar's: routing, the middleware outside this one (request
+metrics, the retry of lost transactions, tracing), and every error answer: an exception is
+rendered by Litestar's exception handling (the app's problem documents), as for any other
+route. uvicorn writes the access line, as before.
 """
 
 from __future__ import annotations
@@ -110,10 +111,10 @@ def check_direct_routes(app: Litestar) -> None:
 
 
 def _check_direct(app: Litestar, handler: HTTPRouteHandler, direct: answer_directly) -> None:
-    # Litestar wraps a route's middleware around the first one it resolves (the last one the
-    # handler lists): any other there would run inside, where nothing reaches it.
     reads = direct.reads
     parameters = set(handler.parsed_fn_signature.parameters) - {"self"}
+    # Litestar wraps a route's middleware around the first one it resolves (the last one the
+    # handler lists): any other there would run inside, where nothing reaches it.
     if handler.resolve_middleware()[0] is not direct:
         raise RuntimeError(f"{handler} answers directly, but not from its innermost middleware")
     if parameters != reads:
