@@ -35,12 +35,18 @@ async def test_no_notification_is_both_cancelled_and_delivered(
     figure: Figures,
 ) -> None:
     count = size(1000, 100)
-    dedup_receiver.hold_seconds = 0.02
+    # Slow enough that the cancels, which start at the first arrival, meet deliveries still
+    # to come (8 requests in flight to the host: 400 a second at full size, 80 reduced).
+    dedup_receiver.hold_seconds = size(0.02, 0.1)
     ids = await schedule_webhooks(services, dedup_receiver.url + "/hooks", count)
     random.shuffle(ids)
     workers = size(3, 2)
     for _ in range(workers):
-        worker_processes.start(worker_concurrency=6)
+        # Small batches: a batch holds its notifications locked until it ends, and at the
+        # default size (200) the workers' first batches hold every notification before the
+        # first cancel; then each cancel only waits for its batch and answers 409. With 5,
+        # at most workers x 6 x 5 are held at once, and the cancels race the rest.
+        worker_processes.start(worker_concurrency=6, delivery_batch_size=5)
     assert await wait_until(lambda: bool(dedup_receiver.snapshot()), timeout=60), (
         worker_processes.logs()
     )
