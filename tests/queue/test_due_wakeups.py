@@ -23,7 +23,7 @@ from psycopg.rows import dict_row
 from notifier.db import transaction
 from notifier.queue import JobInfo, jobs
 from notifier.queue.app import QueueApp, Task, _Worker, create_app, open_app, run_worker
-from notifier.queue.connector import QueueConnector
+from notifier.queue.connector import WORKERS_REMEMBERED, QueueConnector
 from notifier.queue.jobs import JobToDefer
 from notifier.services import Services
 from notifier.settings import Settings
@@ -200,6 +200,23 @@ async def test_a_fetch_that_finds_nothing_notes_when_the_next_job_of_its_queues_
     await defer(services, "now")
     assert await fetch([QUEUE]) is not None
     assert connector.seconds_until_next_due(None) is None  # it found work: no wait to shorten
+
+
+async def test_a_connector_forgets_the_workers_that_stopped_fetching(services: Services) -> None:
+    # A worker started again after an outage fetches under a new id: the entries of the
+    # ones before it must not stay for the life of the process.
+    connector = cast(QueueConnector, services.queue.connector)
+    await defer(services, "in a minute", due_in_seconds=60)
+    worker_ids = range(WORKERS_REMEMBERED + 5)
+    for worker_id in worker_ids:
+        job = await services.queue.job_manager.fetch_job(queues=[QUEUE], worker_id=worker_id)
+        assert job is None
+
+    now = time.monotonic()
+    remembered = [w for w in worker_ids if connector.began_fetching_before(w, now)]
+    waiting = [w for w in worker_ids if connector.seconds_until_next_due(w) is not None]
+    assert remembered == list(worker_ids)[-WORKERS_REMEMBERED:]
+    assert waiting == remembered
 
 
 async def test_a_fetch_that_lost_the_new_jobs_to_another_fetch_still_under_way_looks_again(

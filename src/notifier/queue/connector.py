@@ -134,7 +134,7 @@ class QueueConnector(PsycopgConnector):
         scheduled job wakes no listening worker, and a burst due at one instant would
         otherwise wait for up to a poll interval to start."""
         worker_id = arguments.get("worker_id")
-        self._fetch_started[worker_id] = time.monotonic()
+        _remember(self._fetch_started, worker_id, time.monotonic())
         fetched: dict[str, Any] = await self.execute_query_one_async_with_connection(
             conn, FETCH_JOB_SQL, **arguments
         )
@@ -145,7 +145,7 @@ class QueueConnector(PsycopgConnector):
         if due_arrivals:
             # Another fetch was moving new jobs into their group and may not have
             # committed when this one looked (FETCH_JOB_SQL): look again at once.
-            self._next_due[worker_id] = time.monotonic()
+            _remember(self._next_due, worker_id, time.monotonic())
             return fetched
         earliest = await self.execute_query_one_async_with_connection(
             conn, NEXT_DUE_SQL, queues=arguments.get("queues")
@@ -154,7 +154,7 @@ class QueueConnector(PsycopgConnector):
         if seconds is None:
             self._next_due.pop(worker_id, None)
         else:
-            self._next_due[worker_id] = time.monotonic() + seconds
+            _remember(self._next_due, worker_id, time.monotonic() + seconds)
         return fetched
 
     async def _heartbeat(self, conn: Any, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -190,3 +190,18 @@ def _connection_lost(error: BaseException | None) -> bool:
     statement being refused: a terminated backend, a restart, a pool that found no
     connection in time (psycopg_pool's ``PoolTimeout`` is one)."""
     return isinstance(error, psycopg.OperationalError)
+
+
+# Workers whose fetches a connector remembers. A process runs one worker (tests, a few);
+# one started again after an outage registers under a new id, so without a bound every
+# restart would leave its entries behind for the life of the process.
+WORKERS_REMEMBERED = 16
+
+
+def _remember(table: dict[int | None, float], worker_id: int | None, value: float) -> None:
+    """Set ``table[worker_id]``, forgetting the workers least recently set beyond
+    :data:`WORKERS_REMEMBERED`."""
+    table.pop(worker_id, None)
+    table[worker_id] = value
+    while len(table) > WORKERS_REMEMBERED:
+        del table[next(iter(table))]
