@@ -19,7 +19,6 @@ compiled to bytecode as the suite compiles them (``--source``: left as they are)
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import subprocess
 import sys
@@ -27,8 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
+from bench.cpu import children, read_stat
 from bench.suite import (
     LOG_LEVEL,
     Bench,
@@ -48,13 +46,16 @@ def checkout_of(python: str) -> Path:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User and system CPU of a process and its children (the template sandboxes)."""
-    process = psutil.Process(pid)
-    total = 0.0
-    for each in [process, *process.children(recursive=True)]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            times = each.cpu_times()
-            total += times.user + times.system
+    """User and system CPU of a process and its children (the template sandboxes), read
+    from /proc as bench.cpu reads it: psutil's children() reads every process's status,
+    which at a poll every 5 ms would compete with the worker being timed."""
+    total, pending = 0.0, [pid]
+    while pending:
+        each = pending.pop()
+        stat = read_stat(each)
+        if stat is not None:  # None: it exited meanwhile
+            total += stat[0]
+            pending += children(each)
     return total
 
 
