@@ -26,10 +26,17 @@ from notifier.templates.rendering import MAX_RENDERED_CHARS, Renderer, template_
 
 # The template an outside test froze the API with for 27 s.
 NESTED_LOOPS = "{% for i in range(30000) %}{% for j in range(30000) %}{% endfor %}{% endfor %}"
-# One C call (sorting twenty million numbers, no Python key function) that the child's own
-# timer cannot interrupt: about 0.3 s of CPU on the development machine, its list made in
-# a fifth of that. It needs about 250 MB.
-STUCK_IN_C = "{% set x = (range(100000) | list) * 200 %}{% set _ = x.sort() %}{{ x | first }}"
+# One C call (sorting five million strings, no Python key function) that the child's own
+# timer cannot interrupt: about 0.45 s of CPU on the development machine, its list made in
+# 70 ms (a join, a split and a repeat, each one C call). About 100 MB. Twenty million
+# numbers sorted took 0.3-0.7 s but their list 60-270 ms, which passed a 100 ms budget on
+# a slow machine: the timer then stopped the render before the sort, and nothing was killed.
+STUCK_IN_C = (
+    "{% set x = (range(100000) | join(',' ~ 'p' * 100)).split(',') * 50 %}"
+    "{% set _ = x.sort() %}{{ x | first }}"
+)
+# A budget several times the list's making and well under the sort.
+STUCK_BUDGET_SECONDS = 0.2
 # About a million loop turns: some tens of milliseconds, within a 100 ms budget.
 BUSY_25_MS = "{% for i in range(20) %}{% for j in range(50000) %}{% endfor %}{% endfor %}ok"
 FIELDS = MessageFields(notification_type="report.ready", recipient="ada@example.com")
@@ -100,7 +107,7 @@ async def test_a_nested_loop_ends_in_a_clean_error_naming_the_part(pool: RenderP
 
 
 async def test_a_render_stuck_in_one_c_call_is_killed_and_its_child_replaced() -> None:
-    pool = RenderPool(size=1, render_timeout_seconds=0.1, memory_mb=512)
+    pool = RenderPool(size=1, render_timeout_seconds=STUCK_BUDGET_SECONDS, memory_mb=512)
     try:
         await pool.render("tenant-b", text("warm"), {}, FIELDS)
         (first,) = pool.child_pids()
@@ -109,7 +116,7 @@ async def test_a_render_stuck_in_one_c_call_is_killed_and_its_child_replaced() -
             await pool.render("tenant-b", text("x", html=STUCK_IN_C), {}, FIELDS)
 
         assert problem.value.part == "html_body"
-        assert problem.value.message == "took longer than 100 ms to render"
+        assert problem.value.message == "took longer than 200 ms to render"
         assert not alive(first)
         rendered = await pool.render("tenant-b", text("{{ 6 * 7 }}"), {}, FIELDS)
         assert rendered.text == "42"
